@@ -1,0 +1,112 @@
+"""provender: run local ML models through pluggable providers that share one disk cache.
+
+The public API is imported lazily, so ``import provender`` (and ``provender --help``)
+stays fast: pydantic, huggingface_hub and every provider load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheEntry",
+    "CacheEntry",
+    "CacheError",
+    "CacheManager",
+    "CacheNotWritableError",
+    "CacheStats",
+    "ConfigError",
+    "DiskFullError",
+    "EntryExistsError",
+    "EntryInUseError",
+    "EntryNotFoundError",
+    "EntryTooLargeError",
+    "HubError",
+    "InvalidNameError",
+    "InvalidOptionError",
+    "Lease",
+    "ModelNotFoundError",
+    "PluginError",
+    "Provider",
+    "ProvenderError",
+    "Settings",
+    "SourceNotFoundError",
+    "UnknownProviderError",
+    "UnsupportedError",
+    "VerifyIssue",
+    "__version__",
+    "check_generation_options",
+    "get_plugin_manager",
+    "get_provider",
+    "hookimpl",
+    "load_settings",
+    "parse_model_name",
+]
+
+_LAZY = {
+    "CacheEntry": "provender._cache",
+    "CacheManager": "provender._cache",
+    "CacheStats": "provender._cache",
+    "Lease": "provender._cache",
+    "VerifyIssue": "provender._cache",
+    "Provider": "provender._provider",
+    "check_generation_options": "provender._provider",
+    "parse_model_name": "provender._provider",
+    "Settings": "provender._settings",
+    "load_settings": "provender._settings",
+    "hookimpl": "provender._plugins",
+    "get_plugin_manager": "provender._plugins",
+}
+_ERRORS = ("CacheError", "CacheNotWritableError", "ConfigError", "DiskFullError", "EntryExistsError",
+           "EntryInUseError", "EntryNotFoundError", "EntryTooLargeError", "HubError", "InvalidNameError",
+           "InvalidOptionError", "ModelNotFoundError", "PluginError", "ProvenderError", "SourceNotFoundError",
+           "UnknownProviderError", "UnsupportedError")
+
+
+def get_provider(model: str) -> Provider:
+    """The provider serving `model` (``provider:model``, or a bare name claimed from the cache)."""
+    from provender._provider import resolve_provider
+
+    return resolve_provider(model)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name) or ("provender._errors" if name in _ERRORS else None)
+    if module is None:
+        raise AttributeError(f"module 'provender' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(globals()))
+
+
+if TYPE_CHECKING:
+    from provender._cache import CacheEntry, CacheManager, CacheStats, Lease, VerifyIssue
+    from provender._errors import (
+        CacheError,
+        CacheNotWritableError,
+        ConfigError,
+        DiskFullError,
+        EntryExistsError,
+        EntryInUseError,
+        EntryNotFoundError,
+        EntryTooLargeError,
+        HubError,
+        InvalidNameError,
+        InvalidOptionError,
+        ModelNotFoundError,
+        PluginError,
+        ProvenderError,
+        SourceNotFoundError,
+        UnknownProviderError,
+        UnsupportedError,
+    )
+    from provender._plugins import get_plugin_manager, hookimpl
+    from provender._provider import Provider, check_generation_options, parse_model_name
+    from provender._settings import Settings, load_settings

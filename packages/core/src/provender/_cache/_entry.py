@@ -1,0 +1,97 @@
+"""What the cache reports: entries and stats."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One entry of the shared cache: a Hub repo (``kind="hub"``) or an entry provender stored (``"local"``).
+
+    ``path`` is the entry's root on disk; ``model_path`` is where its model files are
+    (a Hub repo's current snapshot, an imported directory, or a single cached file).
+    """
+
+    key: str
+    name: str
+    kind: str
+    path: Path
+    size: int
+    created: float
+    last_used: float | None = None
+    hits: int = 0
+    pinned: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_path(self) -> Path:
+        if self.kind == "hub":
+            from provender._cache._hub import snapshot_path
+
+            return snapshot_path(self.path, self.metadata.get("revision")) or self.path
+        filename = self.metadata.get("filename")
+        return self.path / filename if filename else self.path
+
+    @property
+    def repo_type(self) -> str:
+        return str(self.metadata.get("repo_type", "model"))
+
+    def to_dict(self, providers: list[str] | None = None) -> dict[str, Any]:
+        """The JSON row of `provender cache ls --json`."""
+        return {
+            "key": self.key, "name": self.name, "kind": self.kind, "size": self.size,
+            "last_used": _iso(self.last_used), "created": _iso(self.created), "hits": self.hits,
+            "providers": providers if providers is not None else [], "path": str(self.path),
+            "model_path": str(self.model_path), "pinned": self.pinned,
+        }
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Persistent counters plus the current totals (`provender cache stats`)."""
+
+    hits: int
+    misses: int
+    evictions: int
+    bytes_evicted: int
+    entries: int
+    size: int
+    max_size: int
+    pinned: int
+    cache_dir: Path
+
+    @property
+    def hit_rate(self) -> float | None:
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hits": self.hits, "misses": self.misses, "hit_rate": self.hit_rate,
+            "evictions": self.evictions, "bytes_evicted": self.bytes_evicted, "entries": self.entries,
+            "size": self.size, "max_size": self.max_size, "pinned": self.pinned,
+            "cache_dir": str(self.cache_dir),
+        }
+
+
+@dataclass(frozen=True)
+class VerifyIssue:
+    """One problem `verify` found; ``fixed`` says whether `--fix` dealt with it."""
+
+    key: str
+    name: str
+    path: Path
+    problem: str
+    fixed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "path": str(self.path), "problem": self.problem,
+                "fixed": self.fixed}

@@ -1,0 +1,106 @@
+"""Hub downloads into the shared cache, done by huggingface_hub itself."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from filelock import FileLock, ReadWriteLock
+
+from provender._cache import _hub
+from provender._cache._fsops import fs_errors
+from provender._cache._names import check_name
+from provender._errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from provender._cache._entry import CacheEntry
+    from provender._cache._manager import CacheManager
+
+logger = logging.getLogger(__name__)
+
+
+def fetch_repo(cm: CacheManager, repo_id: str, *, revision: str | None, repo_type: str,
+               allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None,
+               progress: bool) -> CacheEntry:
+    check_name(repo_id)
+    if repo_type not in _hub.REPO_TYPES:
+        raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
+    import huggingface_hub
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    key = cm.hub_key(repo_id, repo_type)
+    name = _hub.display_name(repo_id, repo_type)
+    kwargs = {"repo_id": repo_id, "repo_type": repo_type, "revision": revision, "cache_dir": str(cm.hub_dir),
+              "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns}
+
+    # Refuse before downloading what could never fit (needs the Hub; skipped offline).
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            plan = snapshot_download(**kwargs, dry_run=True)  # type: ignore[call-overload]
+        except (RepositoryNotFoundError, GatedRepoError) as exc:
+            raise ModelNotFoundError(name, f"the Hub has no such {repo_type} repo, or it needs a token "
+                                           f"({type(exc).__name__})") from None
+        except RevisionNotFoundError:
+            raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
+        except Exception as exc:  # offline, Hub down: the real call below falls back to the cache
+            logger.info("could not plan the download of %s: %s", name, exc)
+        else:
+            total = sum(f.file_size or 0 for f in plan)
+            needed = sum(f.file_size or 0 for f in plan if f.will_download)
+            if total > cm.max_size:
+                raise EntryTooLargeError(name, total, cm.max_size)
+            free = shutil.disk_usage(cm.hub_dir).free
+            if needed > free:
+                raise DiskFullError(cm.hub_dir, needed)
+
+    pending = FileLock(cm._pending_dir / f"{key}.lock", timeout=-1)  # marks a download in progress
+    lease = ReadWriteLock(cm._lease_path(key), is_singleton=False)  # eviction must not take what we update
+    with fs_errors(cm.cache_dir):
+        pending.acquire()
+    lease.acquire_read()
+    try:
+        if not progress:
+            huggingface_hub.utils.disable_progress_bars()
+        try:
+            with fs_errors(cm.hub_dir):
+                snapshot_download(**kwargs)  # type: ignore[call-overload]
+        except LocalEntryNotFoundError:
+            raise ModelNotFoundError(name, "not in the cache, and the Hub cannot be reached "
+                                           "(offline: HF_HUB_OFFLINE is set, or no network)") from None
+        except (RepositoryNotFoundError, GatedRepoError):
+            raise ModelNotFoundError(name, f"the Hub has no such {repo_type} repo, or it needs a token") from None
+        except RevisionNotFoundError:
+            raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
+        except HfHubHTTPError as exc:
+            raise HubError(f"downloading {name} failed: {exc}") from None
+        finally:
+            if not progress:
+                huggingface_hub.utils.enable_progress_bars()
+        folder = _hub.folder_name(repo_id, repo_type)
+        row = cm._hub_row(folder, repo_type, repo_id, last_used=time.time(),
+                          metadata={"revision": revision} if revision else None)
+        old = cm._index.get(key)
+        if old is not None:
+            row["created"] = old["created"]
+        with cm._lock:
+            cm._write_row(row)
+            pending.release()
+            (cm._pending_dir / f"{key}.lock").unlink(missing_ok=True)
+            cm._reconcile()
+            evicted = cm._evict(cm.max_size, protect={key})
+    finally:
+        if pending.is_locked:
+            pending.release()
+        lease.release()
+        lease.close()
+    cm._notify_evicted(evicted)
+    return cm.get(key)

@@ -1,0 +1,152 @@
+"""Filesystem operations of the cache: zero-copy placement, sizes, error mapping."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from provender._errors import CacheNotWritableError, DiskFullError
+
+logger = logging.getLogger(__name__)
+
+LinkMode = Literal["auto", "copy", "move"]
+FICLONE = 0x40049409  # Linux ioctl: copy-on-write clone of a whole file (btrfs, xfs, bcachefs)
+
+
+@contextmanager
+def fs_errors(path: Path, needed: int | None = None) -> Iterator[None]:
+    """Turn ENOSPC / EACCES / EROFS into the cache's clear errors."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path, needed) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise CacheNotWritableError(path, exc.strerror or "") from exc
+        raise
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under `path` (a file: its size); symlinks are not followed."""
+    if path.is_symlink():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            if not os.path.islink(os.path.join(root, name)):
+                total += st.st_size
+    return total
+
+
+def _clone_file(src: str, dst: str) -> bool:
+    """Copy-on-write clone; False where the filesystem cannot (then we try a hard link)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    try:
+        with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
+            fcntl.ioctl(fdst.fileno(), FICLONE, fsrc.fileno())
+        shutil.copystat(src, dst)
+        return True
+    except OSError:
+        try:
+            os.unlink(dst)
+        except FileNotFoundError:
+            pass
+        return False
+
+
+def place_file(src: str, dst: str, mode: LinkMode) -> str:
+    """Put one file at `dst` without copying bytes where the filesystem allows.
+
+    ``auto``: copy-on-write clone, else hard link, else byte copy. Returns how it was
+    done: ``"clone"``, ``"link"``, ``"move"`` or ``"copy"``.
+    """
+    if mode == "move":
+        try:
+            os.rename(src, dst)
+            return "move"
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        shutil.copy2(src, dst)
+        os.unlink(src)
+        return "copy"
+    if mode == "auto":
+        if _clone_file(src, dst):
+            return "clone"
+        try:
+            os.link(src, dst)
+            return "link"
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                raise
+    shutil.copy2(src, dst)
+    return "copy"
+
+
+def place_tree(src: Path, dst: Path, mode: LinkMode) -> dict[str, int]:
+    """Place a file or directory tree at `dst` (which must not exist); count how files were placed.
+
+    Symlinks inside the source are followed when they point at files (their content is
+    what the model needs); the cache never stores a symlink that leads outside it.
+    """
+    counts: dict[str, int] = {}
+    if src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        how = place_file(str(src), str(dst), mode)
+        counts[how] = 1
+        return counts
+    dst.mkdir(parents=True)
+    for root, dirs, files in os.walk(src, followlinks=False):
+        rel = os.path.relpath(root, src)
+        target_root = dst if rel == "." else dst / rel
+        for d in dirs:
+            if os.path.islink(os.path.join(root, d)):
+                logger.warning("skipping directory symlink %s", os.path.join(root, d))
+                continue
+            (target_root / d).mkdir()
+        for f in files:
+            source = os.path.join(root, f)
+            real = os.path.realpath(source)
+            if not os.path.isfile(real):
+                continue
+            how = place_file(real if os.path.islink(source) else source, str(target_root / f),
+                             "auto" if mode == "move" and os.path.islink(source) else mode)
+            counts[how] = counts.get(how, 0) + 1
+    if mode == "move":
+        shutil.rmtree(src, ignore_errors=True)
+    return counts
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a file or directory tree, not following symlinks out of it."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

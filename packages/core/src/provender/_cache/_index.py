@@ -1,0 +1,167 @@
+"""The cache's index: an SQLite database in WAL mode under ``cache.dir``.
+
+The index remembers what the disk cannot tell cheaply: true last-used times,
+hit/miss counts and the persistent stats. It is a cache of the truth on disk:
+every provender-stored entry carries its own manifest and pins are marker files,
+so a lost or corrupt index is rebuilt from the files (only counters are lost).
+SQLite's own locking makes each statement atomic across processes; the cache
+manager's file lock serialises the compound operations (add, evict, remove).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,              -- 'hub' | 'local'
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,              -- relative to cache.dir
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    stamp INTEGER NOT NULL DEFAULT 0, -- mtime_ns of the entry's directory when size was taken
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS entries_name ON entries(name);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
+CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+STAT_NAMES = ("hits", "misses", "evictions", "bytes_evicted")
+COLUMNS = ("key", "kind", "name", "path", "size", "created", "last_used", "hits", "stamp", "metadata")
+
+
+class IndexCorruptError(Exception):
+    """The index file is not a usable database (internal; the manager rebuilds it)."""
+
+
+class Index:
+    """Thread-safe access to the index database of one cache directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self.rebuilt = False
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=True)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes; fsync at checkpoints
+            con.execute("PRAGMA busy_timeout=60000")
+            con.executescript(_SCHEMA)
+            row = con.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None:
+                con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise IndexCorruptError(f"index schema {row[0]}, expected {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise IndexCorruptError(str(exc)) from exc
+        return con
+
+    @property
+    def con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._connect()
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT: a write transaction other processes wait for."""
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    # -- entries -----------------------------------------------------------------------
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self.con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries WHERE key=?", (key,)).fetchone()
+        return _row(row) if row else None
+
+    def by_name(self, name: str) -> list[dict[str, Any]]:
+        rows = self.con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries WHERE name=?", (name,)).fetchall()
+        return [_row(r) for r in rows]
+
+    def all(self) -> list[dict[str, Any]]:
+        return [_row(r) for r in self.con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries")]
+
+    def lru_order(self) -> list[dict[str, Any]]:
+        """Entries least recently used first (never-used entries by creation time)."""
+        sql = f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY COALESCE(last_used, created), created"
+        return [_row(r) for r in self.con.execute(sql)]
+
+    def total_size(self) -> int:
+        return int(self.con.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+
+    def upsert(self, con: sqlite3.Connection, entry: dict[str, Any]) -> None:
+        values = dict(entry)
+        values["metadata"] = json.dumps(values.get("metadata") or {}, sort_keys=True, default=str)
+        con.execute(
+            f"INSERT INTO entries ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+            "ON CONFLICT(key) DO UPDATE SET kind=excluded.kind, name=excluded.name, path=excluded.path, "
+            "size=excluded.size, stamp=excluded.stamp, metadata=excluded.metadata, "
+            "last_used=COALESCE(excluded.last_used, entries.last_used)",
+            tuple(values.get(c, 0 if c in ("hits", "stamp") else None) for c in COLUMNS),
+        )
+
+    def delete(self, con: sqlite3.Connection, key: str) -> None:
+        con.execute("DELETE FROM entries WHERE key=?", (key,))
+
+    def record_hit(self, key: str, now: float | None = None) -> bool:
+        """Mark an entry used and count a hit, in one short transaction. False if the key is gone."""
+        with self.transaction() as con:
+            cur = con.execute("UPDATE entries SET last_used=?, hits=hits+1 WHERE key=?",
+                              (time.time() if now is None else now, key))
+            if cur.rowcount:
+                self.add_stat(con, "hits")
+            return cur.rowcount > 0
+
+    def add_stat(self, con: sqlite3.Connection, name: str, amount: int = 1) -> None:
+        con.execute("INSERT INTO stats VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+                    (name, amount))
+
+    def stats(self) -> dict[str, int]:
+        found = dict(self.con.execute("SELECT name, value FROM stats").fetchall())
+        return {name: int(found.get(name, 0)) for name in STAT_NAMES}
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def get_meta(self, name: str) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+
+def _row(row: tuple[Any, ...]) -> dict[str, Any]:
+    entry = dict(zip(COLUMNS, row, strict=True))
+    entry["metadata"] = json.loads(entry["metadata"] or "{}")
+    return entry

@@ -1,0 +1,608 @@
+"""`CacheManager`: the one disk cache of models shared by every provider, library and process.
+
+Layout of ``cache.dir``::
+
+    hub/               huggingface_hub's own layout (models--org--name/...), shared with `hf`
+    objects/<key>/     entries provender stores itself (imports, cache_model), each with
+                       its manifest .provender-entry.json, so the disk alone describes them
+    pins/<key>         a pinned entry (marker files: pins survive an index rebuild)
+    locks/<key>.lease  read-write locks: a process using an entry holds the read side
+    pending/<key>.lock held while a hub download runs; left behind by a killed download
+    tmp/, trash/       staging for atomic adds, and removals in progress (cleaned on start)
+    index.db           SQLite index: last-used times, hit counts, stats (rebuildable)
+    .lock              serialises compound changes (add, evict, remove) across processes
+
+Crash safety comes from ordering: content is staged under tmp/, described by its
+manifest, then renamed into objects/ in one step; removals rename out to trash/
+first. A process killed at any point leaves either the old state or the new one,
+plus leftovers in tmp/ or trash/ that the next start removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, ReadWriteLock, Timeout
+
+from provender._cache import _hub
+from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue
+from provender._cache._fsops import LinkMode, fs_errors, fsync_dir, place_tree, remove_tree, tree_size
+from provender._cache._index import Index, IndexCorruptError
+from provender._cache._names import check_key, check_name, generate_cache_key
+from provender._errors import (
+    CacheNotWritableError,
+    DiskFullError,
+    EntryExistsError,
+    EntryInUseError,
+    EntryNotFoundError,
+    EntryTooLargeError,
+    SourceNotFoundError,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = ".provender-entry.json"
+SORT_KEYS = ("used", "size", "name")
+
+
+class Lease:
+    """A hold on an entry: while it is held, no process evicts or removes the entry.
+
+    The hold is an OS file lock, so it ends when the process does, however it dies.
+    """
+
+    def __init__(self, entry: CacheEntry, lock: ReadWriteLock) -> None:
+        self.entry = entry
+        self._lock: ReadWriteLock | None = lock
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            with suppress(Exception):
+                lock.release()
+            with suppress(Exception):
+                lock.close()
+
+    def __enter__(self) -> CacheEntry:
+        return self.entry
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class CacheManager:
+    """The shared, size-limited, LRU disk cache of models (see the module docs for the layout).
+
+    ``CacheManager(cache_dir=None, max_size=None)``: None takes the value from the settings.
+    Any number of processes may use one cache directory at once.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, max_size: int | str | None = None) -> None:
+        if cache_dir is None or max_size is None:
+            from provender._settings import load_settings
+
+            settings = load_settings()
+            cache_dir = settings.cache.dir if cache_dir is None else cache_dir
+            max_size = settings.cache.max_size if max_size is None else max_size
+        from provender._sizes import parse_size
+
+        self.cache_dir = Path(cache_dir).expanduser().absolute()
+        self.max_size = parse_size(max_size)
+        self.hub_dir = self.cache_dir / "hub"
+        self.objects_dir = self.cache_dir / "objects"
+        self._pins_dir = self.cache_dir / "pins"
+        self._locks_dir = self.cache_dir / "locks"
+        self._pending_dir = self.cache_dir / "pending"
+        self._tmp_dir = self.cache_dir / "tmp"
+        self._trash_dir = self.cache_dir / "trash"
+        with fs_errors(self.cache_dir):
+            for d in (self.hub_dir, self.objects_dir, self._pins_dir, self._locks_dir, self._pending_dir,
+                      self._tmp_dir, self._trash_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.cache_dir, os.W_OK):
+                raise CacheNotWritableError(self.cache_dir, "permission denied")
+        self._lock = FileLock(self.cache_dir / ".lock", mode=0o644)
+        self._index = Index(self.cache_dir / "index.db")
+        self._open_index()
+        self._clean_leftovers()
+
+    # -- seed API ----------------------------------------------------------------------
+
+    @staticmethod
+    def generate_cache_key(repo: str, filename: str | None = None, metadata: dict[str, Any] | None = None) -> str:
+        """Deterministic 64-hex sha256 key over repo, filename and metadata."""
+        return generate_cache_key(repo, filename, metadata)
+
+    def get_cached_model(self, cache_key: str) -> Path | None:
+        """The model path stored under `cache_key`, or None. A hit marks the entry used.
+
+        Counts a hit or a miss in the persistent stats. The path is not protected from
+        eviction by another process: hold `acquire(key)` while you read it.
+        """
+        check_key(cache_key)
+        row = self._index.get(cache_key)
+        if row is None:
+            row = self._discover_object(cache_key)
+        if row is not None:
+            entry = self._entry(row)
+            if entry.path.exists() and self._index.record_hit(cache_key):
+                return entry.model_path
+        with self._index.transaction() as con:
+            if row is not None:  # its files vanished: the index follows the disk
+                self._index.delete(con, cache_key)
+            self._index.add_stat(con, "misses")
+        return None
+
+    def cache_model(self, model_path: str | os.PathLike[str], cache_key: str, *, name: str | None = None,
+                    link_mode: LinkMode = "auto", **metadata: Any) -> Path:
+        """Store a model file or directory under `cache_key`; returns its path in the cache.
+
+        The bytes are not copied where the filesystem allows (copy-on-write clone, else
+        hard link; ``link_mode="copy"`` forces a copy, ``"move"`` moves the source in).
+        An existing entry with the same key is replaced. Least-recently-used entries are
+        then evicted to fit ``max_size``; the new entry never is.
+        """
+        check_key(cache_key)
+        entry = self._store_local(Path(model_path), cache_key, name=name, link_mode=link_mode,
+                                  metadata=metadata, replace=True)
+        return entry.model_path
+
+    def cleanup_old_models(self, max_size: int | None = None, *, dry_run: bool = False) -> list[CacheEntry]:
+        """Evict least-recently-used entries until the cache fits `max_size`; returns what went.
+
+        Pinned entries and entries in use by a live process are skipped.
+        """
+        limit = self.max_size if max_size is None else max_size
+        with self._lock:
+            self._reconcile()
+            evicted = self._evict(limit, protect=set(), dry_run=dry_run)
+        if not dry_run:
+            self._notify_evicted(evicted)
+        return evicted
+
+    # -- adding ------------------------------------------------------------------------
+
+    def import_model(self, path: str | os.PathLike[str], name: str, *, link_mode: LinkMode = "auto",
+                     replace: bool = False, **metadata: Any) -> CacheEntry:
+        """Sideload a local model (file or directory) under `name` (``org/name``), offline.
+
+        Zero-copy where the filesystem allows. Raises EntryExistsError if an imported
+        entry has that name already, unless ``replace=True``.
+        """
+        check_name(name)
+        key = generate_cache_key(name, None, {"source": "import"})
+        return self._store_local(Path(path), key, name=name, link_mode=link_mode,
+                                 metadata={**metadata, "source": "import"}, replace=replace)
+
+    def fetch(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model",
+              allow_patterns: list[str] | str | None = None, ignore_patterns: list[str] | str | None = None,
+              progress: bool = True) -> CacheEntry:
+        """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
+
+        Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``. Files already cached are not
+        downloaded again. Marks the entry used and evicts others to fit ``max_size``.
+        """
+        from provender._cache._fetch import fetch_repo
+
+        return fetch_repo(self, repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow_patterns,
+                          ignore_patterns=ignore_patterns, progress=progress)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def entries(self, sort: str = "used") -> list[CacheEntry]:
+        """Every entry, after syncing the index with the disk. ``sort``: used (recent first), size, name."""
+        if sort not in SORT_KEYS:
+            raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
+        with self._lock:
+            self._reconcile()
+        entries = [self._entry(row) for row in self._index.all()]
+        if sort == "size":
+            entries.sort(key=lambda e: (-e.size, e.name))
+        elif sort == "name":
+            entries.sort(key=lambda e: (e.name.lower(), e.key))
+        else:
+            entries.sort(key=lambda e: -(e.last_used or e.created))
+        return entries
+
+    def find(self, name_or_key: str) -> CacheEntry | None:
+        """The entry with this key, else with this name (an imported entry before a Hub repo)."""
+        if not isinstance(name_or_key, str) or not name_or_key:
+            return None
+        row = self._index.get(name_or_key)
+        if row is None:
+            rows = self._index.by_name(name_or_key)
+            if not rows:
+                with self._lock:
+                    self._reconcile()
+                row = self._index.get(name_or_key)
+                rows = self._index.by_name(name_or_key)
+            rows.sort(key=lambda r: r["kind"] == "hub")
+            row = row or (rows[0] if rows else None)
+        if row is None:
+            return None
+        entry = self._entry(row)
+        return entry if entry.path.exists() else None
+
+    def get(self, name_or_key: str) -> CacheEntry:
+        """Like `find`, but raises EntryNotFoundError."""
+        entry = self.find(name_or_key)
+        if entry is None:
+            raise EntryNotFoundError(name_or_key)
+        return entry
+
+    def stats(self) -> CacheStats:
+        """Persistent counters (hits, misses, evictions) and current totals."""
+        with self._lock:
+            self._reconcile()
+        counters = self._index.stats()
+        entries = self._index.all()
+        return CacheStats(
+            hits=counters["hits"], misses=counters["misses"], evictions=counters["evictions"],
+            bytes_evicted=counters["bytes_evicted"], entries=len(entries),
+            size=sum(r["size"] for r in entries), max_size=self.max_size,
+            pinned=len(self._pinned_keys() & {r["key"] for r in entries}), cache_dir=self.cache_dir,
+        )
+
+    def in_use(self, name_or_key: str) -> bool:
+        """True if some live process holds a lease on the entry."""
+        entry = self.get(name_or_key)
+        lock = ReadWriteLock(self._lease_path(entry.key), is_singleton=False, blocking=False)
+        try:
+            lock.acquire_write()
+        except Timeout:
+            return True
+        finally:
+            with suppress(Exception):
+                lock.release()
+            lock.close()
+        return False
+
+    # -- holding -----------------------------------------------------------------------
+
+    def acquire(self, name_or_key: str) -> Lease:
+        """Hold an entry in use (no eviction or removal) until `Lease.release()` or process exit.
+
+        Marks the entry used and counts a hit. Use as ``with cm.acquire(name) as entry:``.
+        """
+        entry = self.get(name_or_key)
+        lock = ReadWriteLock(self._lease_path(entry.key), is_singleton=False)
+        lock.acquire_read()
+        # Between `get` and the read lock an evictor may have removed it: check again.
+        row = self._index.get(entry.key)
+        if row is None or not self._entry(row).path.exists():
+            lock.release()
+            lock.close()
+            raise EntryNotFoundError(name_or_key)
+        self._index.record_hit(entry.key)
+        return Lease(self._entry(row), lock)
+
+    # -- removing, pinning -------------------------------------------------------------
+
+    def remove(self, name_or_key: str, *, dry_run: bool = False) -> CacheEntry:
+        """Remove one entry. Refused (EntryInUseError) while it is pinned or held by a live process."""
+        with self._lock:
+            entry = self.get(name_or_key)
+            if entry.key in self._pinned_keys():
+                raise EntryInUseError(entry.name, "it is pinned (run `provender cache unpin` first)")
+            if not self._try_remove(entry, dry_run=dry_run):
+                raise EntryInUseError(entry.name, "a running process is using it")
+        if not dry_run:
+            self._notify_evicted([entry])
+        return entry
+
+    def pin(self, name_or_key: str) -> CacheEntry:
+        """Protect an entry from eviction (it can still be removed after `unpin`)."""
+        entry = self.get(name_or_key)
+        with fs_errors(self.cache_dir):
+            (self._pins_dir / entry.key).touch()
+        return self.get(entry.key)
+
+    def unpin(self, name_or_key: str) -> CacheEntry:
+        entry = self.get(name_or_key)
+        (self._pins_dir / entry.key).unlink(missing_ok=True)
+        return self.get(entry.key)
+
+    def verify(self, *, fix: bool = False, progress: Any = None) -> list[VerifyIssue]:
+        """Re-hash content where a checksum is known; report (and with ``fix``, drop) what is corrupt."""
+        from provender._cache._verify import verify_cache
+
+        return verify_cache(self, fix=fix, progress=progress)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _lease_path(self, key: str) -> Path:
+        return self._locks_dir / f"{check_key(key)}.lease"
+
+    def _pinned_keys(self) -> set[str]:
+        try:
+            return set(os.listdir(self._pins_dir))
+        except FileNotFoundError:
+            return set()
+
+    def _entry(self, row: dict[str, Any], pinned: bool | None = None) -> CacheEntry:
+        if pinned is None:
+            pinned = (self._pins_dir / row["key"]).exists()
+        return CacheEntry(key=row["key"], name=row["name"], kind=row["kind"], path=self.cache_dir / row["path"],
+                          size=row["size"], created=row["created"], last_used=row["last_used"], hits=row["hits"],
+                          pinned=pinned, metadata=row["metadata"])
+
+    def _open_index(self) -> None:
+        try:
+            self._index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
+        except (IndexCorruptError, Exception) as exc:
+            if not isinstance(exc, IndexCorruptError) and "database" not in str(exc).lower():
+                raise
+            self._rebuild_index(str(exc))
+
+    def _rebuild_index(self, reason: str) -> None:
+        """Set a corrupt index aside and rebuild it from the files (counters start again at 0)."""
+        with self._lock:
+            self._index.close()
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            for suffix in ("", "-wal", "-shm"):
+                path = Path(f"{self._index.path}{suffix}")
+                if path.exists():
+                    os.replace(path, f"{self._index.path}.corrupt-{stamp}{suffix}")
+            logger.warning("cache index %s was unusable (%s); rebuilt it from the files on disk",
+                           self._index.path, reason)
+            self._index.rebuilt = True
+            self._reconcile()
+
+    def _clean_leftovers(self) -> None:
+        """Remove what killed processes left in tmp/ and trash/ (their owners' locks are free)."""
+        for item in list(self._trash_dir.iterdir()):
+            remove_tree(item)
+        for marker in list(self._tmp_dir.glob("*.lock")):
+            lock = FileLock(marker, timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                continue  # a live process is still staging
+            try:
+                remove_tree(marker.with_suffix(""))
+            finally:
+                lock.release()
+            marker.unlink(missing_ok=True)
+
+    @contextmanager
+    def _staging(self) -> Iterator[Path]:
+        """A fresh directory under tmp/, marked as owned by this process while it exists."""
+        name = uuid.uuid4().hex
+        marker = FileLock(self._tmp_dir / f"{name}.lock", timeout=0)
+        with fs_errors(self.cache_dir):
+            marker.acquire()
+        stage = self._tmp_dir / name
+        try:
+            yield stage
+        finally:
+            remove_tree(stage)
+            marker.release()
+            Path(marker.lock_file).unlink(missing_ok=True)
+
+    def _store_local(self, src: Path, key: str, *, name: str | None, link_mode: LinkMode,
+                     metadata: dict[str, Any], replace: bool) -> CacheEntry:
+        if not src.exists():
+            raise SourceNotFoundError(src)
+        src = src.absolute()
+        if name is not None:
+            check_name(name)
+        display = name or src.name
+        size = tree_size(src)
+        if size > self.max_size:
+            raise EntryTooLargeError(display, size, self.max_size)
+        now = time.time()
+        with self._staging() as stage:
+            content = stage / src.name if src.is_file() else stage
+            with fs_errors(self.cache_dir, size):
+                counts = place_tree(src, content, link_mode)
+                files = {
+                    str(p.relative_to(stage)): {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                    for p in sorted(stage.rglob("*")) if p.is_file()
+                }
+                manifest = {"key": key, "name": display, "kind": "local", "created": now, "files": files,
+                            "filename": src.name if src.is_file() else None, "metadata": metadata}
+                (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+            logger.info("staged %s (%s)", display, ", ".join(f"{v} {k}" for k, v in counts.items()))
+            with self._lock:
+                target = self.objects_dir / key
+                if target.exists():
+                    old = self._index.get(key)
+                    if not replace:
+                        raise EntryExistsError(display)
+                    if key in self._pinned_keys() or (old and not self._try_remove(self._entry(old))):
+                        raise EntryInUseError(display, "the entry it would replace is pinned or in use")
+                    remove_tree(target)  # a leftover without an index row
+                with fs_errors(self.cache_dir):
+                    os.rename(stage, target)
+                    fsync_dir(self.objects_dir)
+                row = self._row_from_manifest(manifest, last_used=now)
+                self._write_row(row)
+                self._reconcile()
+                evicted = self._evict(self.max_size, protect={key})
+        self._notify_evicted(evicted)
+        return self._entry(row)
+
+    def _write_row(self, row: dict[str, Any]) -> None:
+        try:
+            with self._index.transaction() as con:
+                self._index.upsert(con, row)
+        except Exception as exc:
+            if "disk" in str(exc).lower() and "full" in str(exc).lower():
+                raise DiskFullError(self.cache_dir) from exc
+            raise
+
+    def _row_from_manifest(self, manifest: dict[str, Any], last_used: float | None = None) -> dict[str, Any]:
+        key = manifest["key"]
+        size = sum(int(f["size"]) for f in manifest["files"].values())
+        return {"key": key, "kind": "local", "name": manifest["name"], "path": f"objects/{key}", "size": size,
+                "created": manifest["created"], "last_used": last_used, "hits": 0, "stamp": 0,
+                "metadata": {**manifest.get("metadata", {}), "filename": manifest.get("filename")}}
+
+    def _read_manifest(self, key: str) -> dict[str, Any] | None:
+        try:
+            manifest = json.loads((self.objects_dir / key / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), dict):
+            return None
+        return manifest
+
+    def _discover_object(self, key: str) -> dict[str, Any] | None:
+        manifest = self._read_manifest(key)
+        if manifest is None:
+            return None
+        row = self._row_from_manifest(manifest)
+        self._write_row(row)
+        return self._index.get(key)
+
+    def hub_key(self, repo_id: str, repo_type: str = "model") -> str:
+        """The cache key of a Hub repo (deterministic, the same in every process)."""
+        return generate_cache_key(repo_id, None, {"source": "hub", "repo_type": repo_type})
+
+    def _hub_row(self, folder: str, repo_type: str, repo_id: str, last_used: float | None,
+                 metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        path = self.hub_dir / folder
+        return {"key": self.hub_key(repo_id, repo_type), "kind": "hub",
+                "name": _hub.display_name(repo_id, repo_type), "path": f"hub/{folder}",
+                "size": _hub.repo_size(path), "created": time.time(), "last_used": last_used, "hits": 0,
+                "stamp": _hub.repo_stamp(path), "metadata": {"repo_type": repo_type, "repo_id": repo_id,
+                                                            **(metadata or {})}}
+
+    def _download_state(self, key: str) -> str:
+        """``none``, ``running`` (a live process downloads) or ``interrupted`` (its process died)."""
+        marker = self._pending_dir / f"{key}.lock"
+        if not marker.exists():
+            return "none"
+        lock = FileLock(marker, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return "running"
+        lock.release()
+        return "interrupted"
+
+    def _reconcile(self) -> None:
+        """Make the index match the disk: discover new entries, drop vanished ones. Call under the lock."""
+        rows = {r["key"]: r for r in self._index.all()}
+        seen: set[str] = set()
+        changes: list[dict[str, Any]] = []
+        with os.scandir(self.objects_dir) as it:
+            for item in it:
+                key = item.name
+                seen.add(key)
+                if key in rows:
+                    continue
+                manifest = self._read_manifest(key)
+                if manifest is None:
+                    logger.warning("removing %s: no valid manifest (not a complete entry)", item.path)
+                    self._to_trash(Path(item.path))
+                    continue
+                changes.append(self._row_from_manifest(manifest))
+        with os.scandir(self.hub_dir) as it:
+            for item in it:
+                parsed = _hub.parse_folder_name(item.name)
+                if parsed is None or not item.is_dir(follow_symlinks=False):
+                    continue
+                repo_type, repo_id = parsed
+                key = self.hub_key(repo_id, repo_type)
+                seen.add(key)
+                old = rows.get(key)
+                if old is None:
+                    if self._download_state(key) != "none":
+                        continue  # a partial download is not an entry (a later pull resumes it)
+                    changes.append(self._hub_row(item.name, repo_type, repo_id, last_used=None))
+                elif old["stamp"] != _hub.repo_stamp(Path(item.path)):
+                    changes.append({**old, "size": _hub.repo_size(Path(item.path)),
+                                    "stamp": _hub.repo_stamp(Path(item.path))})
+        gone = [key for key in rows if key not in seen]
+        if not changes and not gone:
+            return
+        with self._index.transaction() as con:
+            for row in changes:
+                self._index.upsert(con, row)
+            for key in gone:
+                self._index.delete(con, key)
+
+    def _to_trash(self, path: Path) -> Path:
+        trash = self._trash_dir / uuid.uuid4().hex
+        os.rename(path, trash)
+        return trash
+
+    def _try_remove(self, entry: CacheEntry, *, dry_run: bool = False, evicted: bool = False) -> bool:
+        """Remove an entry unless a live process holds it. Call under the lock. False if in use."""
+        lock = ReadWriteLock(self._lease_path(entry.key), is_singleton=False, blocking=False)
+        try:
+            lock.acquire_write()
+        except Timeout:
+            lock.close()
+            return False
+        trash: Path | None = None
+        try:
+            if dry_run:
+                return True
+            trash = self._to_trash(entry.path) if entry.path.exists() else None
+            with self._index.transaction() as con:
+                self._index.delete(con, entry.key)
+                if evicted:
+                    self._index.add_stat(con, "evictions")
+                    self._index.add_stat(con, "bytes_evicted", entry.size)
+            (self._pins_dir / entry.key).unlink(missing_ok=True)
+        finally:
+            lock.release()
+            lock.close()
+        if trash is not None:
+            remove_tree(trash)
+        return True
+
+    def _evict(self, limit: int, protect: set[str], dry_run: bool = False) -> list[CacheEntry]:
+        """Evict LRU entries until the total fits `limit`. Call under the lock (after `_reconcile`)."""
+        total = self._index.total_size()
+        if total <= limit:
+            return []
+        pinned = self._pinned_keys()
+        evicted: list[CacheEntry] = []
+        for row in self._index.lru_order():
+            if total <= limit:
+                break
+            if row["key"] in protect or row["key"] in pinned:
+                continue
+            entry = self._entry(row, pinned=False)
+            if self._try_remove(entry, dry_run=dry_run, evicted=True):
+                evicted.append(entry)
+                total -= entry.size
+        if total > limit:
+            logger.warning("cache is over its limit after eviction (%d > %d bytes): "
+                           "the rest is pinned or in use", total, limit)
+        return evicted
+
+    def _notify_evicted(self, entries: list[CacheEntry]) -> None:
+        if not entries:
+            return
+        from provender._plugins import plugin_manager_if_loaded
+
+        manager = plugin_manager_if_loaded()
+        if manager is None:
+            return
+        for entry in entries:
+            try:
+                manager.hook.provender_cache_evicted(entry=entry)
+            except Exception as exc:
+                logger.warning("a plugin failed on provender_cache_evicted(%s): %s", entry.name, exc)
+
+    def __repr__(self) -> str:
+        return f"CacheManager(cache_dir={str(self.cache_dir)!r}, max_size={self.max_size})"

@@ -1,0 +1,96 @@
+"""Where settings come from, readable without pydantic.
+
+`provender --help` must start fast, yet it needs `plugins.disabled` to know which
+plugins to load; importing pydantic-settings alone costs ~220 ms here. This module
+finds and reads the TOML file and the environment with the stdlib only; the full
+`Settings` model (in `_settings.py`) uses the same functions, so both agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "PROVENDER_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV_VAR = "PROVENDER_CONFIG"
+
+
+def config_file_path() -> Path:
+    """``$PROVENDER_CONFIG``, else ``<user_config_dir>/provender/config.toml``."""
+    explicit = os.environ.get(CONFIG_ENV_VAR)
+    if explicit:
+        return Path(explicit).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("provender", appauthor=False)) / "config.toml"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file as a dict; ``{}`` if it does not exist.
+
+    Raises ConfigError naming the file for unreadable or malformed TOML.
+    """
+    from provender._errors import ConfigError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if os.environ.get(CONFIG_ENV_VAR):
+            raise ConfigError(f"config file {str(path)!r} (from ${CONFIG_ENV_VAR}) does not exist",
+                              source=str(path)) from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}", source=str(path)) from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}", source=str(path)) from None
+
+
+def env_var_name(setting: str) -> str:
+    """``cache.max_size`` -> ``PROVENDER_CACHE__MAX_SIZE``."""
+    return ENV_PREFIX + setting.replace(".", ENV_NESTED_DELIMITER).upper()
+
+
+def find_env(setting: str) -> tuple[str, str] | None:
+    """(variable name, value) of the environment variable that sets `setting`, if any."""
+    wanted = env_var_name(setting)
+    for key, value in os.environ.items():
+        if key.upper() == wanted:
+            return key, value
+    return None
+
+
+def split_names(value: object) -> list[str]:
+    """A list of names from a list, a JSON list string, or a comma-separated string."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"{value!r} is not a JSON list of names") from None
+        else:
+            return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise ValueError(f"{value!r} is not a list of names")
+
+
+def disabled_plugins_fast() -> list[str]:
+    """`plugins.disabled` without importing pydantic (env wins over the TOML file).
+
+    Errors are not raised here: the full settings report them when a command runs.
+    """
+    try:
+        found = find_env("plugins.disabled")
+        if found:
+            return split_names(found[1])
+        section = read_config_file(config_file_path()).get("plugins", {})
+        return split_names(section.get("disabled", [])) if isinstance(section, dict) else []
+    except Exception:
+        return []

@@ -1,0 +1,196 @@
+"""Plugin discovery and the process-wide plugin manager.
+
+Entry points in the ``provender`` group are loaded one at a time: a plugin that
+fails to import or to register is logged, remembered with its error (shown by
+``provender plugins``) and skipped, so a broken plugin never takes the tool down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from provender import hookspecs
+from provender._errors import PluginError
+
+if TYPE_CHECKING:
+    from provender._cache import CacheEntry
+    from provender.hookspecs import ProviderFactory
+
+logger = logging.getLogger(__name__)
+
+PROJECT = "provender"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass
+class PluginInfo:
+    """What `provender plugins` shows about one entry point."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "module": self.module, "distribution": self.distribution,
+            "version": self.version, "status": self.status, "error": self.error,
+            "hooks": self.hooks, "providers": self.providers,
+        }
+
+
+@dataclass
+class ProviderSpec:
+    name: str
+    factory: ProviderFactory
+    plugin: str
+    description: str = ""
+
+
+class PluginManager:
+    """pluggy's manager plus what provender remembers about each plugin."""
+
+    def __init__(self, disabled: list[str] | None = None) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.disabled = set(disabled or [])
+        self.plugins: dict[str, PluginInfo] = {}
+        self._providers: dict[str, ProviderSpec] | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def load_entrypoints(self) -> None:
+        """Import and register every installed plugin, one at a time."""
+        seen: set[str] = set()
+        for ep in metadata.entry_points(group=PROJECT):
+            if ep.name in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add(ep.name)
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(name=ep.name, module=ep.value,
+                              distribution=dist.name if dist else None,
+                              version=dist.version if dist else None)
+            self.plugins[ep.name] = info
+            if ep.name in self.disabled:
+                info.status = "disabled"
+                self.pm.set_blocked(ep.name)
+                continue
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a plugin must not kill us either
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                info.status = "failed"
+                info.error = f"{type(exc).__name__}: {exc}"
+                logger.warning("plugin %r failed to load and was skipped: %s", ep.name, info.error)
+                continue
+            info.hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register an in-process plugin (tests, applications embedding provender)."""
+        with self._lock:
+            self.pm.register(plugin, name=name)
+            hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
+            self.plugins[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)), hooks=hooks)
+            self._providers = None
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self.pm.unregister(name=name)
+            self.plugins.pop(name, None)
+            self._providers = None
+
+    def providers(self) -> dict[str, ProviderSpec]:
+        """Provider name -> spec, collecting `provender_register_providers` once."""
+        with self._lock:
+            if self._providers is not None:
+                return self._providers
+            found: dict[str, ProviderSpec] = {}
+            # pluggy calls the latest registered first; go oldest first so the first registration wins.
+            for impl in reversed(self.pm.hook.provender_register_providers.get_hookimpls()):
+                plugin_name = self.pm.get_name(impl.plugin) or "?"
+
+                def register(name: str, factory: ProviderFactory, *, description: str = "",
+                             _plugin: str = plugin_name) -> None:
+                    if not isinstance(name, str) or not name or ":" in name:
+                        raise PluginError(f"plugin {_plugin!r} registered an invalid provider name {name!r}")
+                    if name in found:
+                        logger.warning("provider %r from plugin %r ignored: plugin %r registered it first",
+                                       name, _plugin, found[name].plugin)
+                        return
+                    found[name] = ProviderSpec(name, factory, _plugin, description)
+
+                try:
+                    _call_impl(impl, register=register)
+                except Exception as exc:
+                    info = self.plugins.get(plugin_name)
+                    if info is not None:
+                        info.status = "failed"
+                        info.error = f"provender_register_providers raised {type(exc).__name__}: {exc}"
+                    logger.warning("plugin %r failed to register providers: %s", plugin_name, exc)
+            for spec in found.values():
+                if spec.plugin in self.plugins:
+                    self.plugins[spec.plugin].providers.append(spec.name)
+            self._providers = found
+            return found
+
+    def claim(self, entry: CacheEntry) -> list[str]:
+        """Provider names that claim a cache entry, first registered first; never raises."""
+        claims: list[str] = []
+        for impl in reversed(self.pm.hook.provender_claim_model.get_hookimpls()):
+            try:
+                result = _call_impl(impl, entry=entry)
+            except Exception as exc:
+                logger.warning("plugin %r failed to claim %s: %s", self.pm.get_name(impl.plugin), entry.name, exc)
+                continue
+            if isinstance(result, str) and result not in claims:
+                claims.append(result)
+        return claims
+
+
+def _call_impl(impl: Any, **kwargs: Any) -> Any:
+    """Call one hook implementation with the arguments it asks for (as pluggy does)."""
+    return impl.function(*(kwargs[name] for name in impl.argnames))
+
+
+_manager: PluginManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, loading entry points on first use."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            from provender._config_files import disabled_plugins_fast
+
+            manager = PluginManager(disabled=disabled_plugins_fast())
+            manager.load_entrypoints()
+            _manager = manager
+        return _manager
+
+
+def plugin_manager_if_loaded() -> PluginManager | None:
+    """The manager if something in this process already loaded plugins (no import cost otherwise)."""
+    return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the loaded plugins (tests; re-reads entry points and settings on next use)."""
+    global _manager
+    with _manager_lock:
+        _manager = None

@@ -1,0 +1,157 @@
+"""The `Provider` base class plugins implement, and how a model name finds its provider."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from provender._errors import InvalidOptionError, ModelNotFoundError, UnknownProviderError, UnsupportedError
+
+if TYPE_CHECKING:
+    import numpy
+
+    from provender._cache import CacheEntry, CacheManager
+
+logger = logging.getLogger(__name__)
+
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "seed", "stop")
+
+
+class Provider:
+    """Base class of a provider: one instance serves one model, the one its factory was given.
+
+    Subclasses set ``name`` and override what they can do; the rest raises
+    `UnsupportedError`. Generating providers accept the options ``max_tokens``,
+    ``temperature``, ``top_p``, ``seed`` and ``stop`` (check them with
+    `check_generation_options`).
+    """
+
+    name: ClassVar[str] = "provider"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def generate(self, prompt: str, **options: Any) -> str:
+        """Complete `prompt`; returns the generated text."""
+        raise UnsupportedError(self.name, "generate")
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """Yield the completion in chunks (default: one chunk from `generate`)."""
+        yield self.generate(prompt, **options)
+
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
+        """Answer a conversation (OpenAI-shaped messages); returns the assistant's raw text,
+        tool calls included as the model wrote them."""
+        raise UnsupportedError(self.name, "chat")
+
+    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
+        """Embed `texts`; returns a float array of shape (len(texts), dimension)."""
+        raise UnsupportedError(self.name, "embed")
+
+    async def agenerate(self, prompt: str, **options: Any) -> str:
+        """`generate` in a worker thread, so an event loop keeps running."""
+        return await asyncio.to_thread(self.generate, prompt, **options)
+
+    async def astream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
+        """`stream` driven from a worker thread, chunk by chunk."""
+        iterator = self.stream(prompt, **options)
+        done = object()
+        while True:
+            chunk = await asyncio.to_thread(next, iterator, done)
+            if chunk is done:
+                return
+            yield chunk  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Release what the provider holds (loaded weights, cache leases). Idempotent."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}:{self.model}>"
+
+
+def check_generation_options(options: dict[str, Any], *, provider: str = "provider",
+                             extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validate the common generation options; returns them unchanged.
+
+    Raises InvalidOptionError for a bad value and UnsupportedError for an unknown option.
+    """
+    for key in options:
+        if key not in GENERATION_OPTIONS and key not in extra:
+            raise UnsupportedError(provider, f"option {key!r}",
+                                   f"known options are {', '.join(GENERATION_OPTIONS + extra)}")
+    mt = options.get("max_tokens")
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
+        raise InvalidOptionError("max_tokens", mt, "an integer >= 1")
+    temp = options.get("temperature")
+    if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp <= 100):
+        raise InvalidOptionError("temperature", temp, "a number >= 0 (0 is greedy)")
+    top_p = options.get("top_p")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise InvalidOptionError("top_p", top_p, "a number in (0, 1]")
+    seed = options.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise InvalidOptionError("seed", seed, "an integer >= 0")
+    stop = options.get("stop")
+    if stop is not None and not (isinstance(stop, str) or
+                                 (isinstance(stop, (list, tuple)) and all(isinstance(s, str) and s for s in stop))):
+        raise InvalidOptionError("stop", stop, "a string or a list of non-empty strings")
+    return options
+
+
+def parse_model_name(model: str) -> tuple[str | None, str]:
+    """``"mlx:org/name"`` -> (``"mlx"``, ``"org/name"``); ``"org/name"`` -> (None, ``"org/name"``)."""
+    if not isinstance(model, str) or not model.strip():
+        raise ModelNotFoundError(str(model), "a model name cannot be empty")
+    prefix, sep, rest = model.partition(":")
+    # "C:\\models\\x" is a Windows path, not provider "C".
+    if sep and rest and len(prefix) > 1 and prefix.replace("-", "").replace("_", "").isalnum():
+        return prefix, rest
+    return None, model
+
+
+def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
+    """Find the provider for `model` and return it bound to the model.
+
+    ``provider:model`` names the provider; a bare name is claimed through the
+    ``provender_claim_model`` hook from the cache entry (or local directory) it names.
+    """
+    from provender._plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    providers = manager.providers()
+    provider_name, model_name = parse_model_name(model)
+    if provider_name is None:
+        entry = _entry_for(model_name, cache)
+        if entry is None:
+            raise ModelNotFoundError(model_name, "it is not in the cache; pull it (`provender pull "
+                                                 f"{model_name}`) or name the provider (`PROVIDER:{model_name}`)")
+        claims = [c for c in manager.claim(entry) if c in providers]
+        if not claims:
+            raise ModelNotFoundError(model_name, "no installed provider can serve it "
+                                                 f"(providers: {', '.join(sorted(providers)) or 'none'})")
+        provider_name = claims[0]
+    spec = providers.get(provider_name)
+    if spec is None:
+        raise UnknownProviderError(provider_name, list(providers))
+    provider = spec.factory(model_name)
+    if not isinstance(provider, Provider):
+        raise UnsupportedError(provider_name, "the Provider contract",
+                               f"its factory returned {type(provider).__name__}, not a provender.Provider")
+    return provider
+
+
+def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
+    from provender._cache import CacheEntry, CacheManager
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        st = path.stat()
+        return CacheEntry(key="", name=name, kind="path", path=path.absolute(), size=0, created=st.st_mtime)
+    try:
+        return (cache or CacheManager()).find(name)
+    except Exception as exc:
+        logger.debug("cache lookup of %s failed: %s", name, exc)
+        return None

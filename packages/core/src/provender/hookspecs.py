@@ -1,0 +1,91 @@
+"""Every hook a provender plugin can implement, in one place.
+
+A plugin is a module (named by an entry point in the ``provender`` group) with
+functions decorated ``@provender.hookimpl`` whose names match these specs. A plugin
+implements only the hooks it needs; argument names must match, but a plugin may
+accept fewer arguments than the spec passes.
+
+Keep plugin modules light: they are imported by ``provender --help``. Import heavy
+libraries (mlx, torch, numpy) inside the provider, not at module level.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from provender._cache import CacheEntry
+    from provender._provider import Provider
+
+hookspec = pluggy.HookspecMarker("provender")
+
+
+class ProviderFactory(Protocol):
+    def __call__(self, model: str) -> Provider: ...
+
+
+class RegisterProvider(Protocol):
+    def __call__(self, name: str, factory: ProviderFactory, *, description: str = "") -> None: ...
+
+
+class RegisterTool(Protocol):
+    def __call__(self, tool: Any, *, name: str | None = None) -> None: ...
+
+
+@hookspec
+def provender_register_providers(register: RegisterProvider) -> None:
+    """Register the providers this plugin brings.
+
+    Called once per process, the first time providers are needed (resolving a model,
+    `provender plugins`, `provender models`). Call ``register(name, factory)`` for each
+    provider; ``factory(model)`` must return a `provender.Provider` bound to that model.
+    It is called lazily, only when that provider is used, so importing the runtime
+    (mlx, torch...) belongs inside the factory. Returns nothing.
+    """
+
+
+@hookspec
+def provender_register_commands(cli: click.Group) -> None:
+    """Add commands or command groups to the ``provender`` command line.
+
+    Called while the CLI is built, before arguments are parsed, including for
+    ``provender --help``: add commands with ``cli.add_command(...)`` or ``@cli.command()``
+    and keep their imports inside the command functions. Returns nothing.
+    """
+
+
+@hookspec
+def provender_register_tools(register: RegisterTool) -> None:
+    """Offer tools to the agent library (``provender-agent``).
+
+    Called when an agent collects tools from plugins. Call ``register(tool)`` with a
+    plain typed Python function (its docstring and type hints become the schema) or
+    an object the agent library accepts as a tool. Returns nothing.
+    """
+
+
+@hookspec
+def provender_claim_model(entry: CacheEntry) -> str | None:
+    """Say whether this plugin's provider can serve a cached model.
+
+    Called for each cache entry when a model is named without a provider
+    (``provender generate -m org/name``) and when listings show who can serve an entry.
+    Decide by the entry's content (``entry.path``: config files, weight formats,
+    quantization metadata), never by the words in its name, and be quick: read small
+    files only. Return the provider name to claim it, or None. All claims are
+    collected; the first registered plugin's claim wins when several claim.
+    """
+
+
+@hookspec
+def provender_cache_evicted(entry: CacheEntry) -> None:
+    """Hear that the disk cache dropped an entry (eviction, `cache rm`, `verify --fix`).
+
+    Called in the process that removed it, after its files are gone, so a provider
+    can drop in-memory copies loaded from it. Other processes cannot be told; an
+    entry they hold in use is never removed. Returns nothing.
+    """

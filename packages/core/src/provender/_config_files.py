@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,29 @@ ENV_NESTED_DELIMITER = "__"
 CONFIG_ENV_VAR = "PROVENDER_CONFIG"
 
 
+def user_config_dir() -> Path:
+    """platformdirs' ``user_config_dir("provender")``.
+
+    Importing platformdirs costs ~18 ms here, a sixth of `provender --help`; on Linux
+    and macOS its rule is two lines, so the fast path applies it directly (a test
+    checks both agree) and other platforms ask platformdirs.
+    """
+    if sys.platform.startswith("linux"):
+        xdg = os.environ.get("XDG_CONFIG_HOME", "").strip()
+        return Path(xdg if xdg else os.path.expanduser("~/.config")) / "provender"
+    if sys.platform == "darwin":
+        return Path(os.path.expanduser("~/Library/Application Support/provender"))
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("provender", appauthor=False))
+
+
 def config_file_path() -> Path:
     """``$PROVENDER_CONFIG``, else ``<user_config_dir>/provender/config.toml``."""
     explicit = os.environ.get(CONFIG_ENV_VAR)
     if explicit:
         return Path(explicit).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("provender", appauthor=False)) / "config.toml"
+    return user_config_dir() / "config.toml"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

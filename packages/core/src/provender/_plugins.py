@@ -135,7 +135,7 @@ class PluginManager:
                     found[name] = ProviderSpec(name, factory, _plugin, description)
 
                 try:
-                    _call_impl(impl, register=register)
+                    call_impl(impl, register=register)
                 except Exception as exc:
                     info = self.plugins.get(plugin_name)
                     if info is not None:
@@ -153,7 +153,7 @@ class PluginManager:
         claims: list[str] = []
         for impl in reversed(self.pm.hook.provender_claim_model.get_hookimpls()):
             try:
-                result = _call_impl(impl, entry=entry)
+                result = call_impl(impl, entry=entry)
             except Exception as exc:
                 logger.warning("plugin %r failed to claim %s: %s", self.pm.get_name(impl.plugin), entry.name, exc)
                 continue
@@ -162,7 +162,7 @@ class PluginManager:
         return claims
 
 
-def _call_impl(impl: Any, **kwargs: Any) -> Any:
+def call_impl(impl: Any, **kwargs: Any) -> Any:
     """Call one hook implementation with the arguments it asks for (as pluggy does)."""
     return impl.function(*(kwargs[name] for name in impl.argnames))
 

@@ -106,8 +106,8 @@ def parse_model_name(model: str) -> tuple[str | None, str]:
     if not isinstance(model, str) or not model.strip():
         raise ModelNotFoundError(str(model), "a model name cannot be empty")
     prefix, sep, rest = model.partition(":")
-    # "C:\\models\\x" is a Windows path, not provider "C".
-    if sep and rest and len(prefix) > 1 and prefix.replace("-", "").replace("_", "").isalnum():
+    windows_drive = len(prefix) == 1 and rest.startswith(("\\", "/"))  # C:\\models is a path
+    if sep and rest and not windows_drive and prefix.replace("-", "").replace("_", "").isalnum():
         return prefix, rest
     return None, model
 

@@ -24,10 +24,24 @@ logger = logging.getLogger(__name__)
 def fetch_repo(cm: CacheManager, repo_id: str, *, revision: str | None, repo_type: str,
                allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None,
                progress: bool) -> CacheEntry:
+    import huggingface_hub
+
+    if progress:
+        return _fetch(cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns)
+    was_disabled = huggingface_hub.utils.are_progress_bars_disabled()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        return _fetch(cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns)
+    finally:
+        if not was_disabled:
+            huggingface_hub.utils.enable_progress_bars()
+
+
+def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
+           allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None) -> CacheEntry:
     check_name(repo_id)
     if repo_type not in _hub.REPO_TYPES:
         raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
-    import huggingface_hub
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -68,8 +82,6 @@ def fetch_repo(cm: CacheManager, repo_id: str, *, revision: str | None, repo_typ
         pending.acquire()
     lease.acquire_read()
     try:
-        if not progress:
-            huggingface_hub.utils.disable_progress_bars()
         try:
             with fs_errors(cm.hub_dir):
                 snapshot_download(**kwargs)  # type: ignore[call-overload]
@@ -82,9 +94,6 @@ def fetch_repo(cm: CacheManager, repo_id: str, *, revision: str | None, repo_typ
             raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
         except HfHubHTTPError as exc:
             raise HubError(f"downloading {name} failed: {exc}") from None
-        finally:
-            if not progress:
-                huggingface_hub.utils.enable_progress_bars()
         folder = _hub.folder_name(repo_id, repo_type)
         row = cm._hub_row(folder, repo_type, repo_id, last_used=time.time(),
                           metadata={"revision": revision} if revision else None)

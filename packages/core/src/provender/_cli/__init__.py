@@ -1,0 +1,105 @@
+"""The ``provender`` command line.
+
+Only click and the plugin manager load before a command runs, so ``provender --help``
+stays fast; each command imports what it needs. Errors become one line on stderr
+with exit code 2 (usage or configuration) or 1 (failure), never a traceback unless
+``--debug`` asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from provender import __version__
+from provender._cli._common import EXIT_FAILURE, EXIT_USAGE, usage_error_types
+
+
+class ProvenderGroup(click.Group):
+    """Turns provender's errors into one clear line and the right exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from provender._errors import ProvenderError
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except ProvenderError as exc:
+            if ctx.meta.get("provender.debug"):
+                raise
+            code = EXIT_USAGE if isinstance(exc, usage_error_types()) else EXIT_FAILURE
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug, or a plugin's: still no traceback unless asked
+            if ctx.meta.get("provender.debug"):
+                raise
+            click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+            sys.exit(EXIT_FAILURE)
+
+
+def _configure_logging(verbose: int, debug: bool) -> None:
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose or debug
+                                           else "warning: %(message)s"))
+    root = logging.getLogger("provender")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("provender_mlx", "provender_embedding", "provender_agent"):
+        logging.getLogger(name).handlers[:] = [handler]
+        logging.getLogger(name).setLevel(level)
+
+
+@click.group(cls=ProvenderGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="provender")
+@click.option("-v", "--verbose", count=True, help="More output (-vv for debug logs).")
+@click.option("--debug", is_flag=True, envvar="PROVENDER_DEBUG", help="Show tracebacks of errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
+    """Run local ML models through pluggable providers that share one disk cache.
+
+    \b
+    Quick start:
+      provender cache import ./my-model --name me/my-model
+      provender generate -m me/my-model "Hello"
+      provender cache ls
+    """
+    ctx.meta["provender.debug"] = debug
+    _configure_logging(verbose, debug)
+
+
+def _build() -> click.Group:
+    from provender._cli import cache, core
+
+    core.register(cli)
+    cli.add_command(cache.cache)
+    # Plugins add their commands; a plugin that fails here is reported, never fatal.
+    from provender._plugins import call_impl, get_plugin_manager
+
+    manager = get_plugin_manager()
+    for impl in reversed(manager.pm.hook.provender_register_commands.get_hookimpls()):
+        try:
+            call_impl(impl, cli=cli)
+        except Exception as exc:
+            plugin = manager.pm.get_name(impl.plugin)
+            click.echo(f"warning: plugin {plugin!r} failed to add its commands: {exc}", err=True)
+    failed = [p.name for p in manager.plugins.values() if p.status == "failed"]
+    if failed and not os.environ.get("PROVENDER_QUIET_PLUGIN_ERRORS"):
+        click.echo(f"warning: plugin(s) {', '.join(failed)} failed to load (see `provender plugins`)", err=True)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``provender`` script."""
+    _build().main(args=argv, prog_name="provender")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,59 @@
+"""What every command shares: error handling, JSON and table output, the cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    from provender._cache import CacheManager
+
+logger = logging.getLogger("provender")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def usage_error_types() -> tuple[type[BaseException], ...]:
+    from provender._errors import (
+        ConfigError,
+        InvalidNameError,
+        InvalidOptionError,
+        SourceNotFoundError,
+        UnknownProviderError,
+    )
+
+    return ConfigError, InvalidNameError, InvalidOptionError, SourceNotFoundError, UnknownProviderError
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print one line to stderr and exit."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def echo_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    """A plain aligned table (no dependency, pipes cleanly)."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        click.echo(click.style(line, bold=True) if n == 0 else line)
+
+
+def get_cache(max_size: int | None = None) -> CacheManager:
+    from provender._cache import CacheManager
+
+    return CacheManager(max_size=max_size)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")

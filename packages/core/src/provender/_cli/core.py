@@ -1,0 +1,141 @@
+"""Top-level commands: plugins, config, models, pull, generate."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from provender._cli._common import echo_json, echo_table, fail, get_cache, json_option
+
+
+@click.command()
+@json_option
+def plugins(as_json: bool) -> None:
+    """List installed plugins, their providers, and why any failed to load."""
+    from provender._plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    manager.providers()  # fills in each plugin's providers (and registration errors)
+    infos = sorted(manager.plugins.values(), key=lambda p: p.name)
+    if as_json:
+        echo_json([p.to_dict() for p in infos])
+        return
+    if not infos:
+        click.echo("No plugins installed. Providers are separate packages, e.g. pip install \"provender[mlx]\".")
+        return
+    echo_table([(p.name, p.version or "-", p.status, ", ".join(p.providers) or "-", p.error or "")
+                for p in infos], ("PLUGIN", "VERSION", "STATUS", "PROVIDERS", "ERROR"))
+
+
+@click.command()
+@json_option
+def config(as_json: bool) -> None:
+    """Show every effective setting, its environment variable and where its value came from."""
+    from provender._config_files import config_file_path
+    from provender._settings import effective_settings, load_settings
+
+    rows = effective_settings(load_settings())
+    if as_json:
+        echo_json({"config_file": str(config_file_path()), "settings": rows})
+        return
+    click.echo(f"config file: {config_file_path()}")
+    echo_table([(r["setting"], r["value"], r["source"], r["env"]) for r in rows],
+               ("SETTING", "VALUE", "SOURCE", "ENVIRONMENT VARIABLE"))
+
+
+@click.command()
+@json_option
+@click.option("--all", "show_all", is_flag=True, help="Also list cached entries no provider claims.")
+def models(as_json: bool, show_all: bool) -> None:
+    """List the cached models and the providers that can serve them."""
+    from provender._plugins import get_plugin_manager
+    from provender._sizes import format_ago, format_size
+
+    manager = get_plugin_manager()
+    rows = []
+    for entry in get_cache().entries():
+        claims = manager.claim(entry)
+        if claims or show_all:
+            rows.append((entry, claims))
+    if as_json:
+        echo_json([{"model": f"{c[0]}:{e.name}" if c else e.name, **e.to_dict(providers=c)} for e, c in rows])
+        return
+    if not rows:
+        click.echo("No models in the cache that an installed provider can serve "
+                   "(try `provender pull ORG/NAME` or `provender cache import`).")
+        return
+    echo_table([(e.name, ", ".join(c) or "-", format_size(e.size), format_ago(e.last_used)) for e, c in rows],
+               ("MODEL", "PROVIDERS", "SIZE", "LAST USED"))
+
+
+@click.command()
+@click.argument("model")
+@click.option("--revision", help="Branch, tag or commit (default: main).")
+@click.option("--include", "allow_patterns", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", "ignore_patterns", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+def pull(model: str, revision: str | None, allow_patterns: tuple[str, ...], ignore_patterns: tuple[str, ...],
+         quiet: bool, as_json: bool) -> None:
+    """Download MODEL (a Hub repo id, optionally PROVIDER:org/name) into the shared cache.
+
+    Files already cached are not downloaded again; an interrupted pull resumes.
+    HF_HUB_OFFLINE=1 only checks the cache; HF_ENDPOINT and HF_TOKEN are honoured.
+    """
+    from provender._provider import parse_model_name
+    from provender._sizes import format_size
+
+    _, repo_id = parse_model_name(model)
+    entry = get_cache().fetch(repo_id, revision=revision, allow_patterns=list(allow_patterns) or None,
+                              ignore_patterns=list(ignore_patterns) or None, progress=not quiet and not as_json)
+    if as_json:
+        echo_json(entry.to_dict())
+    else:
+        click.echo(f"Pulled {entry.name} ({format_size(entry.size)}) into {entry.model_path}")
+
+
+def _read_prompt(prompt: str | None) -> str:
+    if prompt is None or prompt == "-":
+        if sys.stdin.isatty():
+            fail("give a PROMPT argument, or pipe one on stdin", 2)
+        return sys.stdin.read()
+    return prompt
+
+
+@click.command()
+@click.option("-m", "--model", required=True, help="PROVIDER:MODEL, or a cached model name.")
+@click.argument("prompt", required=False)
+@click.option("--max-tokens", type=int, help="Most tokens to generate.")
+@click.option("--temperature", type=float, help="Sampling temperature (0 = greedy).")
+@click.option("--top-p", type=float, help="Nucleus sampling probability mass.")
+@click.option("--seed", type=int, help="Random seed, for repeatable sampling.")
+@click.option("--stop", multiple=True, help="Stop at this string (repeatable).")
+@click.option("-s", "--system", "system_prompt", help="System prompt (providers that take one).")
+@click.option("--stream/--no-stream", default=False, help="Print tokens as they come.")
+def generate(model: str, prompt: str | None, max_tokens: int | None, temperature: float | None,
+             top_p: float | None, seed: int | None, stop: tuple[str, ...], system_prompt: str | None,
+             stream: bool) -> None:
+    """Generate text from PROMPT (or stdin) with MODEL."""
+    from provender._provider import resolve_provider
+
+    text = _read_prompt(prompt)
+    options: dict[str, Any] = {k: v for k, v in {
+        "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+        "stop": list(stop) or None, "system_prompt": system_prompt}.items() if v is not None}
+    provider = resolve_provider(model)
+    try:
+        if stream:
+            for chunk in provider.stream(text, **options):
+                click.echo(chunk, nl=False)
+            click.echo()
+        else:
+            click.echo(provider.generate(text, **options))
+    finally:
+        provider.close()
+
+
+def register(cli: click.Group) -> None:
+    for command in (plugins, config, models, pull, generate):
+        cli.add_command(command)

@@ -24,17 +24,17 @@ logger = logging.getLogger(__name__)
 def fetch_repo(cm: CacheManager, repo_id: str, *, revision: str | None, repo_type: str,
                allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None,
                progress: bool) -> CacheEntry:
-    import huggingface_hub
+    from huggingface_hub import utils as hf_utils
 
     if progress:
         return _fetch(cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns)
-    was_disabled = huggingface_hub.utils.are_progress_bars_disabled()
-    huggingface_hub.utils.disable_progress_bars()
+    was_disabled = hf_utils.are_progress_bars_disabled()
+    hf_utils.disable_progress_bars()
     try:
         return _fetch(cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns)
     finally:
         if not was_disabled:
-            huggingface_hub.utils.enable_progress_bars()
+            hf_utils.enable_progress_bars()
 
 
 def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,

@@ -99,6 +99,9 @@ def _build() -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``provender`` script."""
+    # Until the options are parsed, library log records are summarised by _build, not printed.
+    logging.getLogger("provender").addHandler(logging.NullHandler())
+    logging.getLogger("provender").propagate = False
     _build().main(args=argv, prog_name="provender")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from decimal import Decimal
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -52,7 +53,7 @@ def parse_size(value: object) -> int:
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(f"{value!r} has an unknown unit {unit!r}; expected {SIZE_HINT}")
-    return int(round(float(number) * factor))
+    return int((Decimal(number) * factor).to_integral_value())  # Decimal: exact for large counts
 
 
 def parse_duration(value: object) -> float:

@@ -23,22 +23,24 @@ logger = logging.getLogger(__name__)
 
 def fetch_repo(cm: CacheManager, repo_id: str, *, revision: str | None, repo_type: str,
                allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None,
-               progress: bool) -> CacheEntry:
+               progress: bool, endpoint: str | None = None) -> CacheEntry:
     from huggingface_hub import utils as hf_utils
 
+    args = (cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns, endpoint)
     if progress:
-        return _fetch(cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns)
+        return _fetch(*args)
     was_disabled = hf_utils.are_progress_bars_disabled()
     hf_utils.disable_progress_bars()
     try:
-        return _fetch(cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns)
+        return _fetch(*args)
     finally:
         if not was_disabled:
             hf_utils.enable_progress_bars()
 
 
 def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
-           allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None) -> CacheEntry:
+           allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None,
+           endpoint: str | None) -> CacheEntry:
     check_name(repo_id)
     if repo_type not in _hub.REPO_TYPES:
         raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
@@ -54,7 +56,7 @@ def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
     key = cm.hub_key(repo_id, repo_type)
     name = _hub.display_name(repo_id, repo_type)
     kwargs = {"repo_id": repo_id, "repo_type": repo_type, "revision": revision, "cache_dir": str(cm.hub_dir),
-              "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns}
+              "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns, "endpoint": endpoint}
 
     # Refuse before downloading what could never fit (needs the Hub; skipped offline).
     if not constants.HF_HUB_OFFLINE:

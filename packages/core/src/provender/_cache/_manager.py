@@ -191,16 +191,16 @@ class CacheManager:
 
     def fetch(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model",
               allow_patterns: list[str] | str | None = None, ignore_patterns: list[str] | str | None = None,
-              progress: bool = True) -> CacheEntry:
+              progress: bool = True, endpoint: str | None = None) -> CacheEntry:
         """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
 
-        Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``. Files already cached are not
+        Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or `endpoint`, for a mirror). Files already cached are not
         downloaded again. Marks the entry used and evicts others to fit ``max_size``.
         """
         from provender._cache._fetch import fetch_repo
 
         return fetch_repo(self, repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow_patterns,
-                          ignore_patterns=ignore_patterns, progress=progress)
+                          ignore_patterns=ignore_patterns, progress=progress, endpoint=endpoint)
 
     # -- reading -----------------------------------------------------------------------
 

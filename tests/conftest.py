@@ -1,0 +1,80 @@
+"""Fixtures shared by every test: an isolated environment, real caches, real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # tests/fakehub.py, tests/workers.py
+
+from fakehub import FakeHub  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No user config, cache or Hub token leaks in; every process the test starts inherits this."""
+    for key in list(os.environ):
+        if key.startswith(("PROVENDER_", "HF_")):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    from provender._plugins import reset_plugin_manager
+
+    reset_plugin_manager()
+    yield
+    reset_plugin_manager()
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def make_files(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """make_files("name", {"a.bin": 100, "config.json": b"{}"}) -> a real directory of files."""
+
+    def make(name: str, files: dict[str, int | bytes]) -> Path:
+        root = tmp_path / "src" / name
+        for rel, content in files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content if isinstance(content, bytes) else os.urandom(content))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[FakeHub]:
+    hub = FakeHub()
+    yield hub
+    hub.close()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `provender ARGS` in a real process with the test's environment (plus `env`)."""
+    return subprocess.run([sys.executable, "-m", "provender", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, input=input, timeout=timeout)
+
+
+def can_mount() -> str | None:
+    """None if this machine lets a test mount a tmpfs in its own namespace, else why not."""
+    try:
+        out = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                              "mount -t tmpfs -o size=64k tmpfs /mnt && echo ok"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if out.stdout.strip() == "ok" else (out.stderr.strip() or "mount refused")

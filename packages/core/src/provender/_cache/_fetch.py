@@ -58,6 +58,8 @@ def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
     kwargs = {"repo_id": repo_id, "repo_type": repo_type, "revision": revision, "cache_dir": str(cm.hub_dir),
               "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns, "endpoint": endpoint}
 
+    repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
+    existed = repo_dir.exists()
     # Refuse before downloading what could never fit (needs the Hub; skipped offline).
     if not constants.HF_HUB_OFFLINE:
         try:
@@ -72,10 +74,12 @@ def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
         else:
             total = sum(f.file_size or 0 for f in plan)
             needed = sum(f.file_size or 0 for f in plan if f.will_download)
-            if total > cm.max_size:
-                raise EntryTooLargeError(name, total, cm.max_size)
             free = shutil.disk_usage(cm.hub_dir).free
-            if needed > free:
+            if total > cm.max_size or needed > free:
+                if not existed:  # the planning call leaves an empty repo folder behind
+                    shutil.rmtree(repo_dir, ignore_errors=True)
+                if total > cm.max_size:
+                    raise EntryTooLargeError(name, total, cm.max_size)
                 raise DiskFullError(cm.hub_dir, needed)
 
     pending = FileLock(cm._pending_dir / f"{key}.lock", timeout=-1)  # marks a download in progress

@@ -310,3 +310,19 @@ def test_leftovers_of_dead_processes_are_cleaned(cache_dir: Path) -> None:
     CacheManager(cache_dir, max_size=1000)
     assert os.listdir(cache_dir / "tmp") == [] and os.listdir(cache_dir / "trash") == []
     assert cm.entries() == [] and os.listdir(cache_dir / "objects") == []
+
+
+def test_refused_move_gives_the_files_back(cache_dir: Path, make_files) -> None:  # type: ignore[no-untyped-def]
+    cm = CacheManager(cache_dir, max_size=10_000)
+    cm.cache_model(make_files("a", {"w": 10}), "a")
+    lease = cm.acquire("a")
+    src = make_files("new", {"w": 20, "sub/x": 5})
+    with pytest.raises(EntryInUseError):
+        cm.cache_model(src, "a", link_mode="move")
+    assert sorted(p.name for p in src.rglob("*")) == ["sub", "w", "x"] and (src / "w").stat().st_size == 20
+    lease.release()
+    cm.pin("a")
+    single = make_files("f", {"w.bin": 7}) / "w.bin"
+    with pytest.raises(EntryInUseError):
+        cm.cache_model(single, "a", link_mode="move")
+    assert single.stat().st_size == 7 and cm.get("a").size == 10

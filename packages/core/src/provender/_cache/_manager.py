@@ -406,6 +406,11 @@ class CacheManager:
         if size > self.max_size:
             raise EntryTooLargeError(display, size, self.max_size)
         now = time.time()
+        if (self.objects_dir / key).exists():  # refuse early, before any file is touched
+            if not replace:
+                raise EntryExistsError(display)
+            if key in self._pinned_keys():
+                raise EntryInUseError(display, "the entry it would replace is pinned")
         with self._staging() as stage:
             content = stage / src.name if src.is_file() else stage
             with fs_errors(self.cache_dir, size):
@@ -418,24 +423,35 @@ class CacheManager:
                             "filename": src.name if src.is_file() else None, "metadata": metadata}
                 (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
             logger.info("staged %s (%s)", display, ", ".join(f"{v} {k}" for k, v in counts.items()))
-            with self._lock:
-                target = self.objects_dir / key
-                if target.exists():
-                    old = self._index.get(key)
-                    if not replace:
-                        raise EntryExistsError(display)
-                    if key in self._pinned_keys() or (old and not self._try_remove(self._entry(old))):
-                        raise EntryInUseError(display, "the entry it would replace is pinned or in use")
-                    remove_tree(target)  # a leftover without an index row
-                with fs_errors(self.cache_dir):
-                    os.rename(stage, target)
-                    fsync_dir(self.objects_dir)
-                row = self._row_from_manifest(manifest, last_used=now)
-                self._write_row(row)
-                self._reconcile()
-                evicted = self._evict(self.max_size, protect={key})
+            try:
+                row, evicted = self._commit_local(stage, manifest, key, display, replace, now)
+            except BaseException:
+                if link_mode == "move" and content.exists():  # the caller's files are staged: give them back
+                    (stage / MANIFEST).unlink(missing_ok=True)
+                    os.rename(content, src)
+                raise
         self._notify_evicted(evicted)
         return self._entry(row)
+
+    def _commit_local(self, stage: Path, manifest: dict[str, Any], key: str, display: str, replace: bool,
+                      now: float) -> tuple[dict[str, Any], list[CacheEntry]]:
+        """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
+        with self._lock:
+            target = self.objects_dir / key
+            if target.exists():
+                old = self._index.get(key)
+                if not replace:
+                    raise EntryExistsError(display)
+                if key in self._pinned_keys() or (old and not self._try_remove(self._entry(old))):
+                    raise EntryInUseError(display, "the entry it would replace is pinned or in use")
+                remove_tree(target)  # a leftover without an index row
+            with fs_errors(self.cache_dir):
+                os.rename(stage, target)
+                fsync_dir(self.objects_dir)
+            row = self._row_from_manifest(manifest, last_used=now)
+            self._write_row(row)
+            self._reconcile()
+            return row, self._evict(self.max_size, protect={key})
 
     def _write_row(self, row: dict[str, Any]) -> None:
         try:

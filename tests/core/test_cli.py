@@ -1,0 +1,129 @@
+"""The `provender` command line, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from fakehub import FakeHub
+
+
+@pytest.fixture
+def env(cache_dir: Path) -> dict[str, str]:
+    return {"PROVENDER_CACHE__DIR": str(cache_dir), "PROVENDER_QUIET_PLUGIN_ERRORS": "1"}
+
+
+def ok(*args: str, env: dict[str, str], input: str | None = None) -> str:
+    out = run_cli(*args, env=env, input=input)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+def test_help_imports_nothing_heavy() -> None:
+    code = ("import sys; from provender._cli import _build; _build(); "
+            "heavy = [m for m in ('pydantic', 'pydantic_settings', 'huggingface_hub', 'numpy', 'mlx', 'torch', "
+            "'transformers', 'platformdirs', 'provender._cache', 'provender._settings') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    plain = subprocess.run([sys.executable, "-c", "import sys, provender; print(sorted(m for m in sys.modules "
+                            "if m.split('.')[0] in ('pydantic', 'click', 'pluggy', 'huggingface_hub', 'numpy')))"],
+                           capture_output=True, text=True, check=True)
+    assert plain.stdout.strip() == "[]"  # `import provender` alone loads none of them
+
+
+def test_help_lists_commands(env: dict[str, str]) -> None:
+    text = ok("--help", env=env)
+    for command in ("cache", "config", "generate", "models", "plugins", "pull"):
+        assert command in text
+    cache_help = ok("cache", "--help", env=env)
+    for command in ("ls", "rm", "prune", "stats", "verify", "pin", "unpin", "import", "path"):
+        assert command in cache_help
+
+
+def test_cache_workflow(env: dict[str, str], make_files, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_files("m", {"model.safetensors": 2000, "config.json": b"{}"})
+    imported = json.loads(ok("cache", "import", str(src), "--name", "org/model", "--json", env=env))
+    assert imported["name"] == "org/model" and imported["size"] == 2002
+    assert ok("cache", "path", env=env).strip() == str(cache_dir)
+    rows = json.loads(ok("cache", "ls", "--json", env=env))
+    assert [r["name"] for r in rows] == ["org/model"]
+    assert {"key", "name", "size", "last_used", "providers", "path", "pinned"} <= set(rows[0])
+    table = ok("cache", "ls", env=env)
+    assert "org/model" in table and "2.0 KB" in table and "just now" in table
+    stats = json.loads(ok("cache", "stats", "--json", env=env))
+    assert {"hits", "misses", "evictions", "entries", "size", "max_size"} <= set(stats)
+    assert (stats["entries"], stats["size"]) == (1, 2002)
+    ok("cache", "pin", "org/model", env=env)
+    assert json.loads(ok("cache", "ls", "--json", env=env))[0]["pinned"] is True
+    refused = run_cli("cache", "rm", "-y", "org/model", env=env)
+    assert refused.returncode == 1 and "pinned" in refused.stderr and "Traceback" not in refused.stderr
+    ok("cache", "unpin", "org/model", env=env)
+    dry = ok("cache", "rm", "--dry-run", "org/model", env=env)
+    assert "would remove org/model" in dry and json.loads(ok("cache", "ls", "--json", env=env))
+    no_tty = run_cli("cache", "rm", "org/model", env=env, input="")
+    assert no_tty.returncode == 2 and "-y" in no_tty.stderr  # no silent deletion without a terminal to ask
+    assert "removed org/model" in ok("cache", "rm", "-y", "org/model", env=env)
+    assert json.loads(ok("cache", "ls", "--json", env=env)) == []
+
+
+def test_prune(env: dict[str, str], make_files) -> None:  # type: ignore[no-untyped-def]
+    for name in ("a", "b", "c"):
+        ok("cache", "import", str(make_files(name, {"w": 1000})), "--name", f"org/{name}", env=env)
+    dry = ok("cache", "prune", "--max-size", "2KB", "--dry-run", env=env)
+    assert "would evict org/a" in dry and len(json.loads(ok("cache", "ls", "--json", env=env))) == 3
+    assert "evicted 1 entries" in ok("cache", "prune", "--max-size", "2KB", "-y", env=env)
+    assert sorted(r["name"] for r in json.loads(ok("cache", "ls", "--json", env=env))) == ["org/b", "org/c"]
+    bad = run_cli("cache", "prune", "--max-size", "lots", env=env)
+    assert bad.returncode == 2 and "lots" in bad.stderr
+
+
+def test_verify_cli(env: dict[str, str], make_files, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    ok("cache", "import", str(make_files("m", {"w.bin": 500})), "--name", "org/m", "--copy", env=env)
+    assert json.loads(ok("cache", "verify", "--json", env=env)) == {"ok": True, "issues": []}
+    [blob] = list((cache_dir / "objects").glob("*/w.bin"))
+    blob.write_bytes(b"\0" + blob.read_bytes()[1:])
+    bad = run_cli("cache", "verify", env=env)
+    assert bad.returncode == 1 and "CORRUPT org/m" in bad.stdout
+    fixed = json.loads(ok("cache", "verify", "--fix", "--json", env=env))
+    assert fixed["issues"][0]["fixed"] is True
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["cache", "import", "/no/such/dir", "--name", "org/x"], 2, "no such file"),
+    (["cache", "import", ".", "--name", "../../etc"], 2, "invalid name"),
+    (["cache", "rm", "-y", "org/ghost"], 1, "no cache entry"),
+    (["cache", "pin", "org/ghost"], 1, "no cache entry"),
+    (["cache", "ls", "--sort", "weird"], 2, "weird"),
+    (["generate", "-m", "nosuch:model", "hi"], 2, "no provider named 'nosuch'"),
+    (["generate", "-m", "org/unknown", "hi"], 1, "not in the cache"),
+    (["nonsense"], 2, "No such command"),
+])
+def test_bad_input_is_one_clear_line(env: dict[str, str], args: list[str], code: int, needle: str) -> None:
+    out = run_cli(*args, env=env)
+    assert out.returncode == code, out
+    assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pull_with_progress_and_offline(env: dict[str, str], fake_hub: FakeHub) -> None:
+    fake_hub.add("org/tiny", {"config.json": b"{}", "model.safetensors": os.urandom(10_000)})
+    hub_env = {**env, "HF_ENDPOINT": fake_hub.endpoint}
+    out = run_cli("pull", "org/tiny", env=hub_env)
+    assert out.returncode == 0, out.stderr
+    assert "Pulled org/tiny" in out.stdout and "Fetching" in out.stderr  # huggingface_hub's progress bar
+    rows = json.loads(ok("cache", "ls", "--json", env=env))
+    assert rows[0]["name"] == "org/tiny" and rows[0]["kind"] == "hub"
+    offline = {**hub_env, "HF_HUB_OFFLINE": "1"}
+    assert "Pulled org/tiny" in run_cli("pull", "org/tiny", env=offline).stdout  # cached: fine offline
+    missing = run_cli("pull", "org/other", env=offline)
+    assert missing.returncode == 1 and "offline" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_debug_shows_traceback(env: dict[str, str]) -> None:
+    out = run_cli("--debug", "cache", "rm", "-y", "org/ghost", env=env)
+    assert out.returncode == 1 and "Traceback" in out.stderr

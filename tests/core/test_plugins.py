@@ -1,0 +1,99 @@
+"""Plugins installed for real (the example `provender-echo` and the broken fixture) found through entry points."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from provender import CacheManager, Provider, UnknownProviderError, get_provider, hookimpl
+from provender._plugins import get_plugin_manager
+from provender._provider import parse_model_name
+
+INSTALLED = {ep.name for ep in metadata.entry_points(group="provender")}
+pytestmark = pytest.mark.skipif(not {"echo", "broken"} <= INSTALLED,
+                                reason="install examples/provender-echo and tests/plugins/provender-broken "
+                                       "(tox does) to run the plugin tests")
+
+
+def test_plugins_lists_loaded_and_failed() -> None:
+    out = run_cli("plugins", "--json")
+    assert out.returncode == 0
+    plugins = {p["name"]: p for p in json.loads(out.stdout)}
+    assert plugins["echo"]["status"] == "loaded" and plugins["echo"]["providers"] == ["echo"]
+    assert "provender_register_providers" in plugins["echo"]["hooks"]
+    assert plugins["broken"]["status"] == "failed"
+    assert "nonexistent-runtime" in plugins["broken"]["error"]
+    table = run_cli("plugins")
+    assert "broken" in table.stdout and "failed" in table.stdout
+
+
+def test_broken_plugin_never_takes_the_cli_down() -> None:
+    out = run_cli("generate", "-m", "echo:upper", "still works")
+    assert out.returncode == 0 and out.stdout.strip() == "STILL WORKS"
+    assert "broken" in out.stderr and "Traceback" not in out.stderr  # reported, in one line
+
+
+def test_generate_through_the_example_plugin() -> None:
+    assert run_cli("generate", "-m", "echo:reverse", "--max-tokens", "2", "a b c").stdout.strip() == "c b"
+    streamed = run_cli("generate", "-m", "echo:upper", "--stream", "x y z")
+    assert streamed.stdout.strip() == "X Y Z"
+    assert run_cli("generate", "-m", "echo:upper", input="from stdin\n").stdout.strip() == "FROM STDIN"
+    bad = run_cli("generate", "-m", "echo:upper", "--temperature", "-1", "x")
+    assert bad.returncode == 2 and "temperature" in bad.stderr
+
+
+def test_plugin_command_registered() -> None:
+    out = run_cli("echo-modes")
+    assert out.returncode == 0 and "upper" in out.stdout.split()
+
+
+def test_disabled_plugin_is_not_loaded() -> None:
+    env = {"PROVENDER_PLUGINS__DISABLED": "echo"}
+    plugins = {p["name"]: p for p in json.loads(run_cli("plugins", "--json", env=env).stdout)}
+    assert plugins["echo"]["status"] == "disabled" and plugins["echo"]["providers"] == []
+    out = run_cli("generate", "-m", "echo:upper", "x", env=env)
+    assert out.returncode == 2 and "no provider named 'echo'" in out.stderr
+    assert "echo-modes" not in run_cli("--help", env=env).stdout
+
+
+def test_claim_by_content(cache_dir: Path, make_files, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PROVENDER_CACHE__DIR", str(cache_dir))
+    cm = CacheManager()
+    cm.import_model(make_files("e", {"echo.json": b'{"provider": "echo", "mode": "upper"}'}), "me/shouty")
+    cm.import_model(make_files("x", {"config.json": b"{}"}), "me/echo-in-name-only")
+    provider = get_provider("me/shouty")  # no provider named: the claim hook decides, by content
+    assert isinstance(provider, Provider) and provider.name == "echo" and provider.generate("hi") == "HI"
+    rows = {r["name"]: r for r in json.loads(run_cli("cache", "ls", "--json").stdout)}
+    assert rows["me/shouty"]["providers"] == ["echo"] and rows["me/echo-in-name-only"]["providers"] == []
+    models = json.loads(run_cli("models", "--json").stdout)
+    assert [m["model"] for m in models] == ["echo:me/shouty"]
+    out = run_cli("generate", "-m", "me/echo-in-name-only", "x")
+    assert out.returncode == 1 and "no installed provider can serve it" in out.stderr
+
+
+def test_in_process_plugin_and_model_names() -> None:
+    class Shout(Provider):
+        name = "shout"
+
+        def generate(self, prompt: str, **options: object) -> str:
+            return prompt.upper() + "!"
+
+    class Plugin:
+        @hookimpl
+        def provender_register_providers(self, register):  # type: ignore[no-untyped-def]
+            register("shout", Shout)
+
+    manager = get_plugin_manager()
+    manager.register(Plugin(), name="inline")
+    assert get_provider("shout:anything").generate("hey") == "HEY!"
+    with pytest.raises(UnknownProviderError) as info:
+        get_provider("whisper:x")
+    assert "shout" in info.value.available
+    assert parse_model_name("mlx:org/name") == ("mlx", "org/name")
+    assert parse_model_name("org/name") == (None, "org/name")
+    assert parse_model_name("C:\\models\\x") == (None, "C:\\models\\x")
+    assert parse_model_name("e:x") == ("e", "x")

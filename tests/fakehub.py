@@ -105,7 +105,7 @@ class FakeHub:
 
         step = 1 << 16
         for start in range(0, len(data), step):
-            req.wfile.write(data[start:start + step])
+            req.wfile.write(data[start : start + step])
             if self.throttle:
                 req.wfile.flush()
                 time.sleep(self.throttle)
@@ -117,8 +117,9 @@ class FakeHub:
             return self._send_json(req, {"error": f"Repository {repo_id} not found"}, 404)
         commit, files = self.repos[repo_id]
         if parts[2] == "revision":
-            return self._send_json(req, {"id": repo_id, "sha": commit, "private": False,
-                                         "siblings": [{"rfilename": f} for f in files]})
+            return self._send_json(
+                req, {"id": repo_id, "sha": commit, "private": False, "siblings": [{"rfilename": f} for f in files]}
+            )
         if parts[2] == "tree":
             tree = []
             for name, data in sorted(files.items()):

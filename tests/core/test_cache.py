@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub
 
+from fakehub import FakeHub
 from provender import (
     CacheManager,
     EntryExistsError,
@@ -51,8 +51,12 @@ def test_seed_api_roundtrip(cache_dir: Path, make_files) -> None:  # type: ignor
 def test_generate_cache_key_ignores_dict_order() -> None:
     a = CacheManager.generate_cache_key("r", "f", {"a": 1, "b": 2})
     assert a == CacheManager.generate_cache_key("r", "f", {"b": 2, "a": 1})
-    assert a == hashlib.sha256(json.dumps(["r", "f", {"a": 1, "b": 2}], sort_keys=True,
-                                          separators=(",", ":")).encode()).hexdigest()
+    assert (
+        a
+        == hashlib.sha256(
+            json.dumps(["r", "f", {"a": 1, "b": 2}], sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+    )
 
 
 def test_lru_eviction_by_bytes(cache_dir: Path, make_files) -> None:  # type: ignore[no-untyped-def]
@@ -106,9 +110,16 @@ def test_in_use_by_another_process(cache_dir: Path, make_files) -> None:  # type
     cm = CacheManager(cache_dir, max_size=10_000)
     cm.cache_model(make_files("a", {"w": 100}), "a")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from provender import CacheManager; "
-         f"lease = CacheManager({str(cache_dir)!r}, max_size=10000).acquire('a'); print('held', flush=True); "
-         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from provender import CacheManager; "
+            f"lease = CacheManager({str(cache_dir)!r}, max_size=10000).acquire('a'); print('held', flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(EntryInUseError, match="running process"):
@@ -154,8 +165,22 @@ def test_import_is_zero_copy_and_keeps_source(cache_dir: Path, make_files) -> No
     assert not moved_src.exists() and cm.get("org/moved").size == 10
 
 
-@pytest.mark.parametrize("bad", ["../../etc", "/etc/passwd", "a/../../b", "a\x00b", "x" * 300, "org/na/me",
-                                 "оrg/model", "org\\..\\x", "", ".", ".."])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../../etc",
+        "/etc/passwd",
+        "a/../../b",
+        "a\x00b",
+        "x" * 300,
+        "org/na/me",
+        "оrg/model",
+        "org\\..\\x",
+        "",
+        ".",
+        "..",
+    ],
+)
 def test_hostile_names_refused(cache_dir: Path, make_files, bad: str) -> None:  # type: ignore[no-untyped-def]
     cm = CacheManager(cache_dir, max_size=10_000)
     src = make_files("m", {"w": 10})
@@ -177,8 +202,10 @@ def test_stats_survive_restart_and_processes(cache_dir: Path, make_files) -> Non
     cm.cache_model(make_files("a", {"w": 10}), "a")
     cm.get_cached_model("a")
     cm.get_cached_model("zzz")
-    code = (f"from provender import CacheManager; cm = CacheManager({str(cache_dir)!r}, max_size=10000); "
-            "cm.get_cached_model('a'); cm.get_cached_model('a'); cm.get_cached_model('nope')")
+    code = (
+        f"from provender import CacheManager; cm = CacheManager({str(cache_dir)!r}, max_size=10000); "
+        "cm.get_cached_model('a'); cm.get_cached_model('a'); cm.get_cached_model('nope')"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     stats = CacheManager(cache_dir, max_size=10_000).stats()
     assert (stats.hits, stats.misses, stats.entries) == (3, 2, 1)

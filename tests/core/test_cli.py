@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 from fakehub import FakeHub
 
@@ -25,15 +26,25 @@ def ok(*args: str, env: dict[str, str], input: str | None = None) -> str:
 
 
 def test_help_imports_nothing_heavy() -> None:
-    code = ("import sys; from provender._cli import _build; _build(); "
-            "heavy = [m for m in ('pydantic', 'pydantic_settings', 'huggingface_hub', 'numpy', 'mlx', 'torch', "
-            "'transformers', 'platformdirs', 'provender._cache', 'provender._settings') if m in sys.modules]; "
-            "print(heavy)")
+    code = (
+        "import sys; from provender._cli import _build; _build(); "
+        "heavy = [m for m in ('pydantic', 'pydantic_settings', 'huggingface_hub', 'numpy', 'mlx', 'torch', "
+        "'transformers', 'platformdirs', 'provender._cache', 'provender._settings') if m in sys.modules]; "
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    plain = subprocess.run([sys.executable, "-c", "import sys, provender; print(sorted(m for m in sys.modules "
-                            "if m.split('.')[0] in ('pydantic', 'click', 'pluggy', 'huggingface_hub', 'numpy')))"],
-                           capture_output=True, text=True, check=True)
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, provender; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('pydantic', 'click', 'pluggy', 'huggingface_hub', 'numpy')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert plain.stdout.strip() == "[]"  # `import provender` alone loads none of them
 
 
@@ -94,16 +105,19 @@ def test_verify_cli(env: dict[str, str], make_files, cache_dir: Path) -> None:  
     assert fixed["issues"][0]["fixed"] is True
 
 
-@pytest.mark.parametrize(("args", "code", "needle"), [
-    (["cache", "import", "/no/such/dir", "--name", "org/x"], 2, "no such file"),
-    (["cache", "import", ".", "--name", "../../etc"], 2, "invalid name"),
-    (["cache", "rm", "-y", "org/ghost"], 1, "no cache entry"),
-    (["cache", "pin", "org/ghost"], 1, "no cache entry"),
-    (["cache", "ls", "--sort", "weird"], 2, "weird"),
-    (["generate", "-m", "nosuch:model", "hi"], 2, "no provider named 'nosuch'"),
-    (["generate", "-m", "org/unknown", "hi"], 1, "not in the cache"),
-    (["nonsense"], 2, "No such command"),
-])
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["cache", "import", "/no/such/dir", "--name", "org/x"], 2, "no such file"),
+        (["cache", "import", ".", "--name", "../../etc"], 2, "invalid name"),
+        (["cache", "rm", "-y", "org/ghost"], 1, "no cache entry"),
+        (["cache", "pin", "org/ghost"], 1, "no cache entry"),
+        (["cache", "ls", "--sort", "weird"], 2, "weird"),
+        (["generate", "-m", "nosuch:model", "hi"], 2, "no provider named 'nosuch'"),
+        (["generate", "-m", "org/unknown", "hi"], 1, "not in the cache"),
+        (["nonsense"], 2, "No such command"),
+    ],
+)
 def test_bad_input_is_one_clear_line(env: dict[str, str], args: list[str], code: int, needle: str) -> None:
     out = run_cli(*args, env=env)
     assert out.returncode == code, out

@@ -7,16 +7,17 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from provender import CacheManager, Provider, UnknownProviderError, get_provider, hookimpl
 from provender._plugins import get_plugin_manager
 from provender._provider import parse_model_name
 
 INSTALLED = {ep.name for ep in metadata.entry_points(group="provender")}
-pytestmark = pytest.mark.skipif(not {"echo", "broken"} <= INSTALLED,
-                                reason="install examples/provender-echo and tests/plugins/provender-broken "
-                                       "(tox does) to run the plugin tests")
+pytestmark = pytest.mark.skipif(
+    not {"echo", "broken"} <= INSTALLED,
+    reason="install examples/provender-echo and tests/plugins/provender-broken (tox does) to run the plugin tests",
+)
 
 
 def test_plugins_lists_loaded_and_failed() -> None:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import TESTS
 from fakehub import FakeHub
-
 from provender import CacheManager
 from provender._cache._manager import MANIFEST
 
@@ -43,9 +43,15 @@ def assert_consistent(cache_dir: Path, max_size: int | None = None) -> CacheMana
 def test_processes_hammering_one_cache(cache_dir: Path, tmp_path: Path, n: int) -> None:
     max_size = 12_000
     CacheManager(cache_dir, max_size=max_size)
-    procs = [subprocess.Popen([sys.executable, WORKERS, "hammer", str(cache_dir), str(max_size), str(seed), "3",
-                               str(tmp_path / "work")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for seed in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKERS, "hammer", str(cache_dir), str(max_size), str(seed), "3", str(tmp_path / "work")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(n)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
@@ -63,8 +69,7 @@ def test_processes_hammering_one_cache(cache_dir: Path, tmp_path: Path, n: int) 
 
 
 def _kill_at_random(args: list[str], rng: random.Random, max_delay: float) -> None:
-    proc = subprocess.Popen([sys.executable, WORKERS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, WORKERS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "started", proc.stderr
     time.sleep(rng.uniform(0, max_delay))
     proc.send_signal(signal.SIGKILL)

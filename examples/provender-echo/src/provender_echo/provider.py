@@ -66,7 +66,6 @@ class EchoProvider(Provider):
         for i, word in enumerate(words):
             yield word if i == 0 else " " + word
 
-    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-             **options: Any) -> str:
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         return self.generate(str(last), **options)

@@ -13,7 +13,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheEntry",
-    "CacheEntry",
     "CacheError",
     "CacheManager",
     "CacheNotWritableError",
@@ -60,10 +59,25 @@ _LAZY = {
     "hookimpl": "provender._plugins",
     "get_plugin_manager": "provender._plugins",
 }
-_ERRORS = ("CacheError", "CacheNotWritableError", "ConfigError", "DiskFullError", "EntryExistsError",
-           "EntryInUseError", "EntryNotFoundError", "EntryTooLargeError", "HubError", "InvalidNameError",
-           "InvalidOptionError", "ModelNotFoundError", "PluginError", "ProvenderError", "SourceNotFoundError",
-           "UnknownProviderError", "UnsupportedError")
+_ERRORS = (
+    "CacheError",
+    "CacheNotWritableError",
+    "ConfigError",
+    "DiskFullError",
+    "EntryExistsError",
+    "EntryInUseError",
+    "EntryNotFoundError",
+    "EntryTooLargeError",
+    "HubError",
+    "InvalidNameError",
+    "InvalidOptionError",
+    "ModelNotFoundError",
+    "PluginError",
+    "ProvenderError",
+    "SourceNotFoundError",
+    "UnknownProviderError",
+    "UnsupportedError",
+)
 
 
 def get_provider(model: str) -> Provider:

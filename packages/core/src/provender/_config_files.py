@@ -56,8 +56,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         if os.environ.get(CONFIG_ENV_VAR):
-            raise ConfigError(f"config file {str(path)!r} (from ${CONFIG_ENV_VAR}) does not exist",
-                              source=str(path)) from None
+            raise ConfigError(
+                f"config file {str(path)!r} (from ${CONFIG_ENV_VAR}) does not exist", source=str(path)
+            ) from None
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}", source=str(path)) from None

@@ -17,8 +17,9 @@ class ProvenderError(Exception):
 class ConfigError(ProvenderError, ValueError):
     """A setting has a bad value, or the config file cannot be read."""
 
-    def __init__(self, message: str, *, setting: str | None = None, source: str | None = None,
-                 value: object = None) -> None:
+    def __init__(
+        self, message: str, *, setting: str | None = None, source: str | None = None, value: object = None
+    ) -> None:
         super().__init__(message)
         self.setting = setting
         self.source = source
@@ -139,8 +140,7 @@ class DiskFullError(CacheError, OSError):
         from provender._sizes import format_size
 
         need = f" (needed {format_size(needed)})" if needed else ""
-        super().__init__(f"no space left on the device holding {str(path)!r}{need}; "
-                         "nothing already cached was lost")
+        super().__init__(f"no space left on the device holding {str(path)!r}{need}; nothing already cached was lost")
         self.path = path
         self.needed = needed
 

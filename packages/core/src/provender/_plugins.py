@@ -43,9 +43,14 @@ class PluginInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "module": self.module, "distribution": self.distribution,
-            "version": self.version, "status": self.status, "error": self.error,
-            "hooks": self.hooks, "providers": self.providers,
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": self.status,
+            "error": self.error,
+            "hooks": self.hooks,
+            "providers": self.providers,
         }
 
 
@@ -80,9 +85,12 @@ class PluginManager:
                 continue
             seen.add(ep.name)
             dist = getattr(ep, "dist", None)
-            info = PluginInfo(name=ep.name, module=ep.value,
-                              distribution=dist.name if dist else None,
-                              version=dist.version if dist else None)
+            info = PluginInfo(
+                name=ep.name,
+                module=ep.value,
+                distribution=dist.name if dist else None,
+                version=dist.version if dist else None,
+            )
             self.plugins[ep.name] = info
             if ep.name in self.disabled:
                 info.status = "disabled"
@@ -91,7 +99,7 @@ class PluginManager:
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
-            except BaseException as exc:  # noqa: BLE001 - SystemExit in a plugin must not kill us either
+            except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 info.status = "failed"
@@ -124,13 +132,18 @@ class PluginManager:
             for impl in reversed(self.pm.hook.provender_register_providers.get_hookimpls()):
                 plugin_name = self.pm.get_name(impl.plugin) or "?"
 
-                def register(name: str, factory: ProviderFactory, *, description: str = "",
-                             _plugin: str = plugin_name) -> None:
+                def register(
+                    name: str, factory: ProviderFactory, *, description: str = "", _plugin: str = plugin_name
+                ) -> None:
                     if not isinstance(name, str) or not name or ":" in name:
                         raise PluginError(f"plugin {_plugin!r} registered an invalid provider name {name!r}")
                     if name in found:
-                        logger.warning("provider %r from plugin %r ignored: plugin %r registered it first",
-                                       name, _plugin, found[name].plugin)
+                        logger.warning(
+                            "provider %r from plugin %r ignored: plugin %r registered it first",
+                            name,
+                            _plugin,
+                            found[name].plugin,
+                        )
                         return
                     found[name] = ProviderSpec(name, factory, _plugin, description)
 

@@ -72,16 +72,18 @@ class Provider:
         return f"<{type(self).__name__} {self.name}:{self.model}>"
 
 
-def check_generation_options(options: dict[str, Any], *, provider: str = "provider",
-                             extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def check_generation_options(
+    options: dict[str, Any], *, provider: str = "provider", extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Validate the common generation options; returns them unchanged.
 
     Raises InvalidOptionError for a bad value and UnsupportedError for an unknown option.
     """
     for key in options:
         if key not in GENERATION_OPTIONS and key not in extra:
-            raise UnsupportedError(provider, f"option {key!r}",
-                                   f"known options are {', '.join(GENERATION_OPTIONS + extra)}")
+            raise UnsupportedError(
+                provider, f"option {key!r}", f"known options are {', '.join(GENERATION_OPTIONS + extra)}"
+            )
     mt = options.get("max_tokens")
     if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
         raise InvalidOptionError("max_tokens", mt, "an integer >= 1")
@@ -95,8 +97,9 @@ def check_generation_options(options: dict[str, Any], *, provider: str = "provid
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise InvalidOptionError("seed", seed, "an integer >= 0")
     stop = options.get("stop")
-    if stop is not None and not (isinstance(stop, str) or
-                                 (isinstance(stop, (list, tuple)) and all(isinstance(s, str) and s for s in stop))):
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, (list, tuple)) and all(isinstance(s, str) and s for s in stop))
+    ):
         raise InvalidOptionError("stop", stop, "a string or a list of non-empty strings")
     return options
 
@@ -126,20 +129,27 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
     if provider_name is None:
         entry = _entry_for(model_name, cache)
         if entry is None:
-            raise ModelNotFoundError(model_name, "it is not in the cache; pull it (`provender pull "
-                                                 f"{model_name}`) or name the provider (`PROVIDER:{model_name}`)")
+            raise ModelNotFoundError(
+                model_name,
+                "it is not in the cache; pull it (`provender pull "
+                f"{model_name}`) or name the provider (`PROVIDER:{model_name}`)",
+            )
         claims = [c for c in manager.claim(entry) if c in providers]
         if not claims:
-            raise ModelNotFoundError(model_name, "no installed provider can serve it "
-                                                 f"(providers: {', '.join(sorted(providers)) or 'none'})")
+            raise ModelNotFoundError(
+                model_name, f"no installed provider can serve it (providers: {', '.join(sorted(providers)) or 'none'})"
+            )
         provider_name = claims[0]
     spec = providers.get(provider_name)
     if spec is None:
         raise UnknownProviderError(provider_name, list(providers))
     provider = spec.factory(model_name)
     if not isinstance(provider, Provider):
-        raise UnsupportedError(provider_name, "the Provider contract",
-                               f"its factory returned {type(provider).__name__}, not a provender.Provider")
+        raise UnsupportedError(
+            provider_name,
+            "the Provider contract",
+            f"its factory returned {type(provider).__name__}, not a provender.Provider",
+        )
     return provider
 
 

@@ -83,10 +83,10 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    cache: CacheSettings = Field(default_factory=CacheSettings)
-    memory: MemorySettings = Field(default_factory=MemorySettings)
-    plugins: PluginSettings = Field(default_factory=PluginSettings)
-    data: DataSettings = Field(default_factory=DataSettings)
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
+    memory: MemorySettings = Field(default_factory=lambda: MemorySettings())
+    plugins: PluginSettings = Field(default_factory=lambda: PluginSettings())
+    data: DataSettings = Field(default_factory=lambda: DataSettings())
 
     @classmethod
     def settings_customise_sources(
@@ -154,8 +154,7 @@ def load_settings(**overrides: Any) -> Settings:
                 message = f"unknown setting section {setting!r} in config file {config_file_path()}"
         else:
             reason = str(err.get("ctx", {}).get("error", "")) or err["msg"]
-            message = (f"invalid setting {setting} from {_describe_source(source)}: "
-                       f"{reason} (got {err.get('input')!r})")
+            message = f"invalid setting {setting} from {_describe_source(source)}: {reason} (got {err.get('input')!r})"
         raise ConfigError(message, setting=setting, source=source, value=err.get("input")) from None
     except ConfigError:
         raise
@@ -171,10 +170,12 @@ def effective_settings(settings: Settings, overrides: dict[str, Any] | None = No
     dumped = settings.model_dump(mode="json")
     for name in _leaf_settings():
         section, key = name.split(".")
-        rows.append({
-            "setting": name,
-            "value": dumped[section][key],
-            "env": env_var_name(name),
-            "source": setting_source(name, overrides),
-        })
+        rows.append(
+            {
+                "setting": name,
+                "value": dumped[section][key],
+                "env": env_var_name(name),
+                "source": setting_source(name, overrides),
+            }
+        )
     return rows

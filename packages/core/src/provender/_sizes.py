@@ -12,12 +12,23 @@ import time
 from decimal import Decimal
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "kib": 2**10,
-    "m": 10**6, "mb": 10**6, "mib": 2**20,
-    "g": 10**9, "gb": 10**9, "gib": 2**30,
-    "t": 10**12, "tb": 10**12, "tib": 2**40,
-    "p": 10**15, "pb": 10**15, "pib": 2**50,
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+    "p": 10**15,
+    "pb": 10**15,
+    "pib": 2**50,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -91,8 +102,14 @@ def format_ago(timestamp: float | None, now: float | None = None) -> str:
         return "in the future"
     if delta < 45:
         return "just now"
-    for seconds, name in ((86400 * 365, "year"), (86400 * 30, "month"), (86400 * 7, "week"),
-                          (86400, "day"), (3600, "hour"), (60, "minute")):
+    for seconds, name in (
+        (86400 * 365, "year"),
+        (86400 * 30, "month"),
+        (86400 * 7, "week"),
+        (86400, "day"),
+        (3600, "hour"),
+        (60, "minute"),
+    ):
         if delta >= seconds:
             count = int(delta // seconds)
             return f"{count} {name}{'s' if count != 1 else ''} ago"

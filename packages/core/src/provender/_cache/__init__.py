@@ -6,5 +6,13 @@ from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue
 from provender._cache._manager import CacheManager, Lease
 from provender._cache._names import check_key, check_name, generate_cache_key
 
-__all__ = ["CacheEntry", "CacheManager", "CacheStats", "Lease", "VerifyIssue", "check_key", "check_name",
-           "generate_cache_key"]
+__all__ = [
+    "CacheEntry",
+    "CacheManager",
+    "CacheStats",
+    "Lease",
+    "VerifyIssue",
+    "check_key",
+    "check_name",
+    "generate_cache_key",
+]

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
+    return None if ts is None else _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat()
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,17 @@ class CacheEntry:
     def to_dict(self, providers: list[str] | None = None) -> dict[str, Any]:
         """The JSON row of `provender cache ls --json`."""
         return {
-            "key": self.key, "name": self.name, "kind": self.kind, "size": self.size,
-            "last_used": _iso(self.last_used), "created": _iso(self.created), "hits": self.hits,
-            "providers": providers if providers is not None else [], "path": str(self.path),
-            "model_path": str(self.model_path), "pinned": self.pinned,
+            "key": self.key,
+            "name": self.name,
+            "kind": self.kind,
+            "size": self.size,
+            "last_used": _iso(self.last_used),
+            "created": _iso(self.created),
+            "hits": self.hits,
+            "providers": providers if providers is not None else [],
+            "path": str(self.path),
+            "model_path": str(self.model_path),
+            "pinned": self.pinned,
         }
 
 
@@ -75,9 +82,15 @@ class CacheStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "hits": self.hits, "misses": self.misses, "hit_rate": self.hit_rate,
-            "evictions": self.evictions, "bytes_evicted": self.bytes_evicted, "entries": self.entries,
-            "size": self.size, "max_size": self.max_size, "pinned": self.pinned,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hit_rate,
+            "evictions": self.evictions,
+            "bytes_evicted": self.bytes_evicted,
+            "entries": self.entries,
+            "size": self.size,
+            "max_size": self.max_size,
+            "pinned": self.pinned,
             "cache_dir": str(self.cache_dir),
         }
 
@@ -93,5 +106,10 @@ class VerifyIssue:
     fixed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "name": self.name, "path": str(self.path), "problem": self.problem,
-                "fixed": self.fixed}
+        return {
+            "key": self.key,
+            "name": self.name,
+            "path": str(self.path),
+            "problem": self.problem,
+            "fixed": self.fixed,
+        }

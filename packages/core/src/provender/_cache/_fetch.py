@@ -21,26 +21,44 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def fetch_repo(cm: CacheManager, repo_id: str, *, revision: str | None, repo_type: str,
-               allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None,
-               progress: bool, endpoint: str | None = None) -> CacheEntry:
-    from huggingface_hub import utils as hf_utils
+def fetch_repo(
+    cm: CacheManager,
+    repo_id: str,
+    *,
+    revision: str | None,
+    repo_type: str,
+    allow_patterns: list[str] | str | None,
+    ignore_patterns: list[str] | str | None,
+    progress: bool,
+    endpoint: str | None = None,
+) -> CacheEntry:
+    from huggingface_hub.utils import (  # type: ignore[attr-defined]
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     args = (cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns, endpoint)
     if progress:
         return _fetch(*args)
-    was_disabled = hf_utils.are_progress_bars_disabled()
-    hf_utils.disable_progress_bars()
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
     try:
         return _fetch(*args)
     finally:
         if not was_disabled:
-            hf_utils.enable_progress_bars()
+            enable_progress_bars()
 
 
-def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
-           allow_patterns: list[str] | str | None, ignore_patterns: list[str] | str | None,
-           endpoint: str | None) -> CacheEntry:
+def _fetch(
+    cm: CacheManager,
+    repo_id: str,
+    revision: str | None,
+    repo_type: str,
+    allow_patterns: list[str] | str | None,
+    ignore_patterns: list[str] | str | None,
+    endpoint: str | None,
+) -> CacheEntry:
     check_name(repo_id)
     if repo_type not in _hub.REPO_TYPES:
         raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
@@ -55,8 +73,15 @@ def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
 
     key = cm.hub_key(repo_id, repo_type)
     name = _hub.display_name(repo_id, repo_type)
-    kwargs = {"repo_id": repo_id, "repo_type": repo_type, "revision": revision, "cache_dir": str(cm.hub_dir),
-              "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns, "endpoint": endpoint}
+    kwargs = {
+        "repo_id": repo_id,
+        "repo_type": repo_type,
+        "revision": revision,
+        "cache_dir": str(cm.hub_dir),
+        "allow_patterns": allow_patterns,
+        "ignore_patterns": ignore_patterns,
+        "endpoint": endpoint,
+    }
 
     repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
     existed = repo_dir.exists()
@@ -65,8 +90,9 @@ def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
         try:
             plan = snapshot_download(**kwargs, dry_run=True)  # type: ignore[call-overload]
         except (RepositoryNotFoundError, GatedRepoError) as exc:
-            raise ModelNotFoundError(name, f"the Hub has no such {repo_type} repo, or it needs a token "
-                                           f"({type(exc).__name__})") from None
+            raise ModelNotFoundError(
+                name, f"the Hub has no such {repo_type} repo, or it needs a token ({type(exc).__name__})"
+            ) from None
         except RevisionNotFoundError:
             raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
         except Exception as exc:  # offline, Hub down: the real call below falls back to the cache
@@ -92,8 +118,9 @@ def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
             with fs_errors(cm.hub_dir):
                 snapshot_download(**kwargs)  # type: ignore[call-overload]
         except LocalEntryNotFoundError:
-            raise ModelNotFoundError(name, "not in the cache, and the Hub cannot be reached "
-                                           "(offline: HF_HUB_OFFLINE is set, or no network)") from None
+            raise ModelNotFoundError(
+                name, "not in the cache, and the Hub cannot be reached (offline: HF_HUB_OFFLINE is set, or no network)"
+            ) from None
         except (RepositoryNotFoundError, GatedRepoError):
             raise ModelNotFoundError(name, f"the Hub has no such {repo_type} repo, or it needs a token") from None
         except RevisionNotFoundError:
@@ -101,8 +128,9 @@ def _fetch(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str,
         except HfHubHTTPError as exc:
             raise HubError(f"downloading {name} failed: {exc}") from None
         folder = _hub.folder_name(repo_id, repo_type)
-        row = cm._hub_row(folder, repo_type, repo_id, last_used=time.time(),
-                          metadata={"revision": revision} if revision else None)
+        row = cm._hub_row(
+            folder, repo_type, repo_id, last_used=time.time(), metadata={"revision": revision} if revision else None
+        )
         old = cm._index.get(key)
         if old is not None:
             row["created"] = old["created"]

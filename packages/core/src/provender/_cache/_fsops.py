@@ -122,8 +122,11 @@ def place_tree(src: Path, dst: Path, mode: LinkMode) -> dict[str, int]:
             real = os.path.realpath(source)
             if not os.path.isfile(real):
                 continue
-            how = place_file(real if os.path.islink(source) else source, str(target_root / f),
-                             "auto" if mode == "move" and os.path.islink(source) else mode)
+            how = place_file(
+                real if os.path.islink(source) else source,
+                str(target_root / f),
+                "auto" if mode == "move" and os.path.islink(source) else mode,
+            )
             counts[how] = counts.get(how, 0) + 1
     if mode == "move":
         shutil.rmtree(src, ignore_errors=True)

@@ -139,15 +139,17 @@ class Index:
     def record_hit(self, key: str, now: float | None = None) -> bool:
         """Mark an entry used and count a hit, in one short transaction. False if the key is gone."""
         with self.transaction() as con:
-            cur = con.execute("UPDATE entries SET last_used=?, hits=hits+1 WHERE key=?",
-                              (time.time() if now is None else now, key))
+            cur = con.execute(
+                "UPDATE entries SET last_used=?, hits=hits+1 WHERE key=?", (time.time() if now is None else now, key)
+            )
             if cur.rowcount:
                 self.add_stat(con, "hits")
             return cur.rowcount > 0
 
     def add_stat(self, con: sqlite3.Connection, name: str, amount: int = 1) -> None:
-        con.execute("INSERT INTO stats VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
-                    (name, amount))
+        con.execute(
+            "INSERT INTO stats VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (name, amount)
+        )
 
     def stats(self) -> dict[str, int]:
         found = dict(self.con.execute("SELECT name, value FROM stats").fetchall())

@@ -111,8 +111,15 @@ class CacheManager:
         self._tmp_dir = self.cache_dir / "tmp"
         self._trash_dir = self.cache_dir / "trash"
         with fs_errors(self.cache_dir):
-            for d in (self.hub_dir, self.objects_dir, self._pins_dir, self._locks_dir, self._pending_dir,
-                      self._tmp_dir, self._trash_dir):
+            for d in (
+                self.hub_dir,
+                self.objects_dir,
+                self._pins_dir,
+                self._locks_dir,
+                self._pending_dir,
+                self._tmp_dir,
+                self._trash_dir,
+            ):
                 d.mkdir(parents=True, exist_ok=True)
             if not os.access(self.cache_dir, os.W_OK):
                 raise CacheNotWritableError(self.cache_dir, "permission denied")
@@ -148,8 +155,15 @@ class CacheManager:
             self._index.add_stat(con, "misses")
         return None
 
-    def cache_model(self, model_path: str | os.PathLike[str], cache_key: str, *, name: str | None = None,
-                    link_mode: LinkMode = "auto", **metadata: Any) -> Path:
+    def cache_model(
+        self,
+        model_path: str | os.PathLike[str],
+        cache_key: str,
+        *,
+        name: str | None = None,
+        link_mode: LinkMode = "auto",
+        **metadata: Any,
+    ) -> Path:
         """Store a model file or directory under `cache_key`; returns its path in the cache.
 
         The bytes are not copied where the filesystem allows (copy-on-write clone, else
@@ -158,8 +172,9 @@ class CacheManager:
         then evicted to fit ``max_size``; the new entry never is.
         """
         check_key(cache_key)
-        entry = self._store_local(Path(model_path), cache_key, name=name, link_mode=link_mode,
-                                  metadata=metadata, replace=True)
+        entry = self._store_local(
+            Path(model_path), cache_key, name=name, link_mode=link_mode, metadata=metadata, replace=True
+        )
         return entry.model_path
 
     def cleanup_old_models(self, max_size: int | None = None, *, dry_run: bool = False) -> list[CacheEntry]:
@@ -177,8 +192,15 @@ class CacheManager:
 
     # -- adding ------------------------------------------------------------------------
 
-    def import_model(self, path: str | os.PathLike[str], name: str, *, link_mode: LinkMode = "auto",
-                     replace: bool = False, **metadata: Any) -> CacheEntry:
+    def import_model(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        *,
+        link_mode: LinkMode = "auto",
+        replace: bool = False,
+        **metadata: Any,
+    ) -> CacheEntry:
         """Sideload a local model (file or directory) under `name` (``org/name``), offline.
 
         Zero-copy where the filesystem allows. Raises EntryExistsError if an imported
@@ -186,12 +208,21 @@ class CacheManager:
         """
         check_name(name)
         key = generate_cache_key(name, None, {"source": "import"})
-        return self._store_local(Path(path), key, name=name, link_mode=link_mode,
-                                 metadata={**metadata, "source": "import"}, replace=replace)
+        return self._store_local(
+            Path(path), key, name=name, link_mode=link_mode, metadata={**metadata, "source": "import"}, replace=replace
+        )
 
-    def fetch(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model",
-              allow_patterns: list[str] | str | None = None, ignore_patterns: list[str] | str | None = None,
-              progress: bool = True, endpoint: str | None = None) -> CacheEntry:
+    def fetch(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        repo_type: str = "model",
+        allow_patterns: list[str] | str | None = None,
+        ignore_patterns: list[str] | str | None = None,
+        progress: bool = True,
+        endpoint: str | None = None,
+    ) -> CacheEntry:
         """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
 
         Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or `endpoint`, for a mirror). Files already cached are not
@@ -199,8 +230,16 @@ class CacheManager:
         """
         from provender._cache._fetch import fetch_repo
 
-        return fetch_repo(self, repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow_patterns,
-                          ignore_patterns=ignore_patterns, progress=progress, endpoint=endpoint)
+        return fetch_repo(
+            self,
+            repo_id,
+            revision=revision,
+            repo_type=repo_type,
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+            progress=progress,
+            endpoint=endpoint,
+        )
 
     # -- reading -----------------------------------------------------------------------
 
@@ -252,10 +291,15 @@ class CacheManager:
         counters = self._index.stats()
         entries = self._index.all()
         return CacheStats(
-            hits=counters["hits"], misses=counters["misses"], evictions=counters["evictions"],
-            bytes_evicted=counters["bytes_evicted"], entries=len(entries),
-            size=sum(r["size"] for r in entries), max_size=self.max_size,
-            pinned=len(self._pinned_keys() & {r["key"] for r in entries}), cache_dir=self.cache_dir,
+            hits=counters["hits"],
+            misses=counters["misses"],
+            evictions=counters["evictions"],
+            bytes_evicted=counters["bytes_evicted"],
+            entries=len(entries),
+            size=sum(r["size"] for r in entries),
+            max_size=self.max_size,
+            pinned=len(self._pinned_keys() & {r["key"] for r in entries}),
+            cache_dir=self.cache_dir,
         )
 
     def in_use(self, name_or_key: str) -> bool:
@@ -337,9 +381,18 @@ class CacheManager:
     def _entry(self, row: dict[str, Any], pinned: bool | None = None) -> CacheEntry:
         if pinned is None:
             pinned = (self._pins_dir / row["key"]).exists()
-        return CacheEntry(key=row["key"], name=row["name"], kind=row["kind"], path=self.cache_dir / row["path"],
-                          size=row["size"], created=row["created"], last_used=row["last_used"], hits=row["hits"],
-                          pinned=pinned, metadata=row["metadata"])
+        return CacheEntry(
+            key=row["key"],
+            name=row["name"],
+            kind=row["kind"],
+            path=self.cache_dir / row["path"],
+            size=row["size"],
+            created=row["created"],
+            last_used=row["last_used"],
+            hits=row["hits"],
+            pinned=pinned,
+            metadata=row["metadata"],
+        )
 
     def _open_index(self) -> None:
         try:
@@ -358,8 +411,9 @@ class CacheManager:
                 path = Path(f"{self._index.path}{suffix}")
                 if path.exists():
                     os.replace(path, f"{self._index.path}.corrupt-{stamp}{suffix}")
-            logger.warning("cache index %s was unusable (%s); rebuilt it from the files on disk",
-                           self._index.path, reason)
+            logger.warning(
+                "cache index %s was unusable (%s); rebuilt it from the files on disk", self._index.path, reason
+            )
             self._index.rebuilt = True
             self._reconcile()
 
@@ -394,8 +448,9 @@ class CacheManager:
             marker.release()
             Path(marker.lock_file).unlink(missing_ok=True)
 
-    def _store_local(self, src: Path, key: str, *, name: str | None, link_mode: LinkMode,
-                     metadata: dict[str, Any], replace: bool) -> CacheEntry:
+    def _store_local(
+        self, src: Path, key: str, *, name: str | None, link_mode: LinkMode, metadata: dict[str, Any], replace: bool
+    ) -> CacheEntry:
         if not src.exists():
             raise SourceNotFoundError(src)
         src = src.absolute()
@@ -417,10 +472,18 @@ class CacheManager:
                 counts = place_tree(src, content, link_mode)
                 files = {
                     str(p.relative_to(stage)): {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                    for p in sorted(stage.rglob("*")) if p.is_file()
+                    for p in sorted(stage.rglob("*"))
+                    if p.is_file()
                 }
-                manifest = {"key": key, "name": display, "kind": "local", "created": now, "files": files,
-                            "filename": src.name if src.is_file() else None, "metadata": metadata}
+                manifest = {
+                    "key": key,
+                    "name": display,
+                    "kind": "local",
+                    "created": now,
+                    "files": files,
+                    "filename": src.name if src.is_file() else None,
+                    "metadata": metadata,
+                }
                 (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
             logger.info("staged %s (%s)", display, ", ".join(f"{v} {k}" for k, v in counts.items()))
             try:
@@ -433,8 +496,9 @@ class CacheManager:
         self._notify_evicted(evicted)
         return self._entry(row)
 
-    def _commit_local(self, stage: Path, manifest: dict[str, Any], key: str, display: str, replace: bool,
-                      now: float) -> tuple[dict[str, Any], list[CacheEntry]]:
+    def _commit_local(
+        self, stage: Path, manifest: dict[str, Any], key: str, display: str, replace: bool, now: float
+    ) -> tuple[dict[str, Any], list[CacheEntry]]:
         """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
         with self._lock:
             target = self.objects_dir / key
@@ -465,9 +529,18 @@ class CacheManager:
     def _row_from_manifest(self, manifest: dict[str, Any], last_used: float | None = None) -> dict[str, Any]:
         key = manifest["key"]
         size = sum(int(f["size"]) for f in manifest["files"].values())
-        return {"key": key, "kind": "local", "name": manifest["name"], "path": f"objects/{key}", "size": size,
-                "created": manifest["created"], "last_used": last_used, "hits": 0, "stamp": 0,
-                "metadata": {**manifest.get("metadata", {}), "filename": manifest.get("filename")}}
+        return {
+            "key": key,
+            "kind": "local",
+            "name": manifest["name"],
+            "path": f"objects/{key}",
+            "size": size,
+            "created": manifest["created"],
+            "last_used": last_used,
+            "hits": 0,
+            "stamp": 0,
+            "metadata": {**manifest.get("metadata", {}), "filename": manifest.get("filename")},
+        }
 
     def _read_manifest(self, key: str) -> dict[str, Any] | None:
         try:
@@ -490,14 +563,22 @@ class CacheManager:
         """The cache key of a Hub repo (deterministic, the same in every process)."""
         return generate_cache_key(repo_id, None, {"source": "hub", "repo_type": repo_type})
 
-    def _hub_row(self, folder: str, repo_type: str, repo_id: str, last_used: float | None,
-                 metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _hub_row(
+        self, folder: str, repo_type: str, repo_id: str, last_used: float | None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         path = self.hub_dir / folder
-        return {"key": self.hub_key(repo_id, repo_type), "kind": "hub",
-                "name": _hub.display_name(repo_id, repo_type), "path": f"hub/{folder}",
-                "size": _hub.repo_size(path), "created": time.time(), "last_used": last_used, "hits": 0,
-                "stamp": _hub.repo_stamp(path), "metadata": {"repo_type": repo_type, "repo_id": repo_id,
-                                                            **(metadata or {})}}
+        return {
+            "key": self.hub_key(repo_id, repo_type),
+            "kind": "hub",
+            "name": _hub.display_name(repo_id, repo_type),
+            "path": f"hub/{folder}",
+            "size": _hub.repo_size(path),
+            "created": time.time(),
+            "last_used": last_used,
+            "hits": 0,
+            "stamp": _hub.repo_stamp(path),
+            "metadata": {"repo_type": repo_type, "repo_id": repo_id, **(metadata or {})},
+        }
 
     def _download_state(self, key: str) -> str:
         """``none``, ``running`` (a live process downloads) or ``interrupted`` (its process died)."""
@@ -543,8 +624,9 @@ class CacheManager:
                         continue  # a partial download is not an entry (a later pull resumes it)
                     changes.append(self._hub_row(item.name, repo_type, repo_id, last_used=None))
                 elif old["stamp"] != _hub.repo_stamp(Path(item.path)):
-                    changes.append({**old, "size": _hub.repo_size(Path(item.path)),
-                                    "stamp": _hub.repo_stamp(Path(item.path))})
+                    changes.append(
+                        {**old, "size": _hub.repo_size(Path(item.path)), "stamp": _hub.repo_stamp(Path(item.path))}
+                    )
         gone = [key for key in rows if key not in seen]
         if not changes and not gone:
             return
@@ -602,8 +684,9 @@ class CacheManager:
                 evicted.append(entry)
                 total -= entry.size
         if total > limit:
-            logger.warning("cache is over its limit after eviction (%d > %d bytes): "
-                           "the rest is pinned or in use", total, limit)
+            logger.warning(
+                "cache is over its limit after eviction (%d > %d bytes): the rest is pinned or in use", total, limit
+            )
         return evicted
 
     def _notify_evicted(self, entries: list[CacheEntry]) -> None:

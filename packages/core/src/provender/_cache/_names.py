@@ -27,8 +27,7 @@ def generate_cache_key(repo: str, filename: str | None = None, metadata: dict[st
 
     Metadata is serialised as canonical JSON (sorted keys), so dict order does not matter.
     """
-    payload = json.dumps([repo, filename or "", metadata or {}], sort_keys=True, separators=(",", ":"),
-                         default=str)
+    payload = json.dumps([repo, filename or "", metadata or {}], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -39,8 +38,9 @@ def check_key(key: str) -> str:
     if "\x00" in key:
         raise InvalidNameError(key, "NUL bytes are not allowed")
     if not _KEY_RE.fullmatch(key) or key in (".", ".."):
-        raise InvalidNameError(key, "a cache key is 1-128 ASCII letters, digits, '.', '_' or '-', "
-                                    "starting with a letter or digit")
+        raise InvalidNameError(
+            key, "a cache key is 1-128 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return key
 
 
@@ -61,8 +61,7 @@ def check_name(name: str) -> str:
         if part in ("", ".", "..") or ".." in part:
             raise InvalidNameError(name, "'..' and empty parts are not allowed")
         if not _PART_RE.fullmatch(part):
-            raise InvalidNameError(name, "use ASCII letters, digits, '.', '_' and '-', "
-                                         "starting with a letter or digit")
+            raise InvalidNameError(name, "use ASCII letters, digits, '.', '_' and '-', starting with a letter or digit")
     return name
 
 

@@ -75,8 +75,9 @@ def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
         else:
             continue
         if actual != blob.name:
-            issues.append(VerifyIssue(entry.key, entry.name, blob, f"content does not match its {algo} "
-                                      f"(got {actual[:12]}...)"))
+            issues.append(
+                VerifyIssue(entry.key, entry.name, blob, f"content does not match its {algo} (got {actual[:12]}...)")
+            )
     snapshots = entry.path / "snapshots"
     for root, _dirs, files in os.walk(snapshots):
         for name in files:
@@ -99,8 +100,11 @@ def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
             issues.append(VerifyIssue(entry.key, entry.name, path, "file is missing"))
             continue
         if path.stat().st_size != info["size"]:
-            issues.append(VerifyIssue(entry.key, entry.name, path,
-                                      f"size changed ({info['size']} -> {path.stat().st_size} bytes)"))
+            issues.append(
+                VerifyIssue(
+                    entry.key, entry.name, path, f"size changed ({info['size']} -> {path.stat().st_size} bytes)"
+                )
+            )
             continue
         digest = file_sha256(path)
         if "sha256" not in info:

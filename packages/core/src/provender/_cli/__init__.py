@@ -48,8 +48,9 @@ class ProvenderGroup(click.Group):
 def _configure_logging(verbose: int, debug: bool) -> None:
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose or debug
-                                           else "warning: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s: %(message)s" if verbose or debug else "warning: %(message)s")
+    )
     root = logging.getLogger("provender")
     root.handlers[:] = [handler]
     root.setLevel(level)

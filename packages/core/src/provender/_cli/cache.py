@@ -63,9 +63,21 @@ def ls(as_json: bool, sort: str) -> None:
     if not entries:
         click.echo("The cache is empty.")
         return
-    echo_table([(e.name, e.kind, format_size(e.size), format_ago(e.last_used), ", ".join(claims.get(e.key, [])) or "-",
-                 "yes" if e.pinned else "", e.key[:12]) for e in entries],
-               ("NAME", "KIND", "SIZE", "LAST USED", "PROVIDERS", "PINNED", "KEY"))
+    echo_table(
+        [
+            (
+                e.name,
+                e.kind,
+                format_size(e.size),
+                format_ago(e.last_used),
+                ", ".join(claims.get(e.key, [])) or "-",
+                "yes" if e.pinned else "",
+                e.key[:12],
+            )
+            for e in entries
+        ],
+        ("NAME", "KIND", "SIZE", "LAST USED", "PROVIDERS", "PINNED", "KEY"),
+    )
 
 
 @cache.command("rm")
@@ -133,10 +145,15 @@ def stats(as_json: bool) -> None:
         echo_json(s.to_dict())
         return
     rate = f"{s.hit_rate:.0%}" if s.hit_rate is not None else "-"
-    rows = [("cache dir", str(s.cache_dir)), ("entries", f"{s.entries} ({s.pinned} pinned)"),
-            ("size", f"{format_size(s.size)} of {format_size(s.max_size)} ({s.size / s.max_size:.0%})"),
-            ("hits", s.hits), ("misses", s.misses), ("hit rate", rate),
-            ("evictions", f"{s.evictions} ({format_size(s.bytes_evicted)})")]
+    rows = [
+        ("cache dir", str(s.cache_dir)),
+        ("entries", f"{s.entries} ({s.pinned} pinned)"),
+        ("size", f"{format_size(s.size)} of {format_size(s.max_size)} ({s.size / s.max_size:.0%})"),
+        ("hits", s.hits),
+        ("misses", s.misses),
+        ("hit rate", rate),
+        ("evictions", f"{s.evictions} ({format_size(s.bytes_evicted)})"),
+    ]
     echo_table(rows, ("STAT", "VALUE"))
 
 
@@ -148,16 +165,18 @@ def verify(fix: bool, as_json: bool) -> None:
     cm = get_cache()
     total = sum(e.size for e in cm.entries())
     show = not as_json and sys.stderr.isatty()
-    with click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr,
-                           hidden=not show) as bar:
+    with click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr, hidden=not show) as bar:
         issues = cm.verify(fix=fix, progress=bar.update)
     if as_json:
         echo_json({"ok": not issues, "issues": [i.to_dict() for i in issues]})
     else:
         for i in issues:
             click.echo(f"{'FIXED' if i.fixed else 'CORRUPT'} {i.name}: {i.path}: {i.problem}")
-        click.echo("All entries verified OK." if not issues else
-                   f"{len(issues)} problem(s) found{'; fixed' if fix else ' (run with --fix to drop them)'}.")
+        click.echo(
+            "All entries verified OK."
+            if not issues
+            else f"{len(issues)} problem(s) found{'; fixed' if fix else ' (run with --fix to drop them)'}."
+        )
     if issues and not fix:
         sys.exit(EXIT_FAILURE)
 

@@ -23,10 +23,12 @@ def plugins(as_json: bool) -> None:
         echo_json([p.to_dict() for p in infos])
         return
     if not infos:
-        click.echo("No plugins installed. Providers are separate packages, e.g. pip install \"provender[mlx]\".")
+        click.echo('No plugins installed. Providers are separate packages, e.g. pip install "provender[mlx]".')
         return
-    echo_table([(p.name, p.version or "-", p.status, ", ".join(p.providers) or "-", p.error or "")
-                for p in infos], ("PLUGIN", "VERSION", "STATUS", "PROVIDERS", "ERROR"))
+    echo_table(
+        [(p.name, p.version or "-", p.status, ", ".join(p.providers) or "-", p.error or "") for p in infos],
+        ("PLUGIN", "VERSION", "STATUS", "PROVIDERS", "ERROR"),
+    )
 
 
 @click.command()
@@ -41,8 +43,10 @@ def config(as_json: bool) -> None:
         echo_json({"config_file": str(config_file_path()), "settings": rows})
         return
     click.echo(f"config file: {config_file_path()}")
-    echo_table([(r["setting"], r["value"], r["source"], r["env"]) for r in rows],
-               ("SETTING", "VALUE", "SOURCE", "ENVIRONMENT VARIABLE"))
+    echo_table(
+        [(r["setting"], r["value"], r["source"], r["env"]) for r in rows],
+        ("SETTING", "VALUE", "SOURCE", "ENVIRONMENT VARIABLE"),
+    )
 
 
 @click.command()
@@ -63,11 +67,15 @@ def models(as_json: bool, show_all: bool) -> None:
         echo_json([{"model": f"{c[0]}:{e.name}" if c else e.name, **e.to_dict(providers=c)} for e, c in rows])
         return
     if not rows:
-        click.echo("No models in the cache that an installed provider can serve "
-                   "(try `provender pull ORG/NAME` or `provender cache import`).")
+        click.echo(
+            "No models in the cache that an installed provider can serve "
+            "(try `provender pull ORG/NAME` or `provender cache import`)."
+        )
         return
-    echo_table([(e.name, ", ".join(c) or "-", format_size(e.size), format_ago(e.last_used)) for e, c in rows],
-               ("MODEL", "PROVIDERS", "SIZE", "LAST USED"))
+    echo_table(
+        [(e.name, ", ".join(c) or "-", format_size(e.size), format_ago(e.last_used)) for e, c in rows],
+        ("MODEL", "PROVIDERS", "SIZE", "LAST USED"),
+    )
 
 
 @click.command()
@@ -77,8 +85,14 @@ def models(as_json: bool, show_all: bool) -> None:
 @click.option("--exclude", "ignore_patterns", multiple=True, help="Skip files matching this glob (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
-def pull(model: str, revision: str | None, allow_patterns: tuple[str, ...], ignore_patterns: tuple[str, ...],
-         quiet: bool, as_json: bool) -> None:
+def pull(
+    model: str,
+    revision: str | None,
+    allow_patterns: tuple[str, ...],
+    ignore_patterns: tuple[str, ...],
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Download MODEL (a Hub repo id, optionally PROVIDER:org/name) into the shared cache.
 
     Files already cached are not downloaded again; an interrupted pull resumes.
@@ -88,8 +102,13 @@ def pull(model: str, revision: str | None, allow_patterns: tuple[str, ...], igno
     from provender._sizes import format_size
 
     _, repo_id = parse_model_name(model)
-    entry = get_cache().fetch(repo_id, revision=revision, allow_patterns=list(allow_patterns) or None,
-                              ignore_patterns=list(ignore_patterns) or None, progress=not quiet and not as_json)
+    entry = get_cache().fetch(
+        repo_id,
+        revision=revision,
+        allow_patterns=list(allow_patterns) or None,
+        ignore_patterns=list(ignore_patterns) or None,
+        progress=not quiet and not as_json,
+    )
     if as_json:
         echo_json(entry.to_dict())
     else:
@@ -114,16 +133,33 @@ def _read_prompt(prompt: str | None) -> str:
 @click.option("--stop", multiple=True, help="Stop at this string (repeatable).")
 @click.option("-s", "--system", "system_prompt", help="System prompt (providers that take one).")
 @click.option("--stream/--no-stream", default=False, help="Print tokens as they come.")
-def generate(model: str, prompt: str | None, max_tokens: int | None, temperature: float | None,
-             top_p: float | None, seed: int | None, stop: tuple[str, ...], system_prompt: str | None,
-             stream: bool) -> None:
+def generate(
+    model: str,
+    prompt: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    stop: tuple[str, ...],
+    system_prompt: str | None,
+    stream: bool,
+) -> None:
     """Generate text from PROMPT (or stdin) with MODEL."""
     from provender._provider import resolve_provider
 
     text = _read_prompt(prompt)
-    options: dict[str, Any] = {k: v for k, v in {
-        "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
-        "stop": list(stop) or None, "system_prompt": system_prompt}.items() if v is not None}
+    options: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stop": list(stop) or None,
+            "system_prompt": system_prompt,
+        }.items()
+        if v is not None
+    }
     provider = resolve_provider(model)
     try:
         if stream:

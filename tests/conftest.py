@@ -13,7 +13,14 @@ import pytest
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # tests/fakehub.py, tests/workers.py
 
+from hypothesis import HealthCheck, settings  # noqa: E402
+
 from fakehub import FakeHub  # noqa: E402
+
+# File and lock work is slower on a loaded 2-core CI machine: no per-example deadline there.
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(autouse=True)

@@ -353,3 +353,13 @@ def test_refused_move_gives_the_files_back(cache_dir: Path, make_files) -> None:
     with pytest.raises(EntryInUseError):
         cm.cache_model(single, "a", link_mode="move")
     assert single.stat().st_size == 7 and cm.get("a").size == 10
+
+
+def test_interrupted_replacement_is_rolled_back(cache_dir: Path, make_files) -> None:  # type: ignore[no-untyped-def]
+    cm = CacheManager(cache_dir, max_size=10_000)
+    cm.cache_model(make_files("a", {"w": 10}), "a")
+    # the state a replacement killed between its two renames leaves behind
+    os.rename(cache_dir / "objects" / "a", cache_dir / "trash" / "a.replaced")
+    restarted = CacheManager(cache_dir, max_size=10_000)
+    assert restarted.get_cached_model("a") is not None and restarted.get("a").size == 10
+    assert os.listdir(cache_dir / "trash") == []

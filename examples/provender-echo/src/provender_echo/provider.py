@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from provender import ModelNotFoundError, Provider, check_generation_options
+from provender import Lease, ModelNotFoundError, Provider, check_generation_options
 
 MODES: dict[str, Callable[[str], str]] = {
     "plain": lambda w: w,
@@ -29,17 +29,23 @@ class EchoProvider(Provider):
 
     def __init__(self, model: str) -> None:
         super().__init__(model)
+        self._lease: Lease | None = None
         mode = model
         config = Path(model).expanduser() / "echo.json"
+        if "/" in model and not config.is_file():
+            # A cached model: hold it while this provider lives, so no process evicts it under us
+            # (acquiring also marks it used and counts a cache hit).
+            from provender import CacheManager, EntryNotFoundError
+
+            try:
+                self._lease = CacheManager().acquire(model)
+                config = self._lease.entry.model_path / "echo.json"
+            except EntryNotFoundError:
+                pass
         if config.is_file():
             mode = json.loads(config.read_text()).get("mode", "plain")
-        else:
-            from provender import CacheManager
-
-            entry = CacheManager().find(model) if "/" in model else None
-            if entry is not None and (entry.model_path / "echo.json").is_file():
-                mode = json.loads((entry.model_path / "echo.json").read_text()).get("mode", "plain")
         if mode not in MODES:
+            self.close()
             raise ModelNotFoundError(model, f"echo models are {', '.join(sorted(MODES))}")
         self.mode = mode
 
@@ -65,6 +71,11 @@ class EchoProvider(Provider):
         words = self._words(prompt, options)
         for i, word in enumerate(words):
             yield word if i == 0 else " " + word
+
+    def close(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")

@@ -137,21 +137,31 @@ class ProviderContract:
                 call()
 
     def test_capability_generate(self, provider: Provider) -> None:
-        self._check("generate", lambda: provider.generate(self.prompt, **self.deterministic_options),
-                    lambda out: isinstance(out, str))
+        self._check(
+            "generate",
+            lambda: provider.generate(self.prompt, **self.deterministic_options),
+            lambda out: isinstance(out, str),
+        )
 
     def test_capability_stream(self, provider: Provider) -> None:
-        self._check("stream", lambda: list(provider.stream(self.prompt, **self.deterministic_options)),
-                    lambda chunks: all(isinstance(c, str) for c in chunks))
+        self._check(
+            "stream",
+            lambda: list(provider.stream(self.prompt, **self.deterministic_options)),
+            lambda chunks: all(isinstance(c, str) for c in chunks),
+        )
 
     def test_capability_chat(self, provider: Provider) -> None:
         messages = [{"role": "user", "content": self.prompt}]
-        self._check("chat", lambda: provider.chat(messages, **self.deterministic_options),
-                    lambda out: isinstance(out, str))
+        self._check(
+            "chat", lambda: provider.chat(messages, **self.deterministic_options), lambda out: isinstance(out, str)
+        )
 
     def test_capability_embed(self, provider: Provider) -> None:
-        self._check("embed", lambda: provider.embed(["one text", "another, longer text"]),
-                    lambda v: v.ndim == 2 and v.shape[0] == 2 and v.shape[1] > 0)
+        self._check(
+            "embed",
+            lambda: provider.embed(["one text", "another, longer text"]),
+            lambda v: v.ndim == 2 and v.shape[0] == 2 and v.shape[1] > 0,
+        )
 
     def test_close_is_idempotent(self, provider: Provider) -> None:
         provider.close()

@@ -50,6 +50,7 @@ from provender._errors import (
 logger = logging.getLogger(__name__)
 
 MANIFEST = ".provender-entry.json"
+REPLACED_SUFFIX = ".replaced"  # trash/<key>.replaced: the old entry while a replacement swaps
 SORT_KEYS = ("used", "size", "name")
 
 
@@ -418,9 +419,18 @@ class CacheManager:
             self._reconcile()
 
     def _clean_leftovers(self) -> None:
-        """Remove what killed processes left in tmp/ and trash/ (their owners' locks are free)."""
-        for item in list(self._trash_dir.iterdir()):
-            remove_tree(item)
+        """Remove what killed processes left in tmp/ and trash/ (their owners' locks are free).
+
+        An entry set aside by a replacement that never completed is put back.
+        """
+        with self._lock:  # replacements swap under this lock: none is half-done while we hold it
+            for item in list(self._trash_dir.iterdir()):
+                key = item.name.removesuffix(REPLACED_SUFFIX)
+                if item.name.endswith(REPLACED_SUFFIX) and not (self.objects_dir / key).exists():
+                    os.rename(item, self.objects_dir / key)
+                    logger.warning("restored cache entry %s: its replacement was interrupted", key)
+                else:
+                    remove_tree(item)
         for marker in list(self._tmp_dir.glob("*.lock")):
             lock = FileLock(marker, timeout=0)
             try:
@@ -502,20 +512,40 @@ class CacheManager:
         """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
         with self._lock:
             target = self.objects_dir / key
-            if target.exists():
-                old = self._index.get(key)
+            if not target.exists():
+                with fs_errors(self.cache_dir):
+                    os.rename(stage, target)
+                    fsync_dir(self.objects_dir)
+            else:
                 if not replace:
                     raise EntryExistsError(display)
-                if key in self._pinned_keys() or (old and not self._try_remove(self._entry(old))):
-                    raise EntryInUseError(display, "the entry it would replace is pinned or in use")
-                remove_tree(target)  # a leftover without an index row
-            with fs_errors(self.cache_dir):
-                os.rename(stage, target)
-                fsync_dir(self.objects_dir)
+                if key in self._pinned_keys():
+                    raise EntryInUseError(display, "the entry it would replace is pinned")
+                self._swap_in(stage, target, display)
             row = self._row_from_manifest(manifest, last_used=now)
             self._write_row(row)
             self._reconcile()
             return row, self._evict(self.max_size, protect={key})
+
+    def _swap_in(self, stage: Path, target: Path, display: str) -> None:
+        """Replace an entry so that a crash at any instant leaves the old or the new one, never neither."""
+        lock = ReadWriteLock(self._lease_path(target.name), is_singleton=False, blocking=False)
+        try:
+            lock.acquire_write()
+        except Timeout:
+            lock.close()
+            raise EntryInUseError(display, "the entry it would replace is in use by a running process") from None
+        backup = self._trash_dir / f"{target.name}{REPLACED_SUFFIX}"
+        try:
+            with fs_errors(self.cache_dir):
+                remove_tree(backup)
+                os.rename(target, backup)  # a crash from here on: the next start puts it back
+                os.rename(stage, target)
+                fsync_dir(self.objects_dir)
+        finally:
+            lock.release()
+            lock.close()
+        remove_tree(backup)
 
     def _write_row(self, row: dict[str, Any]) -> None:
         try:

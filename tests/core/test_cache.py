@@ -363,3 +363,15 @@ def test_interrupted_replacement_is_rolled_back(cache_dir: Path, make_files) -> 
     restarted = CacheManager(cache_dir, max_size=10_000)
     assert restarted.get_cached_model("a") is not None and restarted.get("a").size == 10
     assert os.listdir(cache_dir / "trash") == []
+
+
+def test_get_cached_model_finds_hub_repo_added_by_another_tool(cache_dir: Path, fake_hub: FakeHub) -> None:
+    from huggingface_hub import snapshot_download
+
+    fake_hub.add("org/tiny", {"config.json": b"{}"})
+    cm = CacheManager(cache_dir, max_size=10**6)
+    key = cm.hub_key("org/tiny")
+    assert cm.get_cached_model(key) is None
+    snapshot_download("org/tiny", cache_dir=cache_dir / "hub", endpoint=fake_hub.endpoint)
+    path = cm.get_cached_model(key)
+    assert path is not None and (path / "config.json").read_bytes() == b"{}"

@@ -98,3 +98,17 @@ def test_in_process_plugin_and_model_names() -> None:
     assert parse_model_name("org/name") == (None, "org/name")
     assert parse_model_name("C:\\models\\x") == (None, "C:\\models\\x")
     assert parse_model_name("e:x") == ("e", "x")
+
+
+def test_fast_entry_point_scan_agrees_with_importlib_metadata() -> None:
+    from provender._plugins import find_entry_points
+
+    ours = {(ep.name, ep.value, ep.distribution) for ep in find_entry_points("provender")}
+    reference = {
+        (ep.name, ep.value, ep.dist.name.replace("-", "_") if ep.dist else None)
+        for ep in metadata.entry_points(group="provender")
+    }
+    assert {(n, v, d.replace("-", "_") if d else None) for n, v, d in ours} == reference
+    assert {(ep.name, ep.value) for ep in find_entry_points("console_scripts")} >= {
+        (ep.name, ep.value) for ep in metadata.entry_points(group="console_scripts") if ep.name == "provender"
+    }

@@ -12,6 +12,16 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat()
 
 
+def model_path_of(root: Path, kind: str, metadata: dict[str, Any]) -> Path:
+    """Where an entry's model files are: a Hub repo's snapshot, or the stored file or directory."""
+    if kind == "hub":
+        from provender._cache._hub import snapshot_path
+
+        return snapshot_path(root, metadata.get("revision")) or root
+    filename = metadata.get("filename")
+    return root / filename if filename else root
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One entry of the shared cache: a Hub repo (``kind="hub"``) or an entry provender stored (``"local"``).
@@ -33,12 +43,7 @@ class CacheEntry:
 
     @property
     def model_path(self) -> Path:
-        if self.kind == "hub":
-            from provender._cache._hub import snapshot_path
-
-            return snapshot_path(self.path, self.metadata.get("revision")) or self.path
-        filename = self.metadata.get("filename")
-        return self.path / filename if filename else self.path
+        return model_path_of(self.path, self.kind, self.metadata)
 
     @property
     def repo_type(self) -> str:

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,15 +136,34 @@ class Index:
     def delete(self, con: sqlite3.Connection, key: str) -> None:
         con.execute("DELETE FROM entries WHERE key=?", (key,))
 
-    def record_hit(self, key: str, now: float | None = None) -> bool:
-        """Mark an entry used and count a hit, in one short transaction. False if the key is gone."""
-        with self.transaction() as con:
-            cur = con.execute(
-                "UPDATE entries SET last_used=?, hits=hits+1 WHERE key=?", (time.time() if now is None else now, key)
-            )
-            if cur.rowcount:
+    def record_hit(self, key: str) -> bool:
+        """Mark an entry used and count a hit. False if the key is not indexed."""
+        return self.hit(key, lambda _path: True) is not None
+
+    def hit(self, key: str, exists: Callable[[str], bool]) -> tuple[str, str, dict[str, Any]] | None:
+        """The hot path of a lookup, in one short write transaction.
+
+        Marks the entry used, counts the hit and returns (kind, path, metadata); None if
+        the key is not indexed. An indexed entry whose files vanished (``exists(path)``
+        is False) leaves the index, and None is returned.
+        """
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            row = con.execute(
+                "UPDATE entries SET last_used=?, hits=hits+1 WHERE key=? RETURNING kind, path, metadata",
+                (time.time(), key),
+            ).fetchone()
+            if row is not None and not exists(row[1]):
+                con.execute("DELETE FROM entries WHERE key=?", (key,))
+                row = None
+            elif row is not None:
                 self.add_stat(con, "hits")
-            return cur.rowcount > 0
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return None if row is None else (row[0], row[1], json.loads(row[2]))
 
     def add_stat(self, con: sqlite3.Connection, name: str, amount: int = 1) -> None:
         con.execute(

@@ -33,7 +33,7 @@ from typing import Any
 from filelock import FileLock, ReadWriteLock, Timeout
 
 from provender._cache import _hub
-from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue
+from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
 from provender._cache._fsops import LinkMode, fs_errors, fsync_dir, place_tree, remove_tree, tree_size
 from provender._cache._index import Index, IndexCorruptError
 from provender._cache._names import check_key, check_name, generate_cache_key
@@ -143,18 +143,21 @@ class CacheManager:
         eviction by another process: hold `acquire(key)` while you read it.
         """
         check_key(cache_key)
-        row = self._index.get(cache_key)
-        if row is None:
+        found = self._index.hit(cache_key, lambda rel: os.path.exists(self.cache_dir / rel))
+        if found is None:  # not indexed (yet): it may be on disk, put there by another process or tool
             row = self._discover_object(cache_key)
-        if row is not None:
-            entry = self._entry(row)
-            if entry.path.exists() and self._index.record_hit(cache_key):
-                return entry.model_path
-        with self._index.transaction() as con:
-            if row is not None:  # its files vanished: the index follows the disk
-                self._index.delete(con, cache_key)
-            self._index.add_stat(con, "misses")
-        return None
+            if row is None and self._hub_changed():
+                with self._lock:
+                    self._reconcile()
+                row = self._index.get(cache_key)
+            if row is not None:
+                found = self._index.hit(cache_key, lambda rel: os.path.exists(self.cache_dir / rel))
+        if found is None:
+            with self._index.transaction() as con:
+                self._index.add_stat(con, "misses")
+            return None
+        kind, rel, metadata = found
+        return model_path_of(self.cache_dir / rel, kind, metadata)
 
     def cache_model(
         self,
@@ -250,7 +253,8 @@ class CacheManager:
             raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
         with self._lock:
             self._reconcile()
-        entries = [self._entry(row) for row in self._index.all()]
+        pinned = self._pinned_keys()
+        entries = [self._entry(row, pinned=row["key"] in pinned) for row in self._index.all()]
         if sort == "size":
             entries.sort(key=lambda e: (-e.size, e.name))
         elif sort == "name":
@@ -623,8 +627,13 @@ class CacheManager:
         lock.release()
         return "interrupted"
 
+    def _hub_changed(self) -> bool:
+        """True if hub/ gained or lost a repo folder since the last `_reconcile` (one stat)."""
+        return str(self.hub_dir.stat().st_mtime_ns) != self._index.get_meta("hub_mtime")
+
     def _reconcile(self) -> None:
         """Make the index match the disk: discover new entries, drop vanished ones. Call under the lock."""
+        self._index.set_meta("hub_mtime", str(self.hub_dir.stat().st_mtime_ns))  # before the scan: no gap
         rows = {r["key"]: r for r in self._index.all()}
         seen: set[str] = set()
         changes: list[dict[str, Any]] = []

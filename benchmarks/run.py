@@ -1,0 +1,218 @@
+"""provender against the tools users would pick instead, side by side in one run.
+
+    tox -e bench                    # everything (about 2 minutes, 3 GB of scratch disk)
+    tox -e bench -- --quick         # smaller trees and files, for a smoke run
+
+Writes benchmarks/results.json and prints a Markdown table of ratios (the figures
+in benchmarks/README.md come from it). Scratch data goes to benchmarks/.work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).parent
+WORK = HERE / ".work"
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_hub_tree(hub: Path, n: int) -> None:
+    """n repos in huggingface_hub's layout: two files each, one of them an LFS blob."""
+    hub.mkdir(parents=True)
+    for i in range(n):
+        repo = hub / f"models--bench--model-{i:05d}"
+        commit = hashlib.sha1(str(i).encode()).hexdigest()
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+        (repo / "blobs").mkdir()
+        snap = repo / "snapshots" / commit
+        snap.mkdir(parents=True)
+        for name, data in (("config.json", b'{"model_type": "llama"}'), ("model.safetensors", os.urandom(256))):
+            blob = hashlib.sha256(data + str(i).encode()).hexdigest()
+            (repo / "blobs" / blob).write_bytes(data)
+            (snap / name).symlink_to(f"../../blobs/{blob}")
+
+
+def bench_ls(sizes: list[int], results: dict[str, object]) -> None:
+    from huggingface_hub import scan_cache_dir
+
+    from provender import CacheManager
+
+    for n in sizes:
+        root = WORK / f"ls-{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        make_hub_tree(root / "hub", n)
+        start = time.perf_counter()
+        cm = CacheManager(root, max_size=10**15)
+        assert len(cm.entries()) == n
+        cold = time.perf_counter() - start  # first listing: discovers and indexes every repo
+        warm = median_time(lambda cm=cm: cm.entries(), 5)
+        scan = median_time(lambda root=root: scan_cache_dir(root / "hub"), 3)
+        env = {**os.environ, "PROVENDER_CACHE__DIR": str(root), "PROVENDER_CACHE__MAX_SIZE": "1PB"}
+        cli = median_time(
+            lambda env=env: subprocess.run(
+                [sys.executable, "-m", "provender", "cache", "ls", "--json"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                check=True,
+            ),
+            3,
+        )
+        code = f"from huggingface_hub import scan_cache_dir; scan_cache_dir({str(root / 'hub')!r})"
+        scan_cli = median_time(lambda code=code: subprocess.run([sys.executable, "-c", code], check=True), 3)
+        results[f"ls_{n}"] = {
+            "repos": n,
+            "provender_entries_s": warm,
+            "provender_first_listing_s": cold,
+            "scan_cache_dir_s": scan,
+            "ratio_scan_over_provender": scan / warm,
+            "cli_cache_ls_json_s": cli,
+            "cli_scan_cache_dir_s": scan_cli,
+            "ratio_cli": scan_cli / cli,
+        }
+        print(
+            f"ls {n}: provender {warm * 1000:.1f} ms (first {cold * 1000:.0f} ms), scan_cache_dir "
+            f"{scan * 1000:.1f} ms; CLI {cli * 1000:.0f} ms vs {scan_cli * 1000:.0f} ms",
+            flush=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_hit(results: dict[str, object], calls: int) -> None:
+    import diskcache
+    from huggingface_hub import try_to_load_from_cache
+
+    from provender import CacheManager
+
+    root = WORK / "hit"
+    shutil.rmtree(root, ignore_errors=True)
+    make_hub_tree(root / "hub", 10)
+    cm = CacheManager(root, max_size=10**15)
+    key = cm.hub_key("bench/model-00003")
+    assert cm.get_cached_model(key) is not None
+    dc = diskcache.Cache(str(root / "diskcache"))
+    dc.set(key, str(root / "x"))
+
+    def per_call(fn: Callable[[], object]) -> float:
+        fn()
+        return median_time(lambda: [fn() for _ in range(calls)], 5) / calls
+
+    ours = per_call(lambda: cm.get_cached_model(key))
+    hf = per_call(lambda: try_to_load_from_cache("bench/model-00003", "config.json", cache_dir=root / "hub"))
+    dcache = per_call(lambda: dc.get(key))
+    results["hit"] = {
+        "provender_get_cached_model_us": ours * 1e6,
+        "hf_try_to_load_from_cache_us": hf * 1e6,
+        "diskcache_get_us": dcache * 1e6,
+        "ratio_vs_hf": ours / hf,
+        "ratio_vs_diskcache": ours / dcache,
+    }
+    print(
+        f"hit: provender {ours * 1e6:.1f} us, try_to_load_from_cache {hf * 1e6:.1f} us, "
+        f"diskcache {dcache * 1e6:.1f} us",
+        flush=True,
+    )
+    dc.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_import(results: dict[str, object], size: int) -> None:
+    from provender import CacheManager
+
+    root = WORK / "import"
+    shutil.rmtree(root, ignore_errors=True)
+    src = root / "model"
+    src.mkdir(parents=True)
+    block = os.urandom(1 << 20)
+    with open(src / "model.safetensors", "wb") as f:
+        for _ in range(size >> 20):
+            f.write(block)
+    os.sync()
+    cm = CacheManager(root / "cache", max_size=10**15)
+    start = time.perf_counter()
+    zero = cm.import_model(src, "bench/zero-copy")
+    zero_s = time.perf_counter() - start
+    start = time.perf_counter()
+    cm.import_model(src, "bench/copy", link_mode="copy")
+    copy_s = time.perf_counter() - start
+    start = time.perf_counter()
+    shutil.copytree(src, root / "plain-copy")
+    plain_s = time.perf_counter() - start
+    how = (
+        "hard link"
+        if (zero.model_path / "model.safetensors").stat().st_ino == (src / "model.safetensors").stat().st_ino
+        else "clone or copy"
+    )
+    results["import"] = {
+        "bytes": size,
+        "zero_copy_s": zero_s,
+        "byte_copy_s": copy_s,
+        "shutil_copytree_s": plain_s,
+        "ratio_copy_over_zero": copy_s / zero_s,
+        "zero_copy_method": how,
+    }
+    print(
+        f"import {size >> 20} MiB: zero-copy ({how}) {zero_s * 1000:.1f} ms, byte copy {copy_s * 1000:.0f} ms, "
+        f"shutil.copytree {plain_s * 1000:.0f} ms",
+        flush=True,
+    )
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_help(results: dict[str, object], runs: int) -> None:
+    def run(cmd: list[str]) -> float:
+        return median_time(lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True), runs)
+
+    provender = shutil.which("provender", path=str(Path(sys.executable).parent)) or "provender"
+    ours = run([provender, "--help"])
+    click = run([sys.executable, "-c", "import click"])
+    bare = run([sys.executable, "-c", "pass"])
+    results["help"] = {
+        "provender_help_s": ours,
+        "import_click_s": click,
+        "python_startup_s": bare,
+        "ratio": ours / click,
+    }
+    print(f"--help: {ours * 1000:.0f} ms, import click {click * 1000:.0f} ms, python {bare * 1000:.0f} ms", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    results: dict[str, object] = {
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "cpus": os.cpu_count(),
+        "quick": args.quick,
+    }
+    bench_help(results, 5 if args.quick else 21)
+    bench_hit(results, 200 if args.quick else 2000)
+    bench_import(results, (64 if args.quick else 1024) << 20)
+    bench_ls([100, 1000] if args.quick else [1000, 10000], results)
+    out = HERE / ("results-quick.json" if args.quick else "results.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

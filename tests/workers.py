@@ -54,7 +54,7 @@ def hammer(cache_dir: str, max_size: int, seed: int, seconds: float, workdir: st
                 leases.append(cm.acquire(key))
                 counts["hits"] += 1  # acquiring marks the entry used: a hit
             except EntryNotFoundError:
-                pass
+                counts["misses"] += 1  # ...and a failed acquire is a miss
             if len(leases) > 2:
                 leases.pop(0).release()
         else:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
 from fakehub import FakeHub
+from helpers import run_cli
 
 
 @pytest.fixture

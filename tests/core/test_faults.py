@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import can_mount
+from helpers import can_mount
 
 pytestmark = pytest.mark.skipif(can_mount() is not None, reason=f"cannot mount a tmpfs here: {can_mount()}")
 

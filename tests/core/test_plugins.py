@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from provender import CacheManager, Provider, UnknownProviderError, get_provider, hookimpl
 from provender._plugins import get_plugin_manager
 from provender._provider import parse_model_name

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS
 from fakehub import FakeHub
+from helpers import TESTS
 from provender import CacheManager
 from provender._cache._manager import MANIFEST
 

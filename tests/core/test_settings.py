@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import run_cli
+from helpers import run_cli
 from provender import ConfigError, load_settings
 from provender._config_files import config_file_path, user_config_dir
 from provender._sizes import format_ago, format_size, parse_duration, parse_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -56,14 +57,30 @@ class Provider:
         return await asyncio.to_thread(self.generate, prompt, **options)
 
     async def astream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
-        """`stream` driven from a worker thread, chunk by chunk."""
-        iterator = self.stream(prompt, **options)
-        done = object()
+        """`stream` run on one worker thread (runtimes such as MLX bind state to a thread),
+        its chunks handed to the event loop as they come."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for chunk in self.stream(prompt, **options):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+
+        worker = threading.Thread(target=produce, name=f"provender-astream-{self.name}", daemon=True)
+        worker.start()
         while True:
-            chunk = await asyncio.to_thread(next, iterator, done)
-            if chunk is done:
+            kind, value = await queue.get()
+            if kind == "chunk":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
                 return
-            yield chunk  # type: ignore[misc]
 
     def close(self) -> None:
         """Release what the provider holds (loaded weights, cache leases). Idempotent."""

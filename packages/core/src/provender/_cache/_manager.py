@@ -326,9 +326,14 @@ class CacheManager:
     def acquire(self, name_or_key: str) -> Lease:
         """Hold an entry in use (no eviction or removal) until `Lease.release()` or process exit.
 
-        Marks the entry used and counts a hit. Use as ``with cm.acquire(name) as entry:``.
+        Marks the entry used and counts a hit (a miss if there is no such entry, which
+        raises EntryNotFoundError). Use as ``with cm.acquire(name) as entry:``.
         """
-        entry = self.get(name_or_key)
+        entry = self.find(name_or_key)
+        if entry is None:
+            with self._index.transaction() as con:
+                self._index.add_stat(con, "misses")
+            raise EntryNotFoundError(name_or_key)
         lock = ReadWriteLock(self._lease_path(entry.key), is_singleton=False)
         lock.acquire_read()
         # Between `get` and the read lock an evictor may have removed it: check again.

@@ -1,0 +1,39 @@
+"""The MLX plugin's hooks: register the provider, claim MLX models, forget evicted ones."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from provender import hookimpl
+
+if TYPE_CHECKING:
+    from provender import CacheEntry
+    from provender.hookspecs import RegisterProvider
+
+
+@hookimpl
+def provender_register_providers(register: RegisterProvider) -> None:
+    from provender_mlx.provider import MLXProvider, require_mlx
+
+    require_mlx()  # on a machine without a usable MLX, `provender plugins` shows why
+    register("mlx", MLXProvider, description="mlx-lm: Apple silicon (Metal), Linux CPU, CUDA")
+
+
+@hookimpl
+def provender_claim_model(entry: CacheEntry) -> str | None:
+    from provender_mlx._detect import mlx_evidence
+
+    return "mlx" if mlx_evidence(entry.model_path) else None
+
+
+@hookimpl
+def provender_cache_evicted(entry: CacheEntry) -> None:
+    provider = sys.modules.get("provender_mlx.provider")
+    if provider is None:  # nothing was ever loaded in this process
+        return
+    cache = provider.MLXProvider._model_cache
+    for name in cache.names():
+        item = cache.get(name)
+        if item is not None and (item.entry_key == entry.key or item.path.startswith(str(entry.path))):
+            cache.pop(name)

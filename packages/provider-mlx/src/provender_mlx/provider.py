@@ -1,0 +1,265 @@
+"""`MLXProvider`: text generation with mlx-lm, models resolved through provender's shared cache."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from provender import (
+    InvalidNameError,
+    ModelNotFoundError,
+    ProvenderError,
+    Provider,
+    check_generation_options,
+)
+from provender_mlx._detect import looks_loadable, mlx_evidence
+from provender_mlx._memory import LoadedModel, LoadedModels
+
+if TYPE_CHECKING:
+    from provender import CacheManager, Lease
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install "provender[mlx]"'
+DEFAULT_MAX_TOKENS = 256
+EXTRA_OPTIONS = ("system_prompt",)
+_load_locks: dict[str, threading.Lock] = {}
+_load_locks_guard = threading.Lock()
+
+
+def require_mlx() -> None:
+    """Import mlx and mlx-lm, or raise ImportError saying how to install them."""
+    try:
+        import mlx.core  # noqa: F401
+        import mlx_lm  # noqa: F401
+    except Exception as exc:  # mlx without a backend raises more than ImportError
+        raise ImportError(
+            f"MLX is not usable here ({type(exc).__name__}: {exc}); install it with: "
+            f"{INSTALL_HINT} (on Linux this brings mlx[cpu]; for NVIDIA GPUs: "
+            'pip install "provender-mlx[cuda]")'
+        ) from exc
+
+
+class MLXProvider(Provider):
+    """Generates text with mlx-lm. ``model`` is a Hub repo id, a cached model's name, or a directory.
+
+    A Hub repo id is downloaded once into the shared cache (`provender pull` does the
+    same); later runs, by any process, find it there. Loaded models stay in
+    `MLXProvider._model_cache`, an LRU bounded by ``memory.max_models`` and
+    ``memory.keep_alive``, and keep their cache entry leased while loaded, so no
+    process evicts the files under them.
+
+    Options: ``max_tokens`` (default 256), ``temperature`` (default 0: greedy, the
+    same tokens as ``mlx_lm.generate``), ``top_p``, ``seed``, ``stop``, ``system_prompt``
+    (applies the model's chat template with that system message).
+    """
+
+    name = "mlx"
+    _model_cache: ClassVar[LoadedModels] = LoadedModels()
+
+    def __init__(self, model: str, *, cache: CacheManager | None = None, progress: bool = True) -> None:
+        super().__init__(model)
+        if not isinstance(model, str) or not model.strip():
+            raise ModelNotFoundError(str(model), "a model name cannot be empty")
+        self._cache = cache
+        self._progress = progress
+
+    # -- loading -----------------------------------------------------------------------
+
+    def load_model(self) -> tuple[Any, Any]:
+        """(model, tokenizer), from `_model_cache` if loaded, else resolved and loaded."""
+        item = self._loaded()
+        return item.model, item.tokenizer
+
+    def _loaded(self) -> LoadedModel:
+        item = self._model_cache.get(self.model)
+        if item is not None:
+            return item
+        with _load_locks_guard:
+            lock = _load_locks.setdefault(self.model, threading.Lock())
+        with lock:  # two threads asking for one model load it once
+            item = self._model_cache.get(self.model)
+            if item is not None:
+                return item
+            require_mlx()
+            path, lease = self._resolve()
+            try:
+                item = self._load(path, lease)
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
+            self._model_cache.put(item)
+            return item
+
+    def _resolve(self) -> tuple[Path, Lease | None]:
+        """A directory as it is; otherwise a cache entry (downloaded first if it is a Hub repo id)."""
+        local = Path(self.model).expanduser()
+        if local.is_dir():
+            return local, None
+        from provender import CacheManager, EntryNotFoundError
+
+        cm = self._cache or CacheManager()
+        try:
+            lease = cm.acquire(self.model)
+        except EntryNotFoundError:
+            try:
+                from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+                cm.fetch(self.model, allow_patterns=list(DEFAULT_ALLOW_PATTERNS), progress=self._progress)
+            except InvalidNameError:
+                raise ModelNotFoundError(self.model, "no such directory, cached model or Hub repo id") from None
+            lease = cm.acquire(self.model)
+        return lease.entry.model_path, lease
+
+    def _load(self, path: Path, lease: Lease | None) -> LoadedModel:
+        problem = looks_loadable(path)
+        if problem:
+            raise ModelNotFoundError(self.model, f"{path} is not a model mlx-lm can load: {problem}")
+        from mlx_lm import load
+
+        try:
+            loaded = load(str(path))
+            model, tokenizer = loaded[0], loaded[1]
+        except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+            raise ModelNotFoundError(self.model, f"mlx-lm could not load {path}: {exc}") from None
+        return LoadedModel(
+            name=self.model,
+            model=model,
+            tokenizer=tokenizer,
+            path=str(path),
+            lease=lease,
+            entry_key=lease.entry.key if lease is not None else None,
+        )
+
+    # -- generation --------------------------------------------------------------------
+
+    def generate(self, prompt: str, **options: Any) -> str:
+        return "".join(self.stream(prompt, **options))
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
+        item = self._loaded()
+        system = options.get("system_prompt")
+        text: str = prompt
+        if system is not None:
+            text = self._template(item, [{"role": "system", "content": system}, {"role": "user", "content": prompt}])
+        return self._generate(item, text, options)
+
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
+        return "".join(self.stream_chat(messages, tools=tools, **options))
+
+    def stream_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
+    ) -> Iterator[str]:
+        """`chat`, chunk by chunk: the conversation rendered with the model's own chat template."""
+        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise ProvenderError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        system = options.get("system_prompt")
+        if system is not None and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        item = self._loaded()
+        return self._generate(item, self._template(item, messages, tools), options)
+
+    def _template(
+        self, item: LoadedModel, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        tokenizer = item.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ProvenderError(f"model {self.model!r} has no chat template; use generate() with a plain prompt")
+        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
+        if tools:
+            kwargs["tools"] = tools
+        return str(tokenizer.apply_chat_template(messages, **kwargs))
+
+    def _generate(self, item: LoadedModel, prompt: str, options: dict[str, Any]) -> Iterator[str]:
+        import mlx.core as mx
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        sampler = make_sampler(temp=float(options.get("temperature") or 0.0), top_p=float(options.get("top_p") or 0.0))
+        stops = options.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else list(stops)
+        max_tokens = options.get("max_tokens") or DEFAULT_MAX_TOKENS
+
+        def run() -> Iterator[str]:
+            with item.lock:  # mlx models are not re-entrant: one generation at a time per model
+                if item.model is None:
+                    raise ProvenderError(f"model {self.model!r} was unloaded while in use")
+                if options.get("seed") is not None:
+                    mx.random.seed(int(options["seed"]))
+                pieces = (
+                    r.text
+                    for r in stream_generate(item.model, item.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler)
+                )
+                yield from _cut_at_stops(pieces, stops)
+
+        return run()
+
+    # -- the seed's static API -----------------------------------------------------------
+
+    @staticmethod
+    def list_cached_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """MLX models in the shared disk cache, recognised by content (MLX quantization metadata
+        or safetensors written by MLX), with ``name``, ``size``, ``last_used``, ``implementation``."""
+        from provender import CacheManager
+
+        cm = CacheManager(cache_dir=cache_dir) if cache_dir is not None else CacheManager()
+        rows = []
+        for entry in cm.entries(sort="name"):
+            evidence = mlx_evidence(entry.model_path)
+            if evidence is None:
+                continue
+            last = entry.last_used
+            rows.append(
+                {
+                    "name": entry.name,
+                    "size": entry.size,
+                    "implementation": "mlx",
+                    "last_used": datetime.fromtimestamp(last, tz=UTC).isoformat() if last else None,
+                    "path": str(entry.model_path),
+                    "key": entry.key,
+                    "evidence": evidence,
+                }
+            )
+        return rows
+
+    @staticmethod
+    def clear_model_cache(model_name: str | None = None) -> list[str]:
+        """Unload one model (or all) from memory; returns the names unloaded.
+
+        The disk cache is untouched (that is `provender cache rm`'s job).
+        """
+        if model_name is None:
+            return MLXProvider._model_cache.clear()
+        return [model_name] if MLXProvider._model_cache.pop(model_name) is not None else []
+
+    def close(self) -> None:
+        """Nothing to release per instance: loaded models are shared through `_model_cache`."""
+
+
+def _cut_at_stops(pieces: Iterator[str], stops: list[str]) -> Iterator[str]:
+    """Pass text through, ending it before the first stop string; holds back only what could
+    be the start of one, so streaming stays as prompt as it can."""
+    if not stops:
+        yield from pieces
+        return
+    held = ""
+    for piece in pieces:
+        held += piece
+        hits = [i for i in (held.find(s) for s in stops) if i >= 0]
+        if hits:
+            if min(hits):
+                yield held[: min(hits)]
+            return
+        keep = max((n for s in stops for n in range(1, len(s)) if held.endswith(s[:n])), default=0)
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep :]
+    if held:
+        yield held

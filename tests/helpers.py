@@ -1,0 +1,46 @@
+"""Helpers shared by the test packages (importable as `helpers`: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `provender ARGS` in a real process with the test's environment (plus `env`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "provender", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=timeout,
+    )
+
+
+def can_mount() -> str | None:
+    """None if this machine lets a test mount a tmpfs in its own namespace, else why not."""
+    try:
+        out = subprocess.run(
+            [
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "sh",
+                "-c",
+                "mount -t tmpfs -o size=64k tmpfs /mnt && echo ok",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if out.stdout.strip() == "ok" else (out.stderr.strip() or "mount refused")

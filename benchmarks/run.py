@@ -2,6 +2,7 @@
 
     tox -e bench                    # everything (about 2 minutes, 3 GB of scratch disk)
     tox -e bench -- --quick         # smaller trees and files, for a smoke run
+    tox -e bench -- --only mlx      # one group: core (cache, CLI) or mlx (provider-mlx)
 
 Writes benchmarks/results.json and prints a Markdown table of ratios (the figures
 in benchmarks/README.md come from it). Scratch data goes to benchmarks/.work/.
@@ -197,6 +198,7 @@ def bench_help(results: dict[str, object], runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", choices=["core", "mlx"], help="run one group only")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     results: dict[str, object] = {
@@ -205,10 +207,16 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "quick": args.quick,
     }
-    bench_help(results, 5 if args.quick else 21)
-    bench_hit(results, 200 if args.quick else 2000)
-    bench_import(results, (64 if args.quick else 1024) << 20)
-    bench_ls([100, 1000] if args.quick else [1000, 10000], results)
+    if args.only != "mlx":
+        bench_help(results, 5 if args.quick else 21)
+        bench_hit(results, 200 if args.quick else 2000)
+        bench_import(results, (64 if args.quick else 1024) << 20)
+        bench_ls([100, 1000] if args.quick else [1000, 10000], results)
+    if args.only != "core":
+        sys.path.insert(0, str(HERE))
+        import mlx_bench
+
+        results["mlx"] = mlx_bench.main()
     out = HERE / ("results-quick.json" if args.quick else "results.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")

@@ -1,13 +1,18 @@
-"""The main job, end to end: put a model into the shared cache and use it through a provider.
+"""The main job, end to end: put models into the shared cache and generate with them.
 
 Runs the real `provender` command for each step and prints it first, so you can
 copy any line. The cache is $PROVENDER_CACHE__DIR (tox points it at ./demo-cache).
+
+With the Hugging Face Hub reachable, the MLX step pulls a real small model
+(mlx-community/SmolLM-135M-Instruct-4bit, ~75 MB); offline it builds a tiny random
+llama model with mlx-lm's own classes and imports it, so the same path runs.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +29,30 @@ def provender(*args: str) -> str:
     return out.stdout
 
 
+HUB_MODEL = "mlx-community/SmolLM-135M-Instruct-4bit"
+
+
+def hub_reachable() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def mlx_model(tmp: Path) -> str:
+    """A model for the MLX provider: a real one from the Hub, or a tiny one built here offline."""
+    if hub_reachable():
+        provender("pull", HUB_MODEL)
+        return HUB_MODEL
+    from provender_mlx.testing import build_tiny_llama
+
+    print("\n# The Hub is not reachable: building a tiny random llama model with mlx-lm instead")
+    path = build_tiny_llama(tmp / "tiny-llama")
+    provender("cache", "import", str(path), "--name", "demo/tiny-llama", "--replace")
+    return "demo/tiny-llama"
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # 1. A model directory as you might have it on disk (here: a model of the example echo plugin).
@@ -34,9 +63,15 @@ def main() -> None:
 
         # 2. Sideload it into the shared cache (zero-copy where the filesystem allows).
         provender("cache", "import", str(model), "--name", "demo/shouty", "--replace")
-    # 3. It is in the cache, claimed by the provider that can serve it, and usable by name.
+        provender("generate", "-m", "demo/shouty", "hello from the shared cache")
+
+        # 3. An MLX model: generated with mlx-lm, found in the same cache by any later process.
+        name = mlx_model(Path(tmp))
+    provender("generate", "-m", name, "--max-tokens", "24", "--temperature", "0", "Hello, my name is")
+    provender("models")
+
+    # 4. The cache: what is in it, who serves it, how it is used, and that it is intact.
     provender("cache", "ls")
-    provender("generate", "-m", "demo/shouty", "hello from the shared cache")
     provender("cache", "stats")
     provender("plugins")
     provender("cache", "verify")

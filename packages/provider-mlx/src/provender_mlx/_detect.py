@@ -10,7 +10,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
-MAX_HEADER = 100 * 1024 * 1024  # a safetensors header is JSON; a larger claim is not a header
+MAX_HEADER = 100 * 1024 * 1024
+ENCODER_TYPES = (
+    "bert",
+)  # architectures provender_mlx._encoder runs  # a safetensors header is JSON; a larger claim is not a header
 
 
 def safetensors_metadata(path: Path) -> dict[str, Any] | None:
@@ -68,3 +71,14 @@ def looks_loadable(model_dir: Path) -> str | None:
     if not any(model_dir.glob("*.safetensors")):
         return "no .safetensors weights"
     return None
+
+
+def encoder_evidence(model_dir: Path) -> str | None:
+    """Why `model_dir` is a sentence-embedding model the MLX encoder runs, or None."""
+    config = read_config(model_dir) if model_dir.is_dir() else None
+    if config is None or config.get("model_type") not in ENCODER_TYPES:
+        return None
+    if not (model_dir / "tokenizer.json").is_file() or not any(model_dir.glob("*.safetensors")):
+        return None
+    has_st = (model_dir / "modules.json").is_file() or (model_dir / "1_Pooling" / "config.json").is_file()
+    return f"{config['model_type']} encoder{' with sentence-transformers pooling' if has_st else ''}"

@@ -25,6 +25,7 @@ class LoadedModel:
     tokenizer: Any
     path: str
     lease: Any = None  # provender.Lease, or None for a plain directory outside the cache
+    kind: str = "generation"  # or "embedding" (model is then a SentenceEncoder)
     entry_key: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)  # one generation at a time per model

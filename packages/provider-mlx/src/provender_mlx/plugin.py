@@ -22,9 +22,10 @@ def provender_register_providers(register: RegisterProvider) -> None:
 
 @hookimpl
 def provender_claim_model(entry: CacheEntry) -> str | None:
-    from provender_mlx._detect import mlx_evidence
+    from provender_mlx._detect import encoder_evidence, mlx_evidence
 
-    return "mlx" if mlx_evidence(entry.model_path) else None
+    path = entry.model_path
+    return "mlx" if mlx_evidence(path) or encoder_evidence(path) else None
 
 
 @hookimpl

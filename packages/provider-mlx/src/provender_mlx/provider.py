@@ -11,15 +11,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender import (
     InvalidNameError,
+    InvalidOptionError,
     ModelNotFoundError,
     ProvenderError,
     Provider,
+    UnsupportedError,
     check_generation_options,
 )
-from provender_mlx._detect import looks_loadable, mlx_evidence
+from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
 from provender_mlx._memory import LoadedModel, LoadedModels
 
 if TYPE_CHECKING:
+    import numpy
+
     from provender import CacheManager, Lease
 
 logger = logging.getLogger(__name__)
@@ -117,6 +121,23 @@ class MLXProvider(Provider):
         return lease.entry.model_path, lease
 
     def _load(self, path: Path, lease: Lease | None) -> LoadedModel:
+        key = lease.entry.key if lease is not None else None
+        if encoder_evidence(path):
+            from provender_mlx._encoder import load_sentence_encoder
+
+            try:
+                encoder = load_sentence_encoder(path)
+            except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+                raise ModelNotFoundError(self.model, f"could not load the encoder in {path}: {exc}") from None
+            return LoadedModel(
+                name=self.model,
+                model=encoder,
+                tokenizer=encoder.tokenizer,
+                path=str(path),
+                lease=lease,
+                entry_key=key,
+                kind="embedding",
+            )
         problem = looks_loadable(path)
         if problem:
             raise ModelNotFoundError(self.model, f"{path} is not a model mlx-lm can load: {problem}")
@@ -133,7 +154,7 @@ class MLXProvider(Provider):
             tokenizer=tokenizer,
             path=str(path),
             lease=lease,
-            entry_key=lease.entry.key if lease is not None else None,
+            entry_key=key,
         )
 
     # -- generation --------------------------------------------------------------------
@@ -143,7 +164,7 @@ class MLXProvider(Provider):
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
         check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
-        item = self._loaded()
+        item = self._generator()
         system = options.get("system_prompt")
         text: str = prompt
         if system is not None:
@@ -163,8 +184,51 @@ class MLXProvider(Provider):
         system = options.get("system_prompt")
         if system is not None and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": system}, *messages]
-        item = self._loaded()
+        item = self._generator()
         return self._generate(item, self._template(item, messages, tools), options)
+
+    def _generator(self) -> LoadedModel:
+        item = self._loaded()
+        if item.kind != "generation":
+            raise UnsupportedError(self.name, "text generation", f"{self.model!r} is an embedding model; use embed()")
+        return item
+
+    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
+        """Sentence embeddings, float32 (len(texts), dimension), for BERT-family sentence-transformers models.
+
+        Options: ``normalize`` (default: as the model's modules.json says), ``batch_size`` (32).
+        Texts longer than the model's max_seq_length are truncated, as sentence-transformers does.
+        """
+        unknown = set(options) - {"normalize", "batch_size"}
+        if unknown:
+            raise UnsupportedError(
+                self.name, f"embedding option(s) {', '.join(sorted(unknown))}", "known: normalize, batch_size"
+            )
+        if isinstance(texts, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise InvalidOptionError("texts", type(texts).__name__, "a list of strings")
+        batch_size = options.get("batch_size", 32)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidOptionError("batch_size", batch_size, "an integer >= 1")
+        item = self._embedder()
+        with item.lock:
+            if item.model is None:
+                raise ProvenderError(f"model {self.model!r} was unloaded while in use")
+            vectors: numpy.ndarray = item.model.encode(texts, normalize=options.get("normalize"), batch_size=batch_size)
+        return vectors
+
+    def dimension(self) -> int:
+        """Length of this model's embeddings (loads the model)."""
+        return int(self._embedder().model.dimension)
+
+    def _embedder(self) -> LoadedModel:
+        item = self._loaded()
+        if item.kind != "embedding":
+            raise UnsupportedError(
+                self.name,
+                "embed",
+                f"{self.model!r} is a text-generation model; embeddings need a BERT-family sentence-transformers model",
+            )
+        return item
 
     def _template(
         self, item: LoadedModel, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None

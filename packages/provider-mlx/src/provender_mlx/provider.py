@@ -35,11 +35,17 @@ _load_locks: dict[str, threading.Lock] = {}
 _load_locks_guard = threading.Lock()
 
 
-def require_mlx() -> None:
-    """Import mlx and mlx-lm, or raise ImportError saying how to install them."""
+def require_mlx(*, lm: bool = False) -> None:
+    """Import mlx (and with ``lm``, mlx-lm), or raise ImportError saying how to install them.
+
+    Registration checks only ``mlx.core`` (12 ms); mlx-lm imports transformers (seconds),
+    so it is imported when a text model is loaded, not on every command.
+    """
     try:
         import mlx.core  # noqa: F401
-        import mlx_lm  # noqa: F401
+
+        if lm:
+            import mlx_lm  # noqa: F401
     except Exception as exc:  # mlx without a backend raises more than ImportError
         raise ImportError(
             f"MLX is not usable here ({type(exc).__name__}: {exc}); install it with: "
@@ -138,6 +144,7 @@ class MLXProvider(Provider):
                 entry_key=key,
                 kind="embedding",
             )
+        require_mlx(lm=True)
         problem = looks_loadable(path)
         if problem:
             raise ModelNotFoundError(self.model, f"{path} is not a model mlx-lm can load: {problem}")

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from provender import __version__
-from provender._cli._common import EXIT_FAILURE, EXIT_USAGE, usage_error_types
+from provender._cli._common import EXIT_FAILURE, EXIT_USAGE, is_usage_error
 
 
 class ProvenderGroup(click.Group):
@@ -32,12 +32,17 @@ class ProvenderGroup(click.Group):
         except ProvenderError as exc:
             if ctx.meta.get("provender.debug"):
                 raise
-            code = EXIT_USAGE if isinstance(exc, usage_error_types()) else EXIT_FAILURE
+            code = EXIT_USAGE if is_usage_error(exc) else EXIT_FAILURE
             click.echo(f"Error: {exc}", err=True)
             sys.exit(code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except ImportError as exc:  # a missing optional extra: its message carries the pip command
+            if ctx.meta.get("provender.debug"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_FAILURE)
         except Exception as exc:  # a bug, or a plugin's: still no traceback unless asked
             if ctx.meta.get("provender.debug"):
                 raise

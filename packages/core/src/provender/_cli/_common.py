@@ -19,16 +19,15 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def usage_error_types() -> tuple[type[BaseException], ...]:
-    from provender._errors import (
-        ConfigError,
-        InvalidNameError,
-        InvalidOptionError,
-        SourceNotFoundError,
-        UnknownProviderError,
-    )
+def is_usage_error(exc: BaseException) -> bool:
+    """Bad input or configuration (exit 2), as opposed to a failure (exit 1).
 
-    return ConfigError, InvalidNameError, InvalidOptionError, SourceNotFoundError, UnknownProviderError
+    provender's errors that are also ValueErrors are bad values (a setting, a name, an
+    option, an input file); an unknown provider or a missing source path is bad input too.
+    """
+    from provender._errors import SourceNotFoundError, UnknownProviderError
+
+    return isinstance(exc, (ValueError, UnknownProviderError, SourceNotFoundError))
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

@@ -1,0 +1,37 @@
+"""provender-embedding: sentence embeddings, persistent collections and similarity search
+over any provender provider that embeds.
+
+    from provender_embedding import Embedder, Collection
+    Embedder("sentence-transformers/all-MiniLM-L6-v2").embed(["a text"])   # (1, 384) float32
+
+Imports stay light until used (numpy loads with the first embedding).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["AddResult", "Collection", "CollectionError", "Embedder", "Hit", "InputError", "__version__"]
+
+_LAZY = {
+    "Embedder": "provender_embedding._embedder",
+    "Collection": "provender_embedding._collection",
+    "CollectionError": "provender_embedding._collection",
+    "Hit": "provender_embedding._collection",
+    "AddResult": "provender_embedding._collection",
+    "InputError": "provender_embedding._io",
+}
+
+if TYPE_CHECKING:
+    from provender_embedding._collection import AddResult, Collection, CollectionError, Hit
+    from provender_embedding._embedder import Embedder
+    from provender_embedding._io import InputError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(name)

@@ -1,0 +1,174 @@
+"""`provender embed`, `provender similar` and `provender collections ...`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, Any]]:
+    from provender_embedding._io import read_items
+
+    if input_file is not None and texts:
+        raise click.UsageError("give TEXT arguments or -i FILE, not both")
+    if input_file is not None:
+        return read_items(input_file)
+    if texts:
+        return [{"id": str(n), "text": t, "metadata": None} for n, t in enumerate(texts)]
+    if sys.stdin.isatty():
+        raise click.UsageError("give TEXT arguments, -i FILE, or pipe texts on stdin (one per line)")
+    return [
+        {"id": str(n), "text": line, "metadata": None}
+        for n, line in enumerate(sys.stdin.read().splitlines(), start=1)
+        if line.strip()
+    ]
+
+
+@click.command()
+@click.option("-m", "--model", required=True, help="An embedding model: PROVIDER:MODEL or a cached model's name.")
+@click.argument("texts", nargs=-1)
+@click.option(
+    "-i",
+    "--input",
+    "input_file",
+    type=click.Path(path_type=Path),
+    help="Texts to embed: one per line, or JSONL with id/text/metadata.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_file",
+    type=click.Path(path_type=Path),
+    help="Write vectors to FILE.jsonl, FILE.npy or FILE.parquet instead of stdout.",
+)
+@click.option("-c", "--collection", help="Store the texts and vectors in this collection (created if new).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--no-normalize", is_flag=True, help="Do not L2-normalise the vectors.")
+@click.option("--no-store-content", is_flag=True, help="With --collection: keep vectors and ids, not the texts.")
+def embed(
+    model: str,
+    texts: tuple[str, ...],
+    input_file: Path | None,
+    output_file: Path | None,
+    collection: str | None,
+    batch_size: int,
+    no_normalize: bool,
+    no_store_content: bool,
+) -> None:
+    """Embed texts with MODEL: JSON to stdout, a file (-o) or a collection (-c).
+
+    Texts come from TEXT arguments, -i FILE, or stdin (one per line).
+    """
+    from provender_embedding import Collection, Embedder
+    from provender_embedding._io import OUTPUT_FORMATS, write_vectors
+
+    if output_file is not None and output_file.suffix.lower() not in OUTPUT_FORMATS:
+        raise click.BadParameter(f"use a {', '.join(OUTPUT_FORMATS)} file", param_hint="-o")
+    items = _texts(texts, input_file)
+    embedder = Embedder(model, batch_size=batch_size)
+    start = time.perf_counter()
+    show = sys.stderr.isatty() and len(items) >= 64
+    with click.progressbar(length=len(items), label="embedding", file=sys.stderr, hidden=not show) as bar:
+        if collection is not None:
+            if no_normalize:
+                raise click.UsageError("collections store normalised vectors; drop --no-normalize")
+            coll = Collection(collection, model, embedder=embedder)
+            result = coll.add_many(
+                items, batch_size=batch_size, store_content=not no_store_content, progress=bar.update
+            )
+            vectors = None
+        else:
+            vectors = embedder.embed([i["text"] for i in items], normalize=not no_normalize, progress=bar.update)
+    elapsed = time.perf_counter() - start
+    ids = [i["id"] for i in items]
+    if collection is not None:
+        summary = (
+            f"collection {collection!r}: {result.added} added, {result.updated} updated, "
+            f"{result.unchanged} unchanged (now {coll.count()} items)"
+        )
+    elif output_file is not None:
+        assert vectors is not None
+        write_vectors(output_file, ids, vectors)
+        summary = f"wrote {output_file}"
+    else:
+        assert vectors is not None
+        click.echo(
+            json.dumps(
+                [{"id": i, "embedding": [round(float(x), 7) for x in v]} for i, v in zip(ids, vectors, strict=True)]
+            )
+        )
+        summary = ""
+    rate = len(items) / elapsed if elapsed > 0 else float("inf")
+    click.echo(
+        f"{len(items)} texts, dimension {embedder.dimension}, {rate:.1f} texts/s" + (f"; {summary}" if summary else ""),
+        err=True,
+    )
+
+
+@click.command()
+@click.argument("collection")
+@click.argument("query")
+@click.option("-n", "--number", "n", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def similar(collection: str, query: str, n: int, as_json: bool) -> None:
+    """The N items of COLLECTION most similar to QUERY (cosine)."""
+    from provender_embedding import Collection
+
+    hits = Collection(collection).similar(query, n)
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    for hit in hits:
+        snippet = (hit.content or "").replace("\n", " ")
+        click.echo(f"{hit.score:.3f}  {hit.id}  {snippet[:100]}{'...' if len(snippet) > 100 else ''}")
+
+
+@click.group()
+def collections() -> None:
+    """List and delete embedding collections."""
+
+
+@collections.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def collections_ls(as_json: bool) -> None:
+    """List collections with their model and size."""
+    from provender._cli._common import echo_table
+    from provender_embedding import Collection
+
+    rows = Collection.list()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo("No collections yet (create one with `provender embed -m MODEL -c NAME -i FILE`).")
+    else:
+        echo_table(
+            [(r["name"], r["model"], r["count"], r["dimension"] or "-") for r in rows],
+            ("COLLECTION", "MODEL", "ITEMS", "DIMENSION"),
+        )
+
+
+@collections.command("rm")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def collections_rm(name: str, yes: bool) -> None:
+    """Delete a collection and everything in it."""
+    from provender_embedding import Collection
+
+    coll = Collection(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("refusing to delete without confirmation: add -y")
+        click.confirm(f"Delete collection {name!r} ({coll.count()} items)?", abort=True)
+    count = coll.count()
+    coll.drop()
+    click.echo(f"deleted collection {name!r} ({count} items)")
+
+
+def register(cli: click.Group) -> None:
+    for command in (embed, similar, collections):
+        cli.add_command(command)

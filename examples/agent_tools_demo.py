@@ -19,8 +19,16 @@ from provender import ProvenderError
 from provender_agent import Agent, tool
 
 ROOT = Path.cwd()
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Pow: operator.pow, ast.USub: operator.neg, ast.Mod: operator.mod, ast.FloorDiv: operator.floordiv}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.Mod: operator.mod,
+    ast.FloorDiv: operator.floordiv,
+}
 
 
 def calculate(expression: str) -> float:
@@ -76,7 +84,8 @@ def search_notes(query: str, collection: str = "provender-docs", n: int = 3) -> 
     """
     from provender_embedding import Collection
 
-    return [{"id": h.id, "score": round(h.score, 3), "text": h.content} for h in Collection(collection).similar(query, n)]
+    hits = Collection(collection).similar(query, n)
+    return [{"id": h.id, "score": round(h.score, 3), "text": h.content} for h in hits]
 
 
 def main() -> int:
@@ -90,8 +99,12 @@ def main() -> int:
     ROOT = args.root
     tools = [tool(calculate), tool(list_files), tool(read_file), tool(search_notes)]
     try:
-        agent = Agent(args.model, tools, max_steps=args.max_steps,
-                      system="You are a helpful assistant. Use the tools when they help; answer briefly.")
+        agent = Agent(
+            args.model,
+            tools,
+            max_steps=args.max_steps,
+            system="You are a helpful assistant. Use the tools when they help; answer briefly.",
+        )
         for event in agent.stream(args.prompt):
             if event.kind == "tool_call":
                 print(f"\n  -> {event.call.name}({event.call.arguments})", file=sys.stderr)

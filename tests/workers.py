@@ -12,15 +12,55 @@ from pathlib import Path
 from provender import CacheManager, EntryInUseError, EntryNotFoundError
 
 
+class TimedLock:
+    """Wraps the cache's file lock to measure how long each acquisition waited."""
+
+    def __init__(self, lock) -> None:  # type: ignore[no-untyped-def]
+        self.lock = lock
+        self.worst = 0.0
+        self.total = 0.0
+        self.count = 0
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        self.lock.acquire()
+        waited = time.perf_counter() - start
+        self.worst = max(self.worst, waited)
+        self.total += waited
+        self.count += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
 def hammer(cache_dir: str, max_size: int, seed: int, seconds: float, workdir: str) -> None:
-    """A random mix of adds, lookups, pins, removals and prunes; prints what it counted."""
+    """A random mix of adds, lookups, pins, leases, removals and prunes; prints what it counted.
+
+    Besides shared keys k0..k11, each worker pins and leases keys of its own, and checks
+    after every operation that nothing it pinned or holds has been evicted.
+    """
     rng = random.Random(seed)
     cm = CacheManager(cache_dir, max_size=max_size)
-    counts = {"lookups": 0, "hits": 0, "misses": 0, "adds": 0, "removes": 0, "prunes": 0, "ops": 0}
+    timed = TimedLock(cm._lock)
+    cm._lock = timed  # type: ignore[assignment]
+    counts = {
+        "lookups": 0,
+        "hits": 0,
+        "misses": 0,
+        "adds": 0,
+        "removes": 0,
+        "prunes": 0,
+        "ops": 0,
+        "refused": 0,
+        "violations": 0,
+    }
     src_dir = Path(workdir) / f"w{seed}"
     src_dir.mkdir(parents=True, exist_ok=True)
     leases = []
-    deadline = time.monotonic() + seconds
+    my_pins: set[str] = set()
+    start_time = time.monotonic()
+    deadline = start_time + seconds
     while time.monotonic() < deadline:
         key = f"k{rng.randrange(12)}"
         op = rng.random()
@@ -28,13 +68,12 @@ def hammer(cache_dir: str, max_size: int, seed: int, seconds: float, workdir: st
         if op < 0.35:
             src = src_dir / f"{counts['ops']}.bin"
             src.write_bytes(os.urandom(rng.randrange(100, 3000)))
-            mode = rng.choice(["auto", "copy", "move"])
             try:
-                cm.cache_model(src, key, link_mode=mode)
+                cm.cache_model(src, key, link_mode=rng.choice(["auto", "copy", "move"]))
                 counts["adds"] += 1
             except EntryInUseError:  # replacing a pinned or leased entry is refused...
                 assert src.exists(), "a refused move lost the caller's file"  # ...and loses nothing
-                counts["refused"] = counts.get("refused", 0) + 1
+                counts["refused"] += 1
         elif op < 0.75:
             counts["lookups"] += 1
             counts["hits" if cm.get_cached_model(key) is not None else "misses"] += 1
@@ -44,11 +83,16 @@ def hammer(cache_dir: str, max_size: int, seed: int, seconds: float, workdir: st
                 counts["removes"] += 1
             except (EntryInUseError, EntryNotFoundError):
                 pass
-        elif op < 0.88:
-            try:
-                (cm.pin if rng.random() < 0.5 else cm.unpin)(key)
-            except EntryNotFoundError:
-                pass
+        elif op < 0.88:  # pins on this worker's own keys, so only it unpins them
+            own = f"p{seed}-{rng.randrange(3)}"
+            if own in my_pins and rng.random() < 0.5:
+                cm.unpin(own)
+                my_pins.discard(own)
+            elif own not in my_pins:
+                src = src_dir / f"pin{counts['ops']}.bin"
+                src.write_bytes(os.urandom(500))
+                cm.cache_model(src, own, pin=True)  # atomically: no one can evict it before the pin
+                my_pins.add(own)
         elif op < 0.94:
             try:
                 leases.append(cm.acquire(key))
@@ -60,8 +104,19 @@ def hammer(cache_dir: str, max_size: int, seed: int, seconds: float, workdir: st
         else:
             cm.cleanup_old_models()
             counts["prunes"] += 1
+        for lease in leases:  # nothing this process holds may vanish
+            if not lease.entry.model_path.exists():
+                counts["violations"] += 1
+        for own in my_pins:
+            if cm.find(own) is None:
+                counts["violations"] += 1
     for lease in leases:
         lease.release()
+    for own in my_pins:
+        cm.unpin(own)
+    counts["seconds"] = time.monotonic() - start_time  # type: ignore[assignment]
+    counts["lock_worst_s"] = timed.worst  # type: ignore[assignment]
+    counts["lock_waits"] = timed.count
     print(json.dumps(counts), flush=True)
 
 

@@ -267,18 +267,24 @@ def test_example_tools(tmp_path: Path) -> None:
     assert demo.calculate("17 * (23 + 4) / 3") == 153
     with pytest.raises(ValueError):
         demo.calculate("__import__('os')")
-    model = script(tmp_path, '<tool_call>{"name": "calculate", "arguments": {"expression": "2**10"}}</tool_call>',
-                   "1024")
+    model = script(
+        tmp_path, '<tool_call>{"name": "calculate", "arguments": {"expression": "2**10"}}</tool_call>', "1024"
+    )
     result = Agent(model, tools=[tool(demo.calculate)]).run("2 to the 10th?")
     assert result.tool_runs[0].result == 1024
 
 
 def test_interactive_chat_in_a_terminal(tmp_path: Path) -> None:
     import pexpect
+
     model = script(tmp_path, FORMATS["hermes"], "The sum is 5.", "Bye now.")
-    child = pexpect.spawn(sys.executable, ["-m", "provender", "chat", "-m", model, "--tool", "agent_tools:add"],
-                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)},
-                          encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "provender", "chat", "-m", model, "--tool", "agent_tools:add"],
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)},
+        encoding="utf-8",
+        timeout=60,
+    )
     child.expect("Chatting with")
     child.expect("> ")
     child.sendline("What is 2 + 3?")

@@ -375,3 +375,21 @@ def test_get_cached_model_finds_hub_repo_added_by_another_tool(cache_dir: Path, 
     snapshot_download("org/tiny", cache_dir=cache_dir / "hub", endpoint=fake_hub.endpoint)
     path = cm.get_cached_model(key)
     assert path is not None and (path / "config.json").read_bytes() == b"{}"
+
+
+def test_release_evicts_what_the_lease_kept_over_the_limit(cache_dir: Path, make_files) -> None:  # type: ignore[no-untyped-def]
+    cm = CacheManager(cache_dir, max_size=1000)
+    cm.cache_model(make_files("a", {"w": 600}), "a")
+    lease = cm.acquire("a")
+    cm.cache_model(make_files("b", {"w": 600}), "b")  # a is in use: the cache stays over its limit
+    assert keys(cm) == {"a", "b"} and cm.stats().size == 1200
+    lease.release()  # at rest again: the limit holds
+    assert keys(cm) == {"b"} and cm.stats().size == 600
+
+
+def test_pin_on_add(cache_dir: Path, make_files) -> None:  # type: ignore[no-untyped-def]
+    cm = CacheManager(cache_dir, max_size=1000)
+    cm.cache_model(make_files("a", {"w": 600}), "a", pin=True)
+    cm.cache_model(make_files("b", {"w": 600}), "b")
+    assert cm.get("a").pinned and keys(cm) == {"a", "b"}  # a could not be evicted, b is the new one
+    assert cm.import_model(make_files("c", {"w": 10}), "org/c", pin=True).pinned

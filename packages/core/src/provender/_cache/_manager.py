@@ -60,21 +60,30 @@ class Lease:
     The hold is an OS file lock, so it ends when the process does, however it dies.
     """
 
-    def __init__(self, entry: CacheEntry, lock: ReadWriteLock) -> None:
+    def __init__(self, entry: CacheEntry, lock: ReadWriteLock, manager: CacheManager | None = None) -> None:
         self.entry = entry
         self._lock: ReadWriteLock | None = lock
+        self._manager = manager
 
     @property
     def held(self) -> bool:
         return self._lock is not None
 
     def release(self) -> None:
+        """Let go of the entry. If holding it kept the cache over its limit, evict now."""
         lock, self._lock = self._lock, None
         if lock is not None:
             with suppress(Exception):
                 lock.release()
             with suppress(Exception):
                 lock.close()
+            if self._manager is not None:
+                self._manager._evict_if_over()
+
+    def _drop(self) -> None:
+        """Release without evicting (garbage collection, interpreter exit)."""
+        self._manager = None
+        self.release()
 
     def __enter__(self) -> CacheEntry:
         return self.entry
@@ -83,7 +92,7 @@ class Lease:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        self._drop()
 
 
 class CacheManager:
@@ -166,6 +175,7 @@ class CacheManager:
         *,
         name: str | None = None,
         link_mode: LinkMode = "auto",
+        pin: bool = False,
         **metadata: Any,
     ) -> Path:
         """Store a model file or directory under `cache_key`; returns its path in the cache.
@@ -173,11 +183,12 @@ class CacheManager:
         The bytes are not copied where the filesystem allows (copy-on-write clone, else
         hard link; ``link_mode="copy"`` forces a copy, ``"move"`` moves the source in).
         An existing entry with the same key is replaced. Least-recently-used entries are
-        then evicted to fit ``max_size``; the new entry never is.
+        then evicted to fit ``max_size``; the new entry never is. ``pin=True`` pins it in the
+        same step, so no other process can evict it between the add and a `pin` call.
         """
         check_key(cache_key)
         entry = self._store_local(
-            Path(model_path), cache_key, name=name, link_mode=link_mode, metadata=metadata, replace=True
+            Path(model_path), cache_key, name=name, link_mode=link_mode, metadata=metadata, replace=True, pin=pin
         )
         return entry.model_path
 
@@ -203,17 +214,24 @@ class CacheManager:
         *,
         link_mode: LinkMode = "auto",
         replace: bool = False,
+        pin: bool = False,
         **metadata: Any,
     ) -> CacheEntry:
         """Sideload a local model (file or directory) under `name` (``org/name``), offline.
 
         Zero-copy where the filesystem allows. Raises EntryExistsError if an imported
-        entry has that name already, unless ``replace=True``.
+        entry has that name already, unless ``replace=True``. ``pin=True`` pins it as it lands.
         """
         check_name(name)
         key = generate_cache_key(name, None, {"source": "import"})
         return self._store_local(
-            Path(path), key, name=name, link_mode=link_mode, metadata={**metadata, "source": "import"}, replace=replace
+            Path(path),
+            key,
+            name=name,
+            link_mode=link_mode,
+            metadata={**metadata, "source": "import"},
+            replace=replace,
+            pin=pin,
         )
 
     def fetch(
@@ -343,7 +361,7 @@ class CacheManager:
             lock.close()
             raise EntryNotFoundError(name_or_key)
         self._index.record_hit(entry.key)
-        return Lease(self._entry(row), lock)
+        return Lease(self._entry(row), lock, self)
 
     # -- removing, pinning -------------------------------------------------------------
 
@@ -468,7 +486,15 @@ class CacheManager:
             Path(marker.lock_file).unlink(missing_ok=True)
 
     def _store_local(
-        self, src: Path, key: str, *, name: str | None, link_mode: LinkMode, metadata: dict[str, Any], replace: bool
+        self,
+        src: Path,
+        key: str,
+        *,
+        name: str | None,
+        link_mode: LinkMode,
+        metadata: dict[str, Any],
+        replace: bool,
+        pin: bool = False,
     ) -> CacheEntry:
         if not src.exists():
             raise SourceNotFoundError(src)
@@ -506,7 +532,7 @@ class CacheManager:
                 (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
             logger.info("staged %s (%s)", display, ", ".join(f"{v} {k}" for k, v in counts.items()))
             try:
-                row, evicted = self._commit_local(stage, manifest, key, display, replace, now)
+                row, evicted = self._commit_local(stage, manifest, key, display, replace, now, pin)
             except BaseException:
                 if link_mode == "move" and content.exists():  # the caller's files are staged: give them back
                     (stage / MANIFEST).unlink(missing_ok=True)
@@ -516,7 +542,7 @@ class CacheManager:
         return self._entry(row)
 
     def _commit_local(
-        self, stage: Path, manifest: dict[str, Any], key: str, display: str, replace: bool, now: float
+        self, stage: Path, manifest: dict[str, Any], key: str, display: str, replace: bool, now: float, pin: bool
     ) -> tuple[dict[str, Any], list[CacheEntry]]:
         """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
         with self._lock:
@@ -534,6 +560,9 @@ class CacheManager:
             row = self._row_from_manifest(manifest, last_used=now)
             self._write_row(row)
             self._reconcile()
+            if pin:
+                with fs_errors(self.cache_dir):
+                    (self._pins_dir / key).touch()
             return row, self._evict(self.max_size, protect={key})
 
     def _swap_in(self, stage: Path, target: Path, display: str) -> None:
@@ -645,6 +674,11 @@ class CacheManager:
         with os.scandir(self.objects_dir) as it:
             for item in it:
                 key = item.name
+                if item.is_symlink() or not item.is_dir(follow_symlinks=False):
+                    # planted, not made by us: never read or follow it, only take it out of the way
+                    logger.warning("removing %s: not an entry provender made (a link or a file)", item.path)
+                    Path(item.path).unlink(missing_ok=True)
+                    continue
                 seen.add(key)
                 if key in rows:
                     continue
@@ -697,7 +731,12 @@ class CacheManager:
         try:
             if dry_run:
                 return True
-            trash = self._to_trash(entry.path) if entry.path.exists() else None
+            root = os.path.normpath(self.cache_dir)
+            if not os.path.normpath(entry.path).startswith(root + os.sep):  # a tampered index row
+                logger.warning("not deleting %s: it is outside the cache dir", entry.path)
+                trash = None
+            else:
+                trash = self._to_trash(entry.path) if os.path.lexists(entry.path) else None
             with self._index.transaction() as con:
                 self._index.delete(con, entry.key)
                 if evicted:
@@ -732,6 +771,18 @@ class CacheManager:
                 "cache is over its limit after eviction (%d > %d bytes): the rest is pinned or in use", total, limit
             )
         return evicted
+
+    def _evict_if_over(self) -> None:
+        """After a lease ends: entries it protected may now go, if the cache is over its limit."""
+        try:
+            if self._index.total_size() <= self.max_size:
+                return
+            with self._lock:
+                evicted = self._evict(self.max_size, protect=set())
+        except Exception as exc:  # releasing must never fail because of housekeeping
+            logger.warning("eviction after a release failed: %s", exc)
+            return
+        self._notify_evicted(evicted)
 
     def _notify_evicted(self, entries: list[CacheEntry]) -> None:
         if not entries:

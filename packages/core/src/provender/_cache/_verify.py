@@ -66,6 +66,9 @@ def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
     issues = []
     blobs = entry.path / "blobs"
     for blob in sorted(blobs.iterdir()) if blobs.is_dir() else []:
+        if blob.is_symlink():  # huggingface_hub never links blobs: do not follow it anywhere
+            issues.append(VerifyIssue(entry.key, entry.name, blob, "a blob that is a symbolic link"))
+            continue
         if blob.name.endswith(".incomplete") or not blob.is_file():
             continue
         if _SHA256.fullmatch(blob.name):
@@ -79,10 +82,16 @@ def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
                 VerifyIssue(entry.key, entry.name, blob, f"content does not match its {algo} (got {actual[:12]}...)")
             )
     snapshots = entry.path / "snapshots"
+    repo = entry.path.resolve()
     for root, _dirs, files in os.walk(snapshots):
         for name in files:
             link = Path(root, name)
-            if link.is_symlink() and not link.exists():
+            if not link.is_symlink():
+                continue
+            target = Path(os.path.normpath(link.parent / os.readlink(link)))
+            if not target.is_relative_to(repo) and not target.is_relative_to(entry.path):
+                issues.append(VerifyIssue(entry.key, entry.name, link, "snapshot link points outside the cache"))
+            elif not target.exists():
                 issues.append(VerifyIssue(entry.key, entry.name, link, "snapshot link points at a missing blob"))
     return issues
 
@@ -96,6 +105,12 @@ def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
     learned = False
     for rel, info in manifest["files"].items():
         path = entry.path / rel
+        if not _stays_inside(entry.path, rel):
+            issues.append(VerifyIssue(entry.key, entry.name, entry.path, f"manifest names a path outside: {rel!r}"))
+            continue
+        if path.is_symlink():  # entries hold regular files; a link was planted: never read through it
+            issues.append(VerifyIssue(entry.key, entry.name, path, "a file replaced by a symbolic link"))
+            continue
         if not path.is_file():
             issues.append(VerifyIssue(entry.key, entry.name, path, "file is missing"))
             continue
@@ -135,10 +150,16 @@ def _fix(cm: CacheManager, entry: CacheEntry, issues: list[VerifyIssue]) -> list
         for root, _dirs, files in os.walk(entry.path / "snapshots"):
             for name in files:
                 link = Path(root, name)
-                if link.is_symlink() and (not link.exists() or Path(os.readlink(link)).name in bad_blobs):
+                flagged = link in {i.path for i in issues}
+                if link.is_symlink() and (flagged or not link.exists() or Path(os.readlink(link)).name in bad_blobs):
                     link.unlink()
         for issue in issues:
             if issue.path.parent.name == "blobs":
-                issue.path.unlink(missing_ok=True)
+                issue.path.unlink(missing_ok=True)  # unlink removes a link itself, never its target
             fixed.append(VerifyIssue(issue.key, issue.name, issue.path, issue.problem, fixed=True))
     return fixed
+
+
+def _stays_inside(root: Path, rel: str) -> bool:
+    norm = os.path.normpath(os.path.join(root, rel))
+    return norm.startswith(os.path.normpath(root) + os.sep)

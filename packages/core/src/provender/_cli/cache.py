@@ -203,12 +203,13 @@ def unpin(name: str) -> None:
 @click.option("--copy", "mode", flag_value="copy", help="Copy the bytes (default: clone or hard link, no copy).")
 @click.option("--move", "mode", flag_value="move", help="Move the files into the cache.")
 @click.option("--replace", is_flag=True, help="Replace an imported entry with the same name.")
+@click.option("--pin", is_flag=True, help="Pin it as it lands (never evicted until unpinned).")
 @json_option
-def import_(path: Path, name: str, mode: str | None, replace: bool, as_json: bool) -> None:
+def import_(path: Path, name: str, mode: str | None, replace: bool, pin: bool, as_json: bool) -> None:
     """Sideload a local model directory or file into the cache (offline, air-gapped)."""
     from provender._sizes import format_size
 
-    entry = get_cache().import_model(path, name, link_mode=mode or "auto", replace=replace)  # type: ignore[arg-type]
+    entry = get_cache().import_model(path, name, link_mode=mode or "auto", replace=replace, pin=pin)  # type: ignore[arg-type]
     if as_json:
         echo_json(entry.to_dict())
     else:

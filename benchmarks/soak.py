@@ -52,9 +52,23 @@ def check(cache_dir: Path, max_size: int) -> dict[str, object]:
 
 def load(n: int, seconds: float, root: Path) -> dict[str, object]:
     cache_dir, max_size = root / f"load-{n}", 12_000
-    procs = [subprocess.Popen([sys.executable, WORKERS, "hammer", str(cache_dir), str(max_size), str(seed),
-                               str(seconds), str(root / f"work-{n}")], stdout=subprocess.PIPE, text=True)
-             for seed in range(n)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                WORKERS,
+                "hammer",
+                str(cache_dir),
+                str(max_size),
+                str(seed),
+                str(seconds),
+                str(root / f"work-{n}"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(n)
+    ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     state = check(cache_dir, max_size)
     from provender import CacheManager
@@ -64,10 +78,19 @@ def load(n: int, seconds: float, root: Path) -> dict[str, object]:
     assert stats.hits + stats.misses == lookups, "a lookup was lost or counted twice"
     assert sum(r["violations"] for r in results) == 0, "a pinned or in-use entry was evicted"
     ops = sum(r["ops"] for r in results)
-    return {"processes": n, "seconds": seconds, "operations": ops, "ops_per_s": ops / seconds,
-            "lookups": lookups, "hits": stats.hits, "misses": stats.misses, "evictions": stats.evictions,
-            "worst_lock_wait_ms": 1000 * max(r["lock_worst_s"] for r in results),
-            "mean_lock_wait_ms": 1000 * sum(r["lock_worst_s"] for r in results) / n, **state}
+    return {
+        "processes": n,
+        "seconds": seconds,
+        "operations": ops,
+        "ops_per_s": ops / seconds,
+        "lookups": lookups,
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "evictions": stats.evictions,
+        "worst_lock_wait_ms": 1000 * max(r["lock_worst_s"] for r in results),
+        "mean_lock_wait_ms": 1000 * sum(r["lock_worst_s"] for r in results) / n,
+        **state,
+    }
 
 
 def kill_at_random(args: list[str], rng: random.Random, max_delay: float) -> None:
@@ -91,8 +114,10 @@ def faults(kills: int, root: Path) -> dict[str, object]:
     one.mkdir()
     (one / "w.bin").write_bytes(os.urandom(200_000))
     survived, lost = 0, 0
-    for kind, args, max_size in (("cache_model", ["stage", None, str(src)], 10**12),
-                                 ("eviction", ["evict", None, str(one)], 3 * 200_000)):
+    for kind, args, max_size in (
+        ("cache_model", ["stage", None, str(src)], 10**12),
+        ("eviction", ["evict", None, str(one)], 3 * 200_000),
+    ):
         cache_dir = root / f"kill-{kind}"
         before: dict[str, int] = {}
         for _ in range(kills):
@@ -164,8 +189,11 @@ def main() -> None:
     try:
         report: dict[str, object] = {"load": [load(n, args.seconds, root) for n in (2, 4, 8)]}
         for row in report["load"]:  # type: ignore[attr-defined]
-            print(f"load N={row['processes']}: {row['operations']} ops, {row['ops_per_s']:.0f} ops/s, worst lock "
-                  f"wait {row['worst_lock_wait_ms']:.0f} ms, {row['lookups']} lookups all counted", flush=True)
+            print(
+                f"load N={row['processes']}: {row['operations']} ops, {row['ops_per_s']:.0f} ops/s, worst lock "
+                f"wait {row['worst_lock_wait_ms']:.0f} ms, {row['lookups']} lookups all counted",
+                flush=True,
+            )
         report["faults"] = faults(args.kills, root)
         print(f"faults: {report['faults']}", flush=True)
         report["hostile"] = hostile(2000)

@@ -117,3 +117,26 @@ def test_sigkill_during_hub_download_then_resume(cache_dir: Path, fake_hub: Fake
     entry = cm.fetch("org/slow", progress=False, endpoint=fake_hub.endpoint)
     assert (entry.model_path / "model.safetensors").read_bytes() == weights
     assert cm.verify() == [] and cm.find("org/slow") is not None
+
+
+def test_a_busy_index_is_waited_for_never_rebuilt(cache_dir: Path, make_files) -> None:  # type: ignore[no-untyped-def]
+    cm = CacheManager(cache_dir, max_size=10**6)
+    cm.cache_model(make_files("a", {"w": 10}), "a")
+    cm.get_cached_model("a")
+    cm._index.close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(1.5); c.execute('COMMIT')",
+            str(cache_dir / "index.db"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    again = CacheManager(cache_dir, max_size=10**6)  # must wait for the lock, not call the index corrupt
+    assert again.get_cached_model("a") is not None
+    holder.wait()
+    assert not list(cache_dir.glob("index.db.corrupt-*")) and again.stats().hits == 2

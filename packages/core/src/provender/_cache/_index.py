@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -49,6 +50,20 @@ class IndexCorruptError(Exception):
     """The index file is not a usable database (internal; the manager rebuilds it)."""
 
 
+def is_corruption(exc: BaseException) -> bool:
+    """A damaged index, as opposed to a busy one: "locked" and "busy" are OperationalErrors."""
+    return isinstance(exc, IndexCorruptError) or (
+        isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+    )
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
 class Index:
     """Thread-safe access to the index database of one cache directory."""
 
@@ -58,27 +73,42 @@ class Index:
         self.rebuilt = False
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=True)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes; fsync at checkpoints
-            con.execute("PRAGMA busy_timeout=60000")
-            con.executescript(_SCHEMA)
-            row = con.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-            if row is None:
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] != str(SCHEMA_VERSION):
-                raise IndexCorruptError(f"index schema {row[0]}, expected {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            con.close()
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        deadline = time.monotonic() + 60.0
+        while True:
+            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=True)
+            try:
+                con.execute("PRAGMA busy_timeout=60000")  # first: the statements below then wait, not fail
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes; fsync at checkpoints
+                con.executescript(_SCHEMA)
+                row = con.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+                if row is None:
+                    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                elif row[0] != str(SCHEMA_VERSION):
+                    raise IndexCorruptError(f"index schema {row[0]}, expected {SCHEMA_VERSION}")
+                self._local.inode = _inode(self.path)
+                return con
+            except sqlite3.OperationalError as exc:
+                con.close()
+                # busy or locked (another process is setting the file up): wait, it is not corruption
+                if ("locked" in str(exc) or "busy" in str(exc)) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
                 raise
-            raise IndexCorruptError(str(exc)) from exc
-        return con
+            except sqlite3.DatabaseError as exc:
+                con.close()
+                raise IndexCorruptError(str(exc)) from exc
+            except BaseException:
+                con.close()
+                raise
 
     @property
     def con(self) -> sqlite3.Connection:
+        """This thread's connection; a new one if index.db was replaced (rebuilt by another process)."""
         con = getattr(self._local, "con", None)
+        if con is not None and _inode(self.path) != self._local.inode:
+            con.close()
+            con = None
         if con is None:
             con = self._local.con = self._connect()
         return con

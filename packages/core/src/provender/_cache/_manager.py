@@ -35,7 +35,7 @@ from filelock import FileLock, ReadWriteLock, Timeout
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
 from provender._cache._fsops import LinkMode, fs_errors, fsync_dir, place_tree, remove_tree, tree_size
-from provender._cache._index import Index, IndexCorruptError
+from provender._cache._index import Index, is_corruption
 from provender._cache._names import check_key, check_name, generate_cache_key
 from provender._errors import (
     CacheNotWritableError,
@@ -425,8 +425,8 @@ class CacheManager:
     def _open_index(self) -> None:
         try:
             self._index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
-        except (IndexCorruptError, Exception) as exc:
-            if not isinstance(exc, IndexCorruptError) and "database" not in str(exc).lower():
+        except Exception as exc:
+            if not is_corruption(exc):  # busy, locked, read-only...: not a reason to touch the file
                 raise
             self._rebuild_index(str(exc))
 
@@ -434,6 +434,13 @@ class CacheManager:
         """Set a corrupt index aside and rebuild it from the files (counters start again at 0)."""
         with self._lock:
             self._index.close()
+            try:  # another process may have rebuilt it while we waited for the lock
+                self._index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
+                return
+            except Exception as exc:
+                if not is_corruption(exc):
+                    raise
+                self._index.close()
             stamp = time.strftime("%Y%m%dT%H%M%S")
             for suffix in ("", "-wal", "-shm"):
                 path = Path(f"{self._index.path}{suffix}")

@@ -69,7 +69,18 @@ def load(n: int, seconds: float, root: Path) -> dict[str, object]:
         )
         for seed in range(n)
     ]
-    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    results = []
+    try:
+        for proc in procs:
+            out = proc.communicate()[0].strip().splitlines()
+            if proc.returncode != 0 or not out:
+                raise RuntimeError(f"a load worker failed (exit {proc.returncode}); see its traceback above")
+            results.append(json.loads(out[-1]))
+    finally:  # never leave workers running on a directory that is about to be removed
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     state = check(cache_dir, max_size)
     from provender import CacheManager
 
@@ -88,7 +99,7 @@ def load(n: int, seconds: float, root: Path) -> dict[str, object]:
         "misses": stats.misses,
         "evictions": stats.evictions,
         "worst_lock_wait_ms": 1000 * max(r["lock_worst_s"] for r in results),
-        "mean_lock_wait_ms": 1000 * sum(r["lock_worst_s"] for r in results) / n,
+        "mean_lock_wait_ms": 1000 * sum(r["lock_total_s"] for r in results) / sum(r["lock_waits"] for r in results),
         **state,
     }
 
@@ -191,7 +202,8 @@ def main() -> None:
         for row in report["load"]:  # type: ignore[attr-defined]
             print(
                 f"load N={row['processes']}: {row['operations']} ops, {row['ops_per_s']:.0f} ops/s, worst lock "
-                f"wait {row['worst_lock_wait_ms']:.0f} ms, {row['lookups']} lookups all counted",
+                f"wait {row['worst_lock_wait_ms']:.0f} ms (mean {row['mean_lock_wait_ms']:.1f} ms), "
+                f"{row['lookups']} lookups all counted",
                 flush=True,
             )
         report["faults"] = faults(args.kills, root)

@@ -117,6 +117,7 @@ def hammer(cache_dir: str, max_size: int, seed: int, seconds: float, workdir: st
     counts["seconds"] = time.monotonic() - start_time  # type: ignore[assignment]
     counts["lock_worst_s"] = timed.worst  # type: ignore[assignment]
     counts["lock_waits"] = timed.count
+    counts["lock_total_s"] = timed.total  # type: ignore[assignment]
     print(json.dumps(counts), flush=True)
 
 

@@ -465,6 +465,10 @@ class CacheManager:
                     logger.warning("restored cache entry %s: its replacement was interrupted", key)
                 else:
                     remove_tree(item)
+        for claiming in list(self._tmp_dir.glob("*.locking")):  # died between creating and renaming it
+            with suppress(OSError):
+                if time.time() - claiming.stat().st_mtime > 60:
+                    claiming.unlink()
         for marker in list(self._tmp_dir.glob("*.lock")):
             lock = FileLock(marker, timeout=0)
             try:
@@ -479,18 +483,25 @@ class CacheManager:
 
     @contextmanager
     def _staging(self) -> Iterator[Path]:
-        """A fresh directory under tmp/, marked as owned by this process while it exists."""
+        """A fresh directory under tmp/, marked as owned by this process while it exists.
+
+        The marker is locked under a name no cleanup looks at, then renamed into place:
+        a marker is never visible unlocked, so a starting process cannot take a live
+        staging for a dead one.
+        """
         name = uuid.uuid4().hex
-        marker = FileLock(self._tmp_dir / f"{name}.lock", timeout=0)
+        claiming = self._tmp_dir / f"{name}.locking"
+        marker = FileLock(claiming, timeout=0)
         with fs_errors(self.cache_dir):
             marker.acquire()
+            os.rename(claiming, self._tmp_dir / f"{name}.lock")
         stage = self._tmp_dir / name
         try:
             yield stage
         finally:
             remove_tree(stage)
+            (self._tmp_dir / f"{name}.lock").unlink(missing_ok=True)
             marker.release()
-            Path(marker.lock_file).unlink(missing_ok=True)
 
     def _store_local(
         self,

@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -212,27 +211,10 @@ class Agent:
 
     async def astream(self, prompt: str) -> AsyncIterator[Event]:
         """`stream` from a worker thread, event by event."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        from provender._provider import iterate_in_thread
 
-        def produce() -> None:
-            try:
-                for event in self.stream(prompt):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
-            except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-
-        threading.Thread(target=produce, name="provender-agent", daemon=True).start()
-        while True:
-            kind, value = await queue.get()
-            if kind == "event":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
+        async for event in iterate_in_thread(lambda: self.stream(prompt), name="agent"):
+            yield event
 
     # -- internals ---------------------------------------------------------------------
 

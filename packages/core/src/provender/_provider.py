@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from provender._errors import InvalidOptionError, ModelNotFoundError, UnknownProviderError, UnsupportedError
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from provender._cache import CacheEntry, CacheManager
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "seed", "stop")
 
@@ -59,34 +60,43 @@ class Provider:
     async def astream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
         """`stream` run on one worker thread (runtimes such as MLX bind state to a thread),
         its chunks handed to the event loop as they come."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        def produce() -> None:
-            try:
-                for chunk in self.stream(prompt, **options):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
-            except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-
-        worker = threading.Thread(target=produce, name=f"provender-astream-{self.name}", daemon=True)
-        worker.start()
-        while True:
-            kind, value = await queue.get()
-            if kind == "chunk":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
+        async for chunk in iterate_in_thread(lambda: self.stream(prompt, **options), name=f"astream-{self.name}"):
+            yield chunk
 
     def close(self) -> None:
         """Release what the provider holds (loaded weights, cache leases). Idempotent."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}:{self.model}>"
+
+
+async def iterate_in_thread(make: Callable[[], Iterable[T]], *, name: str = "worker") -> AsyncIterator[T]:
+    """Drive a blocking iterator on one dedicated thread and yield its items to the event loop.
+
+    One thread for the whole iteration (not a pool thread per item), because runtimes such
+    as MLX bind streams and state to the thread that created them. Exceptions propagate.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def produce() -> None:
+        try:
+            for item in make():
+                loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
+        except BaseException as exc:
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+
+    threading.Thread(target=produce, name=f"provender-{name}", daemon=True).start()
+    while True:
+        kind, value = await queue.get()
+        if kind == "item":
+            yield value
+        elif kind == "error":
+            raise value
+        else:
+            return
 
 
 def check_generation_options(

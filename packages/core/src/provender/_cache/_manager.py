@@ -38,6 +38,7 @@ from provender._cache._fsops import LinkMode, fs_errors, fsync_dir, place_tree, 
 from provender._cache._index import Index, is_corruption
 from provender._cache._names import check_key, check_name, generate_cache_key
 from provender._errors import (
+    CacheError,
     CacheNotWritableError,
     DiskFullError,
     EntryExistsError,
@@ -466,9 +467,13 @@ class CacheManager:
                 else:
                     remove_tree(item)
         for claiming in list(self._tmp_dir.glob("*.locking")):  # died between creating and renaming it
-            with suppress(OSError):
-                if time.time() - claiming.stat().st_mtime > 60:
-                    claiming.unlink()
+            lock = FileLock(claiming, timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                continue
+            claiming.unlink(missing_ok=True)
+            lock.release()
         for marker in list(self._tmp_dir.glob("*.lock")):
             lock = FileLock(marker, timeout=0)
             try:
@@ -489,12 +494,19 @@ class CacheManager:
         a marker is never visible unlocked, so a starting process cannot take a live
         staging for a dead one.
         """
-        name = uuid.uuid4().hex
-        claiming = self._tmp_dir / f"{name}.locking"
-        marker = FileLock(claiming, timeout=0)
-        with fs_errors(self.cache_dir):
-            marker.acquire()
-            os.rename(claiming, self._tmp_dir / f"{name}.lock")
+        for _attempt in range(20):
+            name = uuid.uuid4().hex
+            claiming = self._tmp_dir / f"{name}.locking"
+            marker = FileLock(claiming, timeout=0)
+            with fs_errors(self.cache_dir):
+                try:
+                    marker.acquire()
+                    os.rename(claiming, self._tmp_dir / f"{name}.lock")
+                    break
+                except (Timeout, FileNotFoundError):  # a cleanup took the fresh file for a dead one's: again
+                    marker.release()
+        else:
+            raise CacheError(f"could not claim a staging directory under {self._tmp_dir}")
         stage = self._tmp_dir / name
         try:
             yield stage

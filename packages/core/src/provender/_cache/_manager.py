@@ -20,6 +20,7 @@ plus leftovers in tmp/ or trash/ that the next start removes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -380,15 +381,18 @@ class CacheManager:
 
     def pin(self, name_or_key: str) -> CacheEntry:
         """Protect an entry from eviction (it can still be removed after `unpin`)."""
-        entry = self.get(name_or_key)
-        with fs_errors(self.cache_dir):
-            (self._pins_dir / entry.key).touch()
-        return self.get(entry.key)
+        with self._lock:  # eviction holds it too: the entry cannot vanish between the lookup and the pin
+            entry = self.get(name_or_key)
+            with fs_errors(self.cache_dir):
+                (self._pins_dir / entry.key).touch()
+        return dataclasses.replace(entry, pinned=True)
 
     def unpin(self, name_or_key: str) -> CacheEntry:
-        entry = self.get(name_or_key)
-        (self._pins_dir / entry.key).unlink(missing_ok=True)
-        return self.get(entry.key)
+        """Let an entry be evicted again; returns it as it was when unpinned."""
+        with self._lock:
+            entry = self.get(name_or_key)
+            (self._pins_dir / entry.key).unlink(missing_ok=True)
+        return dataclasses.replace(entry, pinned=False)
 
     def verify(self, *, fix: bool = False, progress: Any = None) -> list[VerifyIssue]:
         """Re-hash content where a checksum is known; report (and with ``fix``, drop) what is corrupt."""
@@ -735,6 +739,8 @@ class CacheManager:
                     changes.append(
                         {**old, "size": _hub.repo_size(Path(item.path)), "stamp": _hub.repo_stamp(Path(item.path))}
                     )
+        for key in self._pinned_keys() - seen:  # a pin whose entry is gone must not pin a later one
+            (self._pins_dir / key).unlink(missing_ok=True)
         gone = [key for key in rows if key not in seen]
         if not changes and not gone:
             return

@@ -315,3 +315,21 @@ def test_memory_recalls_earlier_notes(tmp_path: Path, cache_dir: Path, monkeypat
     Agent(model, memory=memory).run("What is my cat called?")
     second_prompt = calls(model)[-1]["messages"][-1]["content"]
     assert "Relevant notes" in second_prompt and "Miso" in second_prompt
+
+
+def test_real_mlx_provider_stops_at_max_steps(tmp_path: Path) -> None:
+    """A real MLX model built to emit only "<tool_call>": it never stops calling (malformed) tools."""
+    pytest.importorskip("mlx_lm")
+    from provender_mlx import MLXProvider
+    from provender_mlx.testing import build_tiny_llama
+
+    model_dir = build_tiny_llama(tmp_path / "caller", constant_token="<tool_call>")
+    agent = Agent(MLXProvider(str(model_dir)), tools=[add], max_steps=3, options={"max_tokens": 3})
+    events = list(agent.stream("What is 2 + 3?"))
+    result = events[-1].result
+    assert result is not None and result.outcome == "max_steps" and len(result.steps) == 3
+    assert all(step.text == "<tool_call>" * 3 and step.parse_errors for step in result.steps)
+    assert sum(e.kind == "text" for e in events) >= 9  # streamed token by token through mlx-lm
+    # each malformed call went back to the model through its chat template
+    assert sum(m["role"] == "tool" for m in agent.messages) >= 3
+    MLXProvider.clear_model_cache()

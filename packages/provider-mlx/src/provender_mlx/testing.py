@@ -28,8 +28,11 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def train_tokenizer(path: Path, vocab_size: int = 300) -> int:
-    """Train a byte-level BPE tokenizer on a small corpus and save it (HF format); returns its size."""
+def train_tokenizer(path: Path, vocab_size: int = 300, special_tokens: list[str] | None = None) -> tuple[int, int]:
+    """Train a byte-level BPE tokenizer on a small corpus and save it (HF format).
+
+    Returns (vocabulary size, id of the end-of-turn token ``<|im_end|>``).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -37,7 +40,7 @@ def train_tokenizer(path: Path, vocab_size: int = 300) -> int:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens or SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -58,20 +61,32 @@ def train_tokenizer(path: Path, vocab_size: int = 300) -> int:
         )
     )
     (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
-    return int(tokenizer.get_vocab_size())
+    return int(tokenizer.get_vocab_size()), int(tokenizer.token_to_id("<|im_end|>"))
 
 
 def build_tiny_llama(
-    path: str | Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2, vocab_size: int = 300
+    path: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    layers: int = 2,
+    vocab_size: int = 300,
+    constant_token: str | None = None,
 ) -> Path:
-    """Write a random-weight llama model directory that mlx-lm loads (config, safetensors, tokenizer)."""
+    """Write a random-weight llama model directory that mlx-lm loads (config, safetensors, tokenizer).
+
+    ``constant_token``: the model greedily emits only this token, forever. It gets id 0 and
+    the final norm is zeroed, so every logit ties and argmax picks 0. With ``"<tool_call>"``
+    it is a real model that never stops calling tools, for testing an agent's step limit.
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab = train_tokenizer(path, vocab_size)
+    specials = [constant_token, *SPECIAL_TOKENS] if constant_token else SPECIAL_TOKENS
+    vocab, eos_id = train_tokenizer(path, vocab_size, specials)
     config = {
         "model_type": "llama",
         "hidden_size": hidden_size,
@@ -83,11 +98,13 @@ def build_tiny_llama(
         "vocab_size": vocab,
         "max_position_embeddings": 2048,
         "tie_word_embeddings": True,
-        "eos_token_id": 2,
+        "eos_token_id": eos_id,
         "torch_dtype": "float32",
     }
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))  # type: ignore[no-untyped-call]
+    if constant_token:
+        model.model.norm.weight = mx.zeros_like(model.model.norm.weight)
     mx.eval(model.parameters())
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})

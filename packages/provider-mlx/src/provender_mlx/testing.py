@@ -61,7 +61,9 @@ def train_tokenizer(path: Path, vocab_size: int = 300, special_tokens: list[str]
         )
     )
     (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
-    return int(tokenizer.get_vocab_size()), int(tokenizer.token_to_id("<|im_end|>"))
+    eos_id = tokenizer.token_to_id("<|im_end|>")
+    assert eos_id is not None, "the end-of-turn token is one of the special tokens"
+    return int(tokenizer.get_vocab_size()), int(eos_id)
 
 
 def build_tiny_llama(

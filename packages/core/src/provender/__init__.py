@@ -59,25 +59,7 @@ _LAZY = {
     "hookimpl": "provender._plugins",
     "get_plugin_manager": "provender._plugins",
 }
-_ERRORS = (
-    "CacheError",
-    "CacheNotWritableError",
-    "ConfigError",
-    "DiskFullError",
-    "EntryExistsError",
-    "EntryInUseError",
-    "EntryNotFoundError",
-    "EntryTooLargeError",
-    "HubError",
-    "InvalidNameError",
-    "InvalidOptionError",
-    "ModelNotFoundError",
-    "PluginError",
-    "ProvenderError",
-    "SourceNotFoundError",
-    "UnknownProviderError",
-    "UnsupportedError",
-)
+_ERRORS = frozenset(name for name in __all__ if name.endswith("Error"))  # all live in provender._errors
 
 
 def get_provider(model: str) -> Provider:

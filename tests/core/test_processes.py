@@ -39,7 +39,7 @@ def assert_consistent(cache_dir: Path, max_size: int | None = None) -> CacheMana
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("n", [2, 4, 8])
 def test_processes_hammering_one_cache(cache_dir: Path, tmp_path: Path, n: int) -> None:
     max_size = 12_000
     CacheManager(cache_dir, max_size=max_size)

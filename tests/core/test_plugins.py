@@ -112,3 +112,32 @@ def test_fast_entry_point_scan_agrees_with_importlib_metadata() -> None:
     assert {(ep.name, ep.value) for ep in find_entry_points("console_scripts")} >= {
         (ep.name, ep.value) for ep in metadata.entry_points(group="console_scripts") if ep.name == "provender"
     }
+
+
+def test_a_plugin_failing_in_a_hook_is_isolated() -> None:
+    from click.testing import CliRunner
+
+    from provender._cli import _build
+
+    class Bad:
+        @hookimpl
+        def provender_register_commands(self, cli):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+        @hookimpl
+        def provender_register_tools(self, register):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+    class Good:
+        @hookimpl
+        def provender_register_tools(self, register):  # type: ignore[no-untyped-def]
+            register(len)
+            return "ok"
+
+    manager = get_plugin_manager()
+    manager.register(Bad(), name="bad-hooks")
+    manager.register(Good(), name="good-hooks")
+    assert manager.call_each("provender_register_tools", register=lambda t: None) == [("good-hooks", "ok")]
+    result = CliRunner().invoke(_build(), ["--help"])
+    assert result.exit_code == 0 and "cache" in result.output
+    assert "plugin 'bad-hooks' failed to add its commands" in result.output

@@ -211,7 +211,7 @@ class Agent:
 
     async def astream(self, prompt: str) -> AsyncIterator[Event]:
         """`stream` from a worker thread, event by event."""
-        from provender._provider import iterate_in_thread
+        from provender import iterate_in_thread
 
         async for event in iterate_in_thread(lambda: self.stream(prompt), name="agent"):
             yield event
@@ -291,19 +291,11 @@ def _jsonable(value: Any) -> Any:
 def _plugin_tools() -> list[Any]:
     """Tools plugins offer through `provender_register_tools`."""
     from provender import get_plugin_manager
-    from provender._plugins import call_impl
 
     found: list[Any] = []
-    manager = get_plugin_manager()
-    for impl in reversed(manager.pm.hook.provender_register_tools.get_hookimpls()):
 
-        def register(tool_obj: Any, *, name: str | None = None) -> None:
-            found.append(
-                Tool.from_function(tool_obj, name=name) if name and not isinstance(tool_obj, Tool) else tool_obj
-            )
+    def register(tool_obj: Any, *, name: str | None = None) -> None:
+        found.append(Tool.from_function(tool_obj, name=name) if name and not isinstance(tool_obj, Tool) else tool_obj)
 
-        try:
-            call_impl(impl, register=register)
-        except Exception as exc:
-            logger.warning("plugin %r failed to register tools: %s", manager.pm.get_name(impl.plugin), exc)
+    get_plugin_manager().call_each("provender_register_tools", register=register)
     return found

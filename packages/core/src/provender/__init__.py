@@ -41,6 +41,7 @@ __all__ = [
     "get_plugin_manager",
     "get_provider",
     "hookimpl",
+    "iterate_in_thread",
     "load_settings",
     "parse_model_name",
 ]
@@ -53,6 +54,7 @@ _LAZY = {
     "VerifyIssue": "provender._cache",
     "Provider": "provender._provider",
     "check_generation_options": "provender._provider",
+    "iterate_in_thread": "provender._provider",
     "parse_model_name": "provender._provider",
     "Settings": "provender._settings",
     "load_settings": "provender._settings",
@@ -104,5 +106,5 @@ if TYPE_CHECKING:
         UnsupportedError,
     )
     from provender._plugins import get_plugin_manager, hookimpl
-    from provender._provider import Provider, check_generation_options, parse_model_name
+    from provender._provider import Provider, check_generation_options, iterate_in_thread, parse_model_name
     from provender._settings import Settings, load_settings

@@ -205,6 +205,22 @@ class PluginManager:
             self._providers = found
             return found
 
+    def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of `hook`, oldest plugin first, each in isolation.
+
+        Returns ``(plugin name, result)`` pairs. A plugin that raises is logged and left
+        out; it never stops the others (unlike ``pm.hook.<name>(...)``, where one failing
+        implementation aborts the call).
+        """
+        results: list[tuple[str, Any]] = []
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            name = self.pm.get_name(impl.plugin) or "?"
+            try:
+                results.append((name, call_impl(impl, **kwargs)))
+            except Exception as exc:
+                logger.warning("plugin %r failed in %s: %s", name, hook, exc)
+        return results
+
     def claim(self, entry: CacheEntry) -> list[str]:
         """Provider names that claim a cache entry, first registered first; never raises."""
         claims: list[str] = []

@@ -88,15 +88,14 @@ def _build() -> click.Group:
     core.register(cli)
     cli.add_command(cache.cache)
     # Plugins add their commands; a plugin that fails here is reported, never fatal.
-    from provender._plugins import call_impl, get_plugin_manager
+    from provender._plugins import get_plugin_manager
 
     manager = get_plugin_manager()
-    for impl in reversed(manager.pm.hook.provender_register_commands.get_hookimpls()):
-        try:
-            call_impl(impl, cli=cli)
-        except Exception as exc:
-            plugin = manager.pm.get_name(impl.plugin)
-            click.echo(f"warning: plugin {plugin!r} failed to add its commands: {exc}", err=True)
+    added = {name for name, _ in manager.call_each("provender_register_commands", cli=cli)}
+    for impl in manager.pm.hook.provender_register_commands.get_hookimpls():
+        plugin = manager.pm.get_name(impl.plugin)
+        if plugin not in added:
+            click.echo(f"warning: plugin {plugin!r} failed to add its commands", err=True)
     failed = [p.name for p in manager.plugins.values() if p.status == "failed"]
     if failed and not os.environ.get("PROVENDER_QUIET_PLUGIN_ERRORS"):
         click.echo(f"warning: plugin(s) {', '.join(failed)} failed to load (see `provender plugins`)", err=True)

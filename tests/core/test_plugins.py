@@ -137,7 +137,8 @@ def test_a_plugin_failing_in_a_hook_is_isolated() -> None:
     manager = get_plugin_manager()
     manager.register(Bad(), name="bad-hooks")
     manager.register(Good(), name="good-hooks")
-    assert manager.call_each("provender_register_tools", register=lambda t: None) == [("good-hooks", "ok")]
+    called = dict(manager.call_each("provender_register_tools", register=lambda t: None))
+    assert called["good-hooks"] == "ok" and "bad-hooks" not in called
     result = CliRunner().invoke(_build(), ["--help"])
-    assert result.exit_code == 0 and "cache" in result.output
-    assert "plugin 'bad-hooks' failed to add its commands" in result.output
+    assert result.exit_code == 0 and "cache" in result.stdout
+    assert "plugin 'bad-hooks' failed to add its commands" in result.stderr

@@ -128,8 +128,6 @@ def test_cli_embed_outputs(minilm: str, tmp_path: Path, reference: dict) -> None
 
             table = pq.read_table(target)
             assert table.column("id").to_pylist() == ["x", "y"] and len(table.column("embedding")[0]) == 384
-    lines = tmp_path / "lines.txt"
-    lines.write_text("one\ntwo\n")
     piped = run_cli("embed", "-m", minilm, input="alpha\nbeta\n")
     assert len(json.loads(piped.stdout)) == 2
 

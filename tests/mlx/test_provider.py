@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -193,16 +192,19 @@ def test_hub_layout_entry_offline(tiny_model: Path, cache_dir: Path, fake_hub: F
     ],
 )
 def test_bad_input_is_a_clear_error(
-    cached_tiny: str, model: str | None, options: dict[str, object], error: type[Exception], needle: str
+    cached_tiny: str,
+    model: str | None,
+    options: dict[str, object],
+    error: type[Exception],
+    needle: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    env_offline = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        with pytest.raises(error, match=needle):
-            MLXProvider(model or cached_tiny).generate("x", **options)
-    finally:
-        if env_offline is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
+    # huggingface_hub reads HF_HUB_OFFLINE at import: set its own switch, so nothing tries the network
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(error, match=needle):
+        MLXProvider(model or cached_tiny).generate("x", **options)
 
 
 def test_a_directory_that_is_not_a_model(tmp_path: Path) -> None:

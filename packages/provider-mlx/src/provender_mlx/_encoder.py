@@ -23,8 +23,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from provender_mlx._detect import ENCODER_TYPES  # noqa: F401  (re-exported)
-
 
 @dataclass
 class EncoderConfig:

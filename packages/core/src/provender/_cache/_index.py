@@ -70,7 +70,6 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self.rebuilt = False
 
     def _connect(self) -> sqlite3.Connection:
         deadline = time.monotonic() + 60.0

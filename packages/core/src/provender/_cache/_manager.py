@@ -37,7 +37,7 @@ from provender._cache import _hub
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
 from provender._cache._fsops import LinkMode, fs_errors, fsync_dir, place_tree, remove_tree, tree_size
 from provender._cache._index import Index, is_corruption
-from provender._cache._names import check_key, check_name, generate_cache_key
+from provender._cache._names import check_key, check_name, generate_cache_key, within
 from provender._errors import (
     CacheError,
     CacheNotWritableError,
@@ -454,7 +454,6 @@ class CacheManager:
             logger.warning(
                 "cache index %s was unusable (%s); rebuilt it from the files on disk", self._index.path, reason
             )
-            self._index.rebuilt = True
             self._reconcile()
 
     def _clean_leftovers(self) -> None:
@@ -767,8 +766,7 @@ class CacheManager:
         try:
             if dry_run:
                 return True
-            root = os.path.normpath(self.cache_dir)
-            if not os.path.normpath(entry.path).startswith(root + os.sep):  # a tampered index row
+            if not within(self.cache_dir, entry.path):  # a tampered index row
                 logger.warning("not deleting %s: it is outside the cache dir", entry.path)
                 trash = None
             else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from pathlib import Path
 from typing import Any
 
 from provender._errors import InvalidNameError
@@ -65,10 +65,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def inside(root: Path, path: Path) -> bool:
-    """True if `path` (resolved, symlinks followed) lies inside `root` (resolved)."""
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
+def within(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """True if `path` lies strictly inside `root`, judged on the names alone (no link is followed)."""
+    return os.path.normpath(path).startswith(os.path.normpath(root) + os.sep)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provender._cache._entry import VerifyIssue
+from provender._cache._names import within
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry
@@ -82,14 +83,13 @@ def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
                 VerifyIssue(entry.key, entry.name, blob, f"content does not match its {algo} (got {actual[:12]}...)")
             )
     snapshots = entry.path / "snapshots"
-    repo = entry.path.resolve()
     for root, _dirs, files in os.walk(snapshots):
         for name in files:
             link = Path(root, name)
             if not link.is_symlink():
                 continue
             target = Path(os.path.normpath(link.parent / os.readlink(link)))
-            if not target.is_relative_to(repo) and not target.is_relative_to(entry.path):
+            if not within(entry.path, target):
                 issues.append(VerifyIssue(entry.key, entry.name, link, "snapshot link points outside the cache"))
             elif not target.exists():
                 issues.append(VerifyIssue(entry.key, entry.name, link, "snapshot link points at a missing blob"))
@@ -105,7 +105,7 @@ def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
     learned = False
     for rel, info in manifest["files"].items():
         path = entry.path / rel
-        if not _stays_inside(entry.path, rel):
+        if not within(entry.path, entry.path / rel):
             issues.append(VerifyIssue(entry.key, entry.name, entry.path, f"manifest names a path outside: {rel!r}"))
             continue
         if path.is_symlink():  # entries hold regular files; a link was planted: never read through it
@@ -158,8 +158,3 @@ def _fix(cm: CacheManager, entry: CacheEntry, issues: list[VerifyIssue]) -> list
                 issue.path.unlink(missing_ok=True)  # unlink removes a link itself, never its target
             fixed.append(VerifyIssue(issue.key, issue.name, issue.path, issue.problem, fixed=True))
     return fixed
-
-
-def _stays_inside(root: Path, rel: str) -> bool:
-    norm = os.path.normpath(os.path.join(root, rel))
-    return norm.startswith(os.path.normpath(root) + os.sep)

@@ -178,9 +178,47 @@ def bench_import(results: dict[str, object], size: int) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+SIMPLE_PLUGIN = '''"""A plugin in the simplest style the docs show: one module, Provider subclassed at import."""
+from provender import Provider, hookimpl
+
+
+class ShoutProvider(Provider):
+    name = "shout"
+
+    def generate(self, prompt, **options):
+        return prompt.upper()
+
+
+@hookimpl
+def provender_register_providers(register):
+    register("shout", ShoutProvider)
+'''
+
+
+def make_user_site(root: Path, n_dists: int = 100) -> Path:
+    """A sys.path folder as a real user's environment has one: `n_dists` installed distributions
+    (a third with console scripts) and one provender plugin written in the simplest style."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for i in range(n_dists):
+        info = root / f"fakedist{i:03d}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakedist{i:03d}\nVersion: 1.0\n")
+        if i % 3 == 0:
+            (info / "entry_points.txt").write_text(f"[console_scripts]\nfake{i} = fake{i}:main\n")
+    (root / "provender_shout.py").write_text(SIMPLE_PLUGIN)
+    info = root / "provender_shout-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: provender-shout\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[provender]\nshout = provender_shout\n")
+    return root
+
+
 def bench_help(results: dict[str, object], runs: int) -> None:
-    def run(cmd: list[str]) -> float:
-        return median_time(lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True), runs)
+    def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
+        return median_time(
+            lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env={**os.environ, **(env or {})}), runs
+        )
 
     provender = shutil.which("provender", path=str(Path(sys.executable).parent)) or "provender"
     ours = run([provender, "--help"])
@@ -193,6 +231,23 @@ def bench_help(results: dict[str, object], runs: int) -> None:
         "ratio": ours / click,
     }
     print(f"--help: {ours * 1000:.0f} ms, import click {click * 1000:.0f} ms, python {bare * 1000:.0f} ms", flush=True)
+    # The same with a plugin written the simplest way (it imports provender.Provider at module
+    # level) among 100 more installed distributions, as a real user's environment looks.
+    user = {"PYTHONPATH": str(make_user_site(WORK / "user-site"))}
+    check = subprocess.run([provender, "plugins", "--json"], capture_output=True, text=True, env={**os.environ, **user})
+    assert '"shout"' in check.stdout and '"loaded"' in check.stdout, check.stdout + check.stderr
+    ours_user = run([provender, "--help"], user)
+    click_user = run([sys.executable, "-c", "import click"], user)
+    results["help_simple_plugin_100_dists"] = {
+        "provender_help_s": ours_user,
+        "import_click_s": click_user,
+        "ratio": ours_user / click_user,
+    }
+    print(
+        f"--help with a simple-style plugin and 100 more distributions: {ours_user * 1000:.0f} ms, "
+        f"import click {click_user * 1000:.0f} ms ({ours_user / click_user:.2f}x)",
+        flush=True,
+    )
 
 
 def main() -> None:

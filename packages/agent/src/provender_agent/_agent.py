@@ -219,11 +219,7 @@ class Agent:
     # -- internals ---------------------------------------------------------------------
 
     def _chat(self, schemas: list[dict[str, Any]] | None) -> Iterator[str]:
-        stream_chat = getattr(self.provider, "stream_chat", None)
-        if callable(stream_chat):
-            yield from stream_chat(self.messages, tools=schemas, **self.options)
-        else:
-            yield self.provider.chat(self.messages, tools=schemas, **self.options)
+        yield from self.provider.stream_chat(self.messages, tools=schemas, **self.options)
 
     def _run_tool(self, call: ToolCall) -> ToolRun:
         run = ToolRun(call=call)

@@ -45,6 +45,7 @@ def load_tool(spec: str) -> Any:
 @click.option("--temperature", type=float, help="Sampling temperature (0 = greedy).")
 @click.option("-y", "--yes", is_flag=True, help="Approve every tool that asks for approval.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the whole result as JSON.")
+@click.option("--no-server", is_flag=True, help="Run in this process even when `provender serve` is running.")
 def chat(
     model: str,
     tool_specs: tuple[str, ...],
@@ -58,6 +59,7 @@ def chat(
     temperature: float | None,
     yes: bool,
     as_json: bool,
+    no_server: bool,
 ) -> None:
     """Chat with MODEL, letting it call tools; streamed, tool calls shown as they happen."""
     from provender_agent import Agent, MCPServer, Session
@@ -82,8 +84,10 @@ def chat(
         if session is not None and interactive:
             state = f"resumed ({len(session.messages)} messages)" if session.exists else "new"
             click.echo(f"session {session.id}: {state}", err=True)
+        from provender._client import provider_for  # a running `provender serve` keeps the model loaded
+
         agent = Agent(
-            model,
+            provider_for(model, use_server=not no_server),
             tools,
             system=system,
             max_steps=max_steps,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousNameError",
     "CacheEntry",
     "CacheError",
     "CacheManager",
@@ -27,6 +28,8 @@ __all__ = [
     "InvalidNameError",
     "InvalidOptionError",
     "Lease",
+    "LoadedModel",
+    "ModelPool",
     "ModelNotFoundError",
     "PluginError",
     "Provider",
@@ -43,6 +46,7 @@ __all__ = [
     "hookimpl",
     "iterate_in_thread",
     "load_settings",
+    "model_pool",
     "parse_model_name",
 ]
 
@@ -52,6 +56,9 @@ _LAZY = {
     "CacheStats": "provender._cache",
     "Lease": "provender._cache",
     "VerifyIssue": "provender._cache",
+    "LoadedModel": "provender._pool",
+    "ModelPool": "provender._pool",
+    "model_pool": "provender._pool",
     "Provider": "provender._provider",
     "check_generation_options": "provender._provider",
     "iterate_in_thread": "provender._provider",
@@ -87,6 +94,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from provender._cache import CacheEntry, CacheManager, CacheStats, Lease, VerifyIssue
     from provender._errors import (
+        AmbiguousNameError,
         CacheError,
         CacheNotWritableError,
         ConfigError,
@@ -106,5 +114,6 @@ if TYPE_CHECKING:
         UnsupportedError,
     )
     from provender._plugins import get_plugin_manager, hookimpl
+    from provender._pool import LoadedModel, ModelPool, model_pool
     from provender._provider import Provider, check_generation_options, iterate_in_thread, parse_model_name
     from provender._settings import Settings, load_settings

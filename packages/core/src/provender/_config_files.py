@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -63,9 +64,87 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}", source=str(path)) from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        return tomllib.loads(data.decode("utf-8-sig"))  # -sig: a byte-order mark (Windows editors) is fine
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}", source=str(path)) from None
+
+
+def locate_key(path: Path, section: str, key: str | None = None) -> int | None:
+    """The line (1-based) of the config file where ``[section]`` or its `key` is written, if found.
+
+    tomllib gives values, not positions; this finds the ``[section]`` header (or a
+    ``section.key =`` dotted key, or an inline ``section = {...}``) and then the ``key =``
+    line inside it. Good enough to point a user at a typo; None when not found.
+    """
+    try:
+        lines = path.read_bytes().decode("utf-8-sig", errors="replace").splitlines()
+    except OSError:
+        return None
+    name = r'(?:{0}|"{0}"|\'{0}\')'
+    header = re.compile(r"^\s*\[\s*" + name.format(re.escape(section)) + r"\s*\]")
+    dotted = re.compile(r"^\s*" + name.format(re.escape(section)) + r"\s*[.=]")
+    any_header = re.compile(r"^\s*\[")
+    wanted = re.compile(r"^\s*" + name.format(re.escape(key)) + r"\s*=") if key else None
+    inside = False
+    for number, line in enumerate(lines, start=1):
+        if header.match(line):
+            if wanted is None:
+                return number
+            inside = True
+            continue
+        if any_header.match(line):
+            inside = False
+        elif not inside and dotted.match(line) and (wanted is None or key in line):
+            return number
+        elif inside and wanted is not None and wanted.match(line):
+            return number
+    return None
+
+
+_VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_directory(value: object) -> Path:
+    """A directory setting (``cache.dir``, ``data.dir``) as an absolute path, ``~`` expanded.
+
+    Raises ValueError (a message fit for a user) for a value that cannot be meant: empty,
+    relative (it would follow the current directory), under ``/proc``, ``/sys`` or
+    ``/dev``, a file, a broken symbolic link, or below a file. A directory that does not
+    exist yet is fine: it is created when first used.
+    """
+    if isinstance(value, Path):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise ValueError(f"{value!r} is not a path")
+    if not text.strip():
+        raise ValueError("the path is empty; give an absolute path, or unset it for the default")
+    path = Path(os.path.expanduser(text))
+    if text.startswith("~") and str(path).startswith("~"):
+        raise ValueError(f"cannot expand {text!r} (no such user)")
+    if not path.is_absolute():
+        raise ValueError(
+            f"{text!r} is a relative path, which would follow the current directory; give an absolute path"
+        )
+    path = Path(os.path.normpath(path))
+    if os.name == "posix":
+        real = os.path.realpath(path)
+        for root in _VIRTUAL_ROOTS:
+            if real == root or real.startswith(root + "/") or str(path).startswith(root + "/"):
+                raise ValueError(f"{str(path)!r} is under {root}, a virtual filesystem that cannot hold files")
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{str(path)!r} is a broken symbolic link (to {os.readlink(path)!r})")
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{str(path)!r} exists and is not a directory")
+        return path
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise ValueError(f"{str(path)!r} cannot be created: {str(parent)!r} is not a directory")
+            break
+    return path
 
 
 def env_var_name(setting: str) -> str:
@@ -98,6 +177,16 @@ def split_names(value: object) -> list[str]:
     raise ValueError(f"{value!r} is not a list of names")
 
 
+def disabled_plugins_source() -> str:
+    """Where `plugins.disabled` comes from, in words (the variable, or the file and line)."""
+    found = find_env("plugins.disabled")
+    if found:
+        return f"environment variable {found[0]}"
+    path = config_file_path()
+    line = locate_key(path, "plugins", "disabled")
+    return f"config file {path}" + (f", line {line}" if line else "")
+
+
 def disabled_plugins_fast() -> list[str]:
     """`plugins.disabled` without importing pydantic (env wins over the TOML file).
 
@@ -109,5 +198,5 @@ def disabled_plugins_fast() -> list[str]:
             return split_names(found[1])
         section = read_config_file(config_file_path()).get("plugins", {})
         return split_names(section.get("disabled", [])) if isinstance(section, dict) else []
-    except Exception:
+    except ValueError:  # ConfigError included; `load_settings` reports it where settings are used
         return []

@@ -8,10 +8,17 @@ their message names as attributes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 
 class ProvenderError(Exception):
-    """Root of every error provender raises on purpose."""
+    """Root of every error provender raises on purpose.
+
+    ``exit_code`` (None: decided by the kind of error) is the code the command line exits
+    with: 2 for bad input or configuration, 1 for a failure.
+    """
+
+    exit_code: ClassVar[int | None] = None
 
 
 class ConfigError(ProvenderError, ValueError):
@@ -43,9 +50,12 @@ class UnsupportedError(ProvenderError, NotImplementedError):
 class UnknownProviderError(ProvenderError, LookupError):
     """A model name asked for a provider that no installed plugin registers."""
 
-    def __init__(self, provider: str, available: list[str]) -> None:
+    exit_code = 2
+
+    def __init__(self, provider: str, available: list[str], detail: str = "") -> None:
         have = ", ".join(sorted(available)) or "none installed"
-        super().__init__(f"no provider named {provider!r} (available: {have})")
+        msg = f"no provider named {provider!r} (available: {have})"
+        super().__init__(f"{msg}; {detail}" if detail else msg)
         self.provider = provider
         self.available = available
 
@@ -56,6 +66,27 @@ class ModelNotFoundError(ProvenderError, LookupError):
     def __init__(self, model: str, detail: str = "") -> None:
         msg = f"model {model!r} not found"
         super().__init__(f"{msg}: {detail}" if detail else msg)
+        self.model = model
+
+
+class InvalidModelNameError(ModelNotFoundError, ValueError):
+    """A model name that cannot name anything (empty, blank): bad input, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, model: str, reason: str) -> None:
+        ProvenderError.__init__(self, f"invalid model name {model!r}: {reason}")
+        self.model = model
+        self.reason = reason
+
+
+class ModelPathNotFoundError(ModelNotFoundError, FileNotFoundError):
+    """A model given as a local path (``./m``, ``/models/m``, ``~/m``) that does not exist: exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, model: str) -> None:
+        ProvenderError.__init__(self, f"no such file or directory: {model!r} (a model given as a path must exist)")
         self.model = model
 
 
@@ -155,3 +186,19 @@ class SourceNotFoundError(CacheError, FileNotFoundError):
 
 class HubError(CacheError):
     """Fetching a repository from the Hugging Face Hub failed."""
+
+
+class AmbiguousNameError(CacheError, ValueError):
+    """A name or a key prefix matches more than one cache entry; ``candidates`` lists them.
+
+    Each candidate is ``(key, description)``; the message names them all, so the caller
+    can pick one by its key.
+    """
+
+    def __init__(self, name: str, candidates: list[tuple[str, str]], what: str = "name") -> None:
+        listed = "; ".join(f"{desc} (key {key[:12]})" for key, desc in candidates)
+        super().__init__(
+            f"{what} {name!r} matches {len(candidates)} cache entries: {listed}; give the key of the one you mean"
+        )
+        self.name = name
+        self.candidates = candidates

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from provender import hookspecs
-from provender._errors import PluginError
+from provender._errors import PluginError, UnknownProviderError
 
 if TYPE_CHECKING:
     from provender._cache import CacheEntry
@@ -143,19 +143,48 @@ class PluginManager:
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
+                self._check_hooks(plugin, ep.name)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 info.status = "failed"
-                info.error = f"{type(exc).__name__}: {exc}"
+                info.error = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
                 logger.warning("plugin %r failed to load and was skipped: %s", ep.name, info.error)
                 continue
             info.hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
+
+    def _check_hooks(self, plugin: object, name: str) -> None:
+        """Refuse a plugin implementing a hook that does not exist (a misspelled name does nothing).
+
+        pluggy's ``check_pending()`` finds these for the whole manager; this does it for
+        one plugin, so only that plugin is unregistered and reported as failed.
+        """
+        unknown = sorted(
+            hc.name
+            for hc in (self.pm.get_hookcallers(plugin) or [])
+            if hc.spec is None
+            and not all(impl.optionalhook for impl in hc.get_hookimpls() if impl.plugin is plugin)
+        )
+        if not unknown:
+            return
+        import difflib
+
+        self.pm.unregister(plugin)
+        known = [n for n in dir(hookspecs) if n.startswith(PROJECT + "_")]
+        described = []
+        for hook in unknown:
+            close = difflib.get_close_matches(hook, known, n=1)
+            described.append(f"{hook}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise PluginError(
+            f"plugin {name!r} implements unknown hook(s) {', '.join(described)}; "
+            f"provender's hooks are {', '.join(known)}"
+        )
 
     def register(self, plugin: object, name: str) -> None:
         """Register an in-process plugin (tests, applications embedding provender)."""
         with self._lock:
             self.pm.register(plugin, name=name)
+            self._check_hooks(plugin, name)
             hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
             self.plugins[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)), hooks=hooks)
             self._providers = None
@@ -165,6 +194,31 @@ class PluginManager:
             self.pm.unregister(name=name)
             self.plugins.pop(name, None)
             self._providers = None
+
+    def unknown_provider(self, name: str) -> UnknownProviderError:
+        """The error for a provider name nobody registered, saying why when a plugin that
+        could bring it is disabled (by which setting, from where) or failed to load."""
+        available = list(self.providers())
+        off = [p for p in self.plugins.values() if p.status == "disabled"]
+        failed = [p for p in self.plugins.values() if p.status == "failed"]
+        wanted = {name, f"provender-{name}", f"provender_{name}"}
+        detail = ""
+        if off:
+            from provender._config_files import disabled_plugins_source
+
+            match = [p.name for p in off if p.name in wanted or (p.distribution or "").replace("_", "-") in wanted]
+            source = disabled_plugins_source()
+            if match:
+                detail = (
+                    f"plugin {match[0]!r}, which brings it, is disabled by the setting plugins.disabled "
+                    f"(from {source}); remove {match[0]!r} there to use it"
+                )
+            else:
+                names = ", ".join(repr(p.name) for p in off)
+                detail = f"disabled plugins: {names} (setting plugins.disabled, from {source})"
+        elif failed:
+            detail = f"plugin(s) {', '.join(repr(p.name) for p in failed)} failed to load (see `provender plugins`)"
+        return UnknownProviderError(name, available, detail)
 
     def providers(self) -> dict[str, ProviderSpec]:
         """Provider name -> spec, collecting `provender_register_providers` once."""

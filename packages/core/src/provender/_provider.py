@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from provender._errors import InvalidOptionError, ModelNotFoundError, UnknownProviderError, UnsupportedError
+from provender._errors import (
+    InvalidModelNameError,
+    InvalidOptionError,
+    ModelNotFoundError,
+    ModelPathNotFoundError,
+    UnsupportedError,
+)
 
 if TYPE_CHECKING:
     import numpy
@@ -53,8 +58,44 @@ class Provider:
         """Embed `texts`; returns a float array of shape (len(texts), dimension)."""
         raise UnsupportedError(self.name, "embed")
 
+    def stream_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
+    ) -> Iterator[str]:
+        """`chat`, chunk by chunk (default: one chunk from `chat`)."""
+        yield self.chat(messages, tools=tools, **options)
+
+    def dimension(self) -> int:
+        """Length of this model's embeddings (may load the model)."""
+        raise UnsupportedError(self.name, "dimension", "it does not embed")
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens `text` is to this model's tokenizer (may load the model)."""
+        raise UnsupportedError(self.name, "count_tokens")
+
+    def unload(self) -> None:
+        """Unload this model from memory now (the process's model pool); the disk cache is untouched."""
+        raise UnsupportedError(self.name, "unload")
+
+    async def achat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
+    ) -> str:
+        """`chat` in a worker thread, so an event loop keeps running."""
+        import asyncio
+
+        return await asyncio.to_thread(lambda: self.chat(messages, tools=tools, **options))
+
+    async def astream_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
+    ) -> AsyncIterator[str]:
+        """`stream_chat` on one worker thread, its chunks handed to the event loop as they come."""
+        make = lambda: self.stream_chat(messages, tools=tools, **options)  # noqa: E731
+        async for chunk in iterate_in_thread(make, name=f"astream-chat-{self.name}"):
+            yield chunk
+
     async def agenerate(self, prompt: str, **options: Any) -> str:
         """`generate` in a worker thread, so an event loop keeps running."""
+        import asyncio  # not at module level: plugins import this module, and asyncio costs ~18 ms
+
         return await asyncio.to_thread(self.generate, prompt, **options)
 
     async def astream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
@@ -76,6 +117,8 @@ async def iterate_in_thread(make: Callable[[], Iterable[T]], *, name: str = "wor
     One thread for the whole iteration (not a pool thread per item), because runtimes such
     as MLX bind streams and state to the thread that created them. Exceptions propagate.
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -134,7 +177,7 @@ def check_generation_options(
 def parse_model_name(model: str) -> tuple[str | None, str]:
     """``"mlx:org/name"`` -> (``"mlx"``, ``"org/name"``); ``"org/name"`` -> (None, ``"org/name"``)."""
     if not isinstance(model, str) or not model.strip():
-        raise ModelNotFoundError(str(model), "a model name cannot be empty")
+        raise InvalidModelNameError(str(model), "a model name cannot be empty")
     prefix, sep, rest = model.partition(":")
     windows_drive = len(prefix) == 1 and rest.startswith(("\\", "/"))  # C:\\models is a path
     if sep and rest and not windows_drive and prefix.replace("-", "").replace("_", "").isalnum():
@@ -169,7 +212,7 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
         provider_name = claims[0]
     spec = providers.get(provider_name)
     if spec is None:
-        raise UnknownProviderError(provider_name, list(providers))
+        raise manager.unknown_provider(provider_name)
     provider = spec.factory(model_name)
     if not isinstance(provider, Provider):
         raise UnsupportedError(
@@ -181,14 +224,28 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
 
 
 def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
+    """The cache entry (or local path) `name` names; None if the cache has no such entry.
+
+    Errors other than "not there" (a bad setting, an unreadable cache) propagate as they are.
+    """
     from provender._cache import CacheEntry, CacheManager
 
     path = Path(name).expanduser()
-    if path.is_dir():
+    pathlike = looks_like_path(name)
+    if path.is_dir() or (pathlike and path.is_file()):
         st = path.stat()
-        return CacheEntry(key="", name=name, kind="path", path=path.absolute(), size=0, created=st.st_mtime)
-    try:
-        return (cache or CacheManager()).find(name)
-    except Exception as exc:
-        logger.debug("cache lookup of %s failed: %s", name, exc)
-        return None
+        size = 0 if path.is_dir() else st.st_size
+        return CacheEntry(key="", name=name, kind="path", path=path.absolute(), size=size, created=st.st_mtime)
+    if pathlike:
+        raise ModelPathNotFoundError(name)
+    return (cache or CacheManager()).find(name)
+
+
+def looks_like_path(name: str) -> bool:
+    """True for names only a path can mean: ``/m``, ``./m``, ``../m``, ``~/m``, ``C:\\m``, ``m\\n``."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or name in (".", "..")
+        or "\\" in name
+        or (len(name) > 2 and name[1] == ":" and name[2] in "/\\")
+    )

@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
 from provender._config_files import (
     ENV_NESTED_DELIMITER,
     ENV_PREFIX,
+    check_directory,
     config_file_path,
     find_env,
+    locate_key,
     read_config_file,
     split_names,
 )
 from provender._errors import ConfigError
-from provender._sizes import parse_duration, parse_size
+from provender._sizes import format_duration, format_size_exact, parse_duration, parse_limit, parse_size
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
+SizeLimit = Annotated[int, BeforeValidator(parse_limit)]
+Directory = Annotated[Path, BeforeValidator(check_directory)]
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 NameList = Annotated[list[str], NoDecode, BeforeValidator(split_names)]
 
@@ -50,8 +56,8 @@ class _Section(BaseModel):
 class CacheSettings(_Section):
     """``[cache]``: the shared disk cache of models."""
 
-    dir: Path = Field(default_factory=default_cache_dir, description="Root of the shared model cache.")
-    max_size: ByteSize = Field(DEFAULT_MAX_SIZE, description="Size limit; LRU entries are evicted above it.")
+    dir: Directory = Field(default_factory=default_cache_dir, description="Root of the shared model cache.")
+    max_size: SizeLimit = Field(DEFAULT_MAX_SIZE, description="Size limit; LRU entries are evicted above it.")
 
 
 class MemorySettings(_Section):
@@ -70,7 +76,24 @@ class PluginSettings(_Section):
 class DataSettings(_Section):
     """``[data]``: state that is not a cache (embedding collections, agent sessions)."""
 
-    dir: Path = Field(default_factory=default_data_dir, description="Root of provender's data.")
+    dir: Directory = Field(default_factory=default_data_dir, description="Root of provender's data.")
+
+
+class ServerSettings(_Section):
+    """``[server]``: where `provender serve` listens and what it may load."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address `provender serve` binds (127.0.0.1: local only).")
+    port: int = Field(11435, ge=1, le=65535, description="Port of `provender serve`.")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer token clients must send; empty: none required.")
+    models: NameList = Field(default_factory=list, description="Models the server may load; empty: any cached.")
+
+
+class LlamaCppSettings(_Section):
+    """``[llamacpp]``: how provender-llamacpp runs GGUF models with llama.cpp."""
+
+    n_ctx: int = Field(4096, ge=0, description="Context size in tokens; 0: the model's own training context.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for generation; unset: llama.cpp's default.")
+    n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-1: all; 0: CPU only).")
 
 
 class Settings(BaseSettings):
@@ -87,6 +110,8 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=lambda: MemorySettings())
     plugins: PluginSettings = Field(default_factory=lambda: PluginSettings())
     data: DataSettings = Field(default_factory=lambda: DataSettings())
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
+    llamacpp: LlamaCppSettings = Field(default_factory=lambda: LlamaCppSettings())
 
     @classmethod
     def settings_customise_sources(
@@ -99,7 +124,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = config_file_path()
         read_config_file(path)  # raises a clear ConfigError for a malformed file
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path)
+        return init_settings, env_settings, _TomlSource(settings_cls, toml_file=path)
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source, reading the file as `read_config_file` does (a BOM is fine)."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        return read_config_file(Path(file_path))
 
 
 def _leaf_settings(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:
@@ -114,52 +146,100 @@ def _leaf_settings(model: type[BaseModel] = Settings, prefix: str = "") -> list[
 
 
 def setting_source(setting: str, init: dict[str, Any] | None = None) -> str:
-    """Where the effective value of `setting` (``"cache.max_size"``) comes from.
+    """Where the effective value of `setting` (``"cache.max_size"``, or a section) comes from.
 
     One of ``"argument"``, ``"env:PROVENDER_..."``, ``"file:<path>"`` or ``"default"``.
     """
     section, _, key = setting.partition(".")
-    if init and (setting in init or key in (init.get(section) or {})):
-        return "argument"
-    found = find_env(setting) or find_env(section)
+    if init and section in init:
+        given = init[section]
+        if not key or not isinstance(given, dict) or key in given:
+            return "argument"
+    found = find_env(setting) if key else None
+    found = found or find_env(section)
     if found:
         return f"env:{found[0]}"
     path = config_file_path()
     data = read_config_file(path)
-    if isinstance(data.get(section), dict) and key in data[section]:
+    if (not key and section in data) or (isinstance(data.get(section), dict) and key in data[section]):
         return f"file:{path}"
     return "default"
 
 
-def _describe_source(source: str) -> str:
+def _describe_source(source: str, setting: str = "") -> str:
     kind, _, where = source.partition(":")
-    return {"env": f"environment variable {where}", "file": f"config file {where}"}.get(kind, source)
+    if kind == "env":
+        return f"environment variable {where}"
+    if kind == "file":
+        section, _, key = setting.partition(".")
+        line = locate_key(Path(where), section, key or None) if section else None
+        return f"config file {where}" + (f", line {line}" if line else "")
+    return source
+
+
+def _known(loc: list[str]) -> str:
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    return ", ".join(model.model_fields)
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning any validation problem into one clear `ConfigError`.
 
     ``overrides`` are init arguments (highest precedence), e.g. ``cache={"max_size": "1GB"}``.
+    The error names the setting, its source (the environment variable, or the config file
+    and line) and the value.
     """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = [str(part) for part in err["loc"]]
+        loc = [str(part) for part in err["loc"]][:2]
         setting = ".".join(loc)
-        source = setting_source(setting, overrides) if len(loc) == 2 else "unknown"
+        source = setting_source(setting, overrides)
+        where = _describe_source(source, setting)
         if err["type"] == "extra_forbidden":
-            message = f"unknown setting {setting!r} in {_describe_source(setting_source(setting, overrides))}"
-            if len(loc) == 1 and source == "default":
-                message = f"unknown setting section {setting!r} in config file {config_file_path()}"
+            kind = "setting section" if len(loc) == 1 else "setting"
+            message = f"unknown {kind} {setting!r} in {where} (known: {_known(loc)})"
         else:
             reason = str(err.get("ctx", {}).get("error", "")) or err["msg"]
-            message = f"invalid setting {setting} from {_describe_source(source)}: {reason} (got {err.get('input')!r})"
+            message = f"invalid setting {setting} from {where}: {reason} (got {err.get('input')!r})"
         raise ConfigError(message, setting=setting, source=source, value=err.get("input")) from None
-    except ConfigError:
-        raise
-    except Exception as exc:  # e.g. pydantic-settings' own SettingsError on a bad env JSON value
+    except SettingsError as exc:  # pydantic-settings' own, e.g. a section variable that is not JSON
+        field = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+        found = find_env(field.group(1)) if field else None
+        if field and found:
+            raise ConfigError(
+                f"invalid setting section {field.group(1)} from environment variable {found[0]}: "
+                f"expected a JSON object of its settings (got {found[1]!r})",
+                setting=field.group(1),
+                source=f"env:{found[0]}",
+                value=found[1],
+            ) from None
         raise ConfigError(f"invalid settings: {exc}") from None
+
+
+def display_value(setting: str, value: Any) -> str:
+    """A setting's value as a person would write it: ``50 GB``, ``5m``, ``a, b``, ``(none)``."""
+    section, _, key = setting.partition(".")
+    section_field = Settings.model_fields.get(section)
+    model = section_field.annotation if section_field is not None else None
+    field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    parsers = {getattr(m, "func", None) for m in (field.metadata if field is not None else [])}
+    if isinstance(value, int) and not isinstance(value, bool) and parsers & {parse_size, parse_limit}:
+        return format_size_exact(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and parse_duration in parsers:
+        return format_duration(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "(none)"
+    if value is None or value == "":
+        return "(none)"
+    return str(value)
 
 
 def effective_settings(settings: Settings, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -174,6 +254,7 @@ def effective_settings(settings: Settings, overrides: dict[str, Any] | None = No
             {
                 "setting": name,
                 "value": dumped[section][key],
+                "display": display_value(name, dumped[section][key]),
                 "env": env_var_name(name),
                 "source": setting_source(name, overrides),
             }

@@ -51,8 +51,10 @@ def parse_size(value: object) -> int:
             raise ValueError(f"{value} is negative; expected {SIZE_HINT}")
         return value
     if isinstance(value, float):
-        if not math.isfinite(value) or value < 0 or value != int(value):
+        if not math.isfinite(value) or value < 0:
             raise ValueError(f"{value!r} is not {SIZE_HINT}")
+        if value != int(value):
+            raise ValueError(f"{value!r} is not a whole number of bytes; expected {SIZE_HINT}")
         return int(value)
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not {SIZE_HINT}")
@@ -64,7 +66,18 @@ def parse_size(value: object) -> int:
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(f"{value!r} has an unknown unit {unit!r}; expected {SIZE_HINT}")
-    return int((Decimal(number) * factor).to_integral_value())  # Decimal: exact for large counts
+    count = Decimal(number) * factor  # Decimal: exact for large counts
+    if count != count.to_integral_value():
+        raise ValueError(f"{value!r} is {count.normalize():f} bytes, not a whole number of bytes; expected {SIZE_HINT}")
+    return int(count)
+
+
+def parse_limit(value: object) -> int:
+    """`parse_size` for a size limit, which must be at least one byte."""
+    size = parse_size(value)
+    if size < 1:
+        raise ValueError("a limit of 0 bytes leaves no room for any model; give a size such as 50GB")
+    return size
 
 
 def parse_duration(value: object) -> float:
@@ -91,6 +104,45 @@ def format_size(n: int | float) -> str:
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+_EXACT_UNITS = (
+    ("PB", 10**15),
+    ("PiB", 2**50),
+    ("TB", 10**12),
+    ("TiB", 2**40),
+    ("GB", 10**9),
+    ("GiB", 2**30),
+    ("MB", 10**6),
+    ("MiB", 2**20),
+    ("KB", 10**3),
+    ("KiB", 2**10),
+)
+
+
+def format_size_exact(n: int) -> str:
+    """A size as a person would write it in a setting, without losing a byte.
+
+    ``50000000000`` -> ``"50 GB"``, ``524288000`` -> ``"500 MiB"``, ``1500000000000`` ->
+    ``"1.5 TB"``; a count no unit divides to two decimals stays in bytes (``"1234567 B"``).
+    `parse_size` reads every result back to the same number.
+    """
+    for unit, factor in _EXACT_UNITS:
+        if n >= factor:
+            q = Decimal(n) / factor
+            if q == q.quantize(Decimal("0.01")):
+                return f"{q.normalize():f} {unit}"
+    return f"{n} B"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a setting would be written: ``300`` -> ``"5m"``, ``-1`` -> ``"forever"``."""
+    if seconds < 0:
+        return "forever"
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= factor and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    return f"{seconds:g}s"
 
 
 def format_ago(timestamp: float | None, now: float | None = None) -> str:

@@ -12,19 +12,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["AddResult", "Collection", "CollectionError", "Embedder", "Hit", "InputError", "__version__"]
+__all__ = [
+    "AddResult",
+    "Collection",
+    "CollectionError",
+    "CollectionNotFoundError",
+    "Embedder",
+    "Hit",
+    "InputError",
+    "__version__",
+]
 
 _LAZY = {
     "Embedder": "provender_embedding._embedder",
     "Collection": "provender_embedding._collection",
     "CollectionError": "provender_embedding._collection",
+    "CollectionNotFoundError": "provender_embedding._collection",
     "Hit": "provender_embedding._collection",
     "AddResult": "provender_embedding._collection",
     "InputError": "provender_embedding._io",
 }
 
 if TYPE_CHECKING:
-    from provender_embedding._collection import AddResult, Collection, CollectionError, Hit
+    from provender_embedding._collection import AddResult, Collection, CollectionError, CollectionNotFoundError, Hit
     from provender_embedding._embedder import Embedder
     from provender_embedding._io import InputError
 

@@ -18,12 +18,13 @@ def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, An
         raise click.UsageError("give TEXT arguments or -i FILE, not both")
     if input_file is not None:
         return read_items(input_file)
+    # No id given: "label" numbers the texts in the output; a collection derives ids from content.
     if texts:
-        return [{"id": str(n), "text": t, "metadata": None} for n, t in enumerate(texts)]
+        return [{"id": None, "label": str(n), "text": t, "metadata": None} for n, t in enumerate(texts)]
     if sys.stdin.isatty():
         raise click.UsageError("give TEXT arguments, -i FILE, or pipe texts on stdin (one per line)")
     return [
-        {"id": str(n), "text": line, "metadata": None}
+        {"id": None, "label": str(n), "text": line, "metadata": None}
         for n, line in enumerate(sys.stdin.read().splitlines(), start=1)
         if line.strip()
     ]
@@ -50,6 +51,7 @@ def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, An
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--no-normalize", is_flag=True, help="Do not L2-normalise the vectors.")
 @click.option("--no-store-content", is_flag=True, help="With --collection: keep vectors and ids, not the texts.")
+@click.option("--no-server", is_flag=True, help="Run in this process even when `provender serve` is running.")
 def embed(
     model: str,
     texts: tuple[str, ...],
@@ -59,10 +61,13 @@ def embed(
     batch_size: int,
     no_normalize: bool,
     no_store_content: bool,
+    no_server: bool,
 ) -> None:
     """Embed texts with MODEL: JSON to stdout, a file (-o) or a collection (-c).
 
-    Texts come from TEXT arguments, -i FILE, or stdin (one per line).
+    Texts come from TEXT arguments, -i FILE, or stdin (one per line). In a collection, a
+    text without an id (JSONL "id") is stored under an id derived from its content, so it
+    never replaces another text; an item is updated only when its id is given.
     """
     from provender_embedding import Collection, Embedder
     from provender_embedding._io import OUTPUT_FORMATS, write_vectors
@@ -70,7 +75,9 @@ def embed(
     if output_file is not None and output_file.suffix.lower() not in OUTPUT_FORMATS:
         raise click.BadParameter(f"use a {', '.join(OUTPUT_FORMATS)} file", param_hint="-o")
     items = _texts(texts, input_file)
-    embedder = Embedder(model, batch_size=batch_size)
+    from provender._client import provider_for  # a running `provender serve` keeps the model loaded
+
+    embedder = Embedder(provider_for(model, use_server=not (no_server or no_normalize)), batch_size=batch_size)
     start = time.perf_counter()
     show = sys.stderr.isatty() and len(items) >= 64
     with click.progressbar(length=len(items), label="embedding", file=sys.stderr, hidden=not show) as bar:
@@ -85,7 +92,7 @@ def embed(
         else:
             vectors = embedder.embed([i["text"] for i in items], normalize=not no_normalize, progress=bar.update)
     elapsed = time.perf_counter() - start
-    ids = [i["id"] for i in items]
+    ids = [i["id"] if i["id"] is not None else i["label"] for i in items]
     if collection is not None:
         summary = (
             f"collection {collection!r}: {result.added} added, {result.updated} updated, "

@@ -8,6 +8,7 @@ loaded into one float32 matrix and compared with a matrix-vector product.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import sqlite3
@@ -40,6 +41,16 @@ class CollectionError(ProvenderError, ValueError):
     """A collection was used wrongly (unknown name, another model, bad item)."""
 
 
+class CollectionNotFoundError(CollectionError, LookupError):
+    """No collection has this name (a failure, exit code 1, like a model not in the cache)."""
+
+    exit_code = 1
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no collection named {name!r} (see `provender collections ls`)")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class Hit:
     """One result of `Collection.similar`: cosine ``score`` in [-1, 1], higher is closer."""
@@ -69,6 +80,16 @@ def default_db_path() -> Path:
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def content_id(digest: str, known: dict[str, str]) -> str:
+    """The id of an item given without one: the first 16 hex digits of its content's sha256.
+
+    The same text always gets the same id (stored once), and a different text never takes
+    an existing item's id: if the short id is taken by other content, the whole hash is used.
+    """
+    short = digest[:16]
+    return short if known.get(short, digest) == digest else digest
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -104,7 +125,7 @@ class Collection:
         row = self._con.execute("SELECT model FROM collections WHERE name=?", (name,)).fetchone()
         if row is None:
             if model is None and embedder is None:
-                raise CollectionError(f"no collection named {name!r} (give a model to create it)")
+                raise CollectionNotFoundError(name)
             self.model = model or (embedder.model if embedder else "")
             self._con.execute("INSERT INTO collections VALUES (?, ?, NULL, ?)", (name, self.model, time.time()))
         else:
@@ -138,23 +159,33 @@ class Collection:
         store_content: bool = True,
         progress: Callable[[int], None] | None = None,
     ) -> AddResult:
-        """Store many items: ``(id, text)``, ``(id, text, metadata)`` or ``{"id", "text", "metadata"}``.
+        """Store many items: a text, ``(id, text)``, ``(id, text, metadata)`` or ``{"id", "text", "metadata"}``.
 
-        Every item is checked before anything is embedded or written; texts whose content
-        is unchanged are skipped. Writes happen one batch per transaction, so an
-        interruption keeps every batch already written and loses nothing stored before.
+        An item without an id (a bare text, ``id`` None or absent) gets one from its content
+        (`content_id`): it never replaces another item, and the same text is stored once. An
+        existing item is updated only when the caller names its id. Every item is checked
+        before anything is embedded or written; texts whose content is unchanged are skipped.
+        Writes happen one batch per transaction, so an interruption keeps every batch
+        already written and loses nothing stored before.
         """
-        rows = [_normalise_item(item, n) for n, item in enumerate(items)]
-        seen: set[str] = set()
-        for item_id, _, _ in rows:
+        known = dict(self._con.execute("SELECT id, content_hash FROM items WHERE collection=?", (self.name,)))
+        result = AddResult()
+        seen: dict[str, str] = {}
+        todo = []
+        for n, item in enumerate(items):
+            item_id, text, meta = _normalise_item(item, n)
+            digest = content_hash(text)
+            if item_id is None:
+                item_id = content_id(digest, known)
+                if seen.get(item_id) == digest:  # the same text twice, without ids: stored once
+                    result.ids.append(item_id)
+                    result.unchanged += 1
+                    continue
             if item_id in seen:
                 raise CollectionError(f"id {item_id!r} appears twice in the input")
-            seen.add(item_id)
-        known = dict(self._con.execute("SELECT id, content_hash FROM items WHERE collection=?", (self.name,)))
-        result = AddResult(ids=[r[0] for r in rows])
-        todo = []
-        for item_id, text, meta in rows:
-            if known.get(item_id) == content_hash(text):
+            seen[item_id] = digest
+            result.ids.append(item_id)
+            if known.get(item_id) == digest:
                 result.unchanged += 1
             else:
                 todo.append((item_id, text, meta))
@@ -304,7 +335,7 @@ class Collection:
             "LEFT JOIN items i ON i.collection = c.name GROUP BY c.name ORDER BY c.name"
         ).fetchall()
         con.close()
-        return [{"name": r[0], "model": r[1], "dimension": r[2], "created": r[3], "count": r[4]} for r in rows]
+        return [{"name": r[0], "model": r[1], "dimension": r[2], "created": _iso(r[3]), "count": r[4]} for r in rows]
 
     @staticmethod
     def exists(name: str, db_path: str | Path | None = None) -> bool:
@@ -317,7 +348,14 @@ class Collection:
         return f"Collection({self.name!r}, model={self.model!r})"
 
 
-def _normalise_item(item: Any, n: int) -> tuple[str, str, dict[str, Any] | None]:
+def _iso(timestamp: float) -> str:
+    """ISO 8601 in UTC, as `provender cache ls` shows times."""
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat()
+
+
+def _normalise_item(item: Any, n: int) -> tuple[str | None, str, dict[str, Any] | None]:
+    if isinstance(item, str):
+        return None, item, None
     if isinstance(item, dict):
         item_id, text, meta = item.get("id"), item.get("text", item.get("content")), item.get("metadata")
     elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
@@ -326,8 +364,8 @@ def _normalise_item(item: Any, n: int) -> tuple[str, str, dict[str, Any] | None]
         raise CollectionError(f"item {n}: expected (id, text), (id, text, metadata) or a dict, got {item!r:.60}")
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)
-    if not isinstance(item_id, str) or not item_id:
-        raise CollectionError(f"item {n}: the id must be a non-empty string, got {item_id!r}")
+    if item_id is not None and (not isinstance(item_id, str) or not item_id):
+        raise CollectionError(f"item {n}: the id must be a non-empty string or None, got {item_id!r}")
     if not isinstance(text, str):
         raise CollectionError(f"item {n} ({item_id}): the text must be a string, got {type(text).__name__}")
     if meta is not None and not isinstance(meta, dict):

@@ -35,8 +35,10 @@ class Embedder:
     def dimension(self) -> int:
         """Length of the vectors (asks the provider, or embeds one empty text)."""
         if self._dimension is None:
-            ask = getattr(self.provider, "dimension", None)
-            self._dimension = int(ask()) if callable(ask) else int(self._call([""], normalize=True).shape[1])
+            try:
+                self._dimension = int(self.provider.dimension())
+            except UnsupportedError:  # a provider that embeds without saying its size
+                self._dimension = int(self._call([""], normalize=True).shape[1])
         return self._dimension
 
     def embed(

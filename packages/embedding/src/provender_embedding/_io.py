@@ -19,11 +19,13 @@ class InputError(ProvenderError, ValueError):
 
 
 def read_items(path: Path) -> list[dict[str, Any]]:
-    """Items ``{"id", "text", "metadata"}`` from a file.
+    """Items ``{"id", "label", "text", "metadata"}`` from a file.
 
     ``.jsonl`` (or a file whose first line starts with ``{``): one JSON object per line with
     ``text`` (or ``content``) and optional ``id`` and ``metadata``. Anything else: one text
-    per line, ids are line numbers. Blank lines are skipped in both.
+    per line. ``id`` is None where the file gives none (a collection then derives it from
+    the content); ``label`` is the id, else the line number, for output files. Blank
+    lines are skipped in both.
     """
     try:
         raw = path.read_text(encoding="utf-8")
@@ -39,7 +41,7 @@ def read_items(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         if not as_jsonl:
-            items.append({"id": str(number), "text": line, "metadata": None})
+            items.append({"id": None, "label": str(number), "text": line, "metadata": None})
             continue
         try:
             obj = json.loads(line)
@@ -50,13 +52,14 @@ def read_items(path: Path) -> list[dict[str, Any]]:
         text = obj.get("text", obj.get("content"))
         if not isinstance(text, str):
             raise InputError(f"{path}:{number}: the object has no string 'text' field")
-        item_id = obj.get("id", number)
-        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-            raise InputError(f"{path}:{number}: 'id' must be a string or an integer")
+        item_id = obj.get("id")
+        if item_id is not None and (not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or item_id == ""):
+            raise InputError(f"{path}:{number}: 'id' must be a non-empty string or an integer")
         meta = obj.get("metadata")
         if meta is not None and not isinstance(meta, dict):
             raise InputError(f"{path}:{number}: 'metadata' must be a JSON object")
-        items.append({"id": str(item_id), "text": text, "metadata": meta})
+        label = str(item_id) if item_id is not None else str(number)
+        items.append({"id": str(item_id) if item_id is not None else None, "label": label, "text": text, "metadata": meta})
     return items
 
 

@@ -30,11 +30,7 @@ def provender_claim_model(entry: CacheEntry) -> str | None:
 
 @hookimpl
 def provender_cache_evicted(entry: CacheEntry) -> None:
-    provider = sys.modules.get("provender_mlx.provider")
-    if provider is None:  # nothing was ever loaded in this process
+    pool = sys.modules.get("provender._pool")
+    if pool is None:  # nothing was ever loaded in this process
         return
-    cache = provider.MLXProvider._model_cache
-    for name in cache.names():
-        item = cache.get(name)
-        if item is not None and (item.entry_key == entry.key or item.path.startswith(str(entry.path))):
-            cache.pop(name)
+    pool.model_pool().unload_entry(entry)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,7 +19,7 @@ from provender import (
     check_generation_options,
 )
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
-from provender_mlx._memory import LoadedModel, LoadedModels
+from provender_mlx._memory import PROVIDER, LoadedModel, LoadedModels, pool_key
 
 if TYPE_CHECKING:
     import numpy
@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = 'pip install "provender[mlx]"'
 DEFAULT_MAX_TOKENS = 256
 EXTRA_OPTIONS = ("system_prompt",)
-_load_locks: dict[str, threading.Lock] = {}
-_load_locks_guard = threading.Lock()
 
 
 def require_mlx(*, lm: bool = False) -> None:
@@ -58,8 +56,9 @@ class MLXProvider(Provider):
     """Generates text with mlx-lm. ``model`` is a Hub repo id, a cached model's name, or a directory.
 
     A Hub repo id is downloaded once into the shared cache (`provender pull` does the
-    same); later runs, by any process, find it there. Loaded models stay in
-    `MLXProvider._model_cache`, an LRU bounded by ``memory.max_models`` and
+    same); later runs, by any process, find it there. Loaded models stay in the
+    process's shared `provender.model_pool()` (seen by name through
+    `MLXProvider._model_cache`), an LRU bounded by ``memory.max_models`` and
     ``memory.keep_alive``, and keep their cache entry leased while loaded, so no
     process evicts the files under them.
 
@@ -86,25 +85,27 @@ class MLXProvider(Provider):
         return item.model, item.tokenizer
 
     def _loaded(self) -> LoadedModel:
-        item = self._model_cache.get(self.model)
-        if item is not None:
-            return item
-        with _load_locks_guard:
-            lock = _load_locks.setdefault(self.model, threading.Lock())
-        with lock:  # two threads asking for one model load it once
-            item = self._model_cache.get(self.model)
-            if item is not None:
-                return item
-            require_mlx()
-            path, lease = self._resolve()
-            try:
-                item = self._load(path, lease)
-            except BaseException:
-                if lease is not None:
-                    lease.release()
-                raise
-            self._model_cache.put(item)
-            return item
+        """The loaded model from the shared pool (two threads asking for one model load it once)."""
+        return self._model_cache.pool.load(pool_key(self.model), self._load_now)
+
+    @contextmanager
+    def _using(self, kind: str | None = None) -> Iterator[LoadedModel]:
+        """The loaded model, its lock held for the block (MLX models are not re-entrant:
+        one generation at a time per model; nor can it be unloaded meanwhile)."""
+        with self._model_cache.pool.use(pool_key(self.model), self._load_now) as item:
+            if kind is not None:
+                self._check_kind(item, kind)
+            yield item
+
+    def _load_now(self) -> LoadedModel:
+        require_mlx()
+        path, lease = self._resolve()
+        try:
+            return self._load(path, lease)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
 
     def _resolve(self) -> tuple[Path, Lease | None]:
         """A directory as it is; otherwise a cache entry (downloaded first if it is a Hub repo id)."""
@@ -143,6 +144,7 @@ class MLXProvider(Provider):
                 lease=lease,
                 entry_key=key,
                 kind="embedding",
+                provider=PROVIDER,
             )
         require_mlx(lm=True)
         problem = looks_loadable(path)
@@ -162,6 +164,7 @@ class MLXProvider(Provider):
             path=str(path),
             lease=lease,
             entry_key=key,
+            provider=PROVIDER,
         )
 
     # -- generation --------------------------------------------------------------------
@@ -171,12 +174,13 @@ class MLXProvider(Provider):
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
         check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
-        item = self._generator()
         system = options.get("system_prompt")
         text: str = prompt
-        if system is not None:
-            text = self._template(item, [{"role": "system", "content": system}, {"role": "user", "content": prompt}])
-        return self._generate(item, text, options)
+        with self._using("generation") as item:
+            if system is not None:
+                messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+                text = self._template(item, messages)
+        return self._generate(text, options)
 
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
         return "".join(self.stream_chat(messages, tools=tools, **options))
@@ -191,14 +195,20 @@ class MLXProvider(Provider):
         system = options.get("system_prompt")
         if system is not None and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": system}, *messages]
-        item = self._generator()
-        return self._generate(item, self._template(item, messages, tools), options)
+        with self._using("generation") as item:
+            text = self._template(item, messages, tools)
+        return self._generate(text, options)
 
-    def _generator(self) -> LoadedModel:
-        item = self._loaded()
-        if item.kind != "generation":
+    def _check_kind(self, item: LoadedModel, kind: str) -> None:
+        if item.kind == kind:
+            return
+        if kind == "generation":
             raise UnsupportedError(self.name, "text generation", f"{self.model!r} is an embedding model; use embed()")
-        return item
+        raise UnsupportedError(
+            self.name,
+            "embed",
+            f"{self.model!r} is a text-generation model; embeddings need a BERT-family sentence-transformers model",
+        )
 
     def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
         """Sentence embeddings, float32 (len(texts), dimension), for BERT-family sentence-transformers models.
@@ -216,26 +226,28 @@ class MLXProvider(Provider):
         batch_size = options.get("batch_size", 32)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidOptionError("batch_size", batch_size, "an integer >= 1")
-        item = self._embedder()
-        with item.lock:
-            if item.model is None:
-                raise ProvenderError(f"model {self.model!r} was unloaded while in use")
+        with self._using("embedding") as item:
             vectors: numpy.ndarray = item.model.encode(texts, normalize=options.get("normalize"), batch_size=batch_size)
         return vectors
 
     def dimension(self) -> int:
         """Length of this model's embeddings (loads the model)."""
-        return int(self._embedder().model.dimension)
+        with self._using("embedding") as item:
+            return int(item.model.dimension)
 
-    def _embedder(self) -> LoadedModel:
-        item = self._loaded()
-        if item.kind != "embedding":
-            raise UnsupportedError(
-                self.name,
-                "embed",
-                f"{self.model!r} is a text-generation model; embeddings need a BERT-family sentence-transformers model",
-            )
-        return item
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as this model sees it (a generation prompt: with the BOS token
+        its tokenizer adds; an embedding model: with its special tokens, before truncation)."""
+        if not isinstance(text, str):
+            raise InvalidOptionError("text", type(text).__name__, "a string")
+        with self._using() as item:
+            if item.kind == "embedding":
+                return len(item.tokenizer.encode(text).ids)
+            return len(item.tokenizer.encode(text))
+
+    def unload(self) -> None:
+        """Unload this model from the process's memory now (the disk cache is untouched)."""
+        self._model_cache.pop(self.model)
 
     def _template(
         self, item: LoadedModel, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
@@ -248,7 +260,7 @@ class MLXProvider(Provider):
             kwargs["tools"] = tools
         return str(tokenizer.apply_chat_template(messages, **kwargs))
 
-    def _generate(self, item: LoadedModel, prompt: str, options: dict[str, Any]) -> Iterator[str]:
+    def _generate(self, prompt: str, options: dict[str, Any]) -> Iterator[str]:
         import mlx.core as mx
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
@@ -259,9 +271,7 @@ class MLXProvider(Provider):
         max_tokens = options.get("max_tokens") or DEFAULT_MAX_TOKENS
 
         def run() -> Iterator[str]:
-            with item.lock:  # mlx models are not re-entrant: one generation at a time per model
-                if item.model is None:
-                    raise ProvenderError(f"model {self.model!r} was unloaded while in use")
+            with self._using("generation") as item:
                 if options.get("seed") is not None:
                     mx.random.seed(int(options["seed"]))
                 pieces = (

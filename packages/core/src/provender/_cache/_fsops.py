@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from provender._cache._layout import link_error, remove_at
 from provender._errors import CacheNotWritableError, DiskFullError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ def fs_errors(path: Path, needed: int | None = None) -> Iterator[None]:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(path, needed) from exc
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise CacheNotWritableError(path, exc.strerror or "") from exc
+            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+            raise CacheNotWritableError(path, f"{exc.strerror or ''}{where}") from exc
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link planted where a file of the cache belongs
+            raise link_error(exc.filename or path, "file") from exc
         raise
 
 
@@ -70,18 +74,19 @@ def _clone_file(src: str, dst: str) -> bool:
 def place_file(src: str, dst: str, mode: LinkMode) -> str:
     """Put one file at `dst` without copying bytes where the filesystem allows.
 
-    ``auto``: copy-on-write clone, else hard link, else byte copy. Returns how it was
-    done: ``"clone"``, ``"link"``, ``"move"`` or ``"copy"``.
+    ``auto``: copy-on-write clone, else hard link, else byte copy. ``move``: a hard link
+    (the source goes only once the entry is committed, see `finish_move`), else a byte
+    copy. Returns how it was done: ``"clone"``, ``"link"``, ``"move"`` or ``"copy"``.
+    The source is never changed here.
     """
     if mode == "move":
         try:
-            os.rename(src, dst)
+            os.link(src, dst, follow_symlinks=False)
             return "move"
         except OSError as exc:
-            if exc.errno != errno.EXDEV:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
                 raise
         shutil.copy2(src, dst)
-        os.unlink(src)
         return "copy"
     if mode == "auto":
         if _clone_file(src, dst):
@@ -101,6 +106,8 @@ def place_tree(src: Path, dst: Path, mode: LinkMode) -> dict[str, int]:
 
     Symlinks inside the source are followed when they point at files (their content is
     what the model needs); the cache never stores a symlink that leads outside it.
+    Nothing of the source is deleted, ``mode="move"`` included: `finish_move` does that
+    once the entry is committed, so a failed or interrupted move leaves the source as it was.
     """
     counts: dict[str, int] = {}
     if src.is_file():
@@ -128,17 +135,44 @@ def place_tree(src: Path, dst: Path, mode: LinkMode) -> dict[str, int]:
                 "auto" if mode == "move" and os.path.islink(source) else mode,
             )
             counts[how] = counts.get(how, 0) + 1
-    if mode == "move":
-        shutil.rmtree(src, ignore_errors=True)
     return counts
 
 
+def finish_move(src: Path) -> None:
+    """After a moved entry is committed: delete the source (its files are in the cache now).
+
+    Only regular files, links and then empty folders are removed, bottom-up, without
+    following links; anything that cannot go is left and logged, never the cache's copy.
+    """
+    try:
+        if not os.path.isdir(src) or os.path.islink(src):
+            os.unlink(src)
+            return
+        for root, dirs, files in os.walk(src, topdown=False):
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                os.unlink(os.path.join(root, name))
+            for name in dirs:
+                if not os.path.islink(os.path.join(root, name)):
+                    os.rmdir(os.path.join(root, name))
+        os.rmdir(src)
+    except OSError as exc:
+        logger.warning("the entry is in the cache, but part of the moved source %s is left: %s", src, exc)
+
+
 def remove_tree(path: Path) -> None:
-    """Delete a file or directory tree, not following symlinks out of it."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)
+    """Delete a file or directory tree, not following symlinks at any depth (its parent is opened O_NOFOLLOW)."""
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise link_error(path.parent) from None
+        if exc.errno == errno.ENOENT:
+            return
+        raise
+    try:
+        remove_at(dfd, path.name)
+    finally:
+        os.close(dfd)
 
 
 def fsync_dir(path: Path) -> None:

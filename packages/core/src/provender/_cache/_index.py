@@ -6,6 +6,12 @@ every provender-stored entry carries its own manifest and pins are marker files,
 so a lost or corrupt index is rebuilt from the files (only counters are lost).
 SQLite's own locking makes each statement atomic across processes; the cache
 manager's file lock serialises the compound operations (add, evict, remove).
+
+On a full disk the index cannot be opened (WAL needs its -shm file) or written. It is
+then read from a private in-memory copy (``degraded``): listing, stats, removal and
+pruning still work, and what they would have written is left for the next process
+(the disk is the truth; the index catches up). An index this user cannot write is a
+`CacheNotWritableError` naming the file, raised before SQLite creates anything.
 """
 
 from __future__ import annotations
@@ -13,15 +19,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from provender._cache._layout import check_file
+from provender._errors import CacheError, CacheNotWritableError, DiskFullError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+LOW_SPACE = 1 << 20  # below this many free bytes, an SQLite write error is taken for a full disk
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -70,8 +82,68 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        self.degraded: CacheError | None = None  # why the index is served from a private copy
+        self._memory: sqlite3.Connection | None = None
+        self._memory_lock = threading.RLock()
+
+    def _files(self) -> list[Path]:
+        return [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm")]
+
+    def _unwritable(self) -> CacheNotWritableError | None:
+        """The index file (or its -wal / -shm) this user cannot write: checked before SQLite creates anything."""
+        for path in self._files():
+            if check_file(path) and not os.access(path, os.W_OK):  # check_file refuses a planted link
+                return CacheNotWritableError(
+                    path, "this user cannot write the cache index (fix the mode of index.db, index.db-wal, index.db-shm)"
+                )
+        if not self.path.exists() and not os.access(self.path.parent, os.W_OK):
+            return CacheNotWritableError(self.path.parent, "the cache index cannot be created here")
+        return None
+
+    def diagnose(self, exc: BaseException) -> CacheError | None:
+        """The clear error behind an SQLite failure to write, or None if it is something else."""
+        msg = str(exc).lower()
+        if not isinstance(exc, sqlite3.OperationalError) or not any(
+            word in msg for word in ("full", "disk i/o", "readonly", "unable to open")
+        ):
+            return None
+        unwritable = self._unwritable()
+        if unwritable is not None:
+            return unwritable
+        if "full" in msg or shutil.disk_usage(self.path.parent).free < LOW_SPACE:
+            return DiskFullError(self.path)
+        if "readonly" in msg:
+            return CacheNotWritableError(self.path, str(exc))
+        return None
+
+    def degrade(self, reason: CacheError, source: sqlite3.Connection | None = None) -> sqlite3.Connection:
+        """Serve the index from a private in-memory copy from now on (nothing more is written to disk)."""
+        with self._memory_lock:
+            if self._memory is not None:
+                return self._memory
+            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            try:
+                if source is None and self.path.exists():
+                    uri = "file:" + self.path.as_posix().replace("?", "%3f").replace("#", "%23") + "?immutable=1"
+                    source = sqlite3.connect(uri, uri=True)
+                    try:
+                        source.backup(memory)
+                    finally:
+                        source.close()
+                elif source is not None:
+                    source.backup(memory)
+            except sqlite3.DatabaseError as exc:
+                logger.warning("could not read the cache index %s (%s): listing from the files alone", self.path, exc)
+            memory.executescript(_SCHEMA)
+            logger.warning("%s: working from a read-only view of the cache index; it catches up later", reason)
+            self.degraded = reason
+            self._memory = memory
+            return memory
 
     def _connect(self) -> sqlite3.Connection:
+        unwritable = self._unwritable()
+        if unwritable is not None:
+            raise unwritable
         deadline = time.monotonic() + 60.0
         while True:
             con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=True)
@@ -93,6 +165,11 @@ class Index:
                 if ("locked" in str(exc) or "busy" in str(exc)) and time.monotonic() < deadline:
                     time.sleep(0.02)
                     continue
+                reason = self.diagnose(exc)
+                if isinstance(reason, DiskFullError):  # WAL needs room for its -shm: read a private copy
+                    return self.degrade(reason)
+                if reason is not None:
+                    raise reason from None
                 raise
             except sqlite3.DatabaseError as exc:
                 con.close()
@@ -104,6 +181,8 @@ class Index:
     @property
     def con(self) -> sqlite3.Connection:
         """This thread's connection; a new one if index.db was replaced (rebuilt by another process)."""
+        if self._memory is not None:
+            return self._memory
         con = getattr(self._local, "con", None)
         if con is not None and _inode(self.path) != self._local.inode:
             con.close()
@@ -120,15 +199,45 @@ class Index:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: a write transaction other processes wait for."""
+        """BEGIN IMMEDIATE ... COMMIT: a write transaction other processes wait for.
+
+        A full disk or a read-only file raises DiskFullError / CacheNotWritableError.
+        """
         con = self.con
-        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            reason = self.diagnose(exc)
+            if reason is not None:
+                raise reason from exc
+            raise
         try:
             yield con
-        except BaseException:
-            con.execute("ROLLBACK")
+            con.execute("COMMIT")
+        except BaseException as exc:
+            if con.in_transaction:
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            reason = self.diagnose(exc)
+            if reason is not None:
+                raise reason from exc
             raise
-        con.execute("COMMIT")
+
+    def write(self, fn: Callable[[sqlite3.Connection], T], *, soft: bool = False) -> T:
+        """Run `fn(con)` in a write transaction. ``soft``: on a full disk, apply it to a private copy
+        instead (this process sees it; the disk is the truth the next process rebuilds from)."""
+        try:
+            with self.transaction() as con:
+                return fn(con)
+        except DiskFullError as exc:
+            if not soft or self._memory is not None:
+                raise
+            source = getattr(self._local, "con", None)
+            self.degrade(exc, source)
+            with self.transaction() as con:
+                return fn(con)
 
     # -- entries -----------------------------------------------------------------------
 
@@ -176,22 +285,20 @@ class Index:
         the key is not indexed. An indexed entry whose files vanished (``exists(path)``
         is False) leaves the index, and None is returned.
         """
-        con = self.con
-        con.execute("BEGIN IMMEDIATE")
-        try:
+
+        def update(con: sqlite3.Connection) -> Any:
             row = con.execute(
                 "UPDATE entries SET last_used=?, hits=hits+1 WHERE key=? RETURNING kind, path, metadata",
                 (time.time(), key),
             ).fetchone()
             if row is not None and not exists(row[1]):
                 con.execute("DELETE FROM entries WHERE key=?", (key,))
-                row = None
-            elif row is not None:
+                return None
+            if row is not None:
                 self.add_stat(con, "hits")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+            return row
+
+        row = self.write(update, soft=True)  # a lookup works on a full disk
         return None if row is None else (row[0], row[1], json.loads(row[2]))
 
     def add_stat(self, con: sqlite3.Connection, name: str, amount: int = 1) -> None:
@@ -204,7 +311,9 @@ class Index:
         return {name: int(found.get(name, 0)) for name in STAT_NAMES}
 
     def set_meta(self, name: str, value: str) -> None:
-        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+        """Write a meta value, only if it changed (reading must not need to write)."""
+        if self.get_meta(name) != value:
+            self.write(lambda con: con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value)), soft=True)
 
     def get_meta(self, name: str) -> str | None:
         row = self.con.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()

@@ -21,7 +21,6 @@ plus leftovers in tmp/ or trash/ that the next start removes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -35,9 +34,14 @@ from filelock import FileLock, ReadWriteLock, Timeout
 
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
-from provender._cache._fsops import LinkMode, fs_errors, fsync_dir, place_tree, remove_tree, tree_size
+from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
+from provender._cache._fsops import LinkMode, finish_move, fs_errors, fsync_dir, place_tree, tree_size
 from provender._cache._index import Index, is_corruption
+from provender._cache._layout import DIRS, SourceInCacheError, Walls, check_file, remove_at, within_real
 from provender._cache._names import check_key, check_name, generate_cache_key, within
+from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
+from provender._cache._repair import read_or_repair, record, write_manifest
+from provender._cache._resolve import resolve
 from provender._errors import (
     CacheError,
     CacheNotWritableError,
@@ -51,7 +55,6 @@ from provender._errors import (
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = ".provender-entry.json"
 REPLACED_SUFFIX = ".replaced"  # trash/<key>.replaced: the old entry while a replacement swaps
 SORT_KEYS = ("used", "size", "name")
 
@@ -72,7 +75,10 @@ class Lease:
         return self._lock is not None
 
     def release(self) -> None:
-        """Let go of the entry. If holding it kept the cache over its limit, evict now."""
+        """Let go of the entry. If holding it blocked an eviction, that eviction happens now.
+
+        A release alone evicts nothing else: the entry just used is not evicted by its own release.
+        """
         lock, self._lock = self._lock, None
         if lock is not None:
             with suppress(Exception):
@@ -80,7 +86,7 @@ class Lease:
             with suppress(Exception):
                 lock.close()
             if self._manager is not None:
-                self._manager._evict_if_over()
+                self._manager._evict_if_over(self.entry.key)
 
     def _drop(self) -> None:
         """Release without evicting (garbage collection, interpreter exit)."""
@@ -123,22 +129,17 @@ class CacheManager:
         self._tmp_dir = self.cache_dir / "tmp"
         self._trash_dir = self.cache_dir / "trash"
         with fs_errors(self.cache_dir):
-            for d in (
-                self.hub_dir,
-                self.objects_dir,
-                self._pins_dir,
-                self._locks_dir,
-                self._pending_dir,
-                self._tmp_dir,
-                self._trash_dir,
-            ):
-                d.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.cache_dir, os.W_OK):
-                raise CacheNotWritableError(self.cache_dir, "permission denied")
+            self._walls = Walls(self.cache_dir)  # refuses a folder that is not a provender cache, and planted links
+            for d in (self.cache_dir, *(self.cache_dir / name for name in DIRS)):
+                if not os.access(d, os.W_OK):
+                    raise CacheNotWritableError(d, "permission denied")
+            if check_file(self.cache_dir / ".lock") and not os.access(self.cache_dir / ".lock", os.W_OK):
+                raise CacheNotWritableError(self.cache_dir / ".lock", "the cache's lock file belongs to another user")
         self._lock = FileLock(self.cache_dir / ".lock", mode=0o644)
         self._index = Index(self.cache_dir / "index.db")
-        self._open_index()
-        self._clean_leftovers()
+        with fs_errors(self.cache_dir):
+            self._open_index()
+            self._clean_leftovers()
 
     # -- seed API ----------------------------------------------------------------------
 
@@ -197,15 +198,29 @@ class CacheManager:
     def cleanup_old_models(self, max_size: int | None = None, *, dry_run: bool = False) -> list[CacheEntry]:
         """Evict least-recently-used entries until the cache fits `max_size`; returns what went.
 
-        Pinned entries and entries in use by a live process are skipped.
+        Pinned entries and entries in use by a live process are skipped (with a warning if the
+        cache stays over the limit). ``dry_run``: only say what would go (see `plan_eviction`).
         """
+        plan = self.plan_eviction(max_size) if dry_run else self.prune(max_size)
+        if not dry_run:
+            warn_if_over(plan)
+        return list(plan.evict)
+
+    def plan_eviction(self, max_size: int | None = None) -> EvictionPlan:
+        """What `prune` would evict now, and what it would keep and why; changes nothing."""
         limit = self.max_size if max_size is None else max_size
         with self._lock:
             self._reconcile()
-            evicted = self._evict(limit, protect=set(), dry_run=dry_run)
-        if not dry_run:
-            self._notify_evicted(evicted)
-        return evicted
+            return plan_eviction(lru_entries(self), limit, pinned=self._pinned_keys(), in_use=self._held)
+
+    def prune(self, max_size: int | None = None) -> EvictionPlan:
+        """Evict least-recently-used entries down to `max_size` (default: the limit); returns what was done."""
+        limit = self.max_size if max_size is None else max_size
+        with self._lock:
+            self._reconcile()
+            plan = carry_out(self, limit, protect=set())
+        self._notify_evicted(list(plan.evict))
+        return plan
 
     # -- adding ------------------------------------------------------------------------
 
@@ -284,19 +299,21 @@ class CacheManager:
         return entries
 
     def find(self, name_or_key: str) -> CacheEntry | None:
-        """The entry with this key, else with this name (an imported entry before a Hub repo)."""
+        """The entry with this key, else this name, else this unique key prefix (at least 4 hex digits).
+
+        A name shared by an imported entry and a Hub repo means the imported one. A name or
+        prefix that matches more entries raises AmbiguousNameError listing them.
+        """
         if not isinstance(name_or_key, str) or not name_or_key:
             return None
-        row = self._index.get(name_or_key)
+        try:
+            row = resolve(self._index, name_or_key)
+        except CacheError:  # ambiguous: make sure no vanished entry is among the candidates
+            row = None
         if row is None:
-            rows = self._index.by_name(name_or_key)
-            if not rows:
-                with self._lock:
-                    self._reconcile()
-                row = self._index.get(name_or_key)
-                rows = self._index.by_name(name_or_key)
-            rows.sort(key=lambda r: r["kind"] == "hub")
-            row = row or (rows[0] if rows else None)
+            with self._lock:
+                self._reconcile()
+            row = resolve(self._index, name_or_key)
         if row is None:
             return None
         entry = self._entry(row)
@@ -329,8 +346,10 @@ class CacheManager:
 
     def in_use(self, name_or_key: str) -> bool:
         """True if some live process holds a lease on the entry."""
-        entry = self.get(name_or_key)
-        lock = ReadWriteLock(self._lease_path(entry.key), is_singleton=False, blocking=False)
+        return self._held(self.get(name_or_key).key)
+
+    def _held(self, key: str) -> bool:
+        lock = ReadWriteLock(self._lease_path(key), is_singleton=False, blocking=False)
         try:
             lock.acquire_write()
         except Timeout:
@@ -383,15 +402,17 @@ class CacheManager:
         """Protect an entry from eviction (it can still be removed after `unpin`)."""
         with self._lock:  # eviction holds it too: the entry cannot vanish between the lookup and the pin
             entry = self.get(name_or_key)
+            if self._index.degraded is not None:
+                raise self._index.degraded
             with fs_errors(self.cache_dir):
-                (self._pins_dir / entry.key).touch()
+                self._walls.touch(self._pins_dir / entry.key)  # a planted link is refused, not followed
         return dataclasses.replace(entry, pinned=True)
 
     def unpin(self, name_or_key: str) -> CacheEntry:
         """Let an entry be evicted again; returns it as it was when unpinned."""
         with self._lock:
             entry = self.get(name_or_key)
-            (self._pins_dir / entry.key).unlink(missing_ok=True)
+            self._walls.unlink(self._pins_dir / entry.key)
         return dataclasses.replace(entry, pinned=False)
 
     def verify(self, *, fix: bool = False, progress: Any = None) -> list[VerifyIssue]:
@@ -403,13 +424,12 @@ class CacheManager:
     # -- internals ---------------------------------------------------------------------
 
     def _lease_path(self, key: str) -> Path:
-        return self._locks_dir / f"{check_key(key)}.lease"
+        path = self._locks_dir / f"{check_key(key)}.lease"
+        check_file(path)  # a planted link is refused, never opened
+        return path
 
     def _pinned_keys(self) -> set[str]:
-        try:
-            return set(os.listdir(self._pins_dir))
-        except FileNotFoundError:
-            return set()
+        return set(self._walls.listdir("pins"))
 
     def _entry(self, row: dict[str, Any], pinned: bool | None = None) -> CacheEntry:
         if pinned is None:
@@ -451,9 +471,9 @@ class CacheManager:
                 path = Path(f"{self._index.path}{suffix}")
                 if path.exists():
                     os.replace(path, f"{self._index.path}.corrupt-{stamp}{suffix}")
-            logger.warning(
-                "cache index %s was unusable (%s); rebuilt it from the files on disk", self._index.path, reason
-            )
+            done = f"cache index was unusable ({reason}); set aside as index.db.corrupt-{stamp}, rebuilt from the files"
+            logger.warning("%s", done)
+            record(self.cache_dir, key="", name="index.db", path=self._index.path, problem=done, fixed=True)
             self._reconcile()
 
     def _clean_leftovers(self) -> None:
@@ -462,32 +482,34 @@ class CacheManager:
         An entry set aside by a replacement that never completed is put back.
         """
         with self._lock:  # replacements swap under this lock: none is half-done while we hold it
-            for item in list(self._trash_dir.iterdir()):
-                key = item.name.removesuffix(REPLACED_SUFFIX)
-                if item.name.endswith(REPLACED_SUFFIX) and not (self.objects_dir / key).exists():
-                    os.rename(item, self.objects_dir / key)
-                    logger.warning("restored cache entry %s: its replacement was interrupted", key)
-                else:
-                    remove_tree(item)
-        for claiming in list(self._tmp_dir.glob("*.locking")):  # died between creating and renaming it
-            lock = FileLock(claiming, timeout=0)
+            with self._walls.open("trash") as trash_fd:  # opened without following links: nothing outside
+                for name in os.listdir(trash_fd):
+                    key = name.removesuffix(REPLACED_SUFFIX)
+                    if name.endswith(REPLACED_SUFFIX) and not os.path.lexists(self.objects_dir / key):
+                        self._walls.rename(self._trash_dir / name, self.objects_dir / key)
+                        logger.warning("restored cache entry %s: its replacement was interrupted", key)
+                    else:
+                        remove_at(trash_fd, name)
+        names = self._walls.listdir("tmp")
+        for name in [n for n in names if n.endswith(".locking")]:  # died between creating and renaming it
+            lock = FileLock(self._tmp_dir / name, timeout=0)
             try:
                 lock.acquire()
-            except Timeout:
+            except (Timeout, OSError):  # live, or not a marker of ours (a link is refused by filelock)
                 continue
-            claiming.unlink(missing_ok=True)
+            self._walls.unlink(self._tmp_dir / name)
             lock.release()
-        for marker in list(self._tmp_dir.glob("*.lock")):
-            lock = FileLock(marker, timeout=0)
+        for name in [n for n in names if n.endswith(".lock")]:
+            lock = FileLock(self._tmp_dir / name, timeout=0)
             try:
                 lock.acquire()
-            except Timeout:
+            except (Timeout, OSError):
                 continue  # a live process is still staging
             try:
-                remove_tree(marker.with_suffix(""))
+                self._walls.remove(self._tmp_dir / name.removesuffix(".lock"))
             finally:
                 lock.release()
-            marker.unlink(missing_ok=True)
+            self._walls.unlink(self._tmp_dir / name)
 
     @contextmanager
     def _staging(self) -> Iterator[Path]:
@@ -514,8 +536,8 @@ class CacheManager:
         try:
             yield stage
         finally:
-            remove_tree(stage)
-            (self._tmp_dir / f"{name}.lock").unlink(missing_ok=True)
+            self._walls.remove(stage)
+            self._walls.unlink(self._tmp_dir / f"{name}.lock")
             marker.release()
 
     def _store_local(
@@ -532,6 +554,12 @@ class CacheManager:
         if not src.exists():
             raise SourceNotFoundError(src)
         src = src.absolute()
+        if self._index.degraded is not None:  # a full disk: refuse before any file is touched
+            raise self._index.degraded
+        if within_real(src, self.cache_dir):
+            raise SourceInCacheError(src, self.cache_dir, "it contains the cache folder")
+        if link_mode == "move" and within_real(self.cache_dir, src):
+            raise SourceInCacheError(src, self.cache_dir, "it is inside the cache folder (moving it would take it away)")
         if name is not None:
             check_name(name)
         display = name or src.name
@@ -562,15 +590,12 @@ class CacheManager:
                     "filename": src.name if src.is_file() else None,
                     "metadata": metadata,
                 }
-                (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+                write_manifest(stage, manifest)  # never through a hard link into the source's files
             logger.info("staged %s (%s)", display, ", ".join(f"{v} {k}" for k, v in counts.items()))
-            try:
-                row, evicted = self._commit_local(stage, manifest, key, display, replace, now, pin)
-            except BaseException:
-                if link_mode == "move" and content.exists():  # the caller's files are staged: give them back
-                    (stage / MANIFEST).unlink(missing_ok=True)
-                    os.rename(content, src)
-                raise
+            # A move has taken nothing of the source yet (staged as links or copies): a failure leaves it as it was.
+            row, evicted = self._commit_local(stage, manifest, key, display, replace, now, pin)
+        if link_mode == "move":
+            finish_move(src)  # committed: only now does the source go
         self._notify_evicted(evicted)
         return self._entry(row)
 
@@ -580,9 +605,9 @@ class CacheManager:
         """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
         with self._lock:
             target = self.objects_dir / key
-            if not target.exists():
+            if not os.path.lexists(target):
                 with fs_errors(self.cache_dir):
-                    os.rename(stage, target)
+                    self._walls.rename(stage, target)
                     fsync_dir(self.objects_dir)
             else:
                 if not replace:
@@ -595,7 +620,7 @@ class CacheManager:
             self._reconcile()
             if pin:
                 with fs_errors(self.cache_dir):
-                    (self._pins_dir / key).touch()
+                    self._walls.touch(self._pins_dir / key)
             return row, self._evict(self.max_size, protect={key})
 
     def _swap_in(self, stage: Path, target: Path, display: str) -> None:
@@ -609,14 +634,14 @@ class CacheManager:
         backup = self._trash_dir / f"{target.name}{REPLACED_SUFFIX}"
         try:
             with fs_errors(self.cache_dir):
-                remove_tree(backup)
-                os.rename(target, backup)  # a crash from here on: the next start puts it back
-                os.rename(stage, target)
+                self._walls.remove(backup)
+                self._walls.rename(target, backup)  # a crash from here on: the next start puts it back
+                self._walls.rename(stage, target)
                 fsync_dir(self.objects_dir)
         finally:
             lock.release()
             lock.close()
-        remove_tree(backup)
+        self._walls.remove(backup)
 
     def _write_row(self, row: dict[str, Any]) -> None:
         try:
@@ -644,16 +669,14 @@ class CacheManager:
         }
 
     def _read_manifest(self, key: str) -> dict[str, Any] | None:
-        try:
-            manifest = json.loads((self.objects_dir / key / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), dict):
-            return None
-        return manifest
+        """The entry's manifest; a damaged one is rebuilt from the files, never deleted (call under the lock)."""
+        return read_or_repair(self, key)
 
     def _discover_object(self, key: str) -> dict[str, Any] | None:
-        manifest = self._read_manifest(key)
+        if not (self.objects_dir / key).is_dir():
+            return None
+        with self._lock:
+            manifest = self._read_manifest(key)
         if manifest is None:
             return None
         row = self._row_from_manifest(manifest)
@@ -684,7 +707,7 @@ class CacheManager:
     def _download_state(self, key: str) -> str:
         """``none``, ``running`` (a live process downloads) or ``interrupted`` (its process died)."""
         marker = self._pending_dir / f"{key}.lock"
-        if not marker.exists():
+        if not check_file(marker):  # a planted link is refused
             return "none"
         lock = FileLock(marker, timeout=0)
         try:
@@ -700,58 +723,61 @@ class CacheManager:
 
     def _reconcile(self) -> None:
         """Make the index match the disk: discover new entries, drop vanished ones. Call under the lock."""
+        self._walls.check("objects", "hub", "pins", "trash")  # not swapped, no link where a folder belongs
         self._index.set_meta("hub_mtime", str(self.hub_dir.stat().st_mtime_ns))  # before the scan: no gap
         rows = {r["key"]: r for r in self._index.all()}
         seen: set[str] = set()
         changes: list[dict[str, Any]] = []
-        with os.scandir(self.objects_dir) as it:
+        with self._walls.open("objects") as objects_fd, os.scandir(objects_fd) as it:
             for item in it:
                 key = item.name
                 if item.is_symlink() or not item.is_dir(follow_symlinks=False):
                     # planted, not made by us: never read or follow it, only take it out of the way
-                    logger.warning("removing %s: not an entry provender made (a link or a file)", item.path)
-                    Path(item.path).unlink(missing_ok=True)
+                    logger.warning("removing %s: not an entry provender made (a link or a file)", self.objects_dir / key)
+                    with suppress(FileNotFoundError):
+                        os.unlink(key, dir_fd=objects_fd)
                     continue
                 seen.add(key)
                 if key in rows:
                     continue
-                manifest = self._read_manifest(key)
-                if manifest is None:
-                    logger.warning("removing %s: no valid manifest (not a complete entry)", item.path)
-                    self._to_trash(Path(item.path))
-                    continue
-                changes.append(self._row_from_manifest(manifest))
-        with os.scandir(self.hub_dir) as it:
+                manifest = self._read_manifest(key)  # a damaged manifest is rebuilt, never a reason to delete
+                if manifest is not None:
+                    changes.append(self._row_from_manifest(manifest))
+        with self._walls.open("hub") as hub_fd, os.scandir(hub_fd) as it:
             for item in it:
                 parsed = _hub.parse_folder_name(item.name)
                 if parsed is None or not item.is_dir(follow_symlinks=False):
                     continue
                 repo_type, repo_id = parsed
                 key = self.hub_key(repo_id, repo_type)
-                seen.add(key)
+                path = self.hub_dir / item.name
                 old = rows.get(key)
+                if old is None and not _hub.has_snapshot(path):  # only *.incomplete blobs, or links: not an entry
+                    continue
+                seen.add(key)
                 if old is None:
                     if self._download_state(key) != "none":
                         continue  # a partial download is not an entry (a later pull resumes it)
                     changes.append(self._hub_row(item.name, repo_type, repo_id, last_used=None))
-                elif old["stamp"] != _hub.repo_stamp(Path(item.path)):
-                    changes.append(
-                        {**old, "size": _hub.repo_size(Path(item.path)), "stamp": _hub.repo_stamp(Path(item.path))}
-                    )
+                elif old["stamp"] != _hub.repo_stamp(path):
+                    changes.append({**old, "size": _hub.repo_size(path), "stamp": _hub.repo_stamp(path)})
         for key in self._pinned_keys() - seen:  # a pin whose entry is gone must not pin a later one
-            (self._pins_dir / key).unlink(missing_ok=True)
+            self._walls.unlink(self._pins_dir / key)
         gone = [key for key in rows if key not in seen]
         if not changes and not gone:
             return
-        with self._index.transaction() as con:
+
+        def apply(con: Any) -> None:
             for row in changes:
                 self._index.upsert(con, row)
             for key in gone:
                 self._index.delete(con, key)
 
+        self._index.write(apply, soft=True)  # on a full disk the listing is still right (a private copy)
+
     def _to_trash(self, path: Path) -> Path:
         trash = self._trash_dir / uuid.uuid4().hex
-        os.rename(path, trash)
+        self._walls.rename(path, trash)  # parents opened without following links; a link moves as itself
         return trash
 
     def _try_remove(self, entry: CacheEntry, *, dry_run: bool = False, evicted: bool = False) -> bool:
@@ -761,57 +787,45 @@ class CacheManager:
             lock.acquire_write()
         except Timeout:
             lock.close()
+            if evicted and not dry_run:  # in use: its eviction happens when its last lease is released
+                self._index.set_meta(f"deferred:{entry.key}", "1")
             return False
-        trash: Path | None = None
         try:
             if dry_run:
                 return True
             if not within(self.cache_dir, entry.path):  # a tampered index row
                 logger.warning("not deleting %s: it is outside the cache dir", entry.path)
-                trash = None
-            else:
-                trash = self._to_trash(entry.path) if os.path.lexists(entry.path) else None
-            with self._index.transaction() as con:
+            elif os.path.lexists(entry.path):
+                with fs_errors(self.cache_dir):
+                    self._walls.remove(self._to_trash(entry.path))  # files first: frees space on a full disk
+
+            def drop(con: Any) -> None:
                 self._index.delete(con, entry.key)
                 if evicted:
                     self._index.add_stat(con, "evictions")
                     self._index.add_stat(con, "bytes_evicted", entry.size)
-            (self._pins_dir / entry.key).unlink(missing_ok=True)
+
+            self._index.write(drop, soft=True)  # the entry is gone: report that, whatever the index can record
+            self._walls.unlink(self._pins_dir / entry.key)
         finally:
             lock.release()
             lock.close()
-        if trash is not None:
-            remove_tree(trash)
         return True
 
-    def _evict(self, limit: int, protect: set[str], dry_run: bool = False) -> list[CacheEntry]:
+    def _evict(self, limit: int, protect: set[str]) -> list[CacheEntry]:
         """Evict LRU entries until the total fits `limit`. Call under the lock (after `_reconcile`)."""
-        total = self._index.total_size()
-        if total <= limit:
-            return []
-        pinned = self._pinned_keys()
-        evicted: list[CacheEntry] = []
-        for row in self._index.lru_order():
-            if total <= limit:
-                break
-            if row["key"] in protect or row["key"] in pinned:
-                continue
-            entry = self._entry(row, pinned=False)
-            if self._try_remove(entry, dry_run=dry_run, evicted=True):
-                evicted.append(entry)
-                total -= entry.size
-        if total > limit:
-            logger.warning(
-                "cache is over its limit after eviction (%d > %d bytes): the rest is pinned or in use", total, limit
-            )
-        return evicted
+        plan = carry_out(self, limit, protect)
+        warn_if_over(plan)
+        return list(plan.evict)
 
-    def _evict_if_over(self) -> None:
-        """After a lease ends: entries it protected may now go, if the cache is over its limit."""
+    def _evict_if_over(self, key: str) -> None:
+        """After a lease on `key` ends: if an eviction passed over it while held, that eviction happens now."""
+        flag = f"deferred:{key}"
         try:
-            if self._index.total_size() <= self.max_size:
-                return
+            if self._index.get_meta(flag) is None:
+                return  # no eviction waited on this entry: a release alone evicts nothing
             with self._lock:
+                self._index.write(lambda con: con.execute("DELETE FROM meta WHERE name=?", (flag,)), soft=True)
                 evicted = self._evict(self.max_size, protect=set())
         except Exception as exc:  # releasing must never fail because of housekeeping
             logger.warning("eviction after a release failed: %s", exc)

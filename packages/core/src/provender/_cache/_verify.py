@@ -10,16 +10,16 @@ checked on every later verify.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from provender._cache._entry import VerifyIssue
 from provender._cache._names import within
+from provender._cache._repair import load_manifest, record, repair_entry, take_findings, write_manifest
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry
@@ -60,7 +60,7 @@ def verify_cache(cm: CacheManager, *, fix: bool, progress: Progress | None) -> l
     if fix:
         with cm._lock:
             cm._reconcile()
-    return issues
+    return take_findings(cm) + issues  # first what the cache repaired on its own (this run or earlier)
 
 
 def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
@@ -97,10 +97,16 @@ def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
 
 
 def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
-    from provender._cache._manager import MANIFEST
-
-    manifest_path = entry.path / MANIFEST
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    manifest, problem = load_manifest(entry.path)
+    if problem is not None or manifest is None:  # damaged metadata: rebuilt from the files, content kept
+        with cm._lock:
+            row = cm._index.get(entry.key)
+            manifest = repair_entry(cm, entry.path, manifest, problem or "manifest is not valid", row)
+            cm._write_row(cm._row_from_manifest(manifest))
+        size = sum(f["size"] for f in manifest["files"].values())
+        if size != entry.size:
+            problem = f"the files on disk hold {size} bytes, the index recorded {entry.size}: content may be damaged"
+            record(cm.cache_dir, key=entry.key, name=entry.name, path=entry.path, problem=problem, fixed=False)
     issues = []
     learned = False
     for rel, info in manifest["files"].items():
@@ -128,9 +134,7 @@ def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
         elif digest != info["sha256"]:
             issues.append(VerifyIssue(entry.key, entry.name, path, "content does not match its recorded sha256"))
     if learned and not issues:
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        os.replace(tmp, manifest_path)
+        write_manifest(entry.path, manifest)
     return issues
 
 

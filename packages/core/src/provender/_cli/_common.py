@@ -24,9 +24,14 @@ def is_usage_error(exc: BaseException) -> bool:
 
     provender's errors that are also ValueErrors are bad values (a setting, a name, an
     option, an input file); an unknown provider or a missing source path is bad input too.
+    An error class may say otherwise with ``exit_code`` (a collection that does not exist
+    is a failure, exit 1, like a model that is not in the cache).
     """
-    from provender._errors import SourceNotFoundError, UnknownProviderError
+    from provender._errors import ProvenderError, SourceNotFoundError, UnknownProviderError
 
+    code = exc.exit_code if isinstance(exc, ProvenderError) else None
+    if code is not None:
+        return code == EXIT_USAGE
     return isinstance(exc, (ValueError, UnknownProviderError, SourceNotFoundError))
 
 

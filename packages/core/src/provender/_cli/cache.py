@@ -12,6 +12,7 @@ from provender._cli._common import EXIT_FAILURE, echo_json, echo_table, fail, ge
 
 if TYPE_CHECKING:
     from provender._cache import CacheEntry
+    from provender._cache._eviction import EvictionPlan
 
 
 def _size(value: str | None) -> int | None:
@@ -53,6 +54,7 @@ def cache() -> None:
 @click.option("--sort", type=click.Choice(["used", "size", "name"]), default="used", show_default=True)
 def ls(as_json: bool, sort: str) -> None:
     """List cached entries (Hub repos, imported and stored models)."""
+    from provender._cache._resolve import short_key
     from provender._sizes import format_ago, format_size
 
     entries = get_cache().entries(sort=sort)
@@ -72,7 +74,7 @@ def ls(as_json: bool, sort: str) -> None:
                 format_ago(e.last_used),
                 ", ".join(claims.get(e.key, [])) or "-",
                 "yes" if e.pinned else "",
-                e.key[:12],
+                short_key(e.key),
             )
             for e in entries
         ],
@@ -82,19 +84,31 @@ def ls(as_json: bool, sort: str) -> None:
 
 @cache.command("rm")
 @click.argument("names", nargs=-1, required=True, metavar="NAME_OR_KEY...")
-@click.option("--dry-run", is_flag=True, help="Show what would be removed, remove nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed (and what refused), remove nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
-    """Remove entries by name or key (refused while pinned or in use)."""
+    """Remove entries by name, key or unique key prefix (refused while pinned or in use)."""
+    from provender._errors import EntryInUseError
     from provender._sizes import format_size
 
     cm = get_cache()
-    entries = [cm.get(n) for n in names]  # every name must exist before anything is removed
+    found = {e.key: e for e in (cm.get(n) for n in names)}  # every name must exist (once) before anything goes
+    entries = list(found.values())
     total = sum(e.size for e in entries)
-    if dry_run:
+    if dry_run:  # the real removal's own checks, without the removal: a refusal is reported as it would be
+        freed = refused = 0
         for e in entries:
+            try:
+                cm.remove(e.key, dry_run=True)
+            except EntryInUseError as exc:
+                click.echo(f"would refuse {e.name}: {exc.reason}")
+                refused += 1
+                continue
             click.echo(f"would remove {e.name} ({format_size(e.size)})")
-        click.echo(f"would free {format_size(total)}")
+            freed += e.size
+        click.echo(f"would free {format_size(freed)}")
+        if refused:
+            sys.exit(EXIT_FAILURE)
         return
     _confirm(f"Remove {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} ({format_size(total)})?", yes)
     failed = 0
@@ -109,29 +123,54 @@ def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
         sys.exit(EXIT_FAILURE)
 
 
+def _show_plan(plan: EvictionPlan, dry_run: bool) -> None:
+    """The plan, then one line on what stays over the limit (the only over-limit warning prune prints)."""
+    from provender._sizes import format_size
+
+    if not plan.evict:
+        if plan.fits:
+            click.echo(f"Nothing to prune: the cache holds {format_size(plan.total)}, within {format_size(plan.limit)}")
+        else:
+            click.echo(
+                f"Nothing can be freed: the cache holds {format_size(plan.total)}, over its limit of "
+                f"{format_size(plan.limit)}, and every entry that would go is kept:"
+            )
+    for e in plan.evict:
+        click.echo(f"{'would evict' if dry_run else 'will evict'} {e.name} ({format_size(e.size)})")
+    for e, why in plan.kept:
+        click.echo(f"kept {e.name} ({format_size(e.size)}): {why}")
+    if plan.evict:
+        click.echo(
+            f"{'would free' if dry_run else 'will free'} {format_size(plan.freed)}, "
+            f"leaving {format_size(plan.after)} of {format_size(plan.limit)}"
+        )
+        if not plan.fits:
+            click.echo(
+                f"warning: the cache {'would stay' if dry_run else 'will stay'} {format_size(plan.over)} over "
+                "its limit: the rest is pinned or in use",
+                err=True,
+            )
+
+
 @cache.command()
 @click.option("--max-size", help="Target size (default: cache.max_size), e.g. 10GB.")
-@click.option("--dry-run", is_flag=True, help="Show what would be evicted, evict nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be evicted and what kept, evict nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def prune(max_size: str | None, dry_run: bool, yes: bool) -> None:
-    """Evict least-recently-used entries until the cache fits its size limit."""
+    """Evict least-recently-used entries until the cache fits its size limit (never pinned or in-use ones)."""
     from provender._sizes import format_size
 
     cm = get_cache()
     limit = _size(max_size)
-    plan = cm.cleanup_old_models(limit, dry_run=True)
-    if not plan:
-        click.echo(f"Nothing to prune: the cache fits {format_size(limit if limit is not None else cm.max_size)}.")
+    plan = cm.plan_eviction(limit)
+    _show_plan(plan, dry_run)
+    if dry_run or not plan.evict:
         return
-    verb = "would evict" if dry_run else "evicting"
-    for e in plan:
-        click.echo(f"{verb} {e.name} ({format_size(e.size)})")
-    if dry_run:
-        click.echo(f"would free {format_size(sum(e.size for e in plan))}")
-        return
-    _confirm(f"Evict {len(plan)} entries ({format_size(sum(e.size for e in plan))})?", yes)
-    done = cm.cleanup_old_models(limit)
-    click.echo(f"evicted {len(done)} entries, freed {format_size(sum(e.size for e in done))}")
+    _confirm(f"Evict {len(plan.evict)} entr{'y' if len(plan.evict) == 1 else 'ies'} ({format_size(plan.freed)})?", yes)
+    done = cm.prune(limit)
+    click.echo(f"evicted {len(done.evict)} entries, freed {format_size(done.freed)}")
+    if plan.fits and not done.fits:  # a process took hold of an entry meanwhile; otherwise already said above
+        click.echo(f"warning: the cache stays {format_size(done.over)} over its limit: the rest is in use", err=True)
 
 
 @cache.command()
@@ -161,30 +200,32 @@ def stats(as_json: bool) -> None:
 @click.option("--fix", is_flag=True, help="Drop what is corrupt (Hub files are fetched again on the next pull).")
 @json_option
 def verify(fix: bool, as_json: bool) -> None:
-    """Re-hash cached content and report corruption (exit 1 if any is found)."""
+    """Re-hash cached content; report corruption and what the cache repaired on its own (exit 1 if any)."""
     cm = get_cache()
     total = sum(e.size for e in cm.entries())
     show = not as_json and sys.stderr.isatty()
     with click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr, hidden=not show) as bar:
         issues = cm.verify(fix=fix, progress=bar.update)
+    left = [i for i in issues if not i.fixed]
     if as_json:
         echo_json({"ok": not issues, "issues": [i.to_dict() for i in issues]})
     else:
         for i in issues:
-            click.echo(f"{'FIXED' if i.fixed else 'CORRUPT'} {i.name}: {i.path}: {i.problem}")
-        click.echo(
-            "All entries verified OK."
-            if not issues
-            else f"{len(issues)} problem(s) found{'; fixed' if fix else ' (run with --fix to drop them)'}."
-        )
-    if issues and not fix:
+            click.echo(f"{'FIXED' if i.fixed else 'CORRUPT'} {i.name or '-'}: {i.path}: {i.problem}")
+        if not issues:
+            click.echo("All entries verified OK.")
+        else:
+            fixed = len(issues) - len(left)
+            hint = " (run with --fix to drop corrupt entries)" if left and not fix else ""
+            click.echo(f"{len(issues)} problem(s) found, {fixed} fixed{hint}.")
+    if left or (issues and not fix):  # anything found is exit 1, unless --fix dealt with all of it
         sys.exit(EXIT_FAILURE)
 
 
 @cache.command()
 @click.argument("name")
 def pin(name: str) -> None:
-    """Protect an entry from eviction."""
+    """Protect an entry from eviction (NAME: a name, key or unique key prefix)."""
     entry = get_cache().pin(name)
     click.echo(f"pinned {entry.name}")
 
@@ -200,14 +241,18 @@ def unpin(name: str) -> None:
 @cache.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Name to store it under, ORG/NAME.")
-@click.option("--copy", "mode", flag_value="copy", help="Copy the bytes (default: clone or hard link, no copy).")
-@click.option("--move", "mode", flag_value="move", help="Move the files into the cache.")
+@click.option("--copy", "copy_", is_flag=True, help="Copy the bytes (default: clone or hard link, no copy).")
+@click.option("--move", is_flag=True, help="Move the files into the cache (the source goes once the entry is in).")
 @click.option("--replace", is_flag=True, help="Replace an imported entry with the same name.")
 @click.option("--pin", is_flag=True, help="Pin it as it lands (never evicted until unpinned).")
 @json_option
-def import_(path: Path, name: str, mode: str | None, replace: bool, pin: bool, as_json: bool) -> None:
+def import_(path: Path, name: str, copy_: bool, move: bool, replace: bool, pin: bool, as_json: bool) -> None:
     """Sideload a local model directory or file into the cache (offline, air-gapped)."""
     from provender._sizes import format_size
+
+    if copy_ and move:  # before anything is read or written: a usage error touches nothing
+        raise click.UsageError("--copy and --move contradict each other: give one of them, or neither")
+    mode = "copy" if copy_ else "move" if move else None
 
     entry = get_cache().import_model(path, name, link_mode=mode or "auto", replace=replace, pin=pin)  # type: ignore[arg-type]
     if as_json:

@@ -44,7 +44,7 @@ def config(as_json: bool) -> None:
         return
     click.echo(f"config file: {config_file_path()}")
     echo_table(
-        [(r["setting"], r["value"], r["source"], r["env"]) for r in rows],
+        [(r["setting"], r["display"], r["source"], r["env"]) for r in rows],
         ("SETTING", "VALUE", "SOURCE", "ENVIRONMENT VARIABLE"),
     )
 
@@ -133,6 +133,7 @@ def _read_prompt(prompt: str | None) -> str:
 @click.option("--stop", multiple=True, help="Stop at this string (repeatable).")
 @click.option("-s", "--system", "system_prompt", help="System prompt (providers that take one).")
 @click.option("--stream/--no-stream", default=False, help="Print tokens as they come.")
+@click.option("--no-server", is_flag=True, help="Run in this process even when `provender serve` is running.")
 def generate(
     model: str,
     prompt: str | None,
@@ -143,9 +144,10 @@ def generate(
     stop: tuple[str, ...],
     system_prompt: str | None,
     stream: bool,
+    no_server: bool,
 ) -> None:
-    """Generate text from PROMPT (or stdin) with MODEL."""
-    from provender._provider import resolve_provider
+    """Generate text from PROMPT (or stdin) with MODEL (on a running `provender serve` if one answers)."""
+    from provender._client import provider_for
 
     text = _read_prompt(prompt)
     options: dict[str, Any] = {
@@ -160,7 +162,7 @@ def generate(
         }.items()
         if v is not None
     }
-    provider = resolve_provider(model)
+    provider = provider_for(model, use_server=not no_server)
     try:
         if stream:
             for chunk in provider.stream(text, **options):

@@ -1,0 +1,132 @@
+"""Eviction as a plan: which entries would go to fit a size limit, which are kept and why.
+
+`plan_eviction` is a pure function of the entries (least recently used first), the limit
+and what is protected. The cache manager carries a plan out (`CacheManager.prune`) and
+dry runs only show it (`CacheManager.plan_eviction`), so ``--dry-run`` and the real
+command can never disagree about what is evicted, kept or left over the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from provender._cache._entry import CacheEntry
+
+if TYPE_CHECKING:
+    from provender._cache._manager import CacheManager
+
+logger = logging.getLogger(__name__)
+
+BEING_ADDED = "being added"
+PINNED = "pinned"
+IN_USE = "in use by a running process"
+
+
+@dataclass(frozen=True)
+class EvictionPlan:
+    """What evicting down to ``limit`` does: ``evict`` goes (oldest first), ``kept`` stays and why.
+
+    ``kept`` lists the entries eviction had to pass over (pinned, in use, being added),
+    not those that stay because the cache fits once the rest has gone.
+    """
+
+    limit: int
+    total: int
+    evict: tuple[CacheEntry, ...] = ()
+    kept: tuple[tuple[CacheEntry, str], ...] = ()
+
+    @property
+    def freed(self) -> int:
+        """Bytes the evicted entries held."""
+        return sum(e.size for e in self.evict)
+
+    @property
+    def after(self) -> int:
+        """The cache's size once the plan is carried out."""
+        return self.total - self.freed
+
+    @property
+    def fits(self) -> bool:
+        """True if the cache is within its limit once the plan is carried out."""
+        return self.after <= self.limit
+
+    @property
+    def over(self) -> int:
+        """Bytes over the limit that nothing can free (0 if it fits)."""
+        return max(0, self.after - self.limit)
+
+
+def plan_eviction(
+    entries: Sequence[CacheEntry],
+    limit: int,
+    *,
+    protected: Collection[str] = (),
+    pinned: Collection[str] = (),
+    in_use: Callable[[str], bool] | Collection[str] = (),
+) -> EvictionPlan:
+    """Plan LRU eviction of ``entries`` (least recently used first) down to ``limit`` bytes.
+
+    Entries whose key is in ``protected`` (the one being added) or ``pinned``, or for which
+    ``in_use(key)`` is true, are kept; ``in_use`` is asked only about entries that would
+    otherwise go. Nothing is touched: the plan only says what would happen.
+    """
+    if limit < 0:
+        raise ValueError(f"a size limit cannot be negative: {limit}")
+    held = in_use if callable(in_use) else in_use.__contains__
+    total = sum(e.size for e in entries)
+    remaining = total
+    evict: list[CacheEntry] = []
+    kept: list[tuple[CacheEntry, str]] = []
+    for entry in entries:
+        if remaining <= limit:
+            break
+        if entry.key in protected:
+            kept.append((entry, BEING_ADDED))
+        elif entry.key in pinned:
+            kept.append((entry, PINNED))
+        elif held(entry.key):
+            kept.append((entry, IN_USE))
+        else:
+            evict.append(entry)
+            remaining -= entry.size
+    return EvictionPlan(limit=limit, total=total, evict=tuple(evict), kept=tuple(kept))
+
+
+def warn_if_over(plan: EvictionPlan) -> None:
+    """Log that the cache stays over its limit after `plan` (once, by whoever carried it out)."""
+    if not plan.fits:
+        logger.warning(
+            "cache is over its limit after eviction (%d > %d bytes): the rest is pinned or in use",
+            plan.after,
+            plan.limit,
+        )
+
+
+def carry_out(cm: CacheManager, limit: int, protect: set[str]) -> EvictionPlan:
+    """Plan eviction down to `limit` and carry it out. Call under the cache lock, after a reconcile.
+
+    An entry that a process took hold of since the plan was made is kept, and the plan made again.
+    """
+    total = cm._index.total_size()
+    if total <= limit:  # the common case after an add: one query, no listing
+        return EvictionPlan(limit=limit, total=total)
+    busy: set[str] = set()
+    evicted: list[CacheEntry] = []
+    while True:
+        plan = plan_eviction(lru_entries(cm), limit, protected=protect, pinned=cm._pinned_keys(), in_use=busy)
+        for entry in plan.evict:
+            if not cm._try_remove(entry, evicted=True):
+                busy.add(entry.key)
+                break
+            evicted.append(entry)
+        else:
+            kept = tuple((e, IN_USE if e.key in busy else why) for e, why in plan.kept)
+            return EvictionPlan(limit=limit, total=total, evict=tuple(evicted), kept=kept)
+
+
+def lru_entries(cm: CacheManager) -> list[CacheEntry]:
+    """Every entry of the index, least recently used first."""
+    return [cm._entry(row, pinned=False) for row in cm._index.lru_order()]

@@ -1,0 +1,417 @@
+"""The ASGI application: OpenAI's endpoints over a `ModelRegistry`, on Starlette.
+
+Every provider call runs on a thread of its own (the event loop only moves bytes), so
+requests for different models run in parallel while `ModelRegistry.use` keeps one
+request at a time per model. A streamed answer is produced on its thread and handed to
+the loop chunk by chunk; when the client goes away the thread stops at the next chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from provender_serve import _openai as oai
+from provender_serve._models import ModelRegistry, api_error
+from provender_serve._schemas import (
+    DEFAULT_MAX_TOKENS_LIMIT,
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    UnloadRequest,
+    parse,
+    parse_keep_alive,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+READY = b""  # what a stream's producer yields once its model is acquired: errors after it go in-band
+
+
+@dataclass
+class ServerOptions:
+    """How a server behaves; `provender serve` fills it from the settings and its options."""
+
+    api_key: str = ""
+    allowed: list[str] = field(default_factory=list)
+    max_models: int = 2
+    keep_alive: float = 300.0
+    queue_size: int = 16
+    max_body: int = 8 * 2**20
+    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+
+
+def error_response(error: APIError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if error.status == 503 else None
+    if error.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def run_in_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a new thread (not a bounded pool: waiting for a busy model must not starve others)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            outcome: tuple[bool, Any] = (False, exc)
+        else:
+            outcome = (True, result)
+        with contextlib.suppress(RuntimeError):  # the loop closed (shutdown)
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=target, name="provender-serve-request", daemon=True).start()
+    return await future
+
+
+async def stream_from_thread(make: Callable[[threading.Event], Iterator[bytes]]) -> Response:
+    """Run `make(cancel)` on a thread; an error before it yields `READY` is an HTTP error,
+    after it the chunks stream as server-sent events. A client that goes away sets `cancel`."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            return True
+        except RuntimeError:  # the loop closed (shutdown)
+            return False
+
+    def produce() -> None:
+        try:
+            with contextlib.closing(make(cancel)) as chunks:  # closing runs the producer's finally blocks
+                for chunk in chunks:
+                    if cancel.is_set() or not put("item", chunk):
+                        return
+        except BaseException as exc:
+            put("error", exc)
+        else:
+            put("done", None)
+
+    threading.Thread(target=produce, name="provender-serve-stream", daemon=True).start()
+    kind, value = await queue.get()
+    if kind == "error":
+        return error_response(api_error(value))
+
+    async def body() -> Any:
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "item":
+                    yield value
+                elif kind == "error":  # the producer reports provider errors in-band; this is a bug
+                    yield oai.sse(api_error(value).body())
+                    yield oai.sse("[DONE]")
+                    return
+                else:
+                    return
+        finally:
+            cancel.set()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+class Server:
+    """The endpoints, bound to one registry and one set of options."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.registry = ModelRegistry(
+            allowed=options.allowed,
+            max_models=options.max_models,
+            keep_alive=options.keep_alive,
+            queue_size=options.queue_size,
+        )
+        try:  # the weights in the core's model pool follow the server's limits
+            from provender import model_pool
+
+            model_pool().configure(max_models=options.max_models, keep_alive=options.keep_alive)
+        except (ImportError, AttributeError) as exc:
+            logger.debug("no core model pool to configure: %s", exc)
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def endpoint(
+        self, handler: Callable[[Request], Awaitable[Response]], *, auth: bool = True
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                if auth:
+                    self._check_auth(request)
+                return await handler(request)
+            except Exception as exc:
+                return error_response(api_error(exc))
+
+        return wrapped
+
+    def _check_auth(self, request: Request) -> None:
+        key = self.options.api_key
+        if not key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'", "invalid_api_key")
+
+    async def _json(self, request: Request) -> Any:
+        limit = self.options.max_body
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"the request body is larger than this server accepts ({limit} bytes)", "too_large")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise APIError(413, f"the request body is larger than this server accepts ({limit} bytes)", "too_large")
+
+        def constant(name: str) -> Any:
+            raise ValueError(f"{name} is not a JSON number")
+
+        try:
+            return json.loads(bytes(data), parse_constant=constant)
+        except (ValueError, RecursionError) as exc:
+            raise APIError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        from provender import __version__
+
+        return JSONResponse(
+            {
+                "status": "ok",
+                "service": "provender",
+                "version": __version__,
+                "pid": os.getpid(),
+                "models_loaded": len(self.registry.names()),
+            }
+        )
+
+    async def chat(self, request: Request) -> Response:
+        req: ChatRequest = parse(ChatRequest, await self._json(request), max_tokens_limit=self.options.max_tokens_limit)
+        keep_alive = parse_keep_alive(req.keep_alive)
+        messages = [m.to_provider() for m in req.messages]
+        tools, options = req.tool_dicts(), req.options()
+        cid = oai.new_id("chatcmpl")
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await stream_from_thread(
+                lambda cancel: self._chat_stream(req.model, keep_alive, messages, tools, options, cid, include_usage, cancel)
+            )
+
+        def work() -> dict[str, Any]:
+            with self.registry.use(req.model, keep_alive=keep_alive) as slot:
+                text = slot.provider.chat(messages, tools=tools, **options)
+                prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(messages))
+                completion_tokens = oai.count_tokens(slot.provider, text)
+            content, calls = oai.parse_tool_calls(text, tools) if tools else (text, [])
+            finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), calls)
+            counts = oai.usage(prompt_tokens, completion_tokens)
+            return oai.chat_completion(cid, req.model, content, calls, finish, counts)
+
+        return JSONResponse(await run_in_thread(work))
+
+    def _chat_stream(
+        self,
+        model: str,
+        keep_alive: float | None,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        options: dict[str, Any],
+        cid: str,
+        include_usage: bool,
+        cancel: threading.Event,
+    ) -> Iterator[bytes]:
+        with self.registry.use(model, keep_alive=keep_alive) as slot:
+            yield READY
+            try:
+                yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
+                pieces: list[str] = []
+                with contextlib.closing(iter(slot.provider.stream_chat(messages, tools=tools, **options))) as stream:
+                    for piece in stream:
+                        if cancel.is_set():
+                            logger.info("client went away: stopped generating for %s", model)
+                            return
+                        pieces.append(piece)
+                        if not tools and piece:  # with tools, the reply is parsed whole before it is sent
+                            yield oai.sse(oai.chat_chunk(cid, model, {"content": piece}))
+                text = "".join(pieces)
+                content, calls = oai.parse_tool_calls(text, tools) if tools else (text, [])
+                if tools and content:
+                    yield oai.sse(oai.chat_chunk(cid, model, {"content": content}))
+                if calls:
+                    yield oai.sse(oai.chat_chunk(cid, model, oai.tool_call_deltas(calls)))
+                completion_tokens = oai.count_tokens(slot.provider, text)
+                counts = oai.usage(oai.count_tokens(slot.provider, oai.prompt_text(messages)), completion_tokens)
+                finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), calls)
+                yield oai.sse(oai.chat_chunk(cid, model, {}, finish, None if include_usage else counts))
+                if include_usage:
+                    yield oai.sse(oai.chat_chunk(cid, model, None, counts=counts))
+            except Exception as exc:
+                yield oai.sse(api_error(exc).body())
+            yield oai.sse("[DONE]")
+
+    async def completions(self, request: Request) -> Response:
+        limit = self.options.max_tokens_limit
+        req: CompletionRequest = parse(CompletionRequest, await self._json(request), max_tokens_limit=limit)
+        keep_alive = parse_keep_alive(req.keep_alive)
+        prompt, options = req.text(), req.options()
+        if req.system_prompt is not None:
+            options["system_prompt"] = req.system_prompt
+        cid = oai.new_id("cmpl")
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await stream_from_thread(
+                lambda cancel: self._completion_stream(req.model, keep_alive, prompt, options, cid, include_usage, cancel)
+            )
+
+        def work() -> dict[str, Any]:
+            with self.registry.use(req.model, keep_alive=keep_alive) as slot:
+                text = slot.provider.generate(prompt, **options)
+                counts = oai.usage(oai.count_tokens(slot.provider, prompt), oai.count_tokens(slot.provider, text))
+            finish = oai.finish_reason(counts["completion_tokens"], options.get("max_tokens"), [])
+            return oai.completion(cid, req.model, text, finish, counts)
+
+        return JSONResponse(await run_in_thread(work))
+
+    def _completion_stream(
+        self,
+        model: str,
+        keep_alive: float | None,
+        prompt: str,
+        options: dict[str, Any],
+        cid: str,
+        include_usage: bool,
+        cancel: threading.Event,
+    ) -> Iterator[bytes]:
+        with self.registry.use(model, keep_alive=keep_alive) as slot:
+            yield READY
+            try:
+                pieces: list[str] = []
+                with contextlib.closing(iter(slot.provider.stream(prompt, **options))) as stream:
+                    for piece in stream:
+                        if cancel.is_set():
+                            logger.info("client went away: stopped generating for %s", model)
+                            return
+                        pieces.append(piece)
+                        if piece:
+                            yield oai.sse(oai.completion(cid, model, piece, None, None, chunk=True))
+                text = "".join(pieces)
+                completion_tokens = oai.count_tokens(slot.provider, text)
+                counts = oai.usage(oai.count_tokens(slot.provider, prompt), completion_tokens)
+                finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), [])
+                yield oai.sse(oai.completion(cid, model, "", finish, None if include_usage else counts, chunk=True))
+                if include_usage:
+                    yield oai.sse({**oai.completion(cid, model, "", None, counts, chunk=True), "choices": []})
+            except Exception as exc:
+                yield oai.sse(api_error(exc).body())
+            yield oai.sse("[DONE]")
+
+    async def embeddings(self, request: Request) -> Response:
+        req: EmbeddingRequest = parse(EmbeddingRequest, await self._json(request))
+        keep_alive = parse_keep_alive(req.keep_alive)
+        texts = req.texts()
+
+        def work() -> dict[str, Any]:
+            from provender_embedding import Embedder
+
+            with self.registry.use(req.model, keep_alive=keep_alive, kind="embedding") as slot:
+                vectors = Embedder(slot.provider).embed(texts)
+                tokens = sum(oai.count_tokens(slot.provider, text) for text in texts)
+            return oai.embeddings(req.model, vectors, req.encoding_format, tokens)
+
+        return JSONResponse(await run_in_thread(work))
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": await run_in_thread(self._model_rows)})
+
+    def _model_rows(self) -> list[dict[str, Any]]:
+        from provender import parse_model_name
+
+        rows: dict[str, dict[str, Any]] = {}
+        if self.options.allowed:
+            for name in self.options.allowed:
+                owner = parse_model_name(name)[0] or "provender"
+                rows[name] = {"id": name, "object": "model", "created": 0, "owned_by": owner}
+        else:
+            from provender import CacheManager, get_plugin_manager
+
+            manager = get_plugin_manager()
+            for entry in CacheManager().entries(sort="name"):
+                claims = manager.claim(entry)
+                if claims:
+                    created = int(entry.created or 0)
+                    rows[entry.name] = {"id": entry.name, "object": "model", "created": created, "owned_by": claims[0]}
+        for row in self.registry.snapshot():
+            rows.setdefault(row["model"], {"id": row["model"], "object": "model", "created": 0})
+            rows[row["model"]].update(owned_by=row["provider"], loaded=True)
+        return list(rows.values())
+
+    async def ps(self, request: Request) -> Response:
+        pool: list[dict[str, Any]] = []
+        with contextlib.suppress(ImportError, AttributeError):
+            from provender import model_pool
+
+            pool = model_pool().snapshot()
+        return JSONResponse({"models": self.registry.snapshot(), "pool": pool})
+
+    async def unload(self, request: Request) -> Response:
+        req: UnloadRequest = parse(UnloadRequest, await self._json(request))
+        if req.model is None:
+            return JSONResponse({"unloaded": await run_in_thread(self.registry.unload_all)})
+        name = req.model
+        if not await run_in_thread(lambda: self.registry.unload(name)):
+            raise APIError(404, f"model {name!r} is not loaded", "model_not_loaded", "model")
+        return JSONResponse({"unloaded": [name]})
+
+
+def create_app(options: ServerOptions | None = None) -> Starlette:
+    """The server as an ASGI application (``uvicorn.run(create_app())`` serves it)."""
+    server = Server(options or ServerOptions())
+    e = server.endpoint
+    routes = [
+        Route("/health", e(server.health, auth=False), methods=["GET"]),
+        Route("/v1/models", e(server.models), methods=["GET"]),
+        Route("/v1/chat/completions", e(server.chat), methods=["POST"]),
+        Route("/v1/completions", e(server.completions), methods=["POST"]),
+        Route("/v1/embeddings", e(server.embeddings), methods=["POST"]),
+        Route("/api/ps", e(server.ps), methods=["GET"]),
+        Route("/api/unload", e(server.unload), methods=["POST"]),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = f"{request.method} {request.url.path}: {exc.detail if isinstance(exc, HTTPException) else exc}"
+        return error_response(APIError(status, message, "not_found" if status == 404 else "bad_request"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        await asyncio.to_thread(server.registry.close)  # unload everything, releasing every lease
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.state.server = server
+    return app

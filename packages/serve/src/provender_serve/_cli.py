@@ -1,0 +1,203 @@
+"""`provender serve`, `provender ps` and `provender stop` (imports stay inside the commands)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    import socket
+
+    from provender._client import ServerClient
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}", 2)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (is a server already running? `provender ps`)" if exc.errno == 98 else ""
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}{hint}")
+    sock.set_inheritable(True)
+    return sock
+
+
+@click.command()
+@click.option("--host", help="Address to listen on (default: server.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: server.port; 0 picks a free one).")
+@click.option("--model", "models", multiple=True, help="Only serve this model (repeatable; default: server.models).")
+@click.option("--max-models", type=click.IntRange(min=1), help="Models kept loaded (default: memory.max_models).")
+@click.option("--keep-alive", help="Idle time before a model is unloaded, e.g. 5m; -1 = never (memory.keep_alive).")
+@click.option("--queue-size", type=click.IntRange(min=0), default=16, show_default=True, help="Requests that may wait per model before 503.")
+@click.option("--max-body", default="8MiB", show_default=True, help="Largest request body accepted.")
+@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=32768, show_default=True, help="Largest max_tokens a request may ask for.")
+@click.option("--log-requests", is_flag=True, help="Log every request (uvicorn's access log).")
+def serve(
+    host: str | None,
+    port: int | None,
+    models: tuple[str, ...],
+    max_models: int | None,
+    keep_alive: str | None,
+    queue_size: int,
+    max_body: str,
+    max_tokens_limit: int,
+    log_requests: bool,
+) -> None:
+    """Serve every installed provider over the OpenAI HTTP API, keeping models loaded.
+
+    \b
+    Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
+    /health, and /api/ps, /api/unload (`provender ps`, `provender stop`).
+    While it runs, `provender generate`, `chat` and `embed` send their work to it.
+    """
+    from provender import load_settings
+    from provender._sizes import parse_duration, parse_size
+
+    try:
+        import uvicorn
+
+        from provender_serve._app import ServerOptions, create_app
+    except ImportError as exc:
+        _fail(f"{exc}; install the server with: pip install \"provender[serve]\"")
+    settings = load_settings()
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    api_key = settings.server.api_key.get_secret_value()
+    try:
+        options = ServerOptions(
+            api_key=api_key,
+            allowed=list(models) or list(settings.server.models),
+            max_models=max_models or settings.memory.max_models,
+            keep_alive=settings.memory.keep_alive if keep_alive is None else parse_duration(keep_alive),
+            queue_size=queue_size,
+            max_body=parse_size(max_body),
+            max_tokens_limit=max_tokens_limit,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not is_loopback(host) and not api_key:
+        click.secho(
+            f"warning: listening on {host}, reachable from other machines, without an API key: "
+            "anyone who can connect can run models here (set server.api_key)",
+            fg="yellow",
+            err=True,
+        )
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(options),
+        log_level="info" if log_requests else "warning",
+        access_log=log_requests,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    from provender._client import server_url
+
+    only = f", models: {', '.join(options.allowed)}" if options.allowed else ""
+    click.echo(f"provender serve: listening on {server_url(host, bound)}{only} (Ctrl-C to stop)", err=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _client() -> ServerClient:
+    from provender._client import ServerClient
+
+    client = ServerClient()
+    if client.health() is None:
+        _fail(f"no provender server answers at {client.url} (start one with `provender serve`)")
+    return client
+
+
+def _when(iso: str | None, now: float) -> str:
+    if iso is None:
+        return "forever"
+    seconds = datetime.fromisoformat(iso).timestamp() - now
+    if seconds < 0:
+        return "now"
+    return f"in {seconds:.0f} s" if seconds < 120 else f"in {seconds / 60:.0f} min"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def ps(as_json: bool) -> None:
+    """List the models a running `provender serve` holds, and until when."""
+    from provender._client import ServerError
+
+    client = _client()
+    try:
+        rows = client.ps()
+    except ServerError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No models loaded ({client.url}).")
+        return
+    now = time.time()
+    table = [("MODEL", "PROVIDER", "KIND", "SINCE", "UNTIL", "STATE")] + [
+        (
+            r["model"],
+            r["provider"],
+            r["kind"],
+            datetime.fromisoformat(r["since"]).astimezone().strftime("%H:%M:%S"),
+            "busy" if r["busy"] else _when(r["until"], now),
+            f"busy, {r['queued']} queued" if r["busy"] else "idle",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for n, row in enumerate(table):
+        line = "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        click.echo(click.style(line, bold=True) if n == 0 else line)
+
+
+@click.command()
+@click.argument("models", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Unload every model.")
+def stop(models: tuple[str, ...], everything: bool) -> None:
+    """Unload MODELS (or --all) from a running `provender serve`; the disk cache is untouched."""
+    from provender._client import ServerError
+
+    if not models and not everything:
+        raise click.UsageError("name a model to unload, or --all")
+    client = _client()
+    unloaded: list[Any] = []
+    try:
+        if everything:
+            unloaded = client.unload(None)
+        for name in models:
+            unloaded.extend(client.unload(name))
+    except ServerError as exc:
+        _fail(str(exc))
+    click.echo(f"Unloaded {', '.join(unloaded)}." if unloaded else "Nothing was loaded.")

@@ -1,0 +1,277 @@
+"""The models a server holds: one provider per model name, one request at a time per model,
+unloaded when idle past their keep-alive or when more than ``memory.max_models`` are held.
+
+The weights themselves live where the provider keeps them (the core's model pool for
+MLX, transformers and llama.cpp); unloading a model here calls ``provider.unload()`` and
+``provider.close()``. Each held model also holds a lease on its disk-cache entry, so no
+process evicts its files while the server serves it; a killed server's leases die with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from provender import (
+    InvalidOptionError,
+    ModelNotFoundError,
+    Provider,
+    ProvenderError,
+    UnknownProviderError,
+    UnsupportedError,
+    parse_model_name,
+)
+
+from provender_serve._schemas import APIError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Slot:
+    """One model the server holds."""
+
+    name: str
+    provider: Provider
+    keep_alive: float
+    lease: Any = None
+    kind: str = "model"
+    since: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    admitted: int = 0  # requests running or waiting for `lock`
+    served: int = 0
+
+    def until(self) -> float | None:
+        """Wall-clock time it will be unloaded if idle (None: forever, or while busy)."""
+        if self.keep_alive < 0 or self.admitted:
+            return None
+        return time.time() + max(0.0, self.keep_alive - (time.monotonic() - self.last_used))
+
+    def row(self) -> dict[str, Any]:
+        until = self.until()
+        return {
+            "model": self.name,
+            "provider": self.provider.name,
+            "kind": self.kind,
+            "since": _iso(self.since),
+            "until": _iso(until) if until is not None else None,
+            "keep_alive": self.keep_alive,
+            "busy": self.admitted > 0,
+            "queued": max(0, self.admitted - 1),
+            "requests": self.served,
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+
+
+def check_name(name: str, allowed: list[str]) -> None:
+    """Refuse names that climb out of a directory and, with an allow-list, names not on it."""
+    if any(ord(c) < 32 for c in name):
+        raise APIError(400, "model: control characters are not allowed in a model name", "invalid_model", "model")
+    _, bare = parse_model_name(name) if name.strip() else (None, name)
+    if ".." in bare.replace("\\", "/").split("/"):
+        raise APIError(400, f"model {name!r}: '..' is not allowed in a model name", "invalid_model", "model")
+    if allowed and name not in allowed and bare not in allowed:
+        raise APIError(
+            403, f"model {name!r} is not one this server may load (server.models)", "model_not_allowed", "model"
+        )
+
+
+def api_error(exc: BaseException) -> APIError:
+    """The HTTP answer for an exception raised while serving a request."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, (ModelNotFoundError, UnknownProviderError)):
+        return APIError(404, str(exc), "model_not_found", "model")
+    if isinstance(exc, (InvalidOptionError, UnsupportedError)):
+        return APIError(400, str(exc), "unsupported" if isinstance(exc, UnsupportedError) else "invalid_value")
+    if isinstance(exc, ProvenderError):
+        return APIError(500, str(exc), "provider_error")
+    logger.error("request failed", exc_info=exc)
+    return APIError(500, f"the provider failed: {type(exc).__name__}: {exc}", "provider_error")
+
+
+class ModelRegistry:
+    """name -> `Slot`, bounded by `max_models` and `keep_alive` (seconds, <0: forever).
+
+    `use(name)` admits a request (503 when `queue_size` requests already wait for that
+    model), loads the provider once, and holds the model's lock while the request runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed: list[str] | None = None,
+        max_models: int = 2,
+        keep_alive: float = 300.0,
+        queue_size: int = 16,
+    ) -> None:
+        self.allowed = list(allowed or [])
+        self.max_models = max_models
+        self.keep_alive = keep_alive
+        self.queue_size = queue_size
+        self._slots: dict[str, Slot] = {}
+        self._guard = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="provender-serve-keep-alive", daemon=True)
+        self._reaper.start()
+
+    # -- requests ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def use(self, name: str, *, keep_alive: float | None = None, kind: str = "generation") -> Iterator[Slot]:
+        """Admit a request for `name`, wait for the model, and hold it while the block runs."""
+        check_name(name, self.allowed)
+        slot = self._admit(name)
+        try:
+            with slot.lock:
+                if slot.kind == "model":
+                    slot.kind = kind
+                yield slot
+                slot.served += 1
+        finally:
+            with self._guard:
+                slot.admitted -= 1
+                slot.last_used = time.monotonic()
+                if keep_alive is not None:
+                    slot.keep_alive = keep_alive
+                drop = slot.admitted == 0 and slot.keep_alive == 0
+            if keep_alive is not None:  # the weights in the core pool follow the request's keep-alive too
+                _touch_pool(slot.provider, keep_alive)
+            if drop:
+                self.unload(slot.name)
+
+    def _admit(self, name: str) -> Slot:
+        with self._guard:
+            slot = self._slots.get(name)
+            if slot is not None:
+                if slot.admitted > self.queue_size:
+                    raise APIError(
+                        503, f"too many requests are waiting for {name!r}; retry later", "queue_full"
+                    )  # running one + queue_size waiting
+                slot.admitted += 1
+                return slot
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:  # one thread creates a model's provider; the others wait for it
+            with self._guard:
+                slot = self._slots.get(name)
+                if slot is not None:
+                    slot.admitted += 1
+                    return slot
+            provider, lease = self._create(name)
+            slot = Slot(name=name, provider=provider, keep_alive=self.keep_alive, lease=lease, admitted=1)
+            with self._guard:
+                self._slots[name] = slot
+                self._loading.pop(name, None)
+        logger.info("loaded %s (provider %s)", name, provider.name)
+        self._enforce_max()
+        return slot
+
+    def _create(self, name: str) -> tuple[Provider, Any]:
+        from provender import get_provider
+
+        provider = get_provider(name)
+        lease = None
+        _, bare = parse_model_name(name)
+        with contextlib.suppress(Exception):  # a name that is not a cache entry (a path, an echo mode)
+            from provender import CacheManager
+
+            lease = CacheManager().acquire(bare)
+        return provider, lease
+
+    # -- unloading ---------------------------------------------------------------------
+
+    def unload(self, name: str, *, only_idle: bool = False) -> bool:
+        """Unload `name` now (after its running request); returns whether it was held.
+
+        With `only_idle`, a model that a request is using or waiting for stays.
+        """
+        with self._guard:
+            slot = self._slots.get(name)
+            if slot is None or (only_idle and slot.admitted):
+                return False
+            del self._slots[name]
+        with slot.lock:
+            _release(slot)
+        logger.info("unloaded %s", name)
+        return True
+
+    def unload_all(self) -> list[str]:
+        with self._guard:
+            names = list(self._slots)
+        return [name for name in names if self.unload(name)]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """What `provender ps` shows: one row per held model, the longest-held first."""
+        with self._guard:
+            return [slot.row() for slot in sorted(self._slots.values(), key=lambda s: s.since)]
+
+    def names(self) -> list[str]:
+        with self._guard:
+            return list(self._slots)
+
+    def close(self) -> None:
+        """Stop the keep-alive thread and unload everything (releasing every lease)."""
+        self._stop.set()
+        self.unload_all()
+
+    def _idle_victims(self) -> list[str]:
+        now = time.monotonic()
+        with self._guard:
+            idle = [s for s in self._slots.values() if s.admitted == 0]
+            expired = [s.name for s in idle if s.keep_alive >= 0 and now - s.last_used >= s.keep_alive]
+            excess = len(self._slots) - len(expired) - self.max_models
+            lru = sorted((s for s in idle if s.name not in expired), key=lambda s: s.last_used)
+            return expired + [s.name for s in lru[: max(0, excess)]]
+
+    def _enforce_max(self) -> None:
+        for name in self._idle_victims():
+            self.unload(name, only_idle=True)
+
+    def _reap(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                self._enforce_max()
+            except Exception:  # never let the keep-alive thread die
+                logger.exception("unloading idle models failed")
+
+
+def pool_key(provider: Provider) -> str:
+    """The key a provider keeps its model under in the core pool, by its convention."""
+    return f"{provider.name}:{provider.model}"
+
+
+def _touch_pool(provider: Provider, keep_alive: float) -> None:
+    try:
+        from provender import model_pool
+
+        model_pool().touch(pool_key(provider), keep_alive)
+    except Exception as exc:  # a core without the pool, or a provider that does not use it
+        logger.debug("keep-alive of %s in the pool: %s", provider, exc)
+
+
+def _release(slot: Slot) -> None:
+    provider = slot.provider
+    try:
+        provider.unload()
+    except UnsupportedError:
+        pass  # nothing loaded in the pool (the echo example): close() releases the rest
+    except Exception:
+        logger.exception("unloading %s failed", slot.name)
+    try:
+        provider.close()
+    except Exception:
+        logger.exception("closing %s failed", slot.name)
+    if slot.lease is not None:
+        slot.lease.release()
+        slot.lease = None

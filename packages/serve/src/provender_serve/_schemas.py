@@ -1,0 +1,218 @@
+"""The OpenAI request bodies the server accepts, validated strictly, and its OpenAI-shaped errors.
+
+Unknown fields, wrong types and out-of-range values are 400s that name the field. Fields
+OpenAI defines but a local model cannot honour (``n > 1``, penalties, logprobs) are
+refused with a clear message rather than silently ignored. ``keep_alive`` (Ollama's
+per-request idle time) and ``system_prompt`` (for completions) are provender's additions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: Largest ``max_tokens`` a request may ask for (``provender serve --max-tokens-limit``).
+DEFAULT_MAX_TOKENS_LIMIT = 32768
+
+
+class APIError(Exception):
+    """An error answered as ``{"error": {"message", "type", "code", "param"}}`` with `status`."""
+
+    TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error"}
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+    @property
+    def type(self) -> str:
+        if self.status >= 500:
+            return "server_error"
+        return self.TYPES.get(self.status, "invalid_request_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+    def to_provider(self) -> dict[str, Any]:
+        """The OpenAI-shaped dict providers take: content as one string, system for developer."""
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            out["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        return out
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+KeepAlive = float | str | None
+
+
+class _Generation(_Strict):
+    model: str = Field(min_length=1, max_length=1024)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    user: str | None = None
+    frequency_penalty: float | None = Field(None, ge=0, le=0)
+    presence_penalty: float | None = Field(None, ge=0, le=0)
+    logit_bias: dict[str, float] | None = Field(None, max_length=0)
+    keep_alive: KeepAlive = None
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be an integer >= 1")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The provider options this request sets (max_tokens, temperature, top_p, seed, stop)."""
+        values = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": self.stop or None,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+
+class ChatRequest(_Generation):
+    messages: list[Message] = Field(min_length=1)
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    max_completion_tokens: int | None = None
+    logprobs: Literal[False] | None = None
+    response_format: dict[str, Literal["text"]] | None = None
+
+    def options(self) -> dict[str, Any]:
+        out = super().options()
+        if self.max_completion_tokens is not None and "max_tokens" not in out:
+            if self.max_completion_tokens < 1:
+                raise APIError(400, "max_completion_tokens: must be an integer >= 1", "invalid_value")
+            out["max_tokens"] = self.max_completion_tokens
+        return out
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]
+
+
+class CompletionRequest(_Generation):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    echo: Literal[False] | None = None
+    suffix: None = None
+    best_of: int | None = Field(None, ge=1, le=1)
+    logprobs: None = None
+    system_prompt: str | None = None
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class EmbeddingRequest(_Strict):
+    model: str = Field(min_length=1, max_length=1024)
+    input: str | Annotated[list[str], Field(min_length=1, max_length=4096)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: None = None
+    user: str | None = None
+    keep_alive: KeepAlive = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class UnloadRequest(_Strict):
+    model: str | None = None
+
+
+def parse(model: type[_Strict], data: Any, *, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> Any:
+    """Validate a decoded JSON body against `model`; raises a 400 `APIError` naming the field."""
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", "invalid_body")
+    try:
+        request = model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"]) or "body"
+        kind = err["type"]
+        code = "unknown_field" if kind == "extra_forbidden" else "missing_field" if kind == "missing" else "invalid_type"
+        message = f"unknown field {where!r}" if code == "unknown_field" else f"{where}: {err['msg']}"
+        raise APIError(400, message, code, where) from None
+    limit = getattr(request, "max_tokens", None) or getattr(request, "max_completion_tokens", None)
+    if limit is not None and limit > max_tokens_limit:
+        raise APIError(400, f"max_tokens: {limit} is more than this server allows ({max_tokens_limit})", "invalid_value")
+    return request
+
+
+def parse_keep_alive(value: KeepAlive) -> float | None:
+    """Ollama's keep_alive: seconds, or a duration string ("5m", "1h"); negative = forever; None = default."""
+    if value is None:
+        return None
+    from provender._sizes import parse_duration
+
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        raise APIError(400, f"keep_alive: {exc}", "invalid_value", "keep_alive") from None

@@ -140,12 +140,18 @@ def cached_tiny(tiny_model: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPat
     return "test/tiny"
 
 
-def scripted(tmp_path: Path, replies: list[str], name: str = "script") -> str:
-    """A `scripted:` model answering `replies` in turn (tests/plugins/provender-scripted)."""
+@pytest.fixture
+def make_script(tmp_path: Path) -> Callable[..., str]:
+    """make_script(["reply", ...]) -> a `scripted:` model answering them in turn
+    (tests/plugins/provender-scripted)."""
     from importlib import metadata
 
     if "scripted" not in {ep.name for ep in metadata.entry_points(group="provender")}:
         pytest.skip("install tests/plugins/provender-scripted (tox does)")
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps({"replies": replies}))
-    return f"scripted:{path}"
+
+    def make(replies: list[str], name: str = "script") -> str:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"replies": replies}))
+        return f"scripted:{path}"
+
+    return make

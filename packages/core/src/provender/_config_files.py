@@ -8,11 +8,9 @@ finds and reads the TOML file and the environment with the stdlib only; the full
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +61,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}", source=str(path)) from None
+    import tomllib  # here, not above: without a config file, `provender --help` never needs it
+
     try:
         return tomllib.loads(data.decode("utf-8-sig"))  # -sig: a byte-order mark (Windows editors) is fine
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -80,23 +80,22 @@ def locate_key(path: Path, section: str, key: str | None = None) -> int | None:
         lines = path.read_bytes().decode("utf-8-sig", errors="replace").splitlines()
     except OSError:
         return None
-    name = r'(?:{0}|"{0}"|\'{0}\')'
-    header = re.compile(r"^\s*\[\s*" + name.format(re.escape(section)) + r"\s*\]")
-    dotted = re.compile(r"^\s*" + name.format(re.escape(section)) + r"\s*[.=]")
+
+    def name(word: str) -> str:  # bare, "quoted" or 'quoted'
+        w = re.escape(word)
+        return rf"""(?:{w}|"{w}"|'{w}')"""
+
+    header = re.compile(rf"^\s*\[\s*{name(section)}\s*\]")
     any_header = re.compile(r"^\s*\[")
-    wanted = re.compile(r"^\s*" + name.format(re.escape(key)) + r"\s*=") if key else None
+    wanted = re.compile(rf"^\s*{name(key)}\s*=") if key else None
+    dotted = re.compile(rf"^\s*{name(section)}\s*\.\s*{name(key)}\s*=" if key else rf"^\s*{name(section)}\s*[.=]")
     inside = False
     for number, line in enumerate(lines, start=1):
-        if header.match(line):
-            if wanted is None:
-                return number
-            inside = True
-            continue
         if any_header.match(line):
-            inside = False
-        elif not inside and dotted.match(line) and (wanted is None or key in line):
-            return number
-        elif inside and wanted is not None and wanted.match(line):
+            inside = bool(header.match(line))
+            if inside and wanted is None:
+                return number
+        elif wanted.match(line) if inside and wanted is not None else not inside and dotted.match(line):
             return number
     return None
 
@@ -166,6 +165,8 @@ def split_names(value: object) -> list[str]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
+            import json
+
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:

@@ -196,7 +196,7 @@ class AmbiguousNameError(CacheError, ValueError):
     """
 
     def __init__(self, name: str, candidates: list[tuple[str, str]], what: str = "name") -> None:
-        listed = "; ".join(f"{desc} (key {key[:12]})" for key, desc in candidates)
+        listed = "; ".join(f"{key[:12]} {desc}" for key, desc in candidates)
         super().__init__(
             f"{what} {name!r} matches {len(candidates)} cache entries: {listed}; give the key of the one you mean"
         )

@@ -162,8 +162,7 @@ class PluginManager:
         unknown = sorted(
             hc.name
             for hc in (self.pm.get_hookcallers(plugin) or [])
-            if hc.spec is None
-            and not all(impl.optionalhook for impl in hc.get_hookimpls() if impl.plugin is plugin)
+            if hc.spec is None and not all(impl.optionalhook for impl in hc.get_hookimpls() if impl.plugin is plugin)
         )
         if not unknown:
             return

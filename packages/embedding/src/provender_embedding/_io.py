@@ -58,8 +58,8 @@ def read_items(path: Path) -> list[dict[str, Any]]:
         meta = obj.get("metadata")
         if meta is not None and not isinstance(meta, dict):
             raise InputError(f"{path}:{number}: 'metadata' must be a JSON object")
-        label = str(item_id) if item_id is not None else str(number)
-        items.append({"id": str(item_id) if item_id is not None else None, "label": label, "text": text, "metadata": meta})
+        given = str(item_id) if item_id is not None else None
+        items.append({"id": given, "label": given or str(number), "text": text, "metadata": meta})
     return items
 
 

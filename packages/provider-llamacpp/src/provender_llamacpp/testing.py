@@ -167,9 +167,7 @@ def build_tiny_llama(
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
-    writer.add_token_types(
-        [gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens]
-    )
+    writer.add_token_types([gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens])
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
@@ -231,9 +229,7 @@ def convert_bert(model_dir: str | Path, out: str | Path, *, outtype: str = "F32"
     config = json.loads((model_dir / "config.json").read_text())
     tok_config = json.loads((model_dir / "tokenizer_config.json").read_text())
     vocab = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    specials = {
-        int(i): v["content"] for i, v in tok_config.get("added_tokens_decoder", {}).items() if v.get("special")
-    }
+    specials = {int(i): v["content"] for i, v in tok_config.get("added_tokens_decoder", {}).items() if v.get("special")}
     if not specials:
         specials = {vocab.index(t): t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in vocab}
     n_vocab = max(config.get("vocab_size", len(vocab)), len(vocab))
@@ -255,7 +251,8 @@ def convert_bert(model_dir: str | Path, out: str | Path, *, outtype: str = "F32"
     n_layer = config["num_hidden_layers"]
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layer)
     weights = read_safetensors(model_dir / "model.safetensors")
-    qtype = getattr(gguf.GGMLQuantizationType, outtype)
+    if outtype not in ("F32", "F16"):
+        raise ValueError(f"outtype must be F32 or F16, not {outtype!r}")
     writer = gguf.GGUFWriter(out, "bert")
     writer.add_name(model_dir.name)
     writer.add_block_count(n_layer)

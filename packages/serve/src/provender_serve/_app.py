@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -54,6 +54,18 @@ class ServerOptions:
     queue_size: int = 16
     max_body: int = 8 * 2**20
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+
+
+@contextlib.contextmanager
+def closing(iterable: Iterable[T]) -> Iterator[Iterator[T]]:
+    """Iterate `iterable`, closing it (running a generator's ``finally`` blocks) on the way out."""
+    iterator = iter(iterable)
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -102,7 +114,7 @@ async def stream_from_thread(make: Callable[[threading.Event], Iterator[bytes]])
 
     def produce() -> None:
         try:
-            with contextlib.closing(make(cancel)) as chunks:  # closing runs the producer's finally blocks
+            with closing(make(cancel)) as chunks:  # closing runs the producer's finally blocks
                 for chunk in chunks:
                     if cancel.is_set() or not put("item", chunk):
                         return
@@ -219,14 +231,17 @@ class Server:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return await stream_from_thread(
-                lambda cancel: self._chat_stream(req.model, keep_alive, messages, tools, options, cid, include_usage, cancel)
+                lambda cancel: self._chat_stream(
+                    req.model, keep_alive, messages, tools, options, cid, include_usage, cancel
+                )
             )
 
         def work() -> dict[str, Any]:
             with self.registry.use(req.model, keep_alive=keep_alive) as slot:
-                text = slot.provider.chat(messages, tools=tools, **options)
+                pieces = list(slot.provider.stream_chat(messages, tools=tools, **options))
+                text = "".join(pieces)
                 prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(messages))
-                completion_tokens = oai.count_tokens(slot.provider, text)
+                completion_tokens = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
             content, calls = oai.parse_tool_calls(text, tools) if tools else (text, [])
             finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), calls)
             counts = oai.usage(prompt_tokens, completion_tokens)
@@ -250,7 +265,7 @@ class Server:
             try:
                 yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
                 pieces: list[str] = []
-                with contextlib.closing(iter(slot.provider.stream_chat(messages, tools=tools, **options))) as stream:
+                with closing(slot.provider.stream_chat(messages, tools=tools, **options)) as stream:
                     for piece in stream:
                         if cancel.is_set():
                             logger.info("client went away: stopped generating for %s", model)
@@ -264,7 +279,7 @@ class Server:
                     yield oai.sse(oai.chat_chunk(cid, model, {"content": content}))
                 if calls:
                     yield oai.sse(oai.chat_chunk(cid, model, oai.tool_call_deltas(calls)))
-                completion_tokens = oai.count_tokens(slot.provider, text)
+                completion_tokens = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
                 counts = oai.usage(oai.count_tokens(slot.provider, oai.prompt_text(messages)), completion_tokens)
                 finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), calls)
                 yield oai.sse(oai.chat_chunk(cid, model, {}, finish, None if include_usage else counts))
@@ -285,13 +300,17 @@ class Server:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return await stream_from_thread(
-                lambda cancel: self._completion_stream(req.model, keep_alive, prompt, options, cid, include_usage, cancel)
+                lambda cancel: self._completion_stream(
+                    req.model, keep_alive, prompt, options, cid, include_usage, cancel
+                )
             )
 
         def work() -> dict[str, Any]:
             with self.registry.use(req.model, keep_alive=keep_alive) as slot:
-                text = slot.provider.generate(prompt, **options)
-                counts = oai.usage(oai.count_tokens(slot.provider, prompt), oai.count_tokens(slot.provider, text))
+                pieces = list(slot.provider.stream(prompt, **options))
+                text = "".join(pieces)
+                generated = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
+                counts = oai.usage(oai.count_tokens(slot.provider, prompt), generated)
             finish = oai.finish_reason(counts["completion_tokens"], options.get("max_tokens"), [])
             return oai.completion(cid, req.model, text, finish, counts)
 
@@ -311,7 +330,7 @@ class Server:
             yield READY
             try:
                 pieces: list[str] = []
-                with contextlib.closing(iter(slot.provider.stream(prompt, **options))) as stream:
+                with closing(slot.provider.stream(prompt, **options)) as stream:
                     for piece in stream:
                         if cancel.is_set():
                             logger.info("client went away: stopped generating for %s", model)
@@ -320,7 +339,7 @@ class Server:
                         if piece:
                             yield oai.sse(oai.completion(cid, model, piece, None, None, chunk=True))
                 text = "".join(pieces)
-                completion_tokens = oai.count_tokens(slot.provider, text)
+                completion_tokens = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
                 counts = oai.usage(oai.count_tokens(slot.provider, prompt), completion_tokens)
                 finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), [])
                 yield oai.sse(oai.completion(cid, model, "", finish, None if include_usage else counts, chunk=True))

@@ -59,9 +59,21 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--model", "models", multiple=True, help="Only serve this model (repeatable; default: server.models).")
 @click.option("--max-models", type=click.IntRange(min=1), help="Models kept loaded (default: memory.max_models).")
 @click.option("--keep-alive", help="Idle time before a model is unloaded, e.g. 5m; -1 = never (memory.keep_alive).")
-@click.option("--queue-size", type=click.IntRange(min=0), default=16, show_default=True, help="Requests that may wait per model before 503.")
+@click.option(
+    "--queue-size",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Requests that may wait per model before 503.",
+)
 @click.option("--max-body", default="8MiB", show_default=True, help="Largest request body accepted.")
-@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=32768, show_default=True, help="Largest max_tokens a request may ask for.")
+@click.option(
+    "--max-tokens-limit",
+    type=click.IntRange(min=1),
+    default=32768,
+    show_default=True,
+    help="Largest max_tokens a request may ask for.",
+)
 @click.option("--log-requests", is_flag=True, help="Log every request (uvicorn's access log).")
 def serve(
     host: str | None,
@@ -89,7 +101,7 @@ def serve(
 
         from provender_serve._app import ServerOptions, create_app
     except ImportError as exc:
-        _fail(f"{exc}; install the server with: pip install \"provender[serve]\"")
+        _fail(f'{exc}; install the server with: pip install "provender[serve]"')
     settings = load_settings()
     host = host or settings.server.host
     port = settings.server.port if port is None else port

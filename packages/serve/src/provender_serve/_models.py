@@ -21,13 +21,12 @@ from typing import Any
 from provender import (
     InvalidOptionError,
     ModelNotFoundError,
-    Provider,
     ProvenderError,
+    Provider,
     UnknownProviderError,
     UnsupportedError,
     parse_model_name,
 )
-
 from provender_serve._schemas import APIError
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,13 @@ def count_tokens(provider: Provider, text: str) -> int:
         return len(text.split())
 
 
+def completion_tokens(provider: Provider, text: str, pieces: int, max_tokens: int | None) -> int:
+    """Tokens generated: the streamed pieces when the provider streams token by token (MLX,
+    llama.cpp), else the text counted by its tokenizer; never more than `max_tokens`."""
+    count = pieces if pieces > 1 else count_tokens(provider, text)
+    return min(count, max_tokens) if max_tokens is not None else count
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -92,7 +99,9 @@ def chat_chunk(
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk``; with `delta` None, the usage-only chunk (no choices)."""
     chunk: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    chunk["choices"] = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    chunk["choices"] = (
+        [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    )
     if counts is not None:
         chunk["usage"] = counts
     return chunk
@@ -128,7 +137,12 @@ def embeddings(model: str, vectors: np.ndarray, encoding: str, prompt_tokens: in
         else:
             value = vector.tolist()
         rows.append({"object": "embedding", "index": i, "embedding": value})
-    return {"object": "list", "data": rows, "model": model, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    return {
+        "object": "list",
+        "data": rows,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

@@ -197,12 +197,16 @@ def parse(model: type[_Strict], data: Any, *, max_tokens_limit: int = DEFAULT_MA
         err = exc.errors()[0]
         where = ".".join(str(part) for part in err["loc"]) or "body"
         kind = err["type"]
-        code = "unknown_field" if kind == "extra_forbidden" else "missing_field" if kind == "missing" else "invalid_type"
+        code = (
+            "unknown_field" if kind == "extra_forbidden" else "missing_field" if kind == "missing" else "invalid_type"
+        )
         message = f"unknown field {where!r}" if code == "unknown_field" else f"{where}: {err['msg']}"
         raise APIError(400, message, code, where) from None
     limit = getattr(request, "max_tokens", None) or getattr(request, "max_completion_tokens", None)
     if limit is not None and limit > max_tokens_limit:
-        raise APIError(400, f"max_tokens: {limit} is more than this server allows ({max_tokens_limit})", "invalid_value")
+        raise APIError(
+            400, f"max_tokens: {limit} is more than this server allows ({max_tokens_limit})", "invalid_value"
+        )
     return request
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue
+from provender._cache._eviction import EvictionPlan, plan_eviction
 from provender._cache._manager import CacheManager, Lease
 from provender._cache._names import check_key, check_name, generate_cache_key
 
@@ -10,9 +11,11 @@ __all__ = [
     "CacheEntry",
     "CacheManager",
     "CacheStats",
+    "EvictionPlan",
     "Lease",
     "VerifyIssue",
     "check_key",
     "check_name",
     "generate_cache_key",
+    "plan_eviction",
 ]

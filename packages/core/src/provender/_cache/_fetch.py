@@ -38,6 +38,12 @@ def fetch_repo(
         enable_progress_bars,
     )
 
+    if ":" in repo_id:  # org/repo-GGUF:Q4_K_M: that GGUF quantisation only (and its split parts)
+        from provender._cache._gguf import quant_request
+
+        repo_id, allow_patterns = quant_request(
+            cm, repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow_patterns, endpoint=endpoint
+        )
     args = (cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns, endpoint)
     if progress:
         return _fetch(*args)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from provender._errors import ModelNotFoundError
+from provender._errors import InvalidNameError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry
@@ -75,11 +75,18 @@ def _read_value(f: BinaryIO, vtype: int, version: int, max_array: int) -> Any:
     if vtype == _ARRAY:
         (etype,) = struct.unpack("<I", _read(f, 4))
         (count,) = struct.unpack("<I" if version == 1 else "<Q", _read(f, 4 if version == 1 else 8))
-        if etype in _FIXED and count > max_array:  # a large numeric array (token types, scores): skip it
-            f.seek(count * _FIXED[etype], os.SEEK_CUR)
+        if count > max_array:  # a large array (the vocabulary, token types, merges): skip it
+            if etype in _FIXED:
+                f.seek(count * _FIXED[etype], os.SEEK_CUR)
+            elif etype == _STRING:
+                width, fmt = (4, "<I") if version == 1 else (8, "<Q")
+                for _ in range(count):
+                    f.seek(struct.unpack(fmt, _read(f, width))[0], os.SEEK_CUR)
+            else:
+                for _ in range(count):
+                    _read_value(f, etype, version, max_array)
             return f"<array of {count}>"
-        values = [_read_value(f, etype, version, max_array) for _ in range(count)]
-        return values if count <= max_array else f"<array of {count}>"
+        return [_read_value(f, etype, version, max_array) for _ in range(count)]
     raise GGUFFormatError(f"unknown GGUF value type {vtype}")
 
 
@@ -245,18 +252,20 @@ def quant_request(
     repo_type: str,
     allow_patterns: list[str] | str | None,
     endpoint: str | None,
+    pick_default: bool = False,
 ) -> tuple[str, list[str] | str | None]:
     """For ``org/repo:QUANT``: the repo id and the exact files to download (one quantisation).
 
     The repo's file list comes from the Hub; offline (or when the Hub cannot be reached),
     from the cached snapshot, so a quantisation already pulled is found without a network.
-    A name without a tag comes back unchanged.
+    A name without a tag comes back unchanged, unless `pick_default` asks for the repo's
+    default GGUF (its only one, else ``Q4_K_M``), as a provider loading ``org/repo-GGUF`` does.
     """
     repo_id, quant = split_tag(name)
-    if quant is None:
+    if quant is None and not pick_default:
         return name, allow_patterns
     if allow_patterns:
-        raise ModelNotFoundError(name, "a :QUANT tag already chooses the files; drop --include")
+        raise InvalidNameError(name, "a :QUANT tag already chooses the files; drop --include")
     files = _repo_files(cm, repo_id, revision=revision, repo_type=repo_type, endpoint=endpoint)
     chosen = select_quant(files, quant, repo=repo_id)
     logger.info("%s: pulling %s", name, ", ".join(chosen))
@@ -273,9 +282,7 @@ def _repo_files(
     check_name(repo_id)
     if not constants.HF_HUB_OFFLINE:
         try:
-            return list(
-                HfApi(endpoint=endpoint).list_repo_files(repo_id, revision=revision, repo_type=repo_type)
-            )
+            return list(HfApi(endpoint=endpoint).list_repo_files(repo_id, revision=revision, repo_type=repo_type))
         except Exception as exc:  # no network, Hub down, no such repo: the cached snapshot may still answer
             logger.info("could not list %s on the Hub (%s); looking in the cache", repo_id, exc)
             cached = _cached_files(cm, repo_id, revision, repo_type)

@@ -10,6 +10,7 @@ Layout of ``cache.dir``::
     pending/<key>.lock held while a hub download runs; left behind by a killed download
     tmp/, trash/       staging for atomic adds, and removals in progress (cleaned on start)
     index.db           SQLite index: last-used times, hit counts, stats (rebuildable)
+    repairs.jsonl      what the cache repaired on its own (a damaged manifest...), for `verify`
     .lock              serialises compound changes (add, evict, remove) across processes
 
 Crash safety comes from ordering: content is staged under tmp/, described by its
@@ -40,9 +41,10 @@ from provender._cache._index import Index, is_corruption
 from provender._cache._layout import DIRS, SourceInCacheError, Walls, check_file, remove_at, within_real
 from provender._cache._names import check_key, check_name, generate_cache_key, within
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
-from provender._cache._repair import read_or_repair, record, write_manifest
+from provender._cache._repair import read_or_repair, record, scan_files, write_manifest
 from provender._cache._resolve import resolve
 from provender._errors import (
+    AmbiguousNameError,
     CacheError,
     CacheNotWritableError,
     DiskFullError,
@@ -308,7 +310,7 @@ class CacheManager:
             return None
         try:
             row = resolve(self._index, name_or_key)
-        except CacheError:  # ambiguous: make sure no vanished entry is among the candidates
+        except AmbiguousNameError:  # make sure no vanished entry is among the candidates
             row = None
         if row is None:
             with self._lock:
@@ -576,11 +578,7 @@ class CacheManager:
             content = stage / src.name if src.is_file() else stage
             with fs_errors(self.cache_dir, size):
                 counts = place_tree(src, content, link_mode)
-                files = {
-                    str(p.relative_to(stage)): {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                    for p in sorted(stage.rglob("*"))
-                    if p.is_file()
-                }
+                files = scan_files(stage)  # not a manifest the source brought along (an entry imported again)
                 manifest = {
                     "key": key,
                     "name": display,

@@ -69,7 +69,9 @@ def parse_ollama_name(name: str) -> tuple[str, str, str, str]:
     elif len(parts) == 2:
         parts = [DEFAULT_REGISTRY, *parts]
     if len(parts) != 3:
-        raise InvalidNameError(name, "an Ollama name is MODEL[:TAG], NAMESPACE/MODEL[:TAG] or HOST/NAMESPACE/MODEL[:TAG]")
+        raise InvalidNameError(
+            name, "an Ollama name is MODEL[:TAG], NAMESPACE/MODEL[:TAG] or HOST/NAMESPACE/MODEL[:TAG]"
+        )
     for part in (*parts, tag):
         if not _PART.fullmatch(part) or ".." in part:
             raise InvalidNameError(name, "use ASCII letters, digits, '.', '_' and '-' in each part")

@@ -174,11 +174,18 @@ def rebuild_manifest(
 
 
 def repair_entry(
-    cm: CacheManager, entry_dir: Path, old: dict[str, Any] | None, problem: str, row: dict[str, Any] | None
+    cm: CacheManager,
+    entry_dir: Path,
+    old: dict[str, Any] | None,
+    problem: str,
+    row: dict[str, Any] | None,
+    *,
+    announce: bool = True,
 ) -> dict[str, Any]:
     """Rebuild a damaged manifest in place, keep the damaged one aside, log it. Call under the cache lock.
 
-    Nothing of the entry's content is moved or deleted.
+    Nothing of the entry's content is moved or deleted. ``announce``: also warn now (`verify`,
+    which reports the repair itself, does not).
     """
     taken = {r["name"] for r in cm._index.all() if r["key"] != entry_dir.name} if row is None else set()
     manifest = rebuild_manifest(entry_dir, old, row, taken)
@@ -187,7 +194,9 @@ def repair_entry(
     kept = f"; the damaged one is kept as {aside.name}" if aside is not None else ""
     n = len(manifest["files"])
     done = f"{problem}: rebuilt it from the {n} file{'' if n == 1 else 's'} on disk{kept}"
-    logger.warning("cache entry %s (%s): %s", manifest["name"], entry_dir, done)
+    logger.log(
+        logging.WARNING if announce else logging.INFO, "cache entry %s (%s): %s", manifest["name"], entry_dir, done
+    )
     record(cm.cache_dir, key=entry_dir.name, name=manifest["name"], path=entry_dir, problem=done, fixed=True)
     return manifest
 

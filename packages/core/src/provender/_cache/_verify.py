@@ -13,11 +13,15 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from filelock import ReadWriteLock
 
 from provender._cache._entry import VerifyIssue
+from provender._cache._hub import fix_repo, verify_repo
 from provender._cache._names import within
 from provender._cache._repair import load_manifest, record, repair_entry, take_findings, write_manifest
 
@@ -49,13 +53,16 @@ def verify_cache(cm: CacheManager, *, fix: bool, progress: Progress | None) -> l
     """Check every entry; `progress(bytes)` is called as content is read."""
     issues: list[VerifyIssue] = []
     for entry in cm.entries(sort="name"):
-        found = _verify_hub(entry) if entry.kind == "hub" else _verify_local(cm, entry)
+        with hold(cm, entry) as identity:  # no swap or removal while it is read (and its manifest written)
+            if identity is None:
+                continue  # removed since the listing
+            found = _verify_hub(entry) if entry.kind == "hub" else _verify_local(cm, entry)
         if progress is not None:
             progress(entry.size)
         if not found:
             continue
         if fix:
-            found = _fix(cm, entry, found)
+            found = _fix(cm, entry, found, identity)
         issues.extend(found)
     if fix:
         with cm._lock:
@@ -64,49 +71,16 @@ def verify_cache(cm: CacheManager, *, fix: bool, progress: Progress | None) -> l
 
 
 def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
-    issues = []
-    blobs = entry.path / "blobs"
-    for blob in sorted(blobs.iterdir()) if blobs.is_dir() else []:
-        if blob.is_symlink():  # huggingface_hub never links blobs: do not follow it anywhere
-            issues.append(VerifyIssue(entry.key, entry.name, blob, "a blob that is a symbolic link"))
-            continue
-        if blob.name.endswith(".incomplete") or not blob.is_file():
-            continue
-        if _SHA256.fullmatch(blob.name):
-            actual, algo = file_sha256(blob), "sha256"
-        elif _SHA1.fullmatch(blob.name):
-            actual, algo = git_blob_sha1(blob), "git sha1"
-        else:
-            continue
-        if actual != blob.name:
-            issues.append(
-                VerifyIssue(entry.key, entry.name, blob, f"content does not match its {algo} (got {actual[:12]}...)")
-            )
-    snapshots = entry.path / "snapshots"
-    for root, _dirs, files in os.walk(snapshots):
-        for name in files:
-            link = Path(root, name)
-            if not link.is_symlink():
-                continue
-            target = Path(os.path.normpath(link.parent / os.readlink(link)))
-            if not within(entry.path, target):
-                issues.append(VerifyIssue(entry.key, entry.name, link, "snapshot link points outside the cache"))
-            elif not target.exists():
-                issues.append(VerifyIssue(entry.key, entry.name, link, "snapshot link points at a missing blob"))
-    return issues
+    """Blob hashes and snapshot links, with no link followed at any depth (see `_hub.verify_repo`)."""
+    return verify_repo(entry.key, entry.name, entry.path)
 
 
 def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
     manifest, problem = load_manifest(entry.path)
-    if problem is not None or manifest is None:  # damaged metadata: rebuilt from the files, content kept
-        with cm._lock:
-            row = cm._index.get(entry.key)
-            manifest = repair_entry(cm, entry.path, manifest, problem or "manifest is not valid", row)
-            cm._write_row(cm._row_from_manifest(manifest))
-        size = sum(f["size"] for f in manifest["files"].values())
-        if size != entry.size:
-            problem = f"the files on disk hold {size} bytes, the index recorded {entry.size}: content may be damaged"
-            record(cm.cache_dir, key=entry.key, name=entry.name, path=entry.path, problem=problem, fixed=False)
+    if problem is not None or manifest is None:
+        manifest = _repair_manifest(cm, entry)
+        if manifest is None:  # removed meanwhile
+            return []
     issues = []
     learned = False
     for rel, info in manifest["files"].items():
@@ -138,27 +112,58 @@ def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
     return issues
 
 
-def _fix(cm: CacheManager, entry: CacheEntry, issues: list[VerifyIssue]) -> list[VerifyIssue]:
+def _repair_manifest(cm: CacheManager, entry: CacheEntry) -> dict[str, Any] | None:
+    """Damaged metadata: rebuild the manifest from the files (content kept); None if the entry went meanwhile."""
+    with cm._lock:  # looked at again under the lock: a replacement or a removal may have been under way
+        if not entry.path.is_dir():
+            return None
+        manifest, problem = load_manifest(entry.path)
+        if problem is None and manifest is not None:
+            return manifest
+        row = cm._index.get(entry.key)
+        manifest = repair_entry(cm, entry.path, manifest, problem or "manifest is not valid", row, announce=False)
+        cm._write_row(cm._row_from_manifest(manifest))
+    size = sum(f["size"] for f in manifest["files"].values())
+    if size != entry.size:
+        problem = f"the files on disk hold {size} bytes, the index recorded {entry.size}: content may be damaged"
+        record(cm.cache_dir, key=entry.key, name=entry.name, path=entry.path, problem=problem, fixed=False)
+    return manifest
+
+
+def _fix(cm: CacheManager, entry: CacheEntry, issues: list[VerifyIssue], identity: object) -> list[VerifyIssue]:
     """Hub: delete corrupt blobs and dangling links (a later pull fetches them again).
-    Local: there is no second copy, so the whole corrupt entry is dropped."""
+    Local: there is no second copy, so the whole corrupt entry is dropped, only if it is still
+    the one that was read (a replacement that landed since is left alone)."""
     if entry.kind == "local":
         try:
-            cm.remove(entry.key)
+            with cm._lock:
+                if _identity(entry.path) != identity:
+                    logger.warning("not dropping %s: it was replaced since it was verified", entry.name)
+                    return issues
+                cm.remove(entry.key)
         except Exception as exc:
             logger.warning("could not drop %s: %s", entry.name, exc)
             return issues
         return [VerifyIssue(i.key, i.name, i.path, i.problem, fixed=True) for i in issues]
-    fixed = []
-    bad_blobs = {i.path.name for i in issues if i.path.parent.name == "blobs"}
-    with cm._lock:
-        for root, _dirs, files in os.walk(entry.path / "snapshots"):
-            for name in files:
-                link = Path(root, name)
-                flagged = link in {i.path for i in issues}
-                if link.is_symlink() and (flagged or not link.exists() or Path(os.readlink(link)).name in bad_blobs):
-                    link.unlink()
-        for issue in issues:
-            if issue.path.parent.name == "blobs":
-                issue.path.unlink(missing_ok=True)  # unlink removes a link itself, never its target
-            fixed.append(VerifyIssue(issue.key, issue.name, issue.path, issue.problem, fixed=True))
-    return fixed
+    with cm._lock:  # links and corrupt blobs are unlinked through folders opened without following links
+        return fix_repo(cm._walls, entry.path, issues)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+@contextmanager
+def hold(cm: CacheManager, entry: CacheEntry) -> Iterator[tuple[int, int] | None]:
+    """Hold `entry` (the read side of its lease, as a reader does) and yield its identity, None if it is gone."""
+    lock = ReadWriteLock(cm._lease_path(entry.key), is_singleton=False)
+    lock.acquire_read()
+    try:
+        yield _identity(entry.path) if cm._index.get(entry.key) is not None else None
+    finally:
+        lock.release()
+        lock.close()

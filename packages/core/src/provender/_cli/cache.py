@@ -54,17 +54,20 @@ def cache() -> None:
 @click.option("--sort", type=click.Choice(["used", "size", "name"]), default="used", show_default=True)
 def ls(as_json: bool, sort: str) -> None:
     """List cached entries (Hub repos, imported and stored models)."""
+    from provender._cache._gguf import describe_files, entry_gguf_files
     from provender._cache._resolve import short_key
     from provender._sizes import format_ago, format_size
 
     entries = get_cache().entries(sort=sort)
     claims = _claims(entries)
+    gguf = {e.key: entry_gguf_files(e) for e in entries}  # which GGUF file(s) an entry holds
     if as_json:
-        echo_json([e.to_dict(providers=claims.get(e.key, [])) for e in entries])
+        echo_json([{**e.to_dict(providers=claims.get(e.key, [])), "gguf_files": gguf[e.key]} for e in entries])
         return
     if not entries:
         click.echo("The cache is empty.")
         return
+    extra = any(gguf.values())
     echo_table(
         [
             (
@@ -75,10 +78,11 @@ def ls(as_json: bool, sort: str) -> None:
                 ", ".join(claims.get(e.key, [])) or "-",
                 "yes" if e.pinned else "",
                 short_key(e.key),
+                *([describe_files(gguf[e.key]) or "-"] if extra else []),
             )
             for e in entries
         ],
-        ("NAME", "KIND", "SIZE", "LAST USED", "PROVIDERS", "PINNED", "KEY"),
+        ("NAME", "KIND", "SIZE", "LAST USED", "PROVIDERS", "PINNED", "KEY", *(["GGUF"] if extra else [])),
     )
 
 
@@ -239,22 +243,48 @@ def unpin(name: str) -> None:
 
 
 @cache.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--name", required=True, help="Name to store it under, ORG/NAME.")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--name", help="Name to store it under, ORG/NAME (with --from-ollama: default ollama/MODEL-TAG).")
+@click.option(
+    "--from-ollama",
+    "ollama",
+    metavar="NAME[:TAG]",
+    help="Import a model Ollama has pulled (OLLAMA_MODELS or ~/.ollama/models): its GGUF blob, sha256-checked.",
+)
 @click.option("--copy", "copy_", is_flag=True, help="Copy the bytes (default: clone or hard link, no copy).")
 @click.option("--move", is_flag=True, help="Move the files into the cache (the source goes once the entry is in).")
 @click.option("--replace", is_flag=True, help="Replace an imported entry with the same name.")
 @click.option("--pin", is_flag=True, help="Pin it as it lands (never evicted until unpinned).")
 @json_option
-def import_(path: Path, name: str, copy_: bool, move: bool, replace: bool, pin: bool, as_json: bool) -> None:
-    """Sideload a local model directory or file into the cache (offline, air-gapped)."""
+def import_(
+    path: Path | None,
+    name: str | None,
+    ollama: str | None,
+    copy_: bool,
+    move: bool,
+    replace: bool,
+    pin: bool,
+    as_json: bool,
+) -> None:
+    """Sideload a local model directory or file into the cache (offline, air-gapped), or a model
+    Ollama has pulled (--from-ollama llama3.2:1b), without copying it."""
     from provender._sizes import format_size
 
     if copy_ and move:  # before anything is read or written: a usage error touches nothing
         raise click.UsageError("--copy and --move contradict each other: give one of them, or neither")
     mode = "copy" if copy_ else "move" if move else None
+    if ollama is not None:
+        if path is not None or move:
+            raise click.UsageError("--from-ollama takes no PATH and cannot --move (Ollama keeps its blob)")
+        from provender._cache._ollama import import_from_ollama
 
-    entry = get_cache().import_model(path, name, link_mode=mode or "auto", replace=replace, pin=pin)  # type: ignore[arg-type]
+        entry = import_from_ollama(
+            get_cache(), ollama, as_name=name, link_mode="copy" if copy_ else "auto", replace=replace, pin=pin
+        )
+    elif path is None or name is None:
+        raise click.UsageError("give PATH and --name ORG/NAME (or --from-ollama NAME[:TAG])")
+    else:
+        entry = get_cache().import_model(path, name, link_mode=mode or "auto", replace=replace, pin=pin)  # type: ignore[arg-type]
     if as_json:
         echo_json(entry.to_dict())
     else:

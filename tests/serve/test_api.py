@@ -157,7 +157,10 @@ def test_embeddings_equal_the_in_process_embedder(start_server: Any, minilm: str
     from provender_mlx import MLXProvider
 
     texts = ["A provider loads a model once.", "", "Models are large; downloads are slow. " * 40, "héllo 世界"]
-    client = start_server().client()
+    from helpers import run_cli
+
+    server = start_server()
+    client = server.client()
     expected = Embedder(minilm).embed(texts)
     for encoding in ("float", "base64"):  # the openai package asks for base64 unless told otherwise
         kwargs = {"encoding_format": encoding} if encoding == "float" else {}
@@ -167,4 +170,10 @@ def test_embeddings_equal_the_in_process_embedder(start_server: Any, minilm: str
         assert answer.usage.prompt_tokens > len(texts)
     one = client.embeddings.create(model=minilm, input="A provider loads a model once.", encoding_format="float")
     np.testing.assert_array_equal(np.asarray(one.data[0].embedding, dtype=np.float32), expected[0])
+    # `provender embed` sends its work to the running server
+    out = run_cli("embed", "-m", minilm, texts[0], texts[3], env=server.env)
+    assert out.returncode == 0, out.stderr
+    got = np.asarray([row["embedding"] for row in json.loads(out.stdout)], dtype=np.float32)
+    np.testing.assert_allclose(got, expected[[0, 3]], atol=1e-6)
+    assert {r["model"]: r["requests"] for r in server.ps()}[minilm] == 4
     MLXProvider.clear_model_cache()

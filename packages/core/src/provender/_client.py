@@ -146,13 +146,18 @@ class ServerClient:
         return list(self.request("POST", "/api/unload", {"model": model})["unloaded"])
 
 
+class ServerRequestError(ServerError, ValueError):
+    """The server refused a request as bad (400, 413): bad input, like an `InvalidOptionError`."""
+
+
 def _server_error(exc: urllib.error.HTTPError) -> ServerError:
     try:
         error = json.loads(exc.read() or b"{}").get("error") or {}
         message, code = str(error.get("message") or exc.reason), error.get("code")
     except (ValueError, AttributeError, OSError):
         message, code = str(exc.reason), None
-    return ServerError(f"the provender server answered {exc.code}: {message}", exc.code, code)
+    kind = ServerRequestError if exc.code in (400, 413, 422) else ServerError
+    return kind(f"the provender server answered {exc.code}: {message}", exc.code, code)
 
 
 def find_server(timeout: float = 2.0) -> ServerClient | None:

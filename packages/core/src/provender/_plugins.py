@@ -12,22 +12,146 @@ import logging
 import os
 import sys
 import threading
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import pluggy
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from provender import hookspecs
 from provender._errors import PluginError, UnknownProviderError
 
 if TYPE_CHECKING:
+    import pluggy
+
     from provender._cache import CacheEntry
     from provender.hookspecs import ProviderFactory
 
 logger = logging.getLogger(__name__)
 
 PROJECT = "provender"
-hookimpl = pluggy.HookimplMarker(PROJECT)
+IMPL_ATTR = PROJECT + "_impl"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class HookimplMarker:
+    """``@provender.hookimpl``: marks a hook implementation exactly as ``pluggy.HookimplMarker("provender")``
+    does (the same ``provender_impl`` options on the function), without importing pluggy.
+
+    Importing pluggy costs about as much as importing click, and every plugin module
+    imports this marker, `provender --help` included; pluggy loads only when a hook
+    is called through it.
+    """
+
+    def __init__(self, project_name: str) -> None:
+        self.project_name = project_name
+
+    @overload
+    def __call__(self, function: _F) -> _F: ...
+
+    @overload
+    def __call__(
+        self,
+        function: None = None,
+        hookwrapper: bool = False,
+        optionalhook: bool = False,
+        tryfirst: bool = False,
+        trylast: bool = False,
+        specname: str | None = None,
+        wrapper: bool = False,
+    ) -> Callable[[_F], _F]: ...
+
+    def __call__(
+        self,
+        function: _F | None = None,
+        hookwrapper: bool = False,
+        optionalhook: bool = False,
+        tryfirst: bool = False,
+        trylast: bool = False,
+        specname: str | None = None,
+        wrapper: bool = False,
+    ) -> _F | Callable[[_F], _F]:
+        def mark(func: _F) -> _F:
+            opts = {
+                "wrapper": wrapper,
+                "hookwrapper": hookwrapper,
+                "optionalhook": optionalhook,
+                "tryfirst": tryfirst,
+                "trylast": trylast,
+                "specname": specname,
+            }
+            setattr(func, self.project_name + "_impl", opts)
+            return func
+
+        return mark if function is None else mark(function)
+
+
+hookimpl = HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class HookFunction:
+    """One hook implementation found in a plugin: the hook it implements, the callable, its options."""
+
+    hook: str
+    function: Callable[..., Any]
+    opts: dict[str, Any]
+
+    @property
+    def argnames(self) -> tuple[str, ...]:
+        """The positional parameters it asks for, as pluggy reads them (no defaults, no self)."""
+        func = getattr(self.function, "__func__", self.function)
+        code = getattr(func, "__code__", None)
+        if code is None:
+            return ()
+        names = code.co_varnames[: code.co_argcount]
+        defaults = getattr(func, "__defaults__", None) or ()
+        if defaults:
+            names = names[: -len(defaults)]
+        if hasattr(self.function, "__self__") and names:
+            names = names[1:]
+        return tuple(names)
+
+    @property
+    def simple(self) -> bool:
+        """Callable without pluggy: a plain function or method, no ordering or wrapper options."""
+        return hasattr(self.function, "__code__") and not any(
+            self.opts.get(k) for k in ("wrapper", "hookwrapper", "tryfirst", "trylast")
+        )
+
+
+def hook_functions(plugin: object) -> list[HookFunction]:
+    """The functions of `plugin` marked ``@provender.hookimpl``, read without running descriptors."""
+    if isinstance(plugin, types.ModuleType):
+        namespace: dict[str, Any] = dict(vars(plugin))
+    else:
+        namespace = {}
+        for klass in reversed(type(plugin).__mro__):
+            namespace.update(vars(klass))
+        namespace.update(getattr(plugin, "__dict__", {}))
+    found = []
+    for attr, value in namespace.items():
+        opts = getattr(value, IMPL_ATTR, None)
+        if opts is None:
+            opts = getattr(getattr(value, "__func__", None), IMPL_ATTR, None)
+        if not isinstance(opts, dict):
+            continue
+        if not isinstance(plugin, types.ModuleType):
+            try:
+                value = getattr(plugin, attr)  # bind methods
+            except Exception:
+                continue
+        if callable(value):
+            found.append(HookFunction(opts.get("specname") or attr, value, opts))
+    return found
+
+
+def _spec_argnames() -> dict[str, tuple[str, ...]]:
+    specs = {}
+    for name in dir(hookspecs):
+        func = getattr(hookspecs, name)
+        if name.startswith(PROJECT + "_") and isinstance(getattr(func, PROJECT + "_spec", None), dict):
+            specs[name] = func.__code__.co_varnames[: func.__code__.co_argcount]
+    return specs
 
 
 @dataclass
@@ -120,12 +244,36 @@ class PluginManager:
     """pluggy's manager plus what provender remembers about each plugin."""
 
     def __init__(self, disabled: list[str] | None = None) -> None:
-        self.pm = pluggy.PluginManager(PROJECT)
-        self.pm.add_hookspecs(hookspecs)
         self.disabled = set(disabled or [])
         self.plugins: dict[str, PluginInfo] = {}
         self._providers: dict[str, ProviderSpec] | None = None
         self._lock = threading.RLock()
+        self._registered: dict[str, object] = {}  # name -> plugin, in registration order
+        self._pm: pluggy.PluginManager | None = None
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """pluggy's manager, built on first use with every plugin registered so far."""
+        with self._lock:
+            if self._pm is None:
+                import pluggy
+
+                pm = pluggy.PluginManager(PROJECT)
+                pm.add_hookspecs(hookspecs)
+                for name in self.disabled:
+                    pm.set_blocked(name)
+                for name, plugin in list(self._registered.items()):
+                    try:
+                        pm.register(plugin, name=name)
+                    except Exception as exc:  # pluggy's own validation (e.g. an argument the spec lacks)
+                        self._registered.pop(name)
+                        info = self.plugins.get(name)
+                        if info is not None:
+                            info.status = "failed"
+                            info.error = f"{type(exc).__name__}: {exc}"
+                        logger.warning("plugin %r failed to register and was skipped: %s", name, exc)
+                self._pm = pm
+            return self._pm
 
     @property
     def hook(self) -> Any:
@@ -142,57 +290,81 @@ class PluginManager:
                 continue
             try:
                 plugin = ep.load()
-                self.pm.register(plugin, name=ep.name)
-                self._check_hooks(plugin, ep.name)
+                info.hooks = self._check_hooks(plugin, ep.name)
+                self._add(plugin, ep.name)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 info.status = "failed"
                 info.error = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
                 logger.warning("plugin %r failed to load and was skipped: %s", ep.name, info.error)
-                continue
-            info.hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
 
-    def _check_hooks(self, plugin: object, name: str) -> None:
-        """Refuse a plugin implementing a hook that does not exist (a misspelled name does nothing).
+    def _add(self, plugin: object, name: str) -> None:
+        with self._lock:
+            if name in self._registered or any(p is plugin for p in self._registered.values()):
+                raise ValueError(f"plugin {name!r} is already registered")
+            if self._pm is not None:
+                self._pm.register(plugin, name=name)
+            self._registered[name] = plugin
+            self._providers = None
 
-        pluggy's ``check_pending()`` finds these for the whole manager; this does it for
-        one plugin, so only that plugin is unregistered and reported as failed.
+    def _check_hooks(self, plugin: object, name: str) -> list[str]:
+        """The hooks `plugin` implements; PluginError for one that does not exist (a misspelled
+        name would never be called) or that asks for an argument its hook does not pass.
+
+        pluggy's ``check_pending()`` finds unknown hooks for the whole manager; this does it
+        for one plugin, before it is registered, so only that plugin is reported as failed.
         """
-        unknown = sorted(
-            hc.name
-            for hc in (self.pm.get_hookcallers(plugin) or [])
-            if hc.spec is None and not all(impl.optionalhook for impl in hc.get_hookimpls() if impl.plugin is plugin)
-        )
-        if not unknown:
-            return
-        import difflib
+        specs = _spec_argnames()
+        problems = []
+        for impl in hook_functions(plugin):
+            if impl.hook in specs:
+                extra = [a for a in impl.argnames if a not in specs[impl.hook]]
+                if extra:
+                    problems.append(f"{impl.hook} asks for {', '.join(extra)}, which the hook does not pass")
+            elif not impl.opts.get("optionalhook"):
+                import difflib
 
-        self.pm.unregister(plugin)
-        known = [n for n in dir(hookspecs) if n.startswith(PROJECT + "_")]
-        described = []
-        for hook in unknown:
-            close = difflib.get_close_matches(hook, known, n=1)
-            described.append(f"{hook}" + (f" (did you mean {close[0]}?)" if close else ""))
-        raise PluginError(
-            f"plugin {name!r} implements unknown hook(s) {', '.join(described)}; "
-            f"provender's hooks are {', '.join(known)}"
-        )
+                close = difflib.get_close_matches(impl.hook, list(specs), n=1)
+                problems.append(f"unknown hook {impl.hook}" + (f" (did you mean {close[0]}?)" if close else ""))
+        if problems:
+            raise PluginError(
+                f"plugin {name!r}: {'; '.join(problems)}; provender's hooks are {', '.join(sorted(specs))}"
+            )
+        return sorted({impl.hook for impl in hook_functions(plugin)})
 
     def register(self, plugin: object, name: str) -> None:
-        """Register an in-process plugin (tests, applications embedding provender)."""
+        """Register an in-process plugin (tests, applications embedding provender).
+
+        Raises PluginError for a hook that does not exist (see `_check_hooks`).
+        """
         with self._lock:
-            self.pm.register(plugin, name=name)
-            self._check_hooks(plugin, name)
-            hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
+            hooks = self._check_hooks(plugin, name)
+            self._add(plugin, name)
             self.plugins[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)), hooks=hooks)
-            self._providers = None
 
     def unregister(self, name: str) -> None:
         with self._lock:
-            self.pm.unregister(name=name)
+            plugin = self._registered.pop(name, None)
+            if self._pm is not None and plugin is not None:
+                self._pm.unregister(name=name)
             self.plugins.pop(name, None)
             self._providers = None
+
+    def implementers(self, hook: str) -> list[str]:
+        """Names of the registered plugins that implement `hook`, in calling order."""
+        return [name for name, impl in self._impls(hook)]
+
+    def _impls(self, hook: str) -> list[tuple[str, HookFunction]]:
+        """(plugin name, implementation) of `hook`, in the order pluggy calls them (latest registered first)."""
+        with self._lock:
+            registered = list(self._registered.items())
+        return [
+            (name, impl)
+            for name, plugin in reversed(registered)
+            for impl in hook_functions(plugin)
+            if impl.hook == hook
+        ]
 
     def unknown_provider(self, name: str) -> UnknownProviderError:
         """The error for a provider name nobody registered, saying why when a plugin that
@@ -259,13 +431,22 @@ class PluginManager:
             return found
 
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of `hook`, oldest plugin first, each in isolation.
+        """Call every implementation of `hook` in pluggy's order (the latest registered first),
+        each in isolation.
 
         Returns ``(plugin name, result)`` pairs. A plugin that raises is logged and left
         out; it never stops the others (unlike ``pm.hook.<name>(...)``, where one failing
         implementation aborts the call).
         """
         results: list[tuple[str, Any]] = []
+        impls = self._impls(hook)
+        if self._pm is None and all(impl.simple for _, impl in impls):  # no need to load pluggy
+            for name, found in impls:
+                try:
+                    results.append((name, found.function(*(kwargs[a] for a in found.argnames))))
+                except Exception as exc:
+                    logger.warning("plugin %r failed in %s: %s", name, hook, exc)
+            return results
         for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
             name = self.pm.get_name(impl.plugin) or "?"
             try:

@@ -18,6 +18,11 @@ has loaded there, under a key of its choosing (by convention ``"provider:model"`
 
         return model_pool().load(f"{self.name}:{self.model}", load)
 
+    # using it: `use` loads (once) and holds the model's lock for the block, so it is
+    # neither unloaded under the caller nor used by two generations at once
+    with model_pool().use(f"{self.name}:{self.model}", load) as item:
+        ...
+
 The pool is an LRU bounded by count (``memory.max_models``) and idle time
 (``memory.keep_alive``, or a per-request keep-alive given to `ModelPool.touch`, as
 Ollama's ``keep_alive``). Two threads loading one key call the loader once. Leaving
@@ -53,16 +58,26 @@ class UsageLock:
     def __init__(self, on_release: Callable[[], None]) -> None:
         self._lock = threading.RLock()
         self._on_release = on_release
+        self._depth = 0  # changed only by the owner, read by anyone
+
+    @property
+    def held(self) -> bool:
+        """True while some thread (this one included) holds the lock."""
+        return self._depth > 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self._depth += 1
+        return got
 
     def release(self) -> None:
+        self._depth -= 1
         self._lock.release()
         self._on_release()
 
     def __enter__(self) -> bool:
-        return self._lock.acquire()
+        return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
@@ -97,6 +112,7 @@ class LoadedModel:
         if self.entry_key is None and self.lease is not None:
             self.entry_key = getattr(getattr(self.lease, "entry", None), "key", None)
         self._wake: Callable[[], None] | None = None
+        self._reserved = 0  # callers between `ModelPool.use` finding it and taking its lock
 
     def _released(self) -> None:
         self.last_used = time.monotonic()
@@ -123,10 +139,7 @@ class LoadedModel:
                 lease.release()
 
     def _busy(self) -> bool:
-        if self.lock.acquire(blocking=False):
-            self.lock._lock.release()  # not a use: do not mark it used
-            return False
-        return True
+        return self._reserved > 0 or self.lock.held
 
 
 class ModelPool:
@@ -184,12 +197,17 @@ class ModelPool:
         key call `loader` once; the others wait and get its result. Room is made (the least
         recently used idle models unloaded) before loading, so memory never holds more than
         ``max_models``. An exception from `loader` propagates and nothing is added."""
-        item = self.get(key)
+        return self._load(key, loader, keep_alive, reserve=False)
+
+    def _load(
+        self, key: str, loader: Callable[[], LoadedModel], keep_alive: float | None, *, reserve: bool
+    ) -> LoadedModel:
+        item = self._get(key, reserve=reserve, keep_alive=keep_alive)
         if item is None:
             with self._lock:
                 lock = self._load_locks.setdefault(key, threading.Lock())
             with lock:
-                item = self.get(key)
+                item = self._get(key, reserve=reserve, keep_alive=keep_alive)
                 if item is None:
                     with self._lock:
                         victims = self._plan(room=1, protect=key)
@@ -197,9 +215,7 @@ class ModelPool:
                     item = loader()
                     if not isinstance(item, LoadedModel):
                         raise TypeError(f"the loader for {key!r} returned {type(item).__name__}, not a LoadedModel")
-                    self.put(key, item)
-        if keep_alive is not None:
-            self.touch(key, keep_alive)
+                    self._put(key, item, reserve=reserve, keep_alive=keep_alive)
         return item
 
     @contextmanager
@@ -209,11 +225,15 @@ class ModelPool:
         """`load`, then hold the model's lock for the ``with`` block: the model cannot be
         unloaded between loading and using it (a keep-alive of 0 included)."""
         while True:
-            item = self.load(key, loader, keep_alive=keep_alive)
-            item.lock.acquire()
-            if item.loaded and self.peek(key) is item:
+            item = self._load(key, loader, keep_alive, reserve=True)  # reserved: not unloaded before the lock
+            try:
+                item.lock.acquire()
+            finally:
+                with self._lock:
+                    item._reserved -= 1
+            if item.loaded:
                 break
-            item.lock.release()  # unloaded between load and lock: load again
+            item.lock.release()  # unloaded anyway (cleared, or evicted from disk): load again
         try:
             yield item
         finally:
@@ -221,10 +241,17 @@ class ModelPool:
 
     def put(self, key: str, item: LoadedModel) -> None:
         """Add (or replace) the model under `key`; the least recently used others go over the limit."""
+        self._put(key, item, reserve=False, keep_alive=None)
+
+    def _put(self, key: str, item: LoadedModel, *, reserve: bool, keep_alive: float | None) -> None:
         with self._lock:
             item.key = key
             item._wake = self._wake.set
             item.last_used = time.monotonic()
+            if keep_alive is not None:
+                item.keep_alive = float(keep_alive)
+            if reserve:
+                item._reserved += 1
             old = self._items.pop(key, None)
             self._items[key] = item
             victims = self._plan(room=0, protect=key)
@@ -236,13 +263,22 @@ class ModelPool:
 
     def get(self, key: str) -> LoadedModel | None:
         """The model under `key` (marked used), or None."""
+        return self._get(key, reserve=False, keep_alive=None)
+
+    def _get(self, key: str, *, reserve: bool, keep_alive: float | None) -> LoadedModel | None:
         with self._lock:
-            victims = self._expired()
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
                 item.last_used = time.monotonic()
+                if keep_alive is not None:
+                    item.keep_alive = float(keep_alive)
+                if reserve:
+                    item._reserved += 1
+            victims = self._expired()
         self._unload_all(victims)
+        if keep_alive is not None:
+            self._wake.set()
         return item
 
     def peek(self, key: str) -> LoadedModel | None:
@@ -346,11 +382,13 @@ class ModelPool:
     def _keep_alive_of(self, item: LoadedModel) -> float:
         return item.keep_alive if item.keep_alive is not None else self._limits()[1]
 
-    def _expired(self) -> list[LoadedModel]:
+    def _expired(self, protect: str | None = None) -> list[LoadedModel]:
         """Take out the idle models whose keep-alive has run out (caller holds the lock)."""
         now = time.monotonic()
         out = []
         for key, item in list(self._items.items()):
+            if key == protect:
+                continue
             keep = self._keep_alive_of(item)
             if keep >= 0 and now - item.last_used >= keep and not item._busy():
                 logger.info("unloading %s: idle for %.1f s (keep_alive %.1f s)", key, now - item.last_used, keep)
@@ -360,7 +398,7 @@ class ModelPool:
     def _plan(self, room: int, protect: str | None = None) -> list[LoadedModel]:
         """Take out expired models, then the least recently used (idle ones first) until
         ``len + room <= max_models`` (caller holds the lock)."""
-        victims = self._expired()
+        victims = self._expired(protect)
         max_models = self._limits()[0]
         while len(self._items) + room > max_models:
             candidates = [k for k in self._items if k != protect]
@@ -376,7 +414,7 @@ class ModelPool:
         """Unload now what is idle; what is in use, as soon as its user lets go (on a thread),
         never blocking the caller on another thread's generation."""
         for item in items:
-            if item.lock.acquire(blocking=False):
+            if not item.lock.held and item.lock._lock.acquire(blocking=False):
                 try:
                     item.unload()
                 finally:

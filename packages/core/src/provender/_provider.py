@@ -238,7 +238,14 @@ def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
         return CacheEntry(key="", name=name, kind="path", path=path.absolute(), size=size, created=st.st_mtime)
     if pathlike:
         raise ModelPathNotFoundError(name)
-    return (cache or CacheManager()).find(name)
+    cm = cache or CacheManager()
+    entry = cm.find(name)
+    if entry is None and ":" in name:  # org/repo-GGUF:Q4_K_M names a file of the repo's entry
+        from provender._cache._gguf import split_tag
+
+        base, tag = split_tag(name)
+        entry = cm.find(base) if tag else None
+    return entry
 
 
 def looks_like_path(name: str) -> bool:

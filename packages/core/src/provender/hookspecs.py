@@ -11,9 +11,8 @@ libraries (mlx, torch, numpy) inside the provider, not at module level.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
-
-import pluggy
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import click
@@ -21,7 +20,16 @@ if TYPE_CHECKING:
     from provender._cache import CacheEntry
     from provender._provider import Provider
 
-hookspec = pluggy.HookspecMarker("provender")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def hookspec(function: _F) -> _F:
+    """Mark a hook specification as ``pluggy.HookspecMarker("provender")`` does (the same
+    ``provender_spec`` options), without importing pluggy: `provender --help` imports this
+    module, and pluggy loads only when a hook is called through it."""
+    opts = {"firstresult": False, "historic": False, "warn_on_impl": None, "warn_on_impl_args": None}
+    setattr(function, "provender_spec", opts)  # noqa: B010  (the attribute pluggy reads)
+    return function
 
 
 class ProviderFactory(Protocol):

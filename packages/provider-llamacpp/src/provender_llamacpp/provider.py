@@ -228,7 +228,7 @@ class LlamaCppProvider(Provider):
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             eos, bos = item.model.token_eos(), item.model.token_bos()
-            formatter = Jinja2ChatFormatter(
+            formatter: Any = Jinja2ChatFormatter(  # the formatter llama-cpp-python builds from the GGUF
                 template=template,
                 eos_token=item.model._model.token_get_text(eos) if eos != -1 else "",
                 bos_token=item.model._model.token_get_text(bos) if bos != -1 else "",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from filelock import FileLock, ReadWriteLock
 
 from provender._cache import _hub
 from provender._cache._fsops import fs_errors
+from provender._cache._layout import check_dir, link_error
 from provender._cache._names import check_name
 from provender._errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError
 
@@ -90,7 +94,9 @@ def _fetch(
     }
 
     repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
-    existed = repo_dir.exists()
+    check_repo_layout(cm, repo_dir)  # huggingface_hub would write through a planted link: refuse first
+    if cm._index.degraded is not None:  # a full disk: refuse before anything is downloaded
+        raise cm._index.degraded
     # Refuse before downloading what could never fit (needs the Hub; skipped offline).
     if not constants.HF_HUB_OFFLINE:
         try:
@@ -108,12 +114,12 @@ def _fetch(
             needed = sum(f.file_size or 0 for f in plan if f.will_download)
             free = shutil.disk_usage(cm.hub_dir).free
             if total > cm.max_size or needed > free:
-                if not existed:  # the planning call leaves an empty repo folder behind
-                    shutil.rmtree(repo_dir, ignore_errors=True)
+                remove_empty_repo(cm, repo_dir)  # the planning call may leave empty folders behind
                 if total > cm.max_size:
                     raise EntryTooLargeError(name, total, cm.max_size)
                 raise DiskFullError(cm.hub_dir, needed)
 
+    cm._walls.check("pending", "locks", "hub")
     pending = FileLock(cm._pending_dir / f"{key}.lock", timeout=-1)  # marks a download in progress
     lease = ReadWriteLock(cm._lease_path(key), is_singleton=False)  # eviction must not take what we update
     with fs_errors(cm.cache_dir):
@@ -153,3 +159,33 @@ def _fetch(
         lease.close()
     cm._notify_evicted(evicted)
     return cm.get(key)
+
+
+def check_repo_layout(cm: CacheManager, repo_dir: Path) -> None:
+    """Before huggingface_hub writes into a repo folder: no link where it keeps its folders and files
+    (hub/.locks, the repo folder, blobs, snapshots, refs, any blob or ref). Refused, never followed."""
+    cm._walls.check("hub")
+    for path in (cm.hub_dir / ".locks", cm.hub_dir / ".locks" / repo_dir.name, repo_dir):
+        if os.path.lexists(path):
+            check_dir(path)
+    if os.path.isdir(repo_dir):
+        for path in _hub.planted_links(repo_dir):
+            raise link_error(path, "folder or file")
+
+
+def remove_empty_repo(cm: CacheManager, repo_dir: Path) -> None:
+    """Take away the empty folders a refused plan left; never a file, so never a repo another process
+    downloaded meanwhile (rmdir fails on anything not empty), and nothing while a download runs."""
+    with cm._lock:
+        if cm._download_state(cm.hub_key(*_parse(repo_dir))) == "running":
+            return
+        for root, _dirs, _files in sorted(os.walk(repo_dir), key=lambda t: -len(t[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+
+
+def _parse(repo_dir: Path) -> tuple[str, str]:
+    parsed = _hub.parse_folder_name(repo_dir.name)
+    assert parsed is not None
+    repo_type, repo_id = parsed
+    return repo_id, repo_type

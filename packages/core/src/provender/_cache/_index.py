@@ -79,8 +79,9 @@ def _inode(path: Path) -> int | None:
 class Index:
     """Thread-safe access to the index database of one cache directory."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, guard: Callable[[], None] | None = None) -> None:
         self.path = path
+        self._guard = guard  # called before every (re)connection: the folder is still this cache
         self._local = threading.local()
         self.degraded: CacheError | None = None  # why the index is served from a private copy
         self._memory: sqlite3.Connection | None = None
@@ -141,6 +142,8 @@ class Index:
             return memory
 
     def _connect(self) -> sqlite3.Connection:
+        if self._guard is not None:
+            self._guard()
         unwritable = self._unwritable()
         if unwritable is not None:
             raise unwritable

@@ -289,3 +289,43 @@ class SourceInCacheError(CacheError, ValueError):
     def __init__(self, source: Path, cache_dir: Path, reason: str) -> None:
         super().__init__(f"cannot import {str(source)!r}: {reason} ({str(cache_dir)!r})")
         self.path = source
+
+
+class GuardedLock:
+    """The cache's file lock, taken only after the walls are checked (the folder is still this cache,
+    so the lock file is never created in a folder swapped in), with its errors made clear."""
+
+    def __init__(self, path: Path, walls: Walls) -> None:
+        from filelock import FileLock
+
+        self._lock = FileLock(path, mode=0o644)
+        self._walls = walls
+        self.lock_file = str(path)
+
+    @property
+    def is_locked(self) -> bool:
+        return self._lock.is_locked
+
+    def acquire(self, timeout: float | None = None) -> GuardedLock:
+        if not self._lock.is_locked:  # the outermost acquisition checks; nested ones are ours already
+            self._walls.check()
+        try:
+            self._lock.acquire(timeout=timeout)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise link_error(self.lock_file, "file") from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                from provender._errors import CacheNotWritableError
+
+                raise CacheNotWritableError(Path(self.lock_file), f"the cache's lock file: {exc.strerror}") from None
+            raise
+        return self
+
+    def release(self, force: bool = False) -> None:
+        self._lock.release(force=force)
+
+    def __enter__(self) -> GuardedLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -38,7 +38,15 @@ from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_p
 from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
 from provender._cache._fsops import LinkMode, finish_move, fs_errors, fsync_dir, place_tree, tree_size
 from provender._cache._index import Index, is_corruption
-from provender._cache._layout import DIRS, SourceInCacheError, Walls, check_file, remove_at, within_real
+from provender._cache._layout import (
+    DIRS,
+    GuardedLock,
+    SourceInCacheError,
+    Walls,
+    check_file,
+    remove_at,
+    within_real,
+)
 from provender._cache._names import check_key, check_name, generate_cache_key, within
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
 from provender._cache._repair import read_or_repair, record, scan_files, write_manifest
@@ -137,8 +145,8 @@ class CacheManager:
                     raise CacheNotWritableError(d, "permission denied")
             if check_file(self.cache_dir / ".lock") and not os.access(self.cache_dir / ".lock", os.W_OK):
                 raise CacheNotWritableError(self.cache_dir / ".lock", "the cache's lock file belongs to another user")
-        self._lock = FileLock(self.cache_dir / ".lock", mode=0o644)
-        self._index = Index(self.cache_dir / "index.db")
+        self._lock = GuardedLock(self.cache_dir / ".lock", self._walls)  # checks the walls, then locks
+        self._index = Index(self.cache_dir / "index.db", guard=self._walls.check)
         with fs_errors(self.cache_dir):
             self._open_index()
             self._clean_leftovers()
@@ -427,6 +435,7 @@ class CacheManager:
 
     def _lease_path(self, key: str) -> Path:
         path = self._locks_dir / f"{check_key(key)}.lease"
+        self._walls.check("locks")  # not swapped, and no link where the folder belongs
         check_file(path)  # a planted link is refused, never opened
         return path
 
@@ -521,6 +530,7 @@ class CacheManager:
         a marker is never visible unlocked, so a starting process cannot take a live
         staging for a dead one.
         """
+        self._walls.check("tmp", "objects", "trash")  # no link where these folders belong: nothing staged outside
         for _attempt in range(20):
             name = uuid.uuid4().hex
             claiming = self._tmp_dir / f"{name}.locking"
@@ -705,6 +715,7 @@ class CacheManager:
     def _download_state(self, key: str) -> str:
         """``none``, ``running`` (a live process downloads) or ``interrupted`` (its process died)."""
         marker = self._pending_dir / f"{key}.lock"
+        self._walls.check("pending")
         if not check_file(marker):  # a planted link is refused
             return "none"
         lock = FileLock(marker, timeout=0)

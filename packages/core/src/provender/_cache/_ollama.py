@@ -7,8 +7,9 @@ Ollama keeps a registry-style store (``$OLLAMA_MODELS``, else ``~/.ollama/models
 
 The layer of media type ``application/vnd.ollama.image.model`` is the GGUF file that
 llama.cpp runs. `import_from_ollama` checks that blob against the manifest (size and
-sha256, so a corrupted blob is refused) and links it into the cache: a copy-on-write
-clone or a hard link to the same inode, no bytes copied, where the filesystems allow.
+sha256: a corrupted blob is refused before anything is written), then places it in a new
+entry without copying: a hard link to the same inode (a copy-on-write clone on
+filesystems that have them; a copy only across filesystems, or when asked).
 """
 
 from __future__ import annotations
@@ -142,17 +143,21 @@ def find_ollama_model(name: str, models_dir: str | os.PathLike[str] | None = Non
     )
 
 
-def check_blob(found: OllamaModel) -> None:
-    """Refuse a blob whose size or sha256 differ from the manifest's, or that is not a GGUF file."""
-    if found.blob.is_symlink() or not found.blob.is_file():
+def check_blob(found: OllamaModel, path: Path | None = None) -> None:
+    """Refuse a blob whose size or sha256 differ from the manifest's, or that is not a GGUF file.
+
+    `path` is the file to hash (default: the blob itself; a link to it or a copy of it).
+    """
+    path = path or found.blob
+    if path.is_symlink() or not path.is_file():
         raise BlobMismatchError(f"{found.blob} is not a regular file; refusing to import {found.name}")
-    actual_size = found.blob.stat().st_size
+    actual_size = path.stat().st_size
     if actual_size != found.size:
         raise BlobMismatchError(
             f"Ollama blob {found.blob} is {actual_size} bytes, its manifest says {found.size}: "
             f"refusing to import a corrupted model (run `ollama pull {found.name}` again)"
         )
-    with open(found.blob, "rb") as f:
+    with open(path, "rb") as f:
         actual = hashlib.file_digest(f, "sha256").hexdigest()
     if actual != found.digest:
         raise BlobMismatchError(
@@ -160,7 +165,7 @@ def check_blob(found: OllamaModel) -> None:
             f"expected {found.digest[:12]}...): refusing to import a corrupted model "
             f"(run `ollama pull {found.name}` again)"
         )
-    if not is_gguf(found.blob):
+    if not is_gguf(path):
         raise BlobMismatchError(f"the model layer of {found.name} ({found.blob}) is not a GGUF file")
 
 
@@ -181,22 +186,23 @@ def import_from_ollama(
 ) -> CacheEntry:
     """Import Ollama's model `name` (``llama3.2:1b``) into the cache as `as_name` (default ``ollama/MODEL-TAG``).
 
-    The blob is checked against the manifest first (BlobMismatchError if it is corrupt),
-    then placed without copying where the filesystem allows (``link_mode="auto"``). The
-    entry holds one file, ``MODEL-TAG.gguf``; its recorded sha256 is Ollama's, so
-    ``provender cache verify`` checks it against the manifest too.
+    The blob is checked against the manifest first (BlobMismatchError if it is corrupt), then
+    linked into the cache (``link_mode="auto"``; ``"copy"`` copies it). The entry holds one
+    file, ``MODEL-TAG.gguf``; its recorded sha256 is Ollama's, so ``provender cache verify``
+    checks it against the manifest too.
     """
     found = find_ollama_model(name, models_dir)
     if found.size > cm.max_size:
         raise EntryTooLargeError(as_name or found.name, found.size, cm.max_size)
-    check_blob(found)
     target = as_name or default_cache_name(found)
     filename = f"{found.model}-{found.tag}.gguf"
+    check_blob(found)  # refused before anything is written
     with tempfile.TemporaryDirectory(prefix="provender-ollama-") as tmp:
-        link = Path(tmp) / filename
-        os.symlink(found.blob, link)  # the cache follows it to the blob and clones or hard-links that
+        # A directory holding a link named MODEL-TAG.gguf: the cache follows such links to the
+        # file itself and hard-links that (or clones it), so the entry shares the blob's bytes.
+        os.symlink(found.blob.resolve(), Path(tmp) / filename)
         entry = cm.import_model(
-            link,
+            Path(tmp),
             target,
             link_mode=link_mode,
             replace=replace,

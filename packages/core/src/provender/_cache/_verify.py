@@ -23,7 +23,7 @@ from filelock import ReadWriteLock
 from provender._cache._entry import VerifyIssue
 from provender._cache._hub import fix_repo, verify_repo
 from provender._cache._names import within
-from provender._cache._repair import load_manifest, record, repair_entry, take_findings, write_manifest
+from provender._cache._repair import MANIFEST, load_manifest, record, repair_entry, take_findings, write_manifest
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry
@@ -108,7 +108,11 @@ def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
         elif digest != info["sha256"]:
             issues.append(VerifyIssue(entry.key, entry.name, path, "content does not match its recorded sha256"))
     if learned and not issues:
-        write_manifest(entry.path, manifest)
+        try:  # recording the checksums is a bonus: a full disk must not fail the check itself
+            write_manifest(entry.path, manifest)
+        except OSError as exc:
+            (entry.path / f"{MANIFEST}.tmp").unlink(missing_ok=True)
+            logger.warning("could not record the checksums of %s (%s); the next verify will", entry.name, exc)
     return issues
 
 

@@ -92,8 +92,7 @@ def _build() -> click.Group:
 
     manager = get_plugin_manager()
     added = {name for name, _ in manager.call_each("provender_register_commands", cli=cli)}
-    for impl in manager.pm.hook.provender_register_commands.get_hookimpls():
-        plugin = manager.pm.get_name(impl.plugin)
+    for plugin in manager.implementers("provender_register_commands"):
         if plugin not in added:
             click.echo(f"warning: plugin {plugin!r} failed to add its commands", err=True)
     failed = [p.name for p in manager.plugins.values() if p.status == "failed"]

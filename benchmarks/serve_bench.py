@@ -178,25 +178,30 @@ def bench_throughput(env: dict[str, str], model_dir: Path, repeat: int, quick: b
             str(port),
         ],
     }
-    health = {"provender": "/health", "mlx_lm.server": "/health"}
-    model = {"provender": str(model_dir), "mlx_lm.server": str(model_dir)}
-    for name, cmd in servers.items():
-        port = free_port()
-        proc = start(cmd(port), env, f"http://127.0.0.1:{port}{health[name]}")
-        base = f"http://127.0.0.1:{port}/v1"
-        try:
-            load(base, model[name], 1, 1, 8)  # warm up: load the model
+    procs, bases = {}, {}
+    try:
+        for name, cmd in servers.items():  # both up at once, runs interleaved: both see the same machine load
+            port = free_port()
+            procs[name] = start(cmd(port), env, f"http://127.0.0.1:{port}/health")
+            bases[name] = f"http://127.0.0.1:{port}/v1"
+            load(bases[name], str(model_dir), 1, 1, 8)  # warm up: load the model
+        runs: dict[str, list[dict[str, float]]] = {}
+        for _ in range(repeat):
             for clients in (1, 4):
-                runs = [load(base, model[name], clients, requests, max_tokens) for _ in range(repeat)]
-                out[f"{name} x{clients}"] = {
-                    key: statistics.median(r[key] for r in runs)
-                    for key in ("tokens_per_s", "latency_s", "first_token_s")
-                } | {"runs": runs}
-        finally:
+                for name in servers:
+                    result = load(bases[name], str(model_dir), clients, requests, max_tokens)
+                    runs.setdefault(f"{name} x{clients}", []).append(result)
+    finally:
+        for proc in procs.values():
             stop(proc)
+    for key, rs in runs.items():
+        out[key] = {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "latency_s", "first_token_s")}
+        out[key]["runs"] = rs
     for clients in (1, 4):
-        ours, theirs = out[f"provender x{clients}"], out[f"mlx_lm.server x{clients}"]
-        out[f"ratio x{clients}"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
+        ours, theirs = runs[f"provender x{clients}"], runs[f"mlx_lm.server x{clients}"]
+        paired = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(ours, theirs, strict=True)]
+        out[f"ratio x{clients}"] = statistics.median(paired)
+        out[f"ratio x{clients} runs"] = paired
     return out
 
 
@@ -238,16 +243,18 @@ def bench_embeddings(env: dict[str, str], cache: Path, repeat: int, quick: bool)
                 remote.append(time.perf_counter() - t0)
             got = np.asarray([row.embedding for row in answer.data], dtype=np.float32)
             assert np.array_equal(got, expected), "the server's vectors differ from the Embedder's"
-            runs.append({"in_process_s": statistics.median(local), "server_s": statistics.median(remote)})
+            runs.append({"in_process_s": local, "server_s": remote})
     finally:
         stop(proc)
-    local_s = statistics.median(r["in_process_s"] for r in runs)
-    server_s = statistics.median(r["server_s"] for r in runs)
+    local_s = statistics.median(t for r in runs for t in r["in_process_s"])
+    server_s = statistics.median(t for r in runs for t in r["server_s"])
+    # each server call is paired with the in-process call just before it: the median of those ratios
+    paired = [b / a - 1 for r in runs for a, b in zip(r["in_process_s"], r["server_s"], strict=True)]
     return {
         "batch": 32,
         "in_process_s": local_s,
         "server_s": server_s,
-        "overhead": server_s / local_s - 1,
+        "overhead": statistics.median(paired),
         "runs": runs,
     }
 

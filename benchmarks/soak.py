@@ -5,9 +5,13 @@
 
 Load: N = 2, 4, 8 processes hammering one small cache (adds, lookups, removals, pins,
 leases, prunes). Faults: processes SIGKILLed at random instants inside cache_model,
-eviction and Hub downloads. Hostile input: fuzzed names and sizes. After every phase the
-cache is checked: the index matches the files, nothing partial is visible, `verify` is
-clean, and nothing complete was lost. Writes benchmarks/results-soak.json.
+eviction, index writes, manifest writes, Hub downloads and provender_embedding collection
+writes. Walls (issue 15): while worker processes use a cache, links to a user's folder are
+planted at random points, the cache folder is swapped for a foreign one and back, and the
+disk (a tmpfs) is filled to 0 bytes; every file outside is compared before and after, and
+pinned entries are checked byte for byte. Hostile input: fuzzed names, keys and sizes.
+After every phase the cache is checked: the index matches the files, nothing partial is
+visible, `verify` is clean, and nothing complete was lost. Writes benchmarks/results-soak.json.
 """
 
 from __future__ import annotations
@@ -155,6 +159,9 @@ def faults(kills: int, root: Path) -> dict[str, object]:
     return {"kills_survived": survived, "complete_entries_lost": lost}
 
 
+from soak_walls import attacks, more_kills, fuzz_paths  # noqa: E402
+
+
 def hostile(examples: int) -> dict[str, object]:
     from hypothesis import given, settings
     from hypothesis import strategies as st
@@ -195,6 +202,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--attack-seconds", type=float, default=20)
+    parser.add_argument("--fuzz", type=int, default=10_000)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="provender-soak-"))
     try:
@@ -208,7 +217,11 @@ def main() -> None:
             )
         report["faults"] = faults(args.kills, root)
         print(f"faults: {report['faults']}", flush=True)
-        report["hostile"] = hostile(2000)
+        report["more_kills"] = more_kills(args.kills, root, check)
+        print(f"more kills: {report['more_kills']}", flush=True)
+        report["walls"] = attacks(args.attack_seconds, root, check)
+        print(f"walls: {report['walls']}", flush=True)
+        report["hostile"] = {**hostile(2000), **fuzz_paths(args.fuzz, root)}
         print(f"hostile: {report['hostile']}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

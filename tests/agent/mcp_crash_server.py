@@ -11,7 +11,7 @@ if sys.argv[1:] == ["start"]:
     sys.stderr.write("loading settings\nerror: MY_API_TOKEN is not set\n")
     sys.exit(3)
 
-from mcp.server.mcpserver import MCPServer  # noqa: E402
+from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("provender-test-crash")
 

@@ -52,12 +52,16 @@ def test_server_that_crashes_during_a_call() -> None:
 @pytest.mark.skipif(not SCRIPTED, reason="install tests/plugins/provender-scripted (tox does)")
 def test_agent_reports_the_crash_to_the_model_and_chat_names_it(tmp_path: Path) -> None:
     script = tmp_path / "script.json"
-    script.write_text(json.dumps({"replies": ['<tool_call>{"name": "explode", "arguments": {"x": 2}}</tool_call>', "ok"]}))
+    script.write_text(
+        json.dumps({"replies": ['<tool_call>{"name": "explode", "arguments": {"x": 2}}</tool_call>', "ok"]})
+    )
     with MCPServer([sys.executable, str(CRASH)]) as server:
         result = Agent(f"scripted:{script}", tools=server.tools).run("go")
     [run] = result.tool_runs
     assert "exited with status 7" in str(run.error) and "out of cheese" in str(run.error)
-    out = run_cli("chat", "-m", f"scripted:{script}", "--mcp", f"{sys.executable} {CRASH} start", "--once", "hi", env=QUIET)
+    out = run_cli(
+        "chat", "-m", f"scripted:{script}", "--mcp", f"{sys.executable} {CRASH} start", "--once", "hi", env=QUIET
+    )
     assert out.returncode == 1, out
     assert "exited with status 3" in out.stderr and "MY_API_TOKEN" in out.stderr and "Traceback" not in out.stderr
 
@@ -77,3 +81,15 @@ def test_chat_exit_codes(tmp_path: Path, model: str, env: dict[str, str], code: 
     assert out.returncode == code, out
     errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in out.stderr
+
+
+def test_session_list_dates_are_iso_and_an_unreadable_session_is_shown(tmp_path: Path) -> None:
+    import datetime
+
+    from provender_agent import Session
+
+    Session.open("good", root=tmp_path).save([{"role": "user", "content": "hi"}])
+    (tmp_path / "torn.json").write_text('{"messages": [')
+    rows = {r["id"]: r for r in Session.list(root=tmp_path)}
+    assert rows["good"]["messages"] == 1 and datetime.datetime.fromisoformat(rows["good"]["updated"]).tzinfo
+    assert rows["torn"]["messages"] is None and "cannot be read" in rows["torn"]["error"]  # listed, not hidden

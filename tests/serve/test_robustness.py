@@ -201,7 +201,7 @@ def test_disconnect_mid_stream_stops_generation(start_server: Any, endless_model
 
 
 def test_eight_concurrent_clients(start_server: Any, cached_tiny: str, make_script: Any) -> None:
-    server = start_server()
+    server = start_server("--max-models", "3")  # the three models stay loaded throughout
     client = server.client()
     scripted = make_script(["scripted answer, chunked"])
     prompts = [f"prompt number {i} for the tiny model" for i in range(8)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -65,12 +66,17 @@ class Session:
 
     @staticmethod
     def list(root: Path | None = None) -> list[dict[str, Any]]:
+        """Every saved session: ``id``, ``messages`` (count), ``updated`` (ISO 8601, UTC) and
+        ``error`` (why a session file cannot be read; it is listed, not hidden)."""
         folder = root or sessions_dir()
         rows = []
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
                 data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            rows.append({"id": path.stem, "messages": len(data.get("messages", [])), "updated": data.get("updated")})
+                row = {"id": path.stem, "messages": len(data.get("messages", [])), "updated": data.get("updated")}
+            except (OSError, ValueError, AttributeError, TypeError) as exc:
+                row = {"id": path.stem, "messages": None, "updated": None, "error": f"cannot be read: {exc}"}
+            if isinstance(row["updated"], (int, float)):
+                row["updated"] = datetime.datetime.fromtimestamp(row["updated"], tz=datetime.UTC).isoformat()
+            rows.append(row)
         return rows

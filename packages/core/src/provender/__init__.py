@@ -41,6 +41,7 @@ __all__ = [
     "VerifyIssue",
     "__version__",
     "check_generation_options",
+    "cut_at_stops",
     "get_plugin_manager",
     "get_provider",
     "hookimpl",
@@ -48,6 +49,7 @@ __all__ = [
     "load_settings",
     "model_pool",
     "parse_model_name",
+    "prefer_order",
 ]
 
 _LAZY = {
@@ -61,6 +63,8 @@ _LAZY = {
     "model_pool": "provender._pool",
     "Provider": "provender._provider",
     "check_generation_options": "provender._provider",
+    "cut_at_stops": "provender._provider",
+    "prefer_order": "provender._provider",
     "iterate_in_thread": "provender._provider",
     "parse_model_name": "provender._provider",
     "Settings": "provender._settings",
@@ -115,5 +119,12 @@ if TYPE_CHECKING:
     )
     from provender._plugins import get_plugin_manager, hookimpl
     from provender._pool import LoadedModel, ModelPool, model_pool
-    from provender._provider import Provider, check_generation_options, iterate_in_thread, parse_model_name
+    from provender._provider import (
+        Provider,
+        check_generation_options,
+        cut_at_stops,
+        iterate_in_thread,
+        parse_model_name,
+        prefer_order,
+    )
     from provender._settings import Settings, load_settings

@@ -189,7 +189,8 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
     """Find the provider for `model` and return it bound to the model.
 
     ``provider:model`` names the provider; a bare name is claimed through the
-    ``provender_claim_model`` hook from the cache entry (or local directory) it names.
+    ``provender_claim_model`` hook from the cache entry (or local directory) it names,
+    and when several providers claim it, ``providers.prefer`` picks (`prefer_order`).
     """
     from provender._plugins import get_plugin_manager
 
@@ -204,7 +205,7 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
                 "it is not in the cache; pull it (`provender pull "
                 f"{model_name}`) or name the provider (`PROVIDER:{model_name}`)",
             )
-        claims = [c for c in manager.claim(entry) if c in providers]
+        claims = prefer_order([c for c in manager.claim(entry) if c in providers])
         if not claims:
             raise ModelNotFoundError(
                 model_name, f"no installed provider can serve it (providers: {', '.join(sorted(providers)) or 'none'})"
@@ -221,6 +222,40 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
             f"its factory returned {type(provider).__name__}, not a provender.Provider",
         )
     return provider
+
+
+def prefer_order(claims: list[str], prefer: list[str] | None = None) -> list[str]:
+    """`claims` (provider names) ordered by `prefer` (default: the ``providers.prefer`` setting);
+    names it does not list keep their order, after those it lists. The first one serves."""
+    if prefer is None:
+        from provender._settings import load_settings
+
+        prefer = load_settings().providers.prefer
+    rank = {name: i for i, name in enumerate(prefer)}
+    return sorted(claims, key=lambda name: rank.get(name, len(rank)))  # stable: ties keep their order
+
+
+def cut_at_stops(pieces: Iterable[str], stops: str | list[str] | tuple[str, ...] | None) -> Iterator[str]:
+    """Pass streamed text through, ending it before the first stop string. Holds back only what
+    could be the start of a stop string, so streaming stays as prompt as it can."""
+    stops = [stops] if isinstance(stops, str) else [s for s in (stops or []) if s]
+    if not stops:
+        yield from pieces
+        return
+    held = ""
+    for piece in pieces:
+        held += piece
+        hits = [i for i in (held.find(s) for s in stops) if i >= 0]
+        if hits:
+            if min(hits):
+                yield held[: min(hits)]
+            return
+        keep = max((n for s in stops for n in range(1, len(s)) if held.endswith(s[:n])), default=0)
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep :]
+    if held:
+        yield held
 
 
 def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:

@@ -96,6 +96,41 @@ class LlamaCppSettings(_Section):
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-1: all; 0: CPU only).")
 
 
+def default_prefer() -> list[str]:
+    """The provider fastest on this platform first: MLX on Apple silicon, transformers elsewhere
+    (measured in benchmarks/README.md); providers not listed follow in registration order."""
+    import platform
+
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return ["mlx", "transformers"]
+    return ["transformers", "mlx"]
+
+
+class ProvidersSettings(_Section):
+    """``[providers]``: which provider serves a model that several claim."""
+
+    prefer: NameList = Field(
+        default_factory=default_prefer,
+        description="Providers in order of preference when several claim a model (`provider:model` always wins).",
+    )
+
+
+class TransformersSettings(_Section):
+    """``[transformers]``: how provender-transformers runs models with PyTorch."""
+
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="auto (CUDA, then Apple MPS, then CPU), cpu, mps, cuda or cuda:N.",
+    )
+    dtype: str = Field(
+        "auto",
+        pattern=r"^(auto|float32|float16|bfloat16)$",
+        description="auto (float32 on CPU, the checkpoint's dtype on a GPU), float32, float16 or bfloat16.",
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch; unset: PyTorch's default.")
+
+
 class Settings(BaseSettings):
     """All of provender's settings. Build it with `load_settings()` for friendly errors."""
 
@@ -112,6 +147,8 @@ class Settings(BaseSettings):
     data: DataSettings = Field(default_factory=lambda: DataSettings())
     server: ServerSettings = Field(default_factory=lambda: ServerSettings())
     llamacpp: LlamaCppSettings = Field(default_factory=lambda: LlamaCppSettings())
+    providers: ProvidersSettings = Field(default_factory=lambda: ProvidersSettings())
+    transformers: TransformersSettings = Field(default_factory=lambda: TransformersSettings())
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,7 @@ from provender import (
     Provider,
     UnsupportedError,
     check_generation_options,
+    cut_at_stops,
 )
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
 from provender_mlx._memory import PROVIDER, LoadedModel, LoadedModels, pool_key
@@ -278,7 +279,7 @@ class MLXProvider(Provider):
                     r.text
                     for r in stream_generate(item.model, item.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler)
                 )
-                yield from _cut_at_stops(pieces, stops)
+                yield from cut_at_stops(pieces, stops)
 
         return run()
 
@@ -324,23 +325,4 @@ class MLXProvider(Provider):
         """Nothing to release per instance: loaded models are shared through `_model_cache`."""
 
 
-def _cut_at_stops(pieces: Iterator[str], stops: list[str]) -> Iterator[str]:
-    """Pass text through, ending it before the first stop string; holds back only what could
-    be the start of one, so streaming stays as prompt as it can."""
-    if not stops:
-        yield from pieces
-        return
-    held = ""
-    for piece in pieces:
-        held += piece
-        hits = [i for i in (held.find(s) for s in stops) if i >= 0]
-        if hits:
-            if min(hits):
-                yield held[: min(hits)]
-            return
-        keep = max((n for s in stops for n in range(1, len(s)) if held.endswith(s[:n])), default=0)
-        if len(held) > keep:
-            yield held[: len(held) - keep]
-            held = held[len(held) - keep :]
-    if held:
-        yield held
+_cut_at_stops = cut_at_stops  # the name this module used before the helper moved to the core

@@ -152,12 +152,13 @@ class ModelRegistry:
 
     def _admit(self, name: str) -> Slot:
         with self._guard:
+            # all models together: at most (1 running + queue_size waiting) per loadable model
+            if sum(s.admitted for s in self._slots.values()) >= (self.queue_size + 1) * self.max_models:
+                raise APIError(503, "the server has too many requests in progress; retry later", "queue_full")
             slot = self._slots.get(name)
             if slot is not None:
-                if slot.admitted > self.queue_size:
-                    raise APIError(
-                        503, f"too many requests are waiting for {name!r}; retry later", "queue_full"
-                    )  # running one + queue_size waiting
+                if slot.admitted > self.queue_size:  # one running + queue_size waiting
+                    raise APIError(503, f"too many requests are waiting for {name!r}; retry later", "queue_full")
                 slot.admitted += 1
                 return slot
             loading = self._loading.setdefault(name, threading.Lock())

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock, ReadWriteLock
+from filelock import FileLock
 
 from provender._cache import _hub
 from provender._cache._fsops import fs_errors
 from provender._cache._layout import check_dir, link_error
+from provender._cache._locks import LeaseLock
 from provender._cache._names import check_name
 from provender._errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError
 
@@ -121,7 +122,7 @@ def _fetch(
 
     cm._walls.check("pending", "locks", "hub")
     pending = FileLock(cm._pending_dir / f"{key}.lock", timeout=-1)  # marks a download in progress
-    lease = ReadWriteLock(cm._lease_path(key), is_singleton=False)  # eviction must not take what we update
+    lease = LeaseLock(cm._lease_path(key), is_singleton=False)  # eviction must not take what we update
     with fs_errors(cm.cache_dir):
         pending.acquire()
     lease.acquire_read()

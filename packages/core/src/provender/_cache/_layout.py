@@ -8,8 +8,10 @@ A folder is taken for a provender cache when
 - it does not exist, or is empty: provender creates and marks it;
 - it holds the mark ``.provender-cache`` as a regular file;
 - it is a cache made by an earlier provender, before the mark existed: the folders
-  ``hub objects pins locks tmp trash`` are all real folders (not links) and ``index.db``
-  is a regular file that starts with SQLite's magic header. It is then marked and adopted.
+  ``hub objects pins locks tmp trash`` are all real folders (not links), ``index.db`` is a
+  regular SQLite file, and it holds provender's tables (``entries``, ``stats``, ``meta``,
+  read without writing anything) or ``objects/`` holds an entry manifest. It is then
+  marked and adopted.
 
 Anything else (a home directory, a project, another tool's cache) is refused with
 `NotACacheError` and left untouched. Inside a cache, every folder and file provender
@@ -30,6 +32,7 @@ import os
 import shutil
 import stat
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,9 +126,36 @@ def _looks_like_old_cache(root: Path) -> bool:
     except OSError:
         return False
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(SQLITE_MAGIC)) == SQLITE_MAGIC
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(SQLITE_MAGIC)) == SQLITE_MAGIC):
+            return False
     finally:
         os.close(fd)
+    return _has_provender_schema(root / "index.db") or _has_a_manifest(root / "objects")
+
+
+def _has_provender_schema(index: Path) -> bool:
+    """The index has provender's tables (read with ``immutable=1``: no lock, no -wal/-shm made, nothing written)."""
+    import sqlite3
+
+    uri = "file:" + index.as_posix().replace("?", "%3f").replace("#", "%23") + "?immutable=1"
+    try:
+        con = sqlite3.connect(uri, uri=True)
+        try:
+            names = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return {"entries", "stats", "meta"} <= names
+
+
+def _has_a_manifest(objects: Path) -> bool:
+    """An entry provender stored (its schema may still sit in a -wal file nobody checkpointed)."""
+    try:
+        with os.scandir(objects) as it:
+            return any(os.path.isfile(os.path.join(item.path, ".provender-entry.json")) for item in it)
+    except OSError:
+        return False
 
 
 def prepare(root: Path) -> os.stat_result:
@@ -175,6 +205,29 @@ class Walls:
         self.root = root
         st = prepare(root)
         self.identity = (st.st_dev, st.st_ino)
+        self._fds: dict[str, int] = {}
+        if os.path.isdir("/proc/self/fd"):  # Linux: hold the folders checked now, whatever their names become
+            with self.open(".") as root_fd:
+                self._fds[""] = os.dup(root_fd)
+            for name in DIRS:
+                self._fds[name] = os.open(name, _DIR_FLAGS, dir_fd=self._fds[""])
+            weakref.finalize(self, _close_all, list(self._fds.values()))
+
+    def root_fd(self) -> int | None:
+        """The descriptor of the cache folder held since start (Linux), else None."""
+        return self._fds.get("")
+
+    def here(self, name: str = "") -> Path:
+        """A path to the owned folder `name` that always means the folder checked at start.
+
+        On Linux it goes through ``/proc/self/fd`` and a descriptor held since then, so a
+        link planted at the folder's name, or the cache folder swapped for another, cannot
+        redirect what provender creates there (lock files, leases, staging).
+        """
+        fd = self._fds.get(name)
+        if fd is None:
+            return self.root / name if name else self.root
+        return Path(f"/proc/self/fd/{fd}")
 
     def check(self, *names: str) -> None:
         """The folder at `root` is still this cache (not swapped), still marked, and `names` are real folders."""
@@ -200,7 +253,7 @@ class Walls:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != self.identity:
                 raise UnsafeCacheError(self.root, "the cache folder was replaced by another one while in use")
-            for part in Path(rel).parts:
+            for part in [p for p in Path(rel).parts if p != "."]:
                 try:
                     nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -215,6 +268,12 @@ class Walls:
 
     def rel(self, path: Path) -> Path:
         """`path` relative to the cache folder (refused if it is not inside)."""
+        text = os.path.normpath(path)
+        for name, fd in self._fds.items():  # a path made by `here`
+            prefix = f"/proc/self/fd/{fd}"
+            if text == prefix or text.startswith(prefix + os.sep):
+                path = Path(os.path.normpath(os.path.join(self.root, name, text[len(prefix) + 1 :])))
+                break
         try:
             rel = Path(os.path.normpath(path)).relative_to(os.path.normpath(self.root))
         except ValueError:
@@ -264,6 +323,12 @@ class Walls:
             os.close(fd)
 
 
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def remove_at(dfd: int, name: str) -> None:
     """Delete `name` in the folder `dfd`: a file or link is unlinked, a folder removed without following links."""
     try:
@@ -289,43 +354,3 @@ class SourceInCacheError(CacheError, ValueError):
     def __init__(self, source: Path, cache_dir: Path, reason: str) -> None:
         super().__init__(f"cannot import {str(source)!r}: {reason} ({str(cache_dir)!r})")
         self.path = source
-
-
-class GuardedLock:
-    """The cache's file lock, taken only after the walls are checked (the folder is still this cache,
-    so the lock file is never created in a folder swapped in), with its errors made clear."""
-
-    def __init__(self, path: Path, walls: Walls) -> None:
-        from filelock import FileLock
-
-        self._lock = FileLock(path, mode=0o644)
-        self._walls = walls
-        self.lock_file = str(path)
-
-    @property
-    def is_locked(self) -> bool:
-        return self._lock.is_locked
-
-    def acquire(self, timeout: float | None = None) -> GuardedLock:
-        if not self._lock.is_locked:  # the outermost acquisition checks; nested ones are ours already
-            self._walls.check()
-        try:
-            self._lock.acquire(timeout=timeout)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise link_error(self.lock_file, "file") from None
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                from provender._errors import CacheNotWritableError
-
-                raise CacheNotWritableError(Path(self.lock_file), f"the cache's lock file: {exc.strerror}") from None
-            raise
-        return self
-
-    def release(self, force: bool = False) -> None:
-        self._lock.release(force=force)
-
-    def __enter__(self) -> GuardedLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

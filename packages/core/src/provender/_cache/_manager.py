@@ -31,16 +31,16 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, ReadWriteLock, Timeout
+from filelock import FileLock, Timeout
 
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
 from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
 from provender._cache._fsops import LinkMode, finish_move, fs_errors, fsync_dir, place_tree, tree_size
 from provender._cache._index import Index, is_corruption
+from provender._cache._locks import GuardedLock, LeaseLock
 from provender._cache._layout import (
     DIRS,
-    GuardedLock,
     SourceInCacheError,
     Walls,
     check_file,
@@ -75,9 +75,9 @@ class Lease:
     The hold is an OS file lock, so it ends when the process does, however it dies.
     """
 
-    def __init__(self, entry: CacheEntry, lock: ReadWriteLock, manager: CacheManager | None = None) -> None:
+    def __init__(self, entry: CacheEntry, lock: LeaseLock, manager: CacheManager | None = None) -> None:
         self.entry = entry
-        self._lock: ReadWriteLock | None = lock
+        self._lock: LeaseLock | None = lock
         self._manager = manager
 
     @property
@@ -145,7 +145,10 @@ class CacheManager:
                     raise CacheNotWritableError(d, "permission denied")
             if check_file(self.cache_dir / ".lock") and not os.access(self.cache_dir / ".lock", os.W_OK):
                 raise CacheNotWritableError(self.cache_dir / ".lock", "the cache's lock file belongs to another user")
-        self._lock = GuardedLock(self.cache_dir / ".lock", self._walls)  # checks the walls, then locks
+        self._lock = GuardedLock(self._walls)  # checks the walls, then locks
+        self._locks_dir = self._walls.here("locks")  # leases, markers and staging go where was checked
+        self._pending_dir = self._walls.here("pending")
+        self._tmp_dir = self._walls.here("tmp")
         self._index = Index(self.cache_dir / "index.db", guard=self._walls.check)
         with fs_errors(self.cache_dir):
             self._open_index()
@@ -359,7 +362,7 @@ class CacheManager:
         return self._held(self.get(name_or_key).key)
 
     def _held(self, key: str) -> bool:
-        lock = ReadWriteLock(self._lease_path(key), is_singleton=False, blocking=False)
+        lock = LeaseLock(self._lease_path(key), is_singleton=False, blocking=False)
         try:
             lock.acquire_write()
         except Timeout:
@@ -383,13 +386,15 @@ class CacheManager:
             with self._index.transaction() as con:
                 self._index.add_stat(con, "misses")
             raise EntryNotFoundError(name_or_key)
-        lock = ReadWriteLock(self._lease_path(entry.key), is_singleton=False)
+        lock = LeaseLock(self._lease_path(entry.key), is_singleton=False)
         lock.acquire_read()
         # Between `get` and the read lock an evictor may have removed it: check again.
         row = self._index.get(entry.key)
         if row is None or not self._entry(row).path.exists():
             lock.release()
             lock.close()
+            with self._index.transaction() as con:  # a miss like any other, for the stats
+                self._index.add_stat(con, "misses")
             raise EntryNotFoundError(name_or_key)
         self._index.record_hit(entry.key)
         return Lease(self._entry(row), lock, self)
@@ -434,10 +439,10 @@ class CacheManager:
     # -- internals ---------------------------------------------------------------------
 
     def _lease_path(self, key: str) -> Path:
-        path = self._locks_dir / f"{check_key(key)}.lease"
+        name = f"{check_key(key)}.lease"
         self._walls.check("locks")  # not swapped, and no link where the folder belongs
-        check_file(path)  # a planted link is refused, never opened
-        return path
+        check_file(self.cache_dir / "locks" / name)  # a planted link is refused (named as the user sees it)
+        return self._locks_dir / name
 
     def _pinned_keys(self) -> set[str]:
         return set(self._walls.listdir("pins"))
@@ -633,7 +638,7 @@ class CacheManager:
 
     def _swap_in(self, stage: Path, target: Path, display: str) -> None:
         """Replace an entry so that a crash at any instant leaves the old or the new one, never neither."""
-        lock = ReadWriteLock(self._lease_path(target.name), is_singleton=False, blocking=False)
+        lock = LeaseLock(self._lease_path(target.name), is_singleton=False, blocking=False)
         try:
             lock.acquire_write()
         except Timeout:
@@ -683,13 +688,11 @@ class CacheManager:
     def _discover_object(self, key: str) -> dict[str, Any] | None:
         if not (self.objects_dir / key).is_dir():
             return None
-        with self._lock:
+        with self._lock:  # the row is written under the lock too: no evictor can remove the entry in between
             manifest = self._read_manifest(key)
-        if manifest is None:
-            return None
-        row = self._row_from_manifest(manifest)
-        self._write_row(row)
-        return self._index.get(key)
+            if manifest is not None:
+                self._write_row(self._row_from_manifest(manifest))
+        return None if manifest is None else self._index.get(key)
 
     def hub_key(self, repo_id: str, repo_type: str = "model") -> str:
         """The cache key of a Hub repo (deterministic, the same in every process)."""
@@ -791,7 +794,7 @@ class CacheManager:
 
     def _try_remove(self, entry: CacheEntry, *, dry_run: bool = False, evicted: bool = False) -> bool:
         """Remove an entry unless a live process holds it. Call under the lock. False if in use."""
-        lock = ReadWriteLock(self._lease_path(entry.key), is_singleton=False, blocking=False)
+        lock = LeaseLock(self._lease_path(entry.key), is_singleton=False, blocking=False)
         try:
             lock.acquire_write()
         except Timeout:

@@ -208,6 +208,8 @@ def read_or_repair(cm: CacheManager, key: str) -> dict[str, Any] | None:
     not a cache key (not made by provender) is left in place and reported.
     """
     entry_dir = cm.objects_dir / key
+    if not entry_dir.is_dir() or entry_dir.is_symlink():  # removed before the caller took the lock
+        return None
     manifest, problem = load_manifest(entry_dir)
     if problem is None and manifest is not None:
         return manifest

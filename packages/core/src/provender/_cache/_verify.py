@@ -18,10 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import ReadWriteLock
-
 from provender._cache._entry import VerifyIssue
 from provender._cache._hub import fix_repo, verify_repo
+from provender._cache._locks import LeaseLock
 from provender._cache._names import within
 from provender._cache._repair import MANIFEST, load_manifest, record, repair_entry, take_findings, write_manifest
 
@@ -164,7 +163,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 @contextmanager
 def hold(cm: CacheManager, entry: CacheEntry) -> Iterator[tuple[int, int] | None]:
     """Hold `entry` (the read side of its lease, as a reader does) and yield its identity, None if it is gone."""
-    lock = ReadWriteLock(cm._lease_path(entry.key), is_singleton=False)
+    lock = LeaseLock(cm._lease_path(entry.key), is_singleton=False)
     lock.acquire_read()
     try:
         yield _identity(entry.path) if cm._index.get(entry.key) is not None else None

@@ -32,7 +32,9 @@ def _claims(entries: list[CacheEntry]) -> dict[str, list[str]]:
     manager = get_plugin_manager()
     if not manager.pm.hook.provender_claim_model.get_hookimpls():
         return {}
-    return {e.key: manager.claim(e) for e in entries}
+    from provender._provider import prefer_order
+
+    return {e.key: prefer_order(manager.claim(e)) for e in entries}  # the first serves (providers.prefer)
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -62,7 +64,16 @@ def ls(as_json: bool, sort: str) -> None:
     claims = _claims(entries)
     gguf = {e.key: entry_gguf_files(e) for e in entries}  # which GGUF file(s) an entry holds
     if as_json:
-        echo_json([{**e.to_dict(providers=claims.get(e.key, [])), "gguf_files": gguf[e.key]} for e in entries])
+        echo_json(
+            [
+                {
+                    **e.to_dict(providers=claims.get(e.key, [])),
+                    "provider": (claims.get(e.key) or [None])[0],
+                    "gguf_files": gguf[e.key],
+                }
+                for e in entries
+            ]
+        )
         return
     if not entries:
         click.echo("The cache is empty.")
@@ -92,7 +103,7 @@ def ls(as_json: bool, sort: str) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
     """Remove entries by name, key or unique key prefix (refused while pinned or in use)."""
-    from provender._errors import EntryInUseError
+    from provender._errors import EntryInUseError, ProvenderError
     from provender._sizes import format_size
 
     cm = get_cache()
@@ -120,7 +131,7 @@ def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
         try:
             cm.remove(e.key)
             click.echo(f"removed {e.name} ({format_size(e.size)})")
-        except Exception as exc:  # keep going: one refusal must not stop the rest
+        except ProvenderError as exc:  # keep going: one refusal must not stop the rest
             click.echo(f"Error: {exc}", err=True)
             failed += 1
     if failed:
@@ -133,7 +144,8 @@ def _show_plan(plan: EvictionPlan, dry_run: bool) -> None:
 
     if not plan.evict:
         if plan.fits:
-            click.echo(f"Nothing to prune: the cache holds {format_size(plan.total)}, within {format_size(plan.limit)}")
+            total, limit = format_size(plan.total), format_size(plan.limit)
+            click.echo(f"Nothing to prune: the cache holds {total}, within its limit of {limit}.")
         else:
             click.echo(
                 f"Nothing can be freed: the cache holds {format_size(plan.total)}, over its limit of "

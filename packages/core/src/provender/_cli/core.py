@@ -55,16 +55,22 @@ def config(as_json: bool) -> None:
 def models(as_json: bool, show_all: bool) -> None:
     """List the cached models and the providers that can serve them."""
     from provender._plugins import get_plugin_manager
+    from provender._provider import prefer_order
     from provender._sizes import format_ago, format_size
 
     manager = get_plugin_manager()
     rows = []
     for entry in get_cache().entries():
-        claims = manager.claim(entry)
+        claims = prefer_order(manager.claim(entry))  # the first serves a bare name (providers.prefer)
         if claims or show_all:
             rows.append((entry, claims))
     if as_json:
-        echo_json([{"model": f"{c[0]}:{e.name}" if c else e.name, **e.to_dict(providers=c)} for e, c in rows])
+        echo_json(
+            [
+                {"model": f"{c[0]}:{e.name}" if c else e.name, **e.to_dict(providers=c), "provider": (c or [None])[0]}
+                for e, c in rows
+            ]
+        )
         return
     if not rows:
         click.echo(
@@ -73,8 +79,8 @@ def models(as_json: bool, show_all: bool) -> None:
         )
         return
     echo_table(
-        [(e.name, ", ".join(c) or "-", format_size(e.size), format_ago(e.last_used)) for e, c in rows],
-        ("MODEL", "PROVIDERS", "SIZE", "LAST USED"),
+        [(e.name, c[0] if c else "-", ", ".join(c[1:]), format_size(e.size), format_ago(e.last_used)) for e, c in rows],
+        ("MODEL", "PROVIDER", "ALSO CLAIMED BY", "SIZE", "LAST USED"),
     )
 
 

@@ -1,0 +1,122 @@
+"""Can transformers serve a directory? Decided by content, never by a name, and cheaply:
+``config.json``, the JSON header of one safetensors file, and the list of architectures
+in the installed transformers (found on disk; transformers is not imported).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["generation", "embedding"]
+
+MAX_HEADER = 100 * 1024 * 1024  # a safetensors header is JSON; a larger claim is not a header
+GENERATION_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+ENCODER_SUFFIXES = ("Model", "ForMaskedLM")
+
+
+def read_config(model_dir: Path) -> dict[str, Any] | None:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def safetensors_metadata(path: Path) -> dict[str, Any] | None:
+    """The ``__metadata__`` of a safetensors file, or None if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if not 0 < size <= MAX_HEADER:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+@cache
+def _architectures_dir() -> Path | None:
+    spec = importlib.util.find_spec("transformers")  # locates the package without importing it
+    if spec is None or not spec.origin:
+        return None
+    return Path(spec.origin).parent / "models"
+
+
+def known_model_type(model_type: str) -> bool:
+    """True if the installed transformers has the architecture family `model_type` (built in:
+    no remote code is ever run)."""
+    root = _architectures_dir()
+    return bool(model_type) and root is not None and (root / model_type.replace("-", "_")).is_dir()
+
+
+def model_kind(model_dir: Path, config: dict[str, Any] | None = None) -> Kind | None:
+    """``"generation"`` (a causal LM), ``"embedding"`` (an encoder), or None."""
+    config = config if config is not None else read_config(model_dir)
+    if config is None:
+        return None
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if any(a.endswith(GENERATION_SUFFIXES) for a in archs):
+        return "generation"
+    if (model_dir / "modules.json").is_file() or any(a.endswith(ENCODER_SUFFIXES) for a in archs):
+        return "embedding"
+    return None
+
+
+def weights_problem(model_dir: Path, config: dict[str, Any]) -> str | None:
+    """None if transformers can read the weights, else why not."""
+    quant = config.get("quantization")
+    if isinstance(quant, dict) and {"group_size", "bits"} <= set(quant):
+        return "MLX-quantized weights (serve it with mlx)"
+    tensors = sorted(model_dir.glob("*.safetensors"))
+    if tensors:
+        meta = safetensors_metadata(tensors[0])
+        if meta is None:
+            return f"{tensors[0].name} is not a safetensors file"
+        if meta.get("format") == "mlx":
+            return "weights written by MLX (serve it with mlx)"
+        return None
+    if any(model_dir.glob("pytorch_model*.bin")):
+        return None
+    return "no .safetensors or pytorch_model.bin weights"
+
+
+def transformers_evidence(model_dir: Path) -> str | None:
+    """Why transformers can serve `model_dir` (for messages and tests), or None."""
+    if not model_dir.is_dir():
+        return None
+    config = read_config(model_dir)
+    if config is None:
+        return None
+    model_type = str(config.get("model_type") or "")
+    if not known_model_type(model_type):
+        return None
+    kind = model_kind(model_dir, config)
+    if kind is None or weights_problem(model_dir, config) is not None:
+        return None
+    st = " (sentence-transformers)" if (model_dir / "modules.json").is_file() else ""
+    return f"{model_type} {kind} model{st}"
+
+
+def load_problem(model_dir: Path) -> str | None:
+    """None if `model_dir` looks loadable, else what is wrong, in words."""
+    if not model_dir.is_dir():
+        return "not a directory"
+    config = read_config(model_dir)
+    if config is None:
+        return "no readable config.json"
+    model_type = str(config.get("model_type") or "")
+    if not model_type:
+        return "config.json has no model_type"
+    if not known_model_type(model_type):
+        return f"model_type {model_type!r} is not an architecture this transformers knows (no remote code is run)"
+    if model_kind(model_dir, config) is None:
+        archs = ", ".join(config.get("architectures") or []) or "none"
+        return f"architectures ({archs}) are neither a causal language model nor an encoder"
+    return weights_problem(model_dir, config)

@@ -1,0 +1,39 @@
+"""The transformers plugin's hooks: register the provider, claim models by content, forget evicted ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import TYPE_CHECKING
+
+from provender import hookimpl
+
+if TYPE_CHECKING:
+    from provender import CacheEntry
+    from provender.hookspecs import RegisterProvider
+
+
+@hookimpl
+def provender_register_providers(register: RegisterProvider) -> None:
+    from provender_transformers.provider import INSTALL_HINT, TransformersProvider
+
+    # importing torch takes seconds: check it is there without importing it (loading a model imports it)
+    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"{' and '.join(missing)} not installed; install with: {INSTALL_HINT}")
+    register("transformers", TransformersProvider, description="PyTorch: transformers, sentence-transformers")
+
+
+@hookimpl
+def provender_claim_model(entry: CacheEntry) -> str | None:
+    from provender_transformers._detect import transformers_evidence
+
+    return "transformers" if transformers_evidence(entry.model_path) else None
+
+
+@hookimpl
+def provender_cache_evicted(entry: CacheEntry) -> None:
+    pool = sys.modules.get("provender._pool")
+    if pool is None:  # nothing was ever loaded in this process
+        return
+    pool.model_pool().unload_entry(entry)

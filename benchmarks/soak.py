@@ -159,7 +159,7 @@ def faults(kills: int, root: Path) -> dict[str, object]:
     return {"kills_survived": survived, "complete_entries_lost": lost}
 
 
-from soak_walls import attacks, more_kills, fuzz_paths  # noqa: E402
+from soak_walls import attacks, fuzz_paths, more_kills  # noqa: E402
 
 
 def hostile(examples: int) -> dict[str, object]:

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -64,7 +63,9 @@ def user_folder(root: Path) -> Path:
 def mount_tmpfs(path: Path, size: str) -> str | None:
     """Mount a tmpfs at `path`; None on success, else why not."""
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     return None if proc.returncode == 0 else (proc.stderr.strip() or "mount refused")
 
 
@@ -108,7 +109,9 @@ def worker_attacked(cache_dir: str, seed: int, seconds: float, work: str) -> Non
                 cm.entries()
         except (CacheError, OSError) as exc:  # OSError: a folder renamed away under a running call
             counts["refused" if isinstance(exc, CacheError) else "raw_errors"] += 1
-            reasons[type(exc).__name__ + ": " + str(exc)[:90]] = reasons.get(type(exc).__name__ + ": " + str(exc)[:90], 0) + 1
+            reasons[type(exc).__name__ + ": " + str(exc)[:90]] = (
+                reasons.get(type(exc).__name__ + ": " + str(exc)[:90], 0) + 1
+            )
             if rng.random() < 0.3:
                 cm = None  # start again, as a new process would
         time.sleep(0.002)
@@ -220,7 +223,12 @@ def more_kills(kills: int, root: Path, check: Callable[[Path, int], dict[str, ob
             bad += 1
         last = count
     counts["collection_write"] = kills
-    return {"kills": counts, "kills_total": sum(counts.values()), "complete_entries_lost": lost, "collection_damaged": bad}
+    return {
+        "kills": counts,
+        "kills_total": sum(counts.values()),
+        "complete_entries_lost": lost,
+        "collection_damaged": bad,
+    }
 
 
 def _replace(path: Path, make: Callable[[], None], cache: Path, rng: random.Random) -> None:
@@ -253,7 +261,7 @@ def _plant(rng: random.Random, cache: Path, outside: Path) -> Callable[[], None]
             _replace(real, lambda: os.rename(aside, real), cache, rng)
 
         return undo
-    key = "k%d" % rng.randrange(8)
+    key = f"k{rng.randrange(8)}"
     link = {
         "pin": cache / "pins" / key,
         "lease": cache / "locks" / f"{key}.lease",
@@ -358,7 +366,7 @@ def attacks(seconds: float, root: Path, check: Callable[[Path, int], dict[str, o
         path.symlink_to(other)
         try:
             CacheManager(cache, max_size=400_000).entries()
-        except Exception as exc:  # noqa: BLE001 - any refusal counts; the outside check decides
+        except Exception as exc:
             refused_files += "symbolic link" in str(exc)
         path.unlink()
         if had:
@@ -433,10 +441,16 @@ def fuzz_paths(n: int, root: Path) -> dict[str, object]:
 
     fuzz()
     seen["escapes"] += touched(before, tree_state(outside))
-    strays = [p for p in os.listdir(cache) if p not in (*OWNED_DIRS, ".lock", "index.db", "index.db-wal", "index.db-shm")]
+    strays = [
+        p for p in os.listdir(cache) if p not in (*OWNED_DIRS, ".lock", "index.db", "index.db-wal", "index.db-shm")
+    ]
     seen["escapes"] += len([p for p in strays if p not in (".provender-cache", "CACHEDIR.TAG", "repairs.jsonl")])
-    return {"fuzzed_names_and_keys": seen["tried"], "accepted": seen["accepted"], "real_calls": seen["real_calls"],
-            "path_escapes": seen["escapes"]}
+    return {
+        "fuzzed_names_and_keys": seen["tried"],
+        "accepted": seen["accepted"],
+        "real_calls": seen["real_calls"],
+        "path_escapes": seen["escapes"],
+    }
 
 
 if __name__ == "__main__":

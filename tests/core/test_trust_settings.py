@@ -270,9 +270,12 @@ def test_config_shows_human_values_and_json_keeps_exact_ones() -> None:
 
 
 def test_importing_provider_does_not_import_asyncio() -> None:
-    code = "import sys; from provender import Provider, hookimpl; print('asyncio' in sys.modules)"
+    code = (
+        "import sys; from provender import Provider, hookimpl; "
+        "print([m for m in ('asyncio', 'pluggy', 'pydantic', 'provender._cache') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
 def test_help_with_a_simple_style_plugin_imports_no_asyncio(tmp_path: Path) -> None:
@@ -356,6 +359,9 @@ def test_registering_a_misspelled_hook_in_process_raises() -> None:
     ):
         manager.register(plugin, name="typo")
     assert "typo" not in manager.plugins and not manager.pm.get_plugins()  # nothing half-registered
+    greedy = types.SimpleNamespace(provender_register_providers=hookimpl(lambda register, extra: None))
+    with pytest.raises(PluginError, match="provender_register_providers asks for extra"):
+        manager.register(greedy, name="greedy")
     optional = types.SimpleNamespace(provender_future_hook=hookimpl(optionalhook=True)(lambda: None))
     manager.register(optional, name="future")  # allowed when marked optional
     assert manager.plugins["future"].status == "loaded"

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import run_cli
 from provender import (
@@ -24,6 +23,7 @@ from provender import (
 )
 from provender.testing import ProviderContract
 from provender_transformers import TransformersProvider
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPT = "Hello world, the shared cache"
 TOOLS = [{"type": "function", "function": {"name": "shout", "description": "Upper-case a text", "parameters": {}}}]

@@ -12,13 +12,17 @@ import logging
 import os
 import sys
 import threading
-import types
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from provender import hookspecs
 from provender._errors import PluginError, UnknownProviderError
+from provender._hooks import (  # hookimpl: re-exported, `provender.hookimpl` is read from here
+    HookFunction,
+    HookimplMarker,
+    hook_functions,
+    hookimpl,
+    spec_argnames,
+)
 
 if TYPE_CHECKING:
     import pluggy
@@ -29,148 +33,38 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROJECT = "provender"
-IMPL_ATTR = PROJECT + "_impl"
-_F = TypeVar("_F", bound=Callable[..., Any])
+__all__ = ["HookimplMarker", "PluginError", "PluginInfo", "PluginManager", "get_plugin_manager", "hookimpl"]
 
 
-class HookimplMarker:
-    """``@provender.hookimpl``: marks a hook implementation exactly as ``pluggy.HookimplMarker("provender")``
-    does (the same ``provender_impl`` options on the function), without importing pluggy.
-
-    Importing pluggy costs about as much as importing click, and every plugin module
-    imports this marker, `provender --help` included; pluggy loads only when a hook
-    is called through it.
-    """
-
-    def __init__(self, project_name: str) -> None:
-        self.project_name = project_name
-
-    @overload
-    def __call__(self, function: _F) -> _F: ...
-
-    @overload
-    def __call__(
-        self,
-        function: None = None,
-        hookwrapper: bool = False,
-        optionalhook: bool = False,
-        tryfirst: bool = False,
-        trylast: bool = False,
-        specname: str | None = None,
-        wrapper: bool = False,
-    ) -> Callable[[_F], _F]: ...
-
-    def __call__(
-        self,
-        function: _F | None = None,
-        hookwrapper: bool = False,
-        optionalhook: bool = False,
-        tryfirst: bool = False,
-        trylast: bool = False,
-        specname: str | None = None,
-        wrapper: bool = False,
-    ) -> _F | Callable[[_F], _F]:
-        def mark(func: _F) -> _F:
-            opts = {
-                "wrapper": wrapper,
-                "hookwrapper": hookwrapper,
-                "optionalhook": optionalhook,
-                "tryfirst": tryfirst,
-                "trylast": trylast,
-                "specname": specname,
-            }
-            setattr(func, self.project_name + "_impl", opts)
-            return func
-
-        return mark if function is None else mark(function)
-
-
-hookimpl = HookimplMarker(PROJECT)
-
-
-class HookFunction:
-    """One hook implementation found in a plugin: the hook it implements, the callable, its options.
-
-    (A plain class, not a dataclass: creating a dataclass costs a millisecond at import.)
-    """
-
-    __slots__ = ("function", "hook", "opts")
-
-    def __init__(self, hook: str, function: Callable[..., Any], opts: dict[str, Any]) -> None:
-        self.hook = hook
-        self.function = function
-        self.opts = opts
-
-    @property
-    def argnames(self) -> tuple[str, ...]:
-        """The positional parameters it asks for, as pluggy reads them (no defaults, no self)."""
-        func = getattr(self.function, "__func__", self.function)
-        code = getattr(func, "__code__", None)
-        if code is None:
-            return ()
-        names = code.co_varnames[: code.co_argcount]
-        defaults = getattr(func, "__defaults__", None) or ()
-        if defaults:
-            names = names[: -len(defaults)]
-        if hasattr(self.function, "__self__") and names:
-            names = names[1:]
-        return tuple(names)
-
-    @property
-    def simple(self) -> bool:
-        """Callable without pluggy: a plain function or method, no ordering or wrapper options."""
-        return hasattr(self.function, "__code__") and not any(
-            self.opts.get(k) for k in ("wrapper", "hookwrapper", "tryfirst", "trylast")
-        )
-
-
-def hook_functions(plugin: object) -> list[HookFunction]:
-    """The functions of `plugin` marked ``@provender.hookimpl``, read without running descriptors."""
-    if isinstance(plugin, types.ModuleType):
-        namespace: dict[str, Any] = dict(vars(plugin))
-    else:
-        namespace = {}
-        for klass in reversed(type(plugin).__mro__):
-            namespace.update(vars(klass))
-        namespace.update(getattr(plugin, "__dict__", {}))
-    found = []
-    for attr, value in namespace.items():
-        opts = getattr(value, IMPL_ATTR, None)
-        if opts is None:
-            opts = getattr(getattr(value, "__func__", None), IMPL_ATTR, None)
-        if not isinstance(opts, dict):
-            continue
-        if not isinstance(plugin, types.ModuleType):
-            try:
-                value = getattr(plugin, attr)  # bind methods
-            except Exception:
-                continue
-        if callable(value):
-            found.append(HookFunction(opts.get("specname") or attr, value, opts))
-    return found
-
-
-def _spec_argnames() -> dict[str, tuple[str, ...]]:
-    specs = {}
-    for name in dir(hookspecs):
-        func = getattr(hookspecs, name)
-        if name.startswith(PROJECT + "_") and isinstance(getattr(func, PROJECT + "_spec", None), dict):
-            specs[name] = func.__code__.co_varnames[: func.__code__.co_argcount]
-    return specs
-
-
-@dataclass
 class PluginInfo:
-    """What `provender plugins` shows about one entry point."""
+    """What `provender plugins` shows about one entry point.
 
-    name: str
-    module: str
-    distribution: str | None = None
-    version: str | None = None
-    status: str = "loaded"  # loaded | failed | disabled
-    error: str | None = None
-    hooks: list[str] = field(default_factory=list)
-    providers: list[str] = field(default_factory=list)
+    (Plain classes here, not dataclasses: every command, `--help` included, imports this
+    module, and the dataclasses module plus the classes it builds cost about 2 ms.)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        distribution: str | None = None,
+        version: str | None = None,
+        status: str = "loaded",  # loaded | failed | disabled
+        error: str | None = None,
+        hooks: list[str] | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.distribution = distribution
+        self.version = version
+        self.status = status
+        self.error = error
+        self.hooks: list[str] = hooks if hooks is not None else []
+        self.providers: list[str] = providers if providers is not None else []
+
+    def __repr__(self) -> str:
+        return f"PluginInfo({self.name!r}, status={self.status!r}, error={self.error!r})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -185,8 +79,9 @@ class PluginInfo:
         }
 
 
-@dataclass(frozen=True)
-class EntryPoint:
+class EntryPoint(NamedTuple):
+    """One entry point: ``name = value`` of a distribution."""
+
     name: str
     value: str
     distribution: str | None
@@ -237,12 +132,19 @@ def find_entry_points(group: str) -> list[EntryPoint]:
     return list(found.values())
 
 
-@dataclass
 class ProviderSpec:
-    name: str
-    factory: ProviderFactory
-    plugin: str
-    description: str = ""
+    """A registered provider: its name, factory, the plugin that brought it and a description."""
+
+    __slots__ = ("description", "factory", "name", "plugin")
+
+    def __init__(self, name: str, factory: ProviderFactory, plugin: str, description: str = "") -> None:
+        self.name = name
+        self.factory = factory
+        self.plugin = plugin
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"ProviderSpec({self.name!r}, plugin={self.plugin!r})"
 
 
 class PluginManager:
@@ -319,7 +221,7 @@ class PluginManager:
         pluggy's ``check_pending()`` finds unknown hooks for the whole manager; this does it
         for one plugin, before it is registered, so only that plugin is reported as failed.
         """
-        specs = _spec_argnames()
+        specs = spec_argnames()
         problems = []
         for impl in hook_functions(plugin):
             if impl.hook in specs:

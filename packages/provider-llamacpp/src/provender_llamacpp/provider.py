@@ -159,20 +159,22 @@ class LlamaCppProvider(Provider):
     # -- generation --------------------------------------------------------------------
 
     def generate(self, prompt: str, **options: Any) -> str:
-        """Complete `prompt` (with ``system_prompt``: rendered through the chat template first)."""
-        return "".join(self.stream(prompt, **options))
+        """Complete `prompt` (with ``system_prompt``: rendered through the chat template first).
+
+        One ``Llama.create_completion`` call, exactly as llama-cpp-python is called directly.
+        """
+        kwargs, messages = self._prepare_completion(prompt, options)
+        if messages is not None:
+            return self.chat(messages, **options)
+        with self._using("generation") as item:
+            out = item.model.create_completion(prompt, stream=False, **kwargs)
+        return str(out["choices"][0]["text"])
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
         """`generate`, chunk by chunk as llama.cpp produces them."""
-        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
-        _check_extra(options)
-        if not isinstance(prompt, str):
-            raise InvalidOptionError("prompt", type(prompt).__name__, "a string")
-        system = options.pop("system_prompt", None)
-        if system is not None:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        kwargs, messages = self._prepare_completion(prompt, options)
+        if messages is not None:
             return self.stream_chat(messages, **options)
-        kwargs = sampling_kwargs(options)
 
         def run() -> Iterator[str]:
             with self._using("generation") as item:
@@ -183,17 +185,51 @@ class LlamaCppProvider(Provider):
 
         return run()
 
+    def _prepare_completion(
+        self, prompt: str, options: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        """Check the options (before anything loads); with ``system_prompt`` (popped from `options`),
+        the conversation to render instead of a plain prompt."""
+        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
+        _check_extra(options)
+        if not isinstance(prompt, str):
+            raise InvalidOptionError("prompt", type(prompt).__name__, "a string")
+        system = options.pop("system_prompt", None)
+        if system is not None:
+            return {}, [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        return sampling_kwargs(options), None
+
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
         """Answer a conversation with the chat template stored in the GGUF; tools are passed to the template.
 
         Returns the assistant's raw text, tool calls included as the model wrote them.
         """
-        return "".join(self.stream_chat(messages, tools=tools, **options))
+        messages, kwargs = self._prepare_chat(messages, tools, options)
+        with self._using("generation") as item:
+            self._check_template(item)
+            out = item.model.create_chat_completion(messages=messages, tools=tools, stream=False, **kwargs)
+        return str(out["choices"][0]["message"].get("content") or "")
 
     def stream_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
     ) -> Iterator[str]:
         """`chat`, chunk by chunk."""
+        messages, kwargs = self._prepare_chat(messages, tools, options)
+
+        def run() -> Iterator[str]:
+            with self._using("generation") as item:
+                self._check_template(item)
+                chunks = item.model.create_chat_completion(messages=messages, tools=tools, stream=True, **kwargs)
+                for chunk in chunks:
+                    text = chunk["choices"][0]["delta"].get("content")
+                    if text:
+                        yield text
+
+        return run()
+
+    def _prepare_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
         _check_extra(options)
         _check_messages(messages)
@@ -202,21 +238,13 @@ class LlamaCppProvider(Provider):
         system = options.pop("system_prompt", None)
         if system is not None and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": system}, *messages]
-        kwargs = sampling_kwargs(options)
+        return messages, sampling_kwargs(options)
 
-        def run() -> Iterator[str]:
-            with self._using("generation") as item:
-                if not item.tokenizer.chat_template:
-                    raise UnsupportedError(
-                        self.name, "chat", f"{self.model!r} carries no chat template; use generate() with a prompt"
-                    )
-                chunks = item.model.create_chat_completion(messages=messages, tools=tools, stream=True, **kwargs)
-                for chunk in chunks:
-                    text = chunk["choices"][0]["delta"].get("content")
-                    if text:
-                        yield text
-
-        return run()
+    def _check_template(self, item: LoadedModel) -> None:
+        if not item.tokenizer.chat_template:
+            raise UnsupportedError(
+                self.name, "chat", f"{self.model!r} carries no chat template; use generate() with a prompt"
+            )
 
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt `chat` sends to the model: the conversation rendered by the GGUF's template."""

@@ -60,11 +60,12 @@ def stream_text(model: Any, tokenizer: Any, inputs: dict[str, Any], options: dic
     """The completion piece by piece: ``model.generate`` on a worker thread feeding transformers'
     `TextIteratorStreamer`. Closing the iterator early stops the generation."""
     import torch
+
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     abort = threading.Event()
 
-    class Abort(StoppingCriteria):
+    class Abort(StoppingCriteria):  # type: ignore[misc]
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
             return abort.is_set()
 

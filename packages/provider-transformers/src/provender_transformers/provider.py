@@ -43,6 +43,7 @@ def require_torch() -> None:
     """Import torch and transformers, or raise ImportError saying how to install them."""
     try:
         import torch  # noqa: F401
+
         import transformers  # noqa: F401
     except Exception as exc:
         raise ImportError(
@@ -264,9 +265,7 @@ class TransformersProvider(Provider):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidOptionError("batch_size", batch_size, "an integer >= 1")
         with self._using("embedding") as item:
-            vectors: numpy.ndarray = item.model.encode(
-                texts, normalize=options.get("normalize"), batch_size=batch_size
-            )
+            vectors: numpy.ndarray = item.model.encode(texts, normalize=options.get("normalize"), batch_size=batch_size)
         return vectors
 
     def dimension(self) -> int:

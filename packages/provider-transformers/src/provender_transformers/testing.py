@@ -68,6 +68,7 @@ def train_tokenizer(path: Path, vocab_size: int = 300) -> tuple[int, int]:
 def build_tiny_llama(path: str | Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
     """Write a random-weight llama directory (config, safetensors, tokenizer) with transformers' classes."""
     import torch
+
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     path = Path(path)

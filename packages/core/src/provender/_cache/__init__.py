@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue
 from provender._cache._eviction import EvictionPlan, plan_eviction
+from provender._cache._layout import NotACacheError, SourceInCacheError, UnsafeCacheError
 from provender._cache._manager import CacheManager, Lease
 from provender._cache._names import check_key, check_name, generate_cache_key
 
@@ -13,6 +14,9 @@ __all__ = [
     "CacheStats",
     "EvictionPlan",
     "Lease",
+    "NotACacheError",
+    "SourceInCacheError",
+    "UnsafeCacheError",
     "VerifyIssue",
     "check_key",
     "check_name",

@@ -216,14 +216,35 @@ def split_tag(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+# Files that are never GGUF, whatever their content: not even opened (a claim must be quick).
+_NOT_GGUF = (".json", ".md", ".txt", ".safetensors", ".py", ".jinja", ".gitattributes", ".model", ".npz", ".lock")
+
+
+def _files(root: Path, depth: int) -> list[Path]:
+    out: list[Path] = []
+    try:
+        with os.scandir(root) as it:
+            items = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return out
+    for item in items:
+        if item.name.startswith(".") or item.name.lower().endswith(_NOT_GGUF):
+            continue
+        try:
+            if item.is_file():  # follows links: a Hub snapshot's files link to its blobs
+                out.append(Path(item.path))
+            elif depth > 1 and item.is_dir(follow_symlinks=False):
+                out.extend(_files(Path(item.path), depth - 1))
+        except OSError:
+            continue
+    return out
+
+
 def gguf_in(path: Path) -> list[Path]:
     """GGUF model files at `path` (a file, or a directory searched two levels deep), decided by content."""
     if path.is_file():
         return [path] if is_gguf(path) else []
-    if not path.is_dir():
-        return []
-    found = [p for p in sorted(path.glob("*")) + sorted(path.glob("*/*")) if p.is_file() and is_gguf(p)]
-    return [p for p in found if not is_projector(p.name)]
+    return [p for p in _files(path, 2) if not is_projector(p.name) and is_gguf(p)]
 
 
 def entry_gguf_files(entry: CacheEntry) -> list[str]:

@@ -102,9 +102,9 @@ def _files_ok(repo_dir: Path, folder: Path) -> bool:
                     target = link_target(repo_dir, Path(item.path))
                     if target is not None and stat.S_ISREG(os.lstat(target).st_mode):
                         return True
-                elif item.is_file(follow_symlinks=False):
-                    return True
-                elif item.is_dir(follow_symlinks=False) and _files_ok(repo_dir, Path(item.path)):
+                elif item.is_file(follow_symlinks=False) or (
+                    item.is_dir(follow_symlinks=False) and _files_ok(repo_dir, Path(item.path))
+                ):
                     return True
     except OSError:
         return False

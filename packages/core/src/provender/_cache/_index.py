@@ -95,7 +95,8 @@ class Index:
         for path in self._files():
             if check_file(path) and not os.access(path, os.W_OK):  # check_file refuses a planted link
                 return CacheNotWritableError(
-                    path, "this user cannot write the cache index (fix the mode of index.db, index.db-wal, index.db-shm)"
+                    path,
+                    "this user cannot write the cache index (fix the mode of index.db, index.db-wal, index.db-shm)",
                 )
         if not self.path.exists() and not os.access(self.path.parent, os.W_OK):
             return CacheNotWritableError(self.path.parent, "the cache index cannot be created here")

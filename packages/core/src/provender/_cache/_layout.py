@@ -48,7 +48,7 @@ TAG_TEXT = (
     "# For information about cache directory tags, see https://bford.info/cachedir/\n"
 )
 DIRS = ("hub", "objects", "pins", "locks", "pending", "tmp", "trash")
-FILES = (".lock", "index.db", "index.db-wal", "index.db-shm")
+FILES = (".lock", "index.db", "index.db-wal", "index.db-shm", "repairs.jsonl")
 OLD_CACHE_DIRS = ("hub", "objects", "pins", "locks", "tmp", "trash")  # what every earlier version created
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)

@@ -38,7 +38,6 @@ from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_p
 from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
 from provender._cache._fsops import LinkMode, finish_move, fs_errors, fsync_dir, place_tree, tree_size
 from provender._cache._index import Index, is_corruption
-from provender._cache._locks import GuardedLock, LeaseLock
 from provender._cache._layout import (
     DIRS,
     SourceInCacheError,
@@ -47,6 +46,7 @@ from provender._cache._layout import (
     remove_at,
     within_real,
 )
+from provender._cache._locks import GuardedLock, LeaseLock
 from provender._cache._names import check_key, check_name, generate_cache_key, within
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
 from provender._cache._repair import read_or_repair, record, scan_files, write_manifest
@@ -497,15 +497,16 @@ class CacheManager:
 
         An entry set aside by a replacement that never completed is put back.
         """
-        with self._lock:  # replacements swap under this lock: none is half-done while we hold it
-            with self._walls.open("trash") as trash_fd:  # opened without following links: nothing outside
-                for name in os.listdir(trash_fd):
-                    key = name.removesuffix(REPLACED_SUFFIX)
-                    if name.endswith(REPLACED_SUFFIX) and not os.path.lexists(self.objects_dir / key):
-                        self._walls.rename(self._trash_dir / name, self.objects_dir / key)
-                        logger.warning("restored cache entry %s: its replacement was interrupted", key)
-                    else:
-                        remove_at(trash_fd, name)
+        # replacements swap under the lock: none is half-done while we hold it; trash/ is opened without
+        # following links, so nothing outside is ever listed or deleted
+        with self._lock, self._walls.open("trash") as trash_fd:
+            for name in os.listdir(trash_fd):
+                key = name.removesuffix(REPLACED_SUFFIX)
+                if name.endswith(REPLACED_SUFFIX) and not os.path.lexists(self.objects_dir / key):
+                    self._walls.rename(self._trash_dir / name, self.objects_dir / key)
+                    logger.warning("restored cache entry %s: its replacement was interrupted", key)
+                else:
+                    remove_at(trash_fd, name)
         names = self._walls.listdir("tmp")
         for name in [n for n in names if n.endswith(".locking")]:  # died between creating and renaming it
             lock = FileLock(self._tmp_dir / name, timeout=0)
@@ -576,7 +577,7 @@ class CacheManager:
         if within_real(src, self.cache_dir):
             raise SourceInCacheError(src, self.cache_dir, "it contains the cache folder")
         if link_mode == "move" and within_real(self.cache_dir, src):
-            raise SourceInCacheError(src, self.cache_dir, "it is inside the cache folder (moving it would take it away)")
+            raise SourceInCacheError(src, self.cache_dir, "it is inside the cache folder (a move would take it away)")
         if name is not None:
             check_name(name)
         display = name or src.name
@@ -745,7 +746,7 @@ class CacheManager:
                 key = item.name
                 if item.is_symlink() or not item.is_dir(follow_symlinks=False):
                     # planted, not made by us: never read or follow it, only take it out of the way
-                    logger.warning("removing %s: not an entry provender made (a link or a file)", self.objects_dir / key)
+                    logger.warning("removing %s: not an entry provender made (a link or a file)", item.name)
                     with suppress(FileNotFoundError):
                         os.unlink(key, dir_fd=objects_fd)
                     continue

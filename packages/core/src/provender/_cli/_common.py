@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -42,6 +41,8 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 
 def echo_json(data: Any) -> None:
+    import json  # here: `provender --help` has no use for it
+
     click.echo(json.dumps(data, indent=2, default=str))
 
 

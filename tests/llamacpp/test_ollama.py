@@ -79,9 +79,8 @@ def test_cli_import_ls_generate_verify(store: Path, tiny_gguf: Path) -> None:
     row = json.loads(out.stdout)
     assert row["name"] == "ollama/tiny-latest"
     rows = json.loads(run_cli("cache", "ls", "--json").stdout)
-    assert [(r["name"], r["providers"], r["gguf_files"]) for r in rows] == [
-        ("ollama/tiny-latest", ["llamacpp"], ["tiny-latest.gguf"])
-    ]
+    assert [(r["name"], r["gguf_files"]) for r in rows] == [("ollama/tiny-latest", ["tiny-latest.gguf"])]
+    assert "llamacpp" in rows[0]["providers"]
     gen = run_cli("generate", "-m", "ollama/tiny-latest", "--max-tokens", "5", "Hello")  # claimed by content
     assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr
     assert run_cli("cache", "verify").returncode == 0

@@ -87,7 +87,8 @@ def test_cli_pull_ls_verify_rm(gguf_repo: dict[str, bytes], fake_hub: FakeHub, c
     assert again.returncode == 0, again.stderr
     assert gguf_downloads(fake_hub) == ["tiny-Q8_0.gguf"]
     rows = json.loads(run_cli("cache", "ls", "--json").stdout)
-    assert [(r["name"], r["gguf_files"], r["providers"]) for r in rows] == [(REPO, ["tiny-Q8_0.gguf"], ["llamacpp"])]
+    assert [(r["name"], r["gguf_files"]) for r in rows] == [(REPO, ["tiny-Q8_0.gguf"])]
+    assert "llamacpp" in rows[0]["providers"]
     table = run_cli("cache", "ls").stdout
     assert "GGUF" in table and "tiny-Q8_0.gguf" in table
     assert run_cli("cache", "pin", REPO).returncode == 0

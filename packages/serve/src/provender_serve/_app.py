@@ -1,9 +1,9 @@
 """The ASGI application: OpenAI's endpoints over a `ModelRegistry`, on Starlette.
 
-Every provider call runs on a thread of its own (the event loop only moves bytes), so
-requests for different models run in parallel while `ModelRegistry.use` keeps one
-request at a time per model. A streamed answer is produced on its thread and handed to
-the loop chunk by chunk; when the client goes away the thread stops at the next chunk.
+Every provider call runs on its model's own thread (the event loop only moves bytes), so
+requests for different models run in parallel and one model serves one request at a
+time, in order. A streamed answer is produced on that thread and handed to the loop
+chunk by chunk; when the client goes away the thread stops at the next chunk.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from provender_serve import _openai as oai
-from provender_serve._models import ModelRegistry, api_error
+from provender_serve._models import ModelRegistry, Slot, api_error
 from provender_serve._schemas import (
     DEFAULT_MAX_TOKENS_LIMIT,
     APIError,
@@ -76,7 +77,7 @@ def error_response(error: APIError) -> JSONResponse:
 
 
 async def run_in_thread(fn: Callable[[], T]) -> T:
-    """`fn()` on a new thread (not a bounded pool: waiting for a busy model must not starve others)."""
+    """`fn()` on a new thread: blocking work (creating a provider, listing the cache) off the event loop."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -98,9 +99,21 @@ async def run_in_thread(fn: Callable[[], T]) -> T:
     return await future
 
 
-async def stream_from_thread(make: Callable[[threading.Event], Iterator[bytes]]) -> Response:
-    """Run `make(cancel)` on a thread; an error before it yields `READY` is an HTTP error,
-    after it the chunks stream as server-sent events. A client that goes away sets `cancel`."""
+async def on_model(registry: ModelRegistry, name: str, work: Callable[[Slot], T]) -> T:
+    """Admit a request for model `name`, then run `work(slot)` on that model's thread."""
+
+    def start() -> Future[T]:  # admission and submission together: no admitted request is lost
+        slot = registry.admit(name)
+        return slot.submit(lambda: work(slot))
+
+    return await asyncio.wrap_future(await run_in_thread(start))
+
+
+async def stream_from_model(
+    registry: ModelRegistry, name: str, make: Callable[[Slot, threading.Event], Iterator[bytes]]
+) -> Response:
+    """Run `make(slot, cancel)` on the model's thread; an error before it yields `READY` is an
+    HTTP error, after it the chunks stream as server-sent events. A client that goes away sets `cancel`."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     cancel = threading.Event()
@@ -112,9 +125,9 @@ async def stream_from_thread(make: Callable[[threading.Event], Iterator[bytes]])
         except RuntimeError:  # the loop closed (shutdown)
             return False
 
-    def produce() -> None:
+    def produce(slot: Slot) -> None:
         try:
-            with closing(make(cancel)) as chunks:  # closing runs the producer's finally blocks
+            with closing(make(slot, cancel)) as chunks:  # closing runs the producer's finally blocks
                 for chunk in chunks:
                     if cancel.is_set() or not put("item", chunk):
                         return
@@ -123,7 +136,14 @@ async def stream_from_thread(make: Callable[[threading.Event], Iterator[bytes]])
         else:
             put("done", None)
 
-    threading.Thread(target=produce, name="provender-serve-stream", daemon=True).start()
+    def start() -> None:
+        slot = registry.admit(name)
+        slot.submit(lambda: produce(slot))
+
+    try:
+        await run_in_thread(start)
+    except Exception as exc:
+        return error_response(api_error(exc))
     kind, value = await queue.get()
     if kind == "error":
         return error_response(api_error(value))
@@ -230,14 +250,16 @@ class Server:
         cid = oai.new_id("chatcmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await stream_from_thread(
-                lambda cancel: self._chat_stream(
-                    req.model, keep_alive, messages, tools, options, cid, include_usage, cancel
-                )
+            return await stream_from_model(
+                self.registry,
+                req.model,
+                lambda slot, cancel: self._chat_stream(
+                    slot, keep_alive, messages, tools, options, cid, include_usage, cancel
+                ),
             )
 
-        def work() -> dict[str, Any]:
-            with self.registry.use(req.model, keep_alive=keep_alive) as slot:
+        def work(slot: Slot) -> dict[str, Any]:
+            with self.registry.hold(slot, keep_alive=keep_alive):
                 pieces = list(slot.provider.stream_chat(messages, tools=tools, **options))
                 text = "".join(pieces)
                 prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(messages))
@@ -247,11 +269,11 @@ class Server:
             counts = oai.usage(prompt_tokens, completion_tokens)
             return oai.chat_completion(cid, req.model, content, calls, finish, counts)
 
-        return JSONResponse(await run_in_thread(work))
+        return JSONResponse(await on_model(self.registry, req.model, work))
 
     def _chat_stream(
         self,
-        model: str,
+        slot: Slot,
         keep_alive: float | None,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
@@ -260,7 +282,8 @@ class Server:
         include_usage: bool,
         cancel: threading.Event,
     ) -> Iterator[bytes]:
-        with self.registry.use(model, keep_alive=keep_alive) as slot:
+        model = slot.name
+        with self.registry.hold(slot, keep_alive=keep_alive):
             yield READY
             try:
                 yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
@@ -299,14 +322,16 @@ class Server:
         cid = oai.new_id("cmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await stream_from_thread(
-                lambda cancel: self._completion_stream(
-                    req.model, keep_alive, prompt, options, cid, include_usage, cancel
-                )
+            return await stream_from_model(
+                self.registry,
+                req.model,
+                lambda slot, cancel: self._completion_stream(
+                    slot, keep_alive, prompt, options, cid, include_usage, cancel
+                ),
             )
 
-        def work() -> dict[str, Any]:
-            with self.registry.use(req.model, keep_alive=keep_alive) as slot:
+        def work(slot: Slot) -> dict[str, Any]:
+            with self.registry.hold(slot, keep_alive=keep_alive):
                 pieces = list(slot.provider.stream(prompt, **options))
                 text = "".join(pieces)
                 generated = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
@@ -314,11 +339,11 @@ class Server:
             finish = oai.finish_reason(counts["completion_tokens"], options.get("max_tokens"), [])
             return oai.completion(cid, req.model, text, finish, counts)
 
-        return JSONResponse(await run_in_thread(work))
+        return JSONResponse(await on_model(self.registry, req.model, work))
 
     def _completion_stream(
         self,
-        model: str,
+        slot: Slot,
         keep_alive: float | None,
         prompt: str,
         options: dict[str, Any],
@@ -326,7 +351,8 @@ class Server:
         include_usage: bool,
         cancel: threading.Event,
     ) -> Iterator[bytes]:
-        with self.registry.use(model, keep_alive=keep_alive) as slot:
+        model = slot.name
+        with self.registry.hold(slot, keep_alive=keep_alive):
             yield READY
             try:
                 pieces: list[str] = []
@@ -354,15 +380,15 @@ class Server:
         keep_alive = parse_keep_alive(req.keep_alive)
         texts = req.texts()
 
-        def work() -> dict[str, Any]:
+        def work(slot: Slot) -> dict[str, Any]:
             from provender_embedding import Embedder
 
-            with self.registry.use(req.model, keep_alive=keep_alive, kind="embedding") as slot:
+            with self.registry.hold(slot, keep_alive=keep_alive, kind="embedding"):
                 vectors = Embedder(slot.provider).embed(texts)
                 tokens = sum(oai.count_tokens(slot.provider, text) for text in texts)
             return oai.embeddings(req.model, vectors, req.encoding_format, tokens)
 
-        return JSONResponse(await run_in_thread(work))
+        return JSONResponse(await on_model(self.registry, req.model, work))
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": await run_in_thread(self._model_rows)})

@@ -1,5 +1,6 @@
-"""The models a server holds: one provider per model name, one request at a time per model,
-unloaded when idle past their keep-alive or when more than ``memory.max_models`` are held.
+"""The models a server holds: one provider per model name, one request at a time per model
+(on a thread of the model's own), unloaded when idle past their keep-alive or when more than
+``memory.max_models`` are held.
 
 The weights themselves live where the provider keeps them (the core's model pool for
 MLX, transformers and llama.cpp); unloading a model here calls ``provider.unload()`` and
@@ -13,10 +14,11 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from provender import (
     InvalidOptionError,
@@ -30,6 +32,7 @@ from provender import (
 from provender_serve._schemas import APIError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +49,28 @@ class Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
     admitted: int = 0  # requests running or waiting for `lock`
     served: int = 0
+    worker: ThreadPoolExecutor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # One long-lived thread per model runs all its work: runtimes keep per-thread state
+        # (MLX streams, OpenMP thread teams in torch: a new thread per request cost ~20% here).
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"provender-model-{self.provider.name}")
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on this model's thread (after the work queued before it)."""
+        try:
+            return self.worker.submit(fn)
+        except RuntimeError:  # unloaded meanwhile: its thread is gone, run on a thread of its own
+            future: Future[T] = Future()
+
+            def run() -> None:
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+            threading.Thread(target=run, name="provender-model-late", daemon=True).start()
+            return future
 
     def until(self) -> float | None:
         """Wall-clock time it will be unloaded if idle (None: forever, or while busy)."""
@@ -127,11 +152,23 @@ class ModelRegistry:
 
     # -- requests ----------------------------------------------------------------------
 
+    def admit(self, name: str) -> Slot:
+        """Admit a request for `name` (403, 404, 503 as `APIError`), loading its provider if new.
+
+        Every admitted slot must then be `hold`-ed exactly once, which ends the admission.
+        """
+        check_name(name, self.allowed)
+        return self._admit(name)
+
     @contextlib.contextmanager
     def use(self, name: str, *, keep_alive: float | None = None, kind: str = "generation") -> Iterator[Slot]:
-        """Admit a request for `name`, wait for the model, and hold it while the block runs."""
-        check_name(name, self.allowed)
-        slot = self._admit(name)
+        """`admit` then `hold`, on the calling thread."""
+        with self.hold(self.admit(name), keep_alive=keep_alive, kind=kind) as slot:
+            yield slot
+
+    @contextlib.contextmanager
+    def hold(self, slot: Slot, *, keep_alive: float | None = None, kind: str = "generation") -> Iterator[Slot]:
+        """Wait for an admitted model and hold it while the block runs (one request at a time)."""
         try:
             with slot.lock:
                 if slot.kind == "model":
@@ -203,6 +240,7 @@ class ModelRegistry:
             del self._slots[name]
         with slot.lock:
             _release(slot)
+        slot.worker.shutdown(wait=False)
         logger.info("unloaded %s", name)
         return True
 

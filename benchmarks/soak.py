@@ -1,6 +1,6 @@
 """The soak: the shared cache under load, SIGKILLs and hostile input, with the figures for docs/reliability.md.
 
-    tox -e soak                  # about 3 minutes
+    tox -e soak                  # about 7 minutes on 2 cores
     tox -e soak -- --seconds 60  # longer load phases
 
 Load: N = 2, 4, 8 processes hammering one small cache (adds, lookups, removals, pins,

@@ -286,12 +286,22 @@ def _plant(rng: random.Random, cache: Path, outside: Path) -> Callable[[], None]
 
 def attacks(seconds: float, root: Path, check: Callable[[Path, int], dict[str, object]]) -> dict[str, object]:
     """Workers use a cache while links are planted, the folder is swapped and the disk fills up."""
+    base = root / "walls-fs"
+    why_not = mount_tmpfs(base, "48m")
+    try:
+        return _attacks(seconds, root, base, why_not, check)
+    finally:
+        if why_not is None:
+            subprocess.run(["umount", "-l", str(base)], check=False)
+
+
+def _attacks(
+    seconds: float, root: Path, base: Path, why_not: str | None, check: Callable[[Path, int], dict[str, object]]
+) -> dict[str, object]:
     from provender import CacheManager
 
     rng = random.Random(15)
     outside = user_folder(root / "user")
-    base = root / "walls-fs"
-    why_not = mount_tmpfs(base, "48m")
     cache = base / "cache"
     cm = CacheManager(cache, max_size=400_000)
     precious: dict[str, bytes] = {}
@@ -372,8 +382,6 @@ def attacks(seconds: float, root: Path, check: Callable[[Path, int], dict[str, o
         if had:
             os.rename(aside, path)
     outside_touched += touched(quiet_before, tree_state(outside))
-    if why_not is None:
-        subprocess.run(["umount", "-l", str(base)], check=False)
     return {
         "seconds": seconds,
         "worker_ops": sum(r["ops"] for r in results),

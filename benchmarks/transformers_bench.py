@@ -190,6 +190,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--texts", type=int, default=N_TEXTS, help="texts per embedding measurement (512)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads for both sides (default: torch's own)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = main(args.runs, args.texts)
     (Path(__file__).parent / "results-transformers.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -7,9 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import run_cli
 from provender import AmbiguousNameError, CacheManager, EntryNotFoundError
@@ -374,3 +377,37 @@ def test_an_imported_entry_and_a_hub_repo_sharing_a_name(cache_dir: Path, make_f
     imported = cm.import_model(make_files("tiny", {"w": 10}), "org/tiny")
     assert cm.get("org/tiny").key == imported.key  # the sideload overrides the download: documented
     assert cm.get(hub.key).kind == "hub" and cm.get(hub.key[:12]).kind == "hub"  # the key reaches the repo
+
+
+@settings(max_examples=25)
+@given(
+    damaged=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+            max_leaves=12,
+        ).map(lambda value: json.dumps(value).encode()),
+        st.fixed_dictionaries(
+            {"key": st.text(max_size=70), "files": st.dictionaries(st.text(max_size=8), st.integers(), max_size=3)}
+        ).map(lambda value: json.dumps(value).encode()),
+    )
+)
+def test_any_damaged_manifest_loses_nothing(damaged: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = Path(tmp) / "cache"
+        src = Path(tmp) / "m"
+        src.mkdir()
+        (src / "w.bin").write_bytes(os.urandom(300))
+        cm = CacheManager(cache_dir, max_size=10**6)
+        entry = cm.import_model(src, "org/m", link_mode="copy")
+        before = content(entry.path)
+        (entry.path / MANIFEST).write_bytes(damaged)
+        cm._index.close()
+        forget_index(cache_dir)
+        cm2 = CacheManager(cache_dir, max_size=10**6)
+        assert [e.key for e in cm2.entries()] == [entry.key]
+        issues = cm2.verify()  # never raises, whatever the manifest holds
+        assert content(entry.path) == before
+        assert issues and all(i.fixed for i in issues) and cm2.verify() == []
+        cm2._index.close()

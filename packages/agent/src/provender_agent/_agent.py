@@ -293,5 +293,9 @@ def _plugin_tools() -> list[Any]:
     def register(tool_obj: Any, *, name: str | None = None) -> None:
         found.append(Tool.from_function(tool_obj, name=name) if name and not isinstance(tool_obj, Tool) else tool_obj)
 
-    get_plugin_manager().call_each("provender_register_tools", register=register)
+    from provender_agent import hookspecs
+
+    manager = get_plugin_manager()
+    manager.add_hookspecs(hookspecs)  # also when the agent's own plugin is disabled
+    manager.call_each("provender_register_tools", register=register)
     return found

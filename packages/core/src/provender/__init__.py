@@ -72,7 +72,7 @@ _LAZY = {
     "hookimpl": "provender._plugins",
     "get_plugin_manager": "provender._plugins",
 }
-_ERRORS = frozenset(name for name in __all__ if name.endswith("Error"))  # all live in provender._errors
+_ERRORS = frozenset(name for name in __all__ if name.endswith("Error"))  # all live in provender.errors
 
 
 def get_provider(model: str) -> Provider:
@@ -83,7 +83,7 @@ def get_provider(model: str) -> Provider:
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name) or ("provender._errors" if name in _ERRORS else None)
+    module = _LAZY.get(name) or ("provender.errors" if name in _ERRORS else None)
     if module is None:
         raise AttributeError(f"module 'provender' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -97,7 +97,18 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from provender._cache import CacheEntry, CacheManager, CacheStats, Lease, VerifyIssue
-    from provender._errors import (
+    from provender._plugins import get_plugin_manager, hookimpl
+    from provender._pool import LoadedModel, ModelPool, model_pool
+    from provender._provider import (
+        Provider,
+        check_generation_options,
+        cut_at_stops,
+        iterate_in_thread,
+        parse_model_name,
+        prefer_order,
+    )
+    from provender._settings import Settings, load_settings
+    from provender.errors import (
         AmbiguousNameError,
         CacheError,
         CacheNotWritableError,
@@ -117,14 +128,3 @@ if TYPE_CHECKING:
         UnknownProviderError,
         UnsupportedError,
     )
-    from provender._plugins import get_plugin_manager, hookimpl
-    from provender._pool import LoadedModel, ModelPool, model_pool
-    from provender._provider import (
-        Provider,
-        check_generation_options,
-        cut_at_stops,
-        iterate_in_thread,
-        parse_model_name,
-        prefer_order,
-    )
-    from provender._settings import Settings, load_settings

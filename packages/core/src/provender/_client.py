@@ -20,8 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from provender._errors import ProvenderError
-from provender._provider import Provider
+from provender import Provider, ProvenderError
 
 if TYPE_CHECKING:
     import numpy
@@ -247,7 +246,7 @@ class RemoteProvider(Provider):
         import numpy as np
 
         if options:
-            from provender._errors import UnsupportedError
+            from provender import UnsupportedError
 
             raise UnsupportedError(self.name, f"embedding option(s) {', '.join(sorted(options))} through a server")
         answer = self.client.request(

@@ -49,7 +49,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
     Raises ConfigError naming the file for unreadable or malformed TOML.
     """
-    from provender._errors import ConfigError
+    from provender.errors import ConfigError
 
     try:
         data = path.read_bytes()

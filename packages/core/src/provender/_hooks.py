@@ -140,11 +140,13 @@ def hook_functions(plugin: object) -> list[HookFunction]:
     return found
 
 
-def spec_argnames() -> dict[str, tuple[str, ...]]:
-    """Each hook provender defines -> the arguments it passes."""
+def spec_argnames(modules: list[object] | None = None) -> dict[str, tuple[str, ...]]:
+    """Each hook specified in `modules` (default: the core's `provender.hookspecs`) -> the
+    arguments it passes."""
     specs = {}
-    for name in dir(hookspecs):
-        func = getattr(hookspecs, name)
-        if name.startswith(PROJECT + "_") and isinstance(getattr(func, PROJECT + "_spec", None), dict):
-            specs[name] = func.__code__.co_varnames[: func.__code__.co_argcount]
+    for module in modules if modules is not None else [hookspecs]:
+        for name in dir(module):
+            func = getattr(module, name)
+            if name.startswith(PROJECT + "_") and isinstance(getattr(func, PROJECT + "_spec", None), dict):
+                specs[name] = func.__code__.co_varnames[: func.__code__.co_argcount]
     return specs

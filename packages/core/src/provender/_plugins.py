@@ -15,7 +15,6 @@ import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from provender import hookspecs
-from provender._errors import PluginError, UnknownProviderError
 from provender._hooks import (  # hookimpl: re-exported, `provender.hookimpl` is read from here
     HookFunction,
     HookimplMarker,
@@ -23,6 +22,7 @@ from provender._hooks import (  # hookimpl: re-exported, `provender.hookimpl` is
     hookimpl,
     spec_argnames,
 )
+from provender.errors import PluginError, UnknownProviderError
 
 if TYPE_CHECKING:
     import pluggy
@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROJECT = "provender"
-__all__ = ["HookimplMarker", "PluginError", "PluginInfo", "PluginManager", "get_plugin_manager", "hookimpl"]
+__all__ = [
+    "HookimplMarker",
+    "PluginError",
+    "PluginHost",
+    "PluginInfo",
+    "PluginManager",
+    "get_plugin_manager",
+    "hookimpl",
+]
 
 
 class PluginInfo:
@@ -147,8 +155,17 @@ class ProviderSpec:
         return f"ProviderSpec({self.name!r}, plugin={self.plugin!r})"
 
 
-class PluginManager:
-    """pluggy's manager plus what provender remembers about each plugin."""
+class PluginHost:
+    """provender's plugins: pluggy's manager, kept private, plus what provender remembers
+    about each plugin (`plugins`: name -> `PluginInfo`, shown by ``provender plugins``).
+
+    The command line and the libraries use its methods (`providers`, `claim`, `call_each`,
+    `implementers`, `has_implementations`, `register`); pluggy's own manager is built only
+    when a hook must go through it, so ``provender --help`` never imports pluggy. `pm` and
+    `hook` remain for tests and for code written against pluggy's API.
+
+    Known as ``PluginManager`` before; that name stays an alias.
+    """
 
     def __init__(self, disabled: list[str] | None = None) -> None:
         self.disabled = set(disabled or [])
@@ -156,17 +173,24 @@ class PluginManager:
         self._providers: dict[str, ProviderSpec] | None = None
         self._lock = threading.RLock()
         self._registered: dict[str, object] = {}  # name -> plugin, in registration order
+        self._spec_modules: list[object] = [hookspecs]  # the core's, then those plugins add
         self._pm: pluggy.PluginManager | None = None
 
     @property
     def pm(self) -> pluggy.PluginManager:
-        """pluggy's manager, built on first use with every plugin registered so far."""
+        """pluggy's manager, built on first use with every spec and plugin registered so far.
+
+        ``check_pending()`` runs once everything is registered: an implementation of a hook
+        nobody specifies is an error (provender reports it per plugin before that, see
+        `_check_hooks`, so this is the safety net).
+        """
         with self._lock:
             if self._pm is None:
                 import pluggy
 
                 pm = pluggy.PluginManager(PROJECT)
-                pm.add_hookspecs(hookspecs)
+                for module in self._spec_modules:
+                    pm.add_hookspecs(module)
                 for name in self.disabled:
                     pm.set_blocked(name)
                 for name, plugin in list(self._registered.items()):
@@ -174,20 +198,36 @@ class PluginManager:
                         pm.register(plugin, name=name)
                     except Exception as exc:  # pluggy's own validation (e.g. an argument the spec lacks)
                         self._registered.pop(name)
-                        info = self.plugins.get(name)
-                        if info is not None:
-                            info.status = "failed"
-                            info.error = f"{type(exc).__name__}: {exc}"
+                        self._fail(name, f"{type(exc).__name__}: {exc}")
                         logger.warning("plugin %r failed to register and was skipped: %s", name, exc)
+                try:
+                    pm.check_pending()
+                except pluggy.PluginValidationError as exc:  # only a hook whose spec's package is absent
+                    logger.debug("pluggy: %s", exc)
                 self._pm = pm
             return self._pm
 
     @property
     def hook(self) -> Any:
+        """pluggy's hook relay (``host.hook.provender_cache_evicted(entry=...)``)."""
         return self.pm.hook
 
+    def add_hookspecs(self, module: object) -> None:
+        """Add the hook specs in `module` (what a plugin's ``provender_addhooks`` calls)."""
+        with self._lock:
+            if module in self._spec_modules:
+                return
+            self._spec_modules.append(module)
+            if self._pm is not None:
+                self._pm.add_hookspecs(module)
+
     def load_entrypoints(self) -> None:
-        """Import and register every installed plugin, one at a time."""
+        """Import and register every installed plugin, one at a time.
+
+        All are imported and their ``provender_addhooks`` called first, so a plugin may
+        implement a hook that another plugin (loaded later) specifies.
+        """
+        loaded: list[tuple[str, object]] = []
         for ep in find_entry_points(PROJECT):
             info = PluginInfo(name=ep.name, module=ep.value, distribution=ep.distribution, version=ep.version)
             self.plugins[ep.name] = info
@@ -196,14 +236,32 @@ class PluginManager:
                 continue
             try:
                 plugin = ep.load()
-                info.hooks = self._check_hooks(plugin, ep.name)
-                self._add(plugin, ep.name)
+                self._add_hooks_of(plugin)
+                loaded.append((ep.name, plugin))
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                info.status = "failed"
-                info.error = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
-                logger.warning("plugin %r failed to load and was skipped: %s", ep.name, info.error)
+                self._fail(ep.name, str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}")
+                logger.warning("plugin %r failed to load and was skipped: %s", ep.name, self.plugins[ep.name].error)
+        for name, plugin in loaded:
+            try:
+                self.plugins[name].hooks = self._check_hooks(plugin, name)
+                self._add(plugin, name)
+            except Exception as exc:
+                self._fail(name, str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}")
+                logger.warning("plugin %r failed to load and was skipped: %s", name, self.plugins[name].error)
+
+    def _fail(self, name: str, error: str) -> None:
+        info = self.plugins.get(name)
+        if info is not None:
+            info.status = "failed"
+            info.error = error
+
+    def _add_hooks_of(self, plugin: object) -> None:
+        """Call the plugin's ``provender_addhooks(pluginmanager)``, as pytest does ``pytest_addhooks``."""
+        for impl in hook_functions(plugin):
+            if impl.hook == "provender_addhooks":
+                impl.function(*(dict(pluginmanager=self)[a] for a in impl.argnames))
 
     def _add(self, plugin: object, name: str) -> None:
         with self._lock:
@@ -220,15 +278,17 @@ class PluginManager:
 
         pluggy's ``check_pending()`` finds unknown hooks for the whole manager; this does it
         for one plugin, before it is registered, so only that plugin is reported as failed.
+        A hook whose spec belongs to a provender package that is not installed (see
+        `SPECS_ELSEWHERE`) is accepted: nothing calls it.
         """
-        specs = spec_argnames()
+        specs = spec_argnames(self._spec_modules)
         problems = []
         for impl in hook_functions(plugin):
             if impl.hook in specs:
                 extra = [a for a in impl.argnames if a not in specs[impl.hook]]
                 if extra:
                     problems.append(f"{impl.hook} asks for {', '.join(extra)}, which the hook does not pass")
-            elif not impl.opts.get("optionalhook"):
+            elif not impl.opts.get("optionalhook") and impl.hook not in SPECS_ELSEWHERE:
                 import difflib
 
                 close = difflib.get_close_matches(impl.hook, list(specs), n=1)
@@ -239,17 +299,25 @@ class PluginManager:
             )
         return sorted({impl.hook for impl in hook_functions(plugin)})
 
-    def register(self, plugin: object, name: str) -> None:
+    def register(self, plugin: object, name: str, *, default: bool = False) -> None:
         """Register an in-process plugin (tests, applications embedding provender).
 
-        Raises PluginError for a hook that does not exist (see `_check_hooks`).
+        Raises PluginError for a hook that does not exist (see `_check_hooks`). A `default`
+        plugin is provender's own (the core commands): registering it again moves it to
+        the end (called first), and ``provender plugins`` does not list it.
         """
         with self._lock:
+            if default and name in self._registered:
+                self.unregister(name)  # registered again: last, so that it is called first
+            self._add_hooks_of(plugin)
             hooks = self._check_hooks(plugin, name)
             self._add(plugin, name)
-            self.plugins[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)), hooks=hooks)
+            if not default:
+                module = getattr(plugin, "__name__", repr(plugin))
+                self.plugins[name] = PluginInfo(name=name, module=module, hooks=hooks)
 
     def unregister(self, name: str) -> None:
+        """Forget the plugin registered as `name`."""
         with self._lock:
             plugin = self._registered.pop(name, None)
             if self._pm is not None and plugin is not None:
@@ -260,6 +328,10 @@ class PluginManager:
     def implementers(self, hook: str) -> list[str]:
         """Names of the registered plugins that implement `hook`, in calling order."""
         return [name for name, impl in self._impls(hook)]
+
+    def has_implementations(self, hook: str) -> bool:
+        """Whether any registered plugin implements `hook` (without loading pluggy)."""
+        return bool(self._impls(hook))
 
     def _impls(self, hook: str) -> list[tuple[str, HookFunction]]:
         """(plugin name, implementation) of `hook`, in the order pluggy calls them (latest registered first)."""
@@ -353,7 +425,8 @@ class PluginManager:
                 except Exception as exc:
                     logger.warning("plugin %r failed in %s: %s", name, hook, exc)
             return results
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+        caller = getattr(self.pm.hook, hook, None)  # None: nobody specifies or implements it
+        for impl in reversed(caller.get_hookimpls() if caller is not None else []):
             name = self.pm.get_name(impl.plugin) or "?"
             try:
                 results.append((name, call_impl(impl, **kwargs)))
@@ -380,24 +453,31 @@ def call_impl(impl: Any, **kwargs: Any) -> Any:
     return impl.function(*(kwargs[name] for name in impl.argnames))
 
 
-_manager: PluginManager | None = None
+PluginManager = PluginHost
+"""The name `PluginHost` had before; kept so code written against it keeps working."""
+
+# Hooks whose spec lives in another provender package; implementing one while that package
+# is not installed is not an error (pytest's ``optionalhook``), since nothing calls it.
+SPECS_ELSEWHERE = {"provender_register_tools": "provender-agent"}
+
+_manager: PluginHost | None = None
 _manager_lock = threading.Lock()
 
 
-def get_plugin_manager() -> PluginManager:
+def get_plugin_manager() -> PluginHost:
     """The process-wide plugin manager, loading entry points on first use."""
     global _manager
     with _manager_lock:
         if _manager is None:
             from provender._config_files import disabled_plugins_fast
 
-            manager = PluginManager(disabled=disabled_plugins_fast())
+            manager = PluginHost(disabled=disabled_plugins_fast())
             manager.load_entrypoints()
             _manager = manager
         return _manager
 
 
-def plugin_manager_if_loaded() -> PluginManager | None:
+def plugin_manager_if_loaded() -> PluginHost | None:
     """The manager if something in this process already loaded plugins (no import cost otherwise)."""
     return _manager
 

@@ -27,8 +27,8 @@ from provender._config_files import (
     read_config_file,
     split_names,
 )
-from provender._errors import ConfigError
 from provender._sizes import format_duration, format_size_exact, parse_duration, parse_limit, parse_size
+from provender.errors import ConfigError
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 SizeLimit = Annotated[int, BeforeValidator(parse_limit)]

@@ -1,7 +1,9 @@
 """Every hook a provender plugin can implement, in one place.
 
 A plugin is a module (named by an entry point in the ``provender`` group) with
-functions decorated ``@provender.hookimpl`` whose names match these specs. A plugin
+functions decorated ``@provender.hookimpl`` whose names match these specs (or specs a
+plugin added through ``provender_addhooks``: provender-agent's ``provender_register_tools``
+lives in `provender_agent.hookspecs`). A plugin
 implements only the hooks it needs; argument names must match, but a plugin may
 accept fewer arguments than the spec passes.
 
@@ -40,8 +42,22 @@ class RegisterProvider(Protocol):
     def __call__(self, name: str, factory: ProviderFactory, *, description: str = "") -> None: ...
 
 
-class RegisterTool(Protocol):
-    def __call__(self, tool: Any, *, name: str | None = None) -> None: ...
+class HookHost(Protocol):
+    """What ``provender_addhooks`` receives: the plugin host, reduced to what that hook needs."""
+
+    def add_hookspecs(self, module: object) -> None: ...
+
+
+@hookspec
+def provender_addhooks(pluginmanager: HookHost) -> None:
+    """Add hook specs of your own, as pytest's ``pytest_addhooks`` does.
+
+    Called once, when this plugin is registered and before any of its other hooks are
+    checked; call ``pluginmanager.add_hookspecs(module)`` with a module whose functions
+    are marked ``@provender.hookspecs.hookspec``. Other plugins may then implement
+    those hooks, and your package calls them. provender-agent adds
+    ``provender_register_tools`` this way (`provender_agent.hookspecs`). Returns nothing.
+    """
 
 
 @hookspec
@@ -63,16 +79,6 @@ def provender_register_commands(cli: click.Group) -> None:
     Called while the CLI is built, before arguments are parsed, including for
     ``provender --help``: add commands with ``cli.add_command(...)`` or ``@cli.command()``
     and keep their imports inside the command functions. Returns nothing.
-    """
-
-
-@hookspec
-def provender_register_tools(register: RegisterTool) -> None:
-    """Offer tools to the agent library (``provender-agent``).
-
-    Called when an agent collects tools from plugins. Call ``register(tool)`` with a
-    plain typed Python function (its docstring and type hints become the schema) or
-    an object the agent library accepts as a tool. Returns nothing.
     """
 
 

@@ -144,7 +144,7 @@ def collections() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def collections_ls(as_json: bool) -> None:
     """List collections with their model and size."""
-    from provender._cli._common import echo_table
+    from provender.cli import echo_table
     from provender_embedding import Collection
 
     rows = Collection.list()

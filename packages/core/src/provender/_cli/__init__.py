@@ -23,7 +23,7 @@ class ProvenderGroup(click.Group):
     """Turns provender's errors into one clear line and the right exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from provender._errors import ProvenderError
+        from provender.errors import ProvenderError
 
         try:
             return super().invoke(ctx)
@@ -50,18 +50,45 @@ class ProvenderGroup(click.Group):
             sys.exit(EXIT_FAILURE)
 
 
+class _PrefixFilter(logging.Filter):
+    """provender's records (loggers named ``provender``, ``provender.*``, ``provender_*``: the
+    core and every provender package, by name prefix) from `level` up; any other library's
+    from WARNING up, as Python prints them when nothing is configured."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "provender" or record.name.startswith(("provender.", "provender_")):
+            return record.levelno >= self.level
+        return record.levelno >= logging.WARNING
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the current sys.stderr (a test runner may swap it between commands)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _configure_logging(verbose: int, debug: bool) -> None:
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
+    handler.set_name("provender")
+    handler.addFilter(_PrefixFilter(level))
     handler.setFormatter(
         logging.Formatter("%(levelname)s: %(message)s" if verbose or debug else "warning: %(message)s")
     )
-    root = logging.getLogger("provender")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in ("provender_mlx", "provender_embedding", "provender_agent"):
-        logging.getLogger(name).handlers[:] = [handler]
-        logging.getLogger(name).setLevel(level)
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "provender"] + [handler]
+    if root.getEffectiveLevel() > level:
+        root.setLevel(level)
+    top = logging.getLogger("provender")  # quiet until now (main): its records reach `handler` again
+    top.handlers[:] = [h for h in top.handlers if not isinstance(h, logging.NullHandler)]
+    top.propagate = True
+    top.setLevel(logging.NOTSET)
 
 
 @click.group(cls=ProvenderGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,14 +110,14 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 
 
 def _build() -> click.Group:
-    from provender._cli import cache, core
-
-    core.register(cli)
-    cli.add_command(cache.cache)
-    # Plugins add their commands; a plugin that fails here is reported, never fatal.
+    from provender._cli import _builtin
     from provender._plugins import get_plugin_manager
 
     manager = get_plugin_manager()
+    # provender's own commands come through the same hook as every plugin's, registered last
+    # so that they are added first (pluggy calls the latest registered first).
+    manager.register(_builtin, name=_builtin.NAME, default=True)
+    # A plugin that fails here is reported, never fatal.
     added = {name for name, _ in manager.call_each("provender_register_commands", cli=cli)}
     for plugin in manager.implementers("provender_register_commands"):
         if plugin not in added:

@@ -26,7 +26,7 @@ def is_usage_error(exc: BaseException) -> bool:
     An error class may say otherwise with ``exit_code`` (a collection that does not exist
     is a failure, exit 1, like a model that is not in the cache).
     """
-    from provender._errors import ProvenderError, SourceNotFoundError, UnknownProviderError
+    from provender.errors import ProvenderError, SourceNotFoundError, UnknownProviderError
 
     code = exc.exit_code if isinstance(exc, ProvenderError) else None
     if code is not None:

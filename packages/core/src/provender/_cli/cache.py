@@ -30,7 +30,7 @@ def _claims(entries: list[CacheEntry]) -> dict[str, list[str]]:
     from provender._plugins import get_plugin_manager
 
     manager = get_plugin_manager()
-    if not manager.pm.hook.provender_claim_model.get_hookimpls():
+    if not manager.has_implementations("provender_claim_model"):
         return {}
     from provender._provider import prefer_order
 

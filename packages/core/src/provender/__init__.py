@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from provender import _wiring
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -94,6 +96,24 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(__all__) | set(globals()))
 
+
+
+def _settings_cache_defaults() -> tuple[Any, Any]:
+    from provender._settings import cache_defaults
+
+    return cache_defaults()
+
+
+def _tell_plugins_evicted(entry: Any) -> None:
+    from provender._plugins import tell_plugins_evicted
+
+    tell_plugins_evicted(entry)
+
+
+# The package front wires the layers: the cache (below the settings and the plugins) gets its
+# defaults and its eviction listener handed down instead of importing them (docs/architecture.md).
+_wiring.set_cache_defaults(_settings_cache_defaults)
+_wiring.add_eviction_listener(_tell_plugins_evicted)
 
 if TYPE_CHECKING:
     from provender._cache import CacheEntry, CacheManager, CacheStats, Lease, VerifyIssue

@@ -140,7 +140,7 @@ def hook_functions(plugin: object) -> list[HookFunction]:
     return found
 
 
-def spec_argnames(modules: list[object] | None = None) -> dict[str, tuple[str, ...]]:
+def spec_argnames(modules: list[types.ModuleType | type] | None = None) -> dict[str, tuple[str, ...]]:
     """Each hook specified in `modules` (default: the core's `provender.hookspecs`) -> the
     arguments it passes."""
     specs = {}

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import types
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from provender import hookspecs
@@ -173,7 +174,7 @@ class PluginHost:
         self._providers: dict[str, ProviderSpec] | None = None
         self._lock = threading.RLock()
         self._registered: dict[str, object] = {}  # name -> plugin, in registration order
-        self._spec_modules: list[object] = [hookspecs]  # the core's, then those plugins add
+        self._spec_modules: list[types.ModuleType | type] = [hookspecs]  # the core's, then those plugins add
         self._pm: pluggy.PluginManager | None = None
 
     @property
@@ -212,7 +213,7 @@ class PluginHost:
         """pluggy's hook relay (``host.hook.provender_cache_evicted(entry=...)``)."""
         return self.pm.hook
 
-    def add_hookspecs(self, module: object) -> None:
+    def add_hookspecs(self, module: types.ModuleType | type) -> None:
         """Add the hook specs in `module` (what a plugin's ``provender_addhooks`` calls)."""
         with self._lock:
             if module in self._spec_modules:
@@ -480,6 +481,20 @@ def get_plugin_manager() -> PluginHost:
 def plugin_manager_if_loaded() -> PluginHost | None:
     """The manager if something in this process already loaded plugins (no import cost otherwise)."""
     return _manager
+
+
+def tell_plugins_evicted(entry: CacheEntry) -> None:
+    """Call ``provender_cache_evicted(entry)`` on the loaded plugins (none loaded: nobody to tell).
+
+    The cache calls this through `provender._wiring` (it does not import the plugin layer).
+    """
+    manager = _manager
+    if manager is None:
+        return
+    try:
+        manager.hook.provender_cache_evicted(entry=entry)
+    except Exception as exc:
+        logger.warning("a plugin failed on provender_cache_evicted(%s): %s", entry.name, exc)
 
 
 def reset_plugin_manager() -> None:

@@ -261,6 +261,13 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid settings: {exc}") from None
 
 
+def cache_defaults() -> tuple[Path, int]:
+    """``(cache.dir, cache.max_size)`` from the settings: what ``CacheManager()`` uses when not
+    given them (registered with the cache by ``provender/__init__.py``, see `provender._wiring`)."""
+    settings = load_settings()
+    return settings.cache.dir, settings.cache.max_size
+
+
 def display_value(setting: str, value: Any) -> str:
     """A setting's value as a person would write it: ``50 GB``, ``5m``, ``a, b``, ``(none)``."""
     section, _, key = setting.partition(".")

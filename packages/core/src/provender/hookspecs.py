@@ -13,6 +13,7 @@ libraries (mlx, torch, numpy) inside the provider, not at module level.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -45,7 +46,7 @@ class RegisterProvider(Protocol):
 class HookHost(Protocol):
     """What ``provender_addhooks`` receives: the plugin host, reduced to what that hook needs."""
 
-    def add_hookspecs(self, module: object) -> None: ...
+    def add_hookspecs(self, module: types.ModuleType | type) -> None: ...
 
 
 @hookspec

@@ -85,10 +85,10 @@ def get_provider(model: str) -> Provider:
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name) or ("provender.errors" if name in _ERRORS else None)
-    if module is None:
+    module = _LAZY.get(name) or ("provender.errors" if name in _ERRORS or name.endswith("Error") else None)
+    value = getattr(importlib.import_module(module), name, None) if module else None
+    if value is None:  # every error of provender.errors is importable from here too
         raise AttributeError(f"module 'provender' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from provender import Provider, ProvenderError
+from provender import ProvenderError, Provider
 
 if TYPE_CHECKING:
     import numpy

@@ -1,0 +1,173 @@
+"""The core's shape (issue 10): the plugin host over pluggy, hooks packages add themselves,
+the core's commands as a default plugin, logging by name prefix, the public errors and CLI
+helpers, the one-way layers and the architecture document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import provender
+from provender import hookimpl
+from provender.errors import PluginError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_plugin_host_is_the_manager_under_both_names() -> None:
+    from provender._plugins import PluginHost, PluginManager
+
+    assert PluginManager is PluginHost
+    assert isinstance(provender.get_plugin_manager(), PluginHost)
+
+
+def test_core_commands_come_from_a_default_plugin_not_listed_as_installed() -> None:
+    from click.testing import CliRunner
+
+    from provender._cli import _build
+    from provender._cli._builtin import NAME
+
+    host = provender.get_plugin_manager()
+    cli = _build()
+    _build()  # building again registers it once
+    assert host.implementers("provender_register_commands").count(NAME) == 1
+    assert host.implementers("provender_register_commands")[0] == NAME  # called first: plugins come after
+    assert NAME not in host.plugins
+    assert {"generate", "models", "plugins", "config", "pull", "cache"} <= set(cli.commands)
+    out = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert out.exit_code == 0 and NAME not in {p["name"] for p in json.loads(out.stdout)}
+
+
+def test_the_agent_adds_its_hook_spec_and_the_core_does_not_own_it() -> None:
+    from provender import hookspecs
+    from provender._hooks import spec_argnames
+
+    assert not hasattr(hookspecs, "provender_register_tools")
+    host = provender.get_plugin_manager()
+    assert spec_argnames(host._spec_modules)["provender_register_tools"] == ("register",)
+    typo = types.SimpleNamespace(provender_register_tool=hookimpl(lambda register: None))
+    with pytest.raises(PluginError, match=r"did you mean provender_register_tools\?"):
+        host.register(typo, name="typo")
+    assert host.pm.hook.provender_register_tools.spec is not None  # pluggy has the agent's spec too
+
+
+def specs_module() -> types.ModuleType:
+    from provender.hookspecs import hookspec
+
+    module = types.ModuleType("custom_specs")
+
+    def provender_custom(value):  # type: ignore[no-untyped-def]
+        """A hook a package adds."""
+
+    module.provender_custom = hookspec(provender_custom)  # type: ignore[attr-defined]
+    return module
+
+
+def test_a_plugin_adds_hooks_that_others_implement_through_pluggy_too() -> None:
+    from provender._plugins import PluginHost
+
+    module = specs_module()
+    host = PluginHost()
+    implementer = types.SimpleNamespace(provender_custom=hookimpl(lambda value: value * 2))
+    with pytest.raises(PluginError, match="unknown hook provender_custom"):
+        host.register(implementer, name="early")  # nobody specifies it yet
+
+    adder = types.SimpleNamespace(
+        provender_addhooks=hookimpl(lambda pluginmanager: pluginmanager.add_hookspecs(module))
+    )
+    host.register(adder, name="adder")
+    host.register(implementer, name="implementer")
+    assert host.call_each("provender_custom", value=21) == [("implementer", 42)]
+    assert host._pm is None  # no pluggy needed so far
+    assert host.pm.hook.provender_custom(value=1) == [2]  # and pluggy agrees, check_pending passed
+    assert host.has_implementations("provender_custom") and not host.has_implementations("provender_claim_model")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+
+
+def test_logging_is_configured_by_the_provender_prefix(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provender._cli import _configure_logging
+
+    _configure_logging(1, False)  # -v
+    logging.getLogger("provender_somepackage.module").info("from a package no one listed")
+    logging.getLogger("provender._cache").info("from the core")
+    logging.getLogger("unrelated").info("someone else's info")
+    logging.getLogger("unrelated").warning("someone else's warning")
+    logging.getLogger("provenderish").info("not ours")
+    err = capsys.readouterr().err
+    assert "INFO: from a package no one listed" in err and "INFO: from the core" in err
+    assert "someone else's info" not in err and "not ours" not in err
+    assert "someone else's warning" in err
+    _configure_logging(0, False)
+    logging.getLogger("provender_somepackage").info("quiet now")
+    assert "quiet now" not in capsys.readouterr().err
+    assert [h.get_name() for h in logging.getLogger().handlers].count("provender") == 1
+
+
+def test_errors_and_cli_helpers_are_public(capsys: pytest.CaptureFixture[str]) -> None:
+    import provender._errors
+    import provender.errors
+    from provender.cli import EXIT_USAGE, echo_table, is_usage_error
+
+    for name in provender.errors.__all__:
+        assert getattr(provender, name) is getattr(provender.errors, name) is getattr(provender._errors, name)
+    assert {n for n in provender.__all__ if n.endswith("Error")} <= set(provender.errors.__all__)
+    assert is_usage_error(provender.errors.ConfigError("bad")) and EXIT_USAGE == 2
+    echo_table([("a", 1)], ("NAME", "N"))
+    assert capsys.readouterr().out.split("\n")[1].split() == ["a", "1"]
+
+
+def test_import_layers_hold() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists():
+        pytest.skip("import-linter is not installed here (tox -e lint runs it)")
+    out = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert out.stdout.count("KEPT") == 2
+
+
+def test_architecture_doc_reaches_every_part_in_one_hop() -> None:
+    doc = ROOT / "docs" / "architecture.md"
+    text = doc.read_text()
+    links = re.findall(r"\]\(([^)#]+)\)", text)
+    missing = [link for link in links if not link.startswith("http") and not (doc.parent / link).exists()]
+    assert not missing
+    targets = {str((doc.parent / link).resolve().relative_to(ROOT)) for link in links}
+    for part in (
+        "packages/core/src/provender/hookspecs.py",
+        "packages/core/src/provender/_cache/_manager.py",
+        "packages/core/src/provender/_settings.py",
+        "packages/core/src/provender/_cli/__init__.py",
+        "packages/core/src/provender/_cli/cache.py",
+        "packages/core/src/provender/_provider.py",
+        "packages/core/src/provender/_pool.py",
+    ):
+        assert part in targets, part
+    for package in (
+        "core",
+        "provider-mlx",
+        "provider-transformers",
+        "provider-llamacpp",
+        "serve",
+        "embedding",
+        "agent",
+    ):
+        assert any(t.startswith(f"packages/{package}/") for t in targets), package

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -127,9 +128,11 @@ def test_errors_and_cli_helpers_are_public(capsys: pytest.CaptureFixture[str]) -
     import provender.errors
     from provender.cli import EXIT_USAGE, echo_table, is_usage_error
 
-    for name in provender.errors.__all__:
+    names = [n for n, v in vars(provender.errors).items() if isinstance(v, type) and issubclass(v, Exception)]
+    assert len(names) >= 20 and "InvalidModelNameError" in names
+    for name in names:
         assert getattr(provender, name) is getattr(provender.errors, name) is getattr(provender._errors, name)
-    assert {n for n in provender.__all__ if n.endswith("Error")} <= set(provender.errors.__all__)
+    assert {n for n in provender.__all__ if n.endswith("Error")} <= set(names)
     assert is_usage_error(provender.errors.ConfigError("bad")) and EXIT_USAGE == 2
     echo_table([("a", 1)], ("NAME", "N"))
     assert capsys.readouterr().out.split("\n")[1].split() == ["a", "1"]
@@ -141,7 +144,7 @@ def test_import_layers_hold() -> None:
         pytest.skip("import-linter is not installed here (tox -e lint runs it)")
     out = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
-    assert out.stdout.count("KEPT") == 2
+    assert out.stdout.count("KEPT") == 3 and "BROKEN" not in out.stdout
 
 
 def test_architecture_doc_reaches_every_part_in_one_hop() -> None:
@@ -171,3 +174,27 @@ def test_architecture_doc_reaches_every_part_in_one_hop() -> None:
         "agent",
     ):
         assert any(t.startswith(f"packages/{package}/") for t in targets), package
+
+
+def test_an_upward_import_inside_a_function_breaks_the_layers(tmp_path: Path) -> None:
+    import shutil
+    import tomllib
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists():
+        pytest.skip("import-linter is not installed here (tox -e lint runs it)")
+    shutil.copytree(ROOT / "packages" / "core" / "src" / "provender", tmp_path / "src" / "provender")
+    names = tmp_path / "src" / "provender" / "_cache" / "_names.py"
+    names.write_text(names.read_text() + "\n\ndef _settings():\n    from provender._settings import load_settings\n")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    core = [c for c in config["contracts"] if c.get("containers") == ["provender"]]
+    lines = ["[importlinter]", "root_packages =", "    provender"]
+    for n, contract in enumerate(core):
+        lines += [f"[importlinter:contract:{n}]", f"name = {contract['name']}", f"type = {contract['type']}"]
+        lines += ["containers =", "    provender", "layers ="] + [f"    {layer}" for layer in contract["layers"]]
+        lines += ["ignore_imports ="] + [f"    {i}" for i in contract.get("ignore_imports", [])]
+    (tmp_path / ".importlinter").write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+    out = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "provender._cache._names -> provender._settings" in out.stdout

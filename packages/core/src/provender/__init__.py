@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousNameError",
+    "BatchSession",
     "CacheEntry",
     "CacheError",
     "CacheManager",
@@ -64,6 +65,7 @@ _LAZY = {
     "ModelPool": "provender._pool",
     "model_pool": "provender._pool",
     "Provider": "provender._provider",
+    "BatchSession": "provender._provider",
     "check_generation_options": "provender._provider",
     "cut_at_stops": "provender._provider",
     "prefer_order": "provender._provider",
@@ -120,6 +122,7 @@ if TYPE_CHECKING:
     from provender._plugins import get_plugin_manager, hookimpl
     from provender._pool import LoadedModel, ModelPool, model_pool
     from provender._provider import (
+        BatchSession,
         Provider,
         check_generation_options,
         cut_at_stops,

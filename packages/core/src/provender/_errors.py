@@ -2,5 +2,10 @@
 
 from __future__ import annotations
 
-from provender.errors import *  # noqa: F403
-from provender.errors import __all__ as __all__
+from typing import Any
+
+from provender import errors
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(errors, name)

@@ -7,15 +7,13 @@ fails to import or to register is logged, remembered with its error (shown by
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import sys
 import threading
 import types
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from provender import hookspecs
+from provender._entrypoints import PluginInfo, find_entry_points
 from provender._hooks import (  # hookimpl: re-exported, `provender.hookimpl` is read from here
     HookFunction,
     HookimplMarker,
@@ -43,102 +41,6 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
 ]
-
-
-class PluginInfo:
-    """What `provender plugins` shows about one entry point.
-
-    (Plain classes here, not dataclasses: every command, `--help` included, imports this
-    module, and the dataclasses module plus the classes it builds cost about 2 ms.)
-    """
-
-    def __init__(
-        self,
-        name: str,
-        module: str,
-        distribution: str | None = None,
-        version: str | None = None,
-        status: str = "loaded",  # loaded | failed | disabled
-        error: str | None = None,
-        hooks: list[str] | None = None,
-        providers: list[str] | None = None,
-    ) -> None:
-        self.name = name
-        self.module = module
-        self.distribution = distribution
-        self.version = version
-        self.status = status
-        self.error = error
-        self.hooks: list[str] = hooks if hooks is not None else []
-        self.providers: list[str] = providers if providers is not None else []
-
-    def __repr__(self) -> str:
-        return f"PluginInfo({self.name!r}, status={self.status!r}, error={self.error!r})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "module": self.module,
-            "distribution": self.distribution,
-            "version": self.version,
-            "status": self.status,
-            "error": self.error,
-            "hooks": self.hooks,
-            "providers": self.providers,
-        }
-
-
-class EntryPoint(NamedTuple):
-    """One entry point: ``name = value`` of a distribution."""
-
-    name: str
-    value: str
-    distribution: str | None
-    version: str | None
-
-    def load(self) -> object:
-        module, _, attrs = self.value.partition(":")
-        obj: object = importlib.import_module(module.strip())
-        for attr in filter(None, attrs.strip().split(".")):
-            obj = getattr(obj, attr)
-        return obj
-
-
-def find_entry_points(group: str) -> list[EntryPoint]:
-    """Entry points of `group` from the installed distributions on sys.path, first one of a name wins.
-
-    Same answer as ``importlib.metadata.entry_points(group=...)``, read straight from the
-    ``*.dist-info/entry_points.txt`` files: importing importlib.metadata costs ~18 ms here
-    (its email parser), more than the rest of plugin loading, and every `provender`
-    command, ``--help`` included, pays it. A test checks both agree.
-    """
-    found: dict[str, EntryPoint] = {}
-    for base in sys.path:
-        try:
-            names = sorted(n for n in os.listdir(base or ".") if n.endswith((".dist-info", ".egg-info")))
-        except OSError:
-            continue
-        for dist_dir in names:
-            try:
-                with open(os.path.join(base or ".", dist_dir, "entry_points.txt"), encoding="utf-8") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            if f"[{group}]" not in text:
-                continue
-            dist_name, _, version = dist_dir.rsplit(".", 1)[0].partition("-")
-            section = None
-            for raw in text.splitlines():
-                line = raw.strip()
-                if not line or line.startswith(("#", ";")):
-                    continue
-                if line.startswith("[") and line.endswith("]"):
-                    section = line[1:-1].strip()
-                elif section == group and "=" in line:
-                    name, _, value = line.partition("=")
-                    entry = EntryPoint(name.strip(), value.strip(), dist_name, version.split("-")[0] or None)
-                    found.setdefault(entry.name, entry)
-    return list(found.values())
 
 
 class ProviderSpec:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from provender._errors import (
+from provender.errors import (
     InvalidModelNameError,
     InvalidOptionError,
     ModelNotFoundError,
@@ -37,6 +37,7 @@ class Provider:
     """
 
     name: ClassVar[str] = "provider"
+    supports_batching: ClassVar[bool] = False  # True: `batch_session` decodes several requests at once
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -76,6 +77,10 @@ class Provider:
         """Unload this model from memory now (the process's model pool); the disk cache is untouched."""
         raise UnsupportedError(self.name, "unload")
 
+    def batch_session(self) -> BatchSession:
+        """A `BatchSession` that decodes several generations together (where ``supports_batching``)."""
+        raise UnsupportedError(self.name, "batched generation")
+
     async def achat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
     ) -> str:
@@ -109,6 +114,52 @@ class Provider:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}:{self.model}>"
+
+
+class BatchSession:
+    """Several generations decoded together, one token per sequence per `step` (continuous batching).
+
+    A provider with ``supports_batching`` returns one from `Provider.batch_session`; one
+    thread drives it. `insert` adds a request, also while others run; `step` advances
+    every sequence by one token and returns ``(id, text, finished)`` for each: the pieces
+    of a sequence are what `Provider.stream` / `Provider.stream_chat` would yield for the
+    same request (one per generated token; ``max_tokens``, stop strings and the
+    tokenizer's end of sequence honoured), and a finished sequence leaves the batch.
+    `remove` drops sequences (a client that went away); `close` releases the session.
+    Greedy output equals the same request generated alone. Options as `stream`, except
+    ``seed`` (the random state is shared by the batch), which raises `UnsupportedError`.
+    """
+
+    def insert(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> int:
+        """Add a completion of `prompt`, or (with `messages`) a chat answer; returns its id."""
+        raise UnsupportedError("provider", "batched generation")
+
+    def step(self) -> list[tuple[int, str, bool]]:
+        """Advance every sequence by one token: ``(id, text, finished)`` for each."""
+        raise UnsupportedError("provider", "batched generation")
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Drop these sequences from the batch (unknown or finished ids are ignored)."""
+
+    def __len__(self) -> int:
+        """Sequences in the batch (inserted, not yet finished or removed)."""
+        return 0
+
+    def close(self) -> None:
+        """Release what the session holds. Idempotent."""
+
+    def __enter__(self) -> BatchSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 async def iterate_in_thread(make: Callable[[], Iterable[T]], *, name: str = "worker") -> AsyncIterator[T]:

@@ -13,29 +13,6 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = [
-    "AmbiguousNameError",
-    "CacheError",
-    "CacheNotWritableError",
-    "ConfigError",
-    "DiskFullError",
-    "EntryExistsError",
-    "EntryInUseError",
-    "EntryNotFoundError",
-    "EntryTooLargeError",
-    "HubError",
-    "InvalidModelNameError",
-    "InvalidNameError",
-    "InvalidOptionError",
-    "ModelNotFoundError",
-    "ModelPathNotFoundError",
-    "PluginError",
-    "ProvenderError",
-    "SourceNotFoundError",
-    "UnknownProviderError",
-    "UnsupportedError",
-]
-
 
 class ProvenderError(Exception):
     """Root of every error provender raises on purpose.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     import click
 
-    from provender._cache import CacheEntry
+    from provender._cache._entry import CacheEntry
     from provender._provider import Provider
 
 _F = TypeVar("_F", bound=Callable[..., Any])

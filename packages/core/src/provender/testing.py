@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from provender._errors import InvalidOptionError, ProvenderError, UnsupportedError
 from provender._provider import Provider
+from provender.errors import InvalidOptionError, ProvenderError, UnsupportedError
 
 ALL_CAPABILITIES = frozenset({"generate", "stream", "chat", "embed"})
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender import (
+    BatchSession,
     InvalidNameError,
     InvalidOptionError,
     ModelNotFoundError,
@@ -69,6 +70,7 @@ class MLXProvider(Provider):
     """
 
     name = "mlx"
+    supports_batching = True
     _model_cache: ClassVar[LoadedModels] = LoadedModels()
 
     def __init__(self, model: str, *, cache: CacheManager | None = None, progress: bool = True) -> None:
@@ -199,6 +201,35 @@ class MLXProvider(Provider):
         with self._using("generation") as item:
             text = self._template(item, messages, tools)
         return self._generate(text, options)
+
+    def batch_session(self) -> BatchSession:
+        """Several generations decoded together on mlx-lm's `BatchGenerator` (continuous batching)."""
+        from provender_mlx._batch import MLXBatchSession
+
+        require_mlx(lm=True)
+        with self._using("generation") as item:
+            return MLXBatchSession(self, item)
+
+    def render_prompt(
+        self,
+        item: LoadedModel,
+        prompt: str | None,
+        messages: list[dict[str, Any]] | None,
+        tools: list[dict[str, Any]] | None,
+        system: str | None,
+    ) -> str:
+        """The text `stream` (a `prompt`) or `stream_chat` (`messages`) generates from."""
+        if messages is None:
+            if not isinstance(prompt, str):
+                raise InvalidOptionError("prompt", type(prompt).__name__, "a string")
+            if system is None:
+                return prompt
+            messages, tools = [{"role": "system", "content": system}, {"role": "user", "content": prompt}], None
+        elif not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise ProvenderError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        elif system is not None and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        return self._template(item, messages, tools)
 
     def _check_kind(self, item: LoadedModel, kind: str) -> None:
         if item.kind == kind:

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from provender_serve import _openai as oai
+from provender_serve._batching import batchable
 from provender_serve._models import ModelRegistry, Slot, api_error
 from provender_serve._schemas import (
     DEFAULT_MAX_TOKENS_LIMIT,
@@ -99,18 +100,44 @@ async def run_in_thread(fn: Callable[[], T]) -> T:
     return await future
 
 
-async def on_model(registry: ModelRegistry, name: str, work: Callable[[Slot], T]) -> T:
-    """Admit a request for model `name`, then run `work(slot)` on that model's thread."""
+def batched(slot: Slot, options: dict[str, Any]) -> bool:
+    """Whether this generation joins the model's batch (its provider decodes several at once)."""
+    return slot.batcher is not None and batchable(slot.provider, options)
+
+
+def spawn(fn: Callable[[], T]) -> Future[T]:
+    """`fn()` on a thread of its own: a batched request waits there for its pieces, while
+    the model's thread runs the batch."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="provender-serve-batched", daemon=True).start()
+    return future
+
+
+async def on_model(
+    registry: ModelRegistry, name: str, work: Callable[[Slot], T], alone: Callable[[Slot], bool] = lambda slot: True
+) -> T:
+    """Admit a request for model `name`, then run `work(slot)` on that model's thread (or,
+    when not `alone(slot)`, a request of the model's batch, on a thread of its own)."""
 
     def start() -> Future[T]:  # admission and submission together: no admitted request is lost
         slot = registry.admit(name)
-        return slot.submit(lambda: work(slot))
+        return slot.submit(lambda: work(slot)) if alone(slot) else spawn(lambda: work(slot))
 
     return await asyncio.wrap_future(await run_in_thread(start))
 
 
 async def stream_from_model(
-    registry: ModelRegistry, name: str, make: Callable[[Slot, threading.Event], Iterator[bytes]]
+    registry: ModelRegistry,
+    name: str,
+    make: Callable[[Slot, threading.Event], Iterator[bytes]],
+    alone: Callable[[Slot], bool] = lambda slot: True,
 ) -> Response:
     """Run `make(slot, cancel)` on the model's thread; an error before it yields `READY` is an
     HTTP error, after it the chunks stream as server-sent events. A client that goes away sets `cancel`."""
@@ -138,7 +165,10 @@ async def stream_from_model(
 
     def start() -> None:
         slot = registry.admit(name)
-        slot.submit(lambda: produce(slot))
+        if alone(slot):
+            slot.submit(lambda: produce(slot))
+        else:
+            spawn(lambda: produce(slot))
 
     try:
         await run_in_thread(start)
@@ -256,11 +286,12 @@ class Server:
                 lambda slot, cancel: self._chat_stream(
                     slot, keep_alive, messages, tools, options, cid, include_usage, cancel
                 ),
+                lambda slot: not batched(slot, options),
             )
 
         def work(slot: Slot) -> dict[str, Any]:
-            with self.registry.hold(slot, keep_alive=keep_alive):
-                pieces = list(slot.provider.stream_chat(messages, tools=tools, **options))
+            with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
+                pieces = list(self._chat_pieces(slot, messages, tools, options))
                 text = "".join(pieces)
                 prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(messages))
                 completion_tokens = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
@@ -269,7 +300,23 @@ class Server:
             counts = oai.usage(prompt_tokens, completion_tokens)
             return oai.chat_completion(cid, req.model, content, calls, finish, counts)
 
-        return JSONResponse(await on_model(self.registry, req.model, work))
+        return JSONResponse(await on_model(self.registry, req.model, work, lambda slot: not batched(slot, options)))
+
+    @staticmethod
+    def _chat_pieces(
+        slot: Slot, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: dict[str, Any]
+    ) -> Iterator[str]:
+        """The reply's pieces: from the model's batch, or from the provider alone."""
+        if slot.batcher is not None and batched(slot, options):
+            return slot.batcher.pieces(messages=messages, tools=tools, options=options)
+        return slot.provider.stream_chat(messages, tools=tools, **options)
+
+    @staticmethod
+    def _completion_pieces(slot: Slot, prompt: str, options: dict[str, Any]) -> Iterator[str]:
+        """The completion's pieces: from the model's batch, or from the provider alone."""
+        if slot.batcher is not None and batched(slot, options):
+            return slot.batcher.pieces(prompt, options=options)
+        return slot.provider.stream(prompt, **options)
 
     def _chat_stream(
         self,
@@ -283,12 +330,12 @@ class Server:
         cancel: threading.Event,
     ) -> Iterator[bytes]:
         model = slot.name
-        with self.registry.hold(slot, keep_alive=keep_alive):
+        with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
             yield READY
             try:
                 yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
                 pieces: list[str] = []
-                with closing(slot.provider.stream_chat(messages, tools=tools, **options)) as stream:
+                with closing(self._chat_pieces(slot, messages, tools, options)) as stream:
                     for piece in stream:
                         if cancel.is_set():
                             logger.info("client went away: stopped generating for %s", model)
@@ -328,18 +375,19 @@ class Server:
                 lambda slot, cancel: self._completion_stream(
                     slot, keep_alive, prompt, options, cid, include_usage, cancel
                 ),
+                lambda slot: not batched(slot, options),
             )
 
         def work(slot: Slot) -> dict[str, Any]:
-            with self.registry.hold(slot, keep_alive=keep_alive):
-                pieces = list(slot.provider.stream(prompt, **options))
+            with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
+                pieces = list(self._completion_pieces(slot, prompt, options))
                 text = "".join(pieces)
                 generated = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
                 counts = oai.usage(oai.count_tokens(slot.provider, prompt), generated)
             finish = oai.finish_reason(counts["completion_tokens"], options.get("max_tokens"), [])
             return oai.completion(cid, req.model, text, finish, counts)
 
-        return JSONResponse(await on_model(self.registry, req.model, work))
+        return JSONResponse(await on_model(self.registry, req.model, work, lambda slot: not batched(slot, options)))
 
     def _completion_stream(
         self,
@@ -352,11 +400,11 @@ class Server:
         cancel: threading.Event,
     ) -> Iterator[bytes]:
         model = slot.name
-        with self.registry.hold(slot, keep_alive=keep_alive):
+        with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
             yield READY
             try:
                 pieces: list[str] = []
-                with closing(slot.provider.stream(prompt, **options)) as stream:
+                with closing(self._completion_pieces(slot, prompt, options)) as stream:
                     for piece in stream:
                         if cancel.is_set():
                             logger.info("client went away: stopped generating for %s", model)

@@ -29,6 +29,7 @@ from provender import (
     UnsupportedError,
     parse_model_name,
 )
+from provender_serve._batching import Batcher
 from provender_serve._schemas import APIError
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,14 @@ class Slot:
     admitted: int = 0  # requests running or waiting for `lock`
     served: int = 0
     worker: ThreadPoolExecutor = field(init=False, repr=False)
+    batcher: Batcher | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         # One long-lived thread per model runs all its work: runtimes keep per-thread state
         # (MLX streams, OpenMP thread teams in torch: a new thread per request cost ~20% here).
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"provender-model-{self.provider.name}")
+        if getattr(self.provider, "supports_batching", False):  # its generations run together, on `worker`
+            self.batcher = Batcher(self.provider, self.submit, self.lock)
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Run `fn` on this model's thread (after the work queued before it)."""
@@ -90,6 +94,8 @@ class Slot:
             "busy": self.admitted > 0,
             "queued": max(0, self.admitted - 1),
             "requests": self.served,
+            "largest_batch": self.batcher.largest if self.batcher is not None else None,
+            "dropped": self.batcher.dropped if self.batcher is not None else None,  # clients gone mid-batch
         }
 
 
@@ -167,10 +173,13 @@ class ModelRegistry:
             yield slot
 
     @contextlib.contextmanager
-    def hold(self, slot: Slot, *, keep_alive: float | None = None, kind: str = "generation") -> Iterator[Slot]:
-        """Wait for an admitted model and hold it while the block runs (one request at a time)."""
+    def hold(
+        self, slot: Slot, *, keep_alive: float | None = None, kind: str = "generation", exclusive: bool = True
+    ) -> Iterator[Slot]:
+        """Wait for an admitted model and hold it while the block runs (one request at a time);
+        not `exclusive`: a request of a batch, whose batch holds the model instead."""
         try:
-            with slot.lock:
+            with slot.lock if exclusive else contextlib.nullcontext():
                 if slot.kind == "model":
                     slot.kind = kind
                 yield slot

@@ -1,11 +1,19 @@
-"""What the cache reports: entries and stats."""
+"""What the cache reports: entries, stats and verify issues (the cache's public data types).
+
+Nothing here reaches above the cache: the plugin layer's hook specs and the CLI use
+these types, never the other way round.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+EntryKind = Literal["hub", "local", "path"]
+"""A Hub repo in huggingface_hub's layout, an entry provender stored (import, cache_model), or a
+model directory named by path (``-m ./dir``: described as an entry for the claim hook, not cached)."""
 
 
 def _iso(ts: float | None) -> str | None:
@@ -32,7 +40,7 @@ class CacheEntry:
 
     key: str
     name: str
-    kind: str
+    kind: EntryKind
     path: Path
     size: int
     created: float

@@ -8,14 +8,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from provender._cache import _hub
 from provender._cache._fsops import fs_errors
 from provender._cache._layout import check_dir, link_error
 from provender._cache._locks import LeaseLock
 from provender._cache._names import check_name
-from provender._errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError
+from provender._cache._store import write_row
+from provender._cache._sync import download_state, hub_row, reconcile
+from provender.errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry
@@ -24,17 +26,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def fetch_repo(
-    cm: CacheManager,
-    repo_id: str,
-    *,
-    revision: str | None,
-    repo_type: str,
-    allow_patterns: list[str] | str | None,
-    ignore_patterns: list[str] | str | None,
-    progress: bool,
-    endpoint: str | None = None,
-) -> CacheEntry:
+def fetch_repo(cm: CacheManager, repo_id: str, *, progress: bool, **options: Any) -> CacheEntry:
+    """`CacheManager.fetch`: `options` are its keyword arguments (revision, repo_type, patterns, endpoint)."""
     from huggingface_hub.utils import (  # type: ignore[attr-defined]
         are_progress_bars_disabled,
         disable_progress_bars,
@@ -44,16 +37,20 @@ def fetch_repo(
     if ":" in repo_id:  # org/repo-GGUF:Q4_K_M: that GGUF quantisation only (and its split parts)
         from provender._cache._gguf import quant_request
 
-        repo_id, allow_patterns = quant_request(
-            cm, repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow_patterns, endpoint=endpoint
+        repo_id, options["allow_patterns"] = quant_request(
+            cm,
+            repo_id,
+            revision=options.get("revision"),
+            repo_type=options.get("repo_type", "model"),
+            allow_patterns=options.get("allow_patterns"),
+            endpoint=options.get("endpoint"),
         )
-    args = (cm, repo_id, revision, repo_type, allow_patterns, ignore_patterns, endpoint)
     if progress:
-        return _fetch(*args)
+        return _fetch(cm, repo_id, **options)
     was_disabled = are_progress_bars_disabled()
     disable_progress_bars()
     try:
-        return _fetch(*args)
+        return _fetch(cm, repo_id, **options)
     finally:
         if not was_disabled:
             enable_progress_bars()
@@ -62,11 +59,12 @@ def fetch_repo(
 def _fetch(
     cm: CacheManager,
     repo_id: str,
-    revision: str | None,
-    repo_type: str,
-    allow_patterns: list[str] | str | None,
-    ignore_patterns: list[str] | str | None,
-    endpoint: str | None,
+    *,
+    revision: str | None = None,
+    repo_type: str = "model",
+    allow_patterns: list[str] | str | None = None,
+    ignore_patterns: list[str] | str | None = None,
+    endpoint: str | None = None,
 ) -> CacheEntry:
     check_name(repo_id)
     if repo_type not in _hub.REPO_TYPES:
@@ -139,17 +137,17 @@ def _fetch(
         except HfHubHTTPError as exc:
             raise HubError(f"downloading {name} failed: {exc}") from None
         folder = _hub.folder_name(repo_id, repo_type)
-        row = cm._hub_row(
-            folder, repo_type, repo_id, last_used=time.time(), metadata={"revision": revision} if revision else None
+        row = hub_row(
+            cm, folder, repo_type, repo_id, last_used=time.time(), metadata={"revision": revision} if revision else None
         )
         old = cm._index.get(key)
         if old is not None:
             row["created"] = old["created"]
         with cm._lock:
-            cm._write_row(row)
+            write_row(cm, row)
             pending.release()
             (cm._pending_dir / f"{key}.lock").unlink(missing_ok=True)
-            cm._reconcile()
+            reconcile(cm)
             evicted = cm._evict(cm.max_size, protect={key})
     finally:
         pending.release()  # a no-op if released already
@@ -175,7 +173,7 @@ def remove_empty_repo(cm: CacheManager, repo_dir: Path) -> None:
     """Take away the empty folders a refused plan left; never a file, so never a repo another process
     downloaded meanwhile (rmdir fails on anything not empty), and nothing while a download runs."""
     with cm._lock:
-        if cm._download_state(cm.hub_key(*_parse(repo_dir))) == "running":
+        if download_state(cm, cm.hub_key(*_parse(repo_dir))) == "running":
             return
         for root, _dirs, _files in sorted(os.walk(repo_dir), key=lambda t: -len(t[0])):
             with contextlib.suppress(OSError):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from provender._cache._layout import link_error, remove_at
-from provender._errors import CacheNotWritableError, DiskFullError
+from provender.errors import CacheNotWritableError, DiskFullError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from provender._errors import InvalidNameError, ModelNotFoundError
+from provender.errors import InvalidNameError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry

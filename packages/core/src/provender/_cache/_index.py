@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from provender._cache._layout import check_file
-from provender._errors import CacheError, CacheNotWritableError, DiskFullError
+from provender.errors import CacheError, CacheNotWritableError, DiskFullError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

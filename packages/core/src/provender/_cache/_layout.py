@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
-from provender._errors import CacheError
+from provender.errors import CacheError
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ def _clear(exc: OSError, shown: str) -> Exception:
     if exc.errno == errno.ELOOP:
         return link_error(shown, "file")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        from provender._errors import CacheNotWritableError
+        from provender.errors import CacheNotWritableError
 
         return CacheNotWritableError(Path(shown), f"the cache's lock file: {exc.strerror}")
     return exc

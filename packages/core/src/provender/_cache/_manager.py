@@ -25,110 +25,62 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from filelock import Timeout
-
-from provender._cache import _hub
+from provender import _wiring
+from provender._cache import _store, _sync
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
 from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
-from provender._cache._fsops import LinkMode, finish_move, fs_errors, fsync_dir, place_tree, tree_size
-from provender._cache._index import Index, is_corruption
-from provender._cache._layout import (
-    DIRS,
-    SourceInCacheError,
-    Walls,
-    check_file,
-    remove_at,
-    within_real,
-)
+from provender._cache._fsops import LinkMode, fs_errors
+from provender._cache._index import Index
+from provender._cache._layout import DIRS, Walls, check_file
+from provender._cache._leases import Lease, exclusive
 from provender._cache._locks import GuardedLock, LeaseLock
-from provender._cache._names import check_key, check_name, generate_cache_key, within
+from provender._cache._names import check_key, check_name, generate_cache_key
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
-from provender._cache._repair import read_or_repair, record, row_from_manifest, scan_files, write_manifest
+from provender._cache._repair import read_or_repair, row_from_manifest
 from provender._cache._resolve import resolve
-from provender._errors import (
-    AmbiguousNameError,
-    CacheError,
-    CacheNotWritableError,
-    DiskFullError,
-    EntryExistsError,
-    EntryInUseError,
-    EntryNotFoundError,
-    EntryTooLargeError,
-    SourceNotFoundError,
-)
+from provender._cache._store import REPLACED_SUFFIX as REPLACED_SUFFIX
+from provender.errors import AmbiguousNameError, CacheNotWritableError, EntryInUseError, EntryNotFoundError
+
+__all__ = ["MANIFEST", "CacheManager", "Lease"]
 
 logger = logging.getLogger(__name__)
 
-REPLACED_SUFFIX = ".replaced"  # trash/<key>.replaced: the old entry while a replacement swaps
 SORT_KEYS = ("used", "size", "name")
-
-
-class Lease:
-    """A hold on an entry: while it is held, no process evicts or removes the entry.
-
-    The hold is an OS file lock, so it ends when the process does, however it dies.
-    """
-
-    def __init__(self, entry: CacheEntry, lock: LeaseLock, manager: CacheManager | None = None) -> None:
-        self.entry = entry
-        self._lock: LeaseLock | None = lock
-        self._manager = manager
-
-    @property
-    def held(self) -> bool:
-        return self._lock is not None
-
-    def release(self) -> None:
-        """Let go of the entry. If holding it blocked an eviction, that eviction happens now.
-
-        A release alone evicts nothing else: the entry just used is not evicted by its own release.
-        """
-        lock, self._lock = self._lock, None
-        if lock is not None:
-            with suppress(Exception):
-                lock.release()
-            with suppress(Exception):
-                lock.close()
-            if self._manager is not None:
-                self._manager._evict_if_over(self.entry.key)
-
-    def _drop(self) -> None:
-        """Release without evicting (garbage collection, interpreter exit)."""
-        self._manager = None
-        self.release()
-
-    def __enter__(self) -> CacheEntry:
-        return self.entry
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        self._drop()
 
 
 class CacheManager:
     """The shared, size-limited, LRU disk cache of models (see the module docs for the layout).
 
-    ``CacheManager(cache_dir=None, max_size=None)``: None takes the value from the settings.
-    Any number of processes may use one cache directory at once.
+    ``CacheManager(cache_dir=None, max_size=None)``: None takes the value from the settings
+    (``cache.dir``, ``cache.max_size``, handed to the cache through `provender._wiring`).
+    ``on_evicted(entry)`` is told about each entry this manager drops, besides the plugins'
+    ``provender_cache_evicted`` hook. Any number of processes may use one cache directory at once.
+
+    The verbs: `find` / `get` / `entries` / `stats` (read), `acquire` (hold), `import_model` /
+    `fetch` (add), `remove` / `prune` / `plan_eviction` (drop), `pin` / `unpin`, `verify`.
+    The seed's names stay as documented aliases: `get_cached_model` (a lookup by key that
+    counts a hit, returning the path), `cache_model` (`import_model` under a caller's key),
+    `cleanup_old_models` (`prune`, returning what went).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, max_size: int | str | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        max_size: int | str | None = None,
+        *,
+        on_evicted: Callable[[CacheEntry], None] | None = None,
+    ) -> None:
         if cache_dir is None or max_size is None:
-            from provender._settings import load_settings
-
-            settings = load_settings()
-            cache_dir = settings.cache.dir if cache_dir is None else cache_dir
-            max_size = settings.cache.max_size if max_size is None else max_size
+            default_dir, default_size = _wiring.cache_defaults()
+            cache_dir = default_dir if cache_dir is None else cache_dir
+            max_size = default_size if max_size is None else max_size
         from provender._sizes import parse_size
+
+        self._on_evicted = on_evicted
 
         self.cache_dir = Path(cache_dir).expanduser().absolute()
         self.max_size = parse_size(max_size)
@@ -363,16 +315,8 @@ class CacheManager:
         return self._held(self.get(name_or_key).key)
 
     def _held(self, key: str) -> bool:
-        lock = LeaseLock(self._lease_path(key), is_singleton=False, blocking=False)
-        try:
-            lock.acquire_write()
-        except Timeout:
-            return True
-        finally:
-            with suppress(Exception):
-                lock.release()
-            lock.close()
-        return False
+        with exclusive(self._lease_path(key)) as taken:
+            return not taken
 
     # -- holding -----------------------------------------------------------------------
 
@@ -464,355 +408,32 @@ class CacheManager:
             metadata=row["metadata"],
         )
 
-    def _open_index(self) -> None:
-        try:
-            self._index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
-        except Exception as exc:
-            if not is_corruption(exc):  # busy, locked, read-only...: not a reason to touch the file
-                raise
-            self._rebuild_index(str(exc))
+    # -- the pieces, one module each: syncing with the disk (_sync), adding and removing (_store)
 
-    def _rebuild_index(self, reason: str) -> None:
-        """Set a corrupt index aside and rebuild it from the files (counters start again at 0)."""
-        with self._lock:
-            self._index.close()
-            try:  # another process may have rebuilt it while we waited for the lock
-                self._index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
-                return
-            except Exception as exc:
-                if not is_corruption(exc):
-                    raise
-                self._index.close()
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            for suffix in ("", "-wal", "-shm"):
-                path = Path(f"{self._index.path}{suffix}")
-                if path.exists():
-                    os.replace(path, f"{self._index.path}.corrupt-{stamp}{suffix}")
-            done = f"cache index was unusable ({reason}); set aside as index.db.corrupt-{stamp}, rebuilt from the files"
-            logger.warning("%s", done)
-            record(self.cache_dir, key="", name="index.db", path=self._index.path, problem=done, fixed=True)
-            self._reconcile()
-
-    def _clean_leftovers(self) -> None:
-        """Remove what killed processes left in tmp/ and trash/ (their owners' locks are free).
-
-        An entry set aside by a replacement that never completed is put back.
-        """
-        # replacements swap under the lock: none is half-done while we hold it; trash/ is opened without
-        # following links, so nothing outside is ever listed or deleted
-        with self._lock, self._walls.open("trash") as trash_fd:
-            for name in os.listdir(trash_fd):
-                key = name.removesuffix(REPLACED_SUFFIX)
-                if name.endswith(REPLACED_SUFFIX) and not os.path.lexists(self.objects_dir / key):
-                    self._walls.rename(self._trash_dir / name, self.objects_dir / key)
-                    logger.warning("restored cache entry %s: its replacement was interrupted", key)
-                else:
-                    remove_at(trash_fd, name)
-        names = self._walls.listdir("tmp")
-        for name in [n for n in names if n.endswith(".locking")]:  # died between creating and renaming it
-            lock = LeaseLock(self._tmp_dir / name, blocking=False)
-            try:
-                lock.acquire_write()  # flock, as filelock: a live owner keeps it
-            except (Timeout, OSError):  # live, or not a marker of ours (a link is refused by filelock)
-                continue
-            self._walls.unlink(self._tmp_dir / name)
-            lock.release()
-        for name in [n for n in names if n.endswith(".lock")]:
-            lock = LeaseLock(self._tmp_dir / name, blocking=False)
-            try:
-                lock.acquire_write()  # flock, as filelock: a live owner keeps it
-            except (Timeout, OSError):
-                continue  # a live process is still staging
-            try:
-                self._walls.remove(self._tmp_dir / name.removesuffix(".lock"))
-            finally:
-                lock.release()
-            self._walls.unlink(self._tmp_dir / name)
-
-    @contextmanager
-    def _staging(self) -> Iterator[Path]:
-        """A fresh directory under tmp/, marked as owned by this process while it exists.
-
-        The marker is locked under a name no cleanup looks at, then renamed into place:
-        a marker is never visible unlocked, so a starting process cannot take a live
-        staging for a dead one.
-        """
-        self._walls.check("tmp", "objects", "trash")  # no link where these folders belong: nothing staged outside
-        for _attempt in range(20):
-            name = uuid.uuid4().hex
-            claiming = self._tmp_dir / f"{name}.locking"
-            marker = LeaseLock(claiming, blocking=False)  # opened through the held tmp/ descriptor
-            with fs_errors(self.cache_dir):
-                try:
-                    marker.acquire_write()
-                    os.rename(claiming, self._tmp_dir / f"{name}.lock")
-                    break
-                except (Timeout, FileNotFoundError):  # a cleanup took the fresh file for a dead one's: again
-                    marker.release()
-        else:
-            raise CacheError(f"could not claim a staging directory under {self._tmp_dir}")
-        stage = self._tmp_dir / name
-        try:
-            yield stage
-        finally:
-            self._walls.remove(stage)
-            self._walls.unlink(self._tmp_dir / f"{name}.lock")
-            marker.release()
-
-    def _store_local(
-        self,
-        src: Path,
-        key: str,
-        *,
-        name: str | None,
-        link_mode: LinkMode,
-        metadata: dict[str, Any],
-        replace: bool,
-        pin: bool = False,
-    ) -> CacheEntry:
-        if not src.exists():
-            raise SourceNotFoundError(src)
-        src = src.absolute()
-        if self._index.degraded is not None:  # a full disk: refuse before any file is touched
-            raise self._index.degraded
-        if within_real(src, self.cache_dir):
-            raise SourceInCacheError(src, self.cache_dir, "it contains the cache folder")
-        if link_mode == "move" and within_real(self.cache_dir, src):
-            raise SourceInCacheError(src, self.cache_dir, "it is inside the cache folder (a move would take it away)")
-        if name is not None:
-            check_name(name)
-        display = name or src.name
-        size = tree_size(src)
-        if size > self.max_size:
-            raise EntryTooLargeError(display, size, self.max_size)
-        now = time.time()
-        if (self.objects_dir / key).exists():  # refuse early, before any file is touched
-            if not replace:
-                raise EntryExistsError(display)
-            if key in self._pinned_keys():
-                raise EntryInUseError(display, "the entry it would replace is pinned")
-        with self._staging() as stage:
-            content = stage / src.name if src.is_file() else stage
-            with fs_errors(self.cache_dir, size):
-                counts = place_tree(src, content, link_mode)
-                files = scan_files(stage)  # not a manifest the source brought along (an entry imported again)
-                manifest = {
-                    "key": key,
-                    "name": display,
-                    "kind": "local",
-                    "created": now,
-                    "files": files,
-                    "filename": src.name if src.is_file() else None,
-                    "metadata": metadata,
-                }
-                write_manifest(stage, manifest)  # never through a hard link into the source's files
-            logger.info("staged %s (%s)", display, ", ".join(f"{v} {k}" for k, v in counts.items()))
-            # A move has taken nothing of the source yet (staged as links or copies): a failure leaves it as it was.
-            row, evicted = self._commit_local(stage, manifest, key, display, replace, now, pin)
-        if link_mode == "move":
-            finish_move(src)  # committed: only now does the source go
-        self._notify_evicted(evicted)
-        return self._entry(row)
-
-    def _commit_local(
-        self, stage: Path, manifest: dict[str, Any], key: str, display: str, replace: bool, now: float, pin: bool
-    ) -> tuple[dict[str, Any], list[CacheEntry]]:
-        """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
-        with self._lock:
-            target = self.objects_dir / key
-            row = self._row_from_manifest(manifest, last_used=now)
-            if not os.path.lexists(target):
-                with fs_errors(self.cache_dir):
-                    self._walls.rename(stage, target)
-                    fsync_dir(self.objects_dir)
-                self._write_row(row)
-            else:
-                if not replace:
-                    raise EntryExistsError(display)
-                if key in self._pinned_keys():
-                    raise EntryInUseError(display, "the entry it would replace is pinned")
-                self._swap_in(stage, target, display, row)
-            self._reconcile()
-            if pin:
-                with fs_errors(self.cache_dir):
-                    self._walls.touch(self._pins_dir / key)
-            return row, self._evict(self.max_size, protect={key})
-
-    def _swap_in(self, stage: Path, target: Path, display: str, row: dict[str, Any]) -> None:
-        """Replace an entry so that a crash at any instant leaves the old or the new one, never neither.
-        The row is written before the lease is free: no reader sees the new files under the old row."""
-        lock = LeaseLock(self._lease_path(target.name), is_singleton=False, blocking=False)
-        try:
-            lock.acquire_write()
-        except Timeout:
-            lock.close()
-            raise EntryInUseError(display, "the entry it would replace is in use by a running process") from None
-        backup = self._trash_dir / f"{target.name}{REPLACED_SUFFIX}"
-        try:
-            with fs_errors(self.cache_dir):
-                self._walls.remove(backup)
-                self._walls.rename(target, backup)  # a crash from here on: the next start puts it back
-                self._walls.rename(stage, target)
-                fsync_dir(self.objects_dir)
-            self._write_row(row)
-        finally:
-            lock.release()
-            lock.close()
-        self._walls.remove(backup)
-
-    def _write_row(self, row: dict[str, Any]) -> None:
-        try:
-            with self._index.transaction() as con:
-                self._index.upsert(con, row)
-        except Exception as exc:
-            if "disk" in str(exc).lower() and "full" in str(exc).lower():
-                raise DiskFullError(self.cache_dir) from exc
-            raise
-
+    _open_index = _sync.open_index
+    _rebuild_index = _sync.rebuild_index
+    _discover_object = _sync.discover_object
+    _hub_row = _sync.hub_row
+    _download_state = _sync.download_state
+    _hub_changed = _sync.hub_changed
+    _reconcile = _sync.reconcile
+    _clean_leftovers = _store.clean_leftovers
+    _staging = _store.staging
+    _store_local = _store.store_local
+    _commit_local = _store.commit_local
+    _swap_in = _store.swap_in
+    _write_row = _store.write_row
+    _to_trash = _store.to_trash
+    _try_remove = _store.try_remove
     _row_from_manifest = staticmethod(row_from_manifest)
 
     def _read_manifest(self, key: str) -> dict[str, Any] | None:
         """The entry's manifest; a damaged one is rebuilt from the files, never deleted (call under the lock)."""
         return read_or_repair(self, key)
 
-    def _discover_object(self, key: str) -> dict[str, Any] | None:
-        if not (self.objects_dir / key).is_dir():
-            return None
-        with self._lock:  # the row is written under the lock too: no evictor can remove the entry in between
-            manifest = self._read_manifest(key)
-            if manifest is not None:
-                self._write_row(self._row_from_manifest(manifest))
-        return None if manifest is None else self._index.get(key)
-
     def hub_key(self, repo_id: str, repo_type: str = "model") -> str:
         """The cache key of a Hub repo (deterministic, the same in every process)."""
         return generate_cache_key(repo_id, None, {"source": "hub", "repo_type": repo_type})
-
-    def _hub_row(
-        self, folder: str, repo_type: str, repo_id: str, last_used: float | None, metadata: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        path = self.hub_dir / folder
-        return {
-            "key": self.hub_key(repo_id, repo_type),
-            "kind": "hub",
-            "name": _hub.display_name(repo_id, repo_type),
-            "path": f"hub/{folder}",
-            "size": _hub.repo_size(path),
-            "created": time.time(),
-            "last_used": last_used,
-            "hits": 0,
-            "stamp": _hub.repo_stamp(path),
-            "metadata": {"repo_type": repo_type, "repo_id": repo_id, **(metadata or {})},
-        }
-
-    def _download_state(self, key: str) -> str:
-        """``none``, ``running`` (a live process downloads) or ``interrupted`` (its process died)."""
-        marker = self._pending_dir / f"{key}.lock"
-        self._walls.check("pending")
-        if not check_file(marker):  # a planted link is refused
-            return "none"
-        lock = LeaseLock(marker, blocking=False)
-        try:
-            lock.acquire_write()  # flock, as filelock: a live owner keeps it
-        except Timeout:
-            return "running"
-        lock.release()
-        return "interrupted"
-
-    def _hub_changed(self) -> bool:
-        """True if hub/ gained or lost a repo folder since the last `_reconcile` (one stat)."""
-        return str(self.hub_dir.stat().st_mtime_ns) != self._index.get_meta("hub_mtime")
-
-    def _reconcile(self) -> None:
-        """Make the index match the disk: discover new entries, drop vanished ones. Call under the lock."""
-        self._walls.check("objects", "hub", "pins", "trash")  # not swapped, no link where a folder belongs
-        self._index.set_meta("hub_mtime", str(self.hub_dir.stat().st_mtime_ns))  # before the scan: no gap
-        rows = {r["key"]: r for r in self._index.all()}
-        seen: set[str] = set()
-        changes: list[dict[str, Any]] = []
-        with self._walls.open("objects") as objects_fd, os.scandir(objects_fd) as it:
-            for item in it:
-                key = item.name
-                if item.is_symlink() or not item.is_dir(follow_symlinks=False):
-                    # planted, not made by us: never read or follow it, only take it out of the way
-                    logger.warning("removing %s: not an entry provender made (a link or a file)", item.name)
-                    with suppress(FileNotFoundError):
-                        os.unlink(key, dir_fd=objects_fd)
-                    continue
-                seen.add(key)
-                if key in rows:
-                    continue
-                manifest = self._read_manifest(key)  # a damaged manifest is rebuilt, never a reason to delete
-                if manifest is not None:
-                    changes.append(self._row_from_manifest(manifest))
-        with self._walls.open("hub") as hub_fd, os.scandir(hub_fd) as it:
-            for item in it:
-                parsed = _hub.parse_folder_name(item.name)
-                if parsed is None or not item.is_dir(follow_symlinks=False):
-                    continue
-                repo_type, repo_id = parsed
-                key = self.hub_key(repo_id, repo_type)
-                path = self.hub_dir / item.name
-                old = rows.get(key)
-                if old is None and not _hub.has_snapshot(path):  # only *.incomplete blobs, or links: not an entry
-                    continue
-                seen.add(key)
-                if old is None:
-                    if self._download_state(key) != "none":
-                        continue  # a partial download is not an entry (a later pull resumes it)
-                    changes.append(self._hub_row(item.name, repo_type, repo_id, last_used=None))
-                elif old["stamp"] != _hub.repo_stamp(path):
-                    changes.append({**old, "size": _hub.repo_size(path), "stamp": _hub.repo_stamp(path)})
-        for key in self._pinned_keys() - seen:  # a pin whose entry is gone must not pin a later one
-            self._walls.unlink(self._pins_dir / key)
-        gone = [key for key in rows if key not in seen]
-        if not changes and not gone:
-            return
-
-        def apply(con: Any) -> None:
-            for row in changes:
-                self._index.upsert(con, row)
-            for key in gone:
-                self._index.delete(con, key)
-
-        self._index.write(apply, soft=True)  # on a full disk the listing is still right (a private copy)
-
-    def _to_trash(self, path: Path) -> Path:
-        trash = self._trash_dir / uuid.uuid4().hex
-        self._walls.rename(path, trash)  # parents opened without following links; a link moves as itself
-        return trash
-
-    def _try_remove(self, entry: CacheEntry, *, dry_run: bool = False, evicted: bool = False) -> bool:
-        """Remove an entry unless a live process holds it. Call under the lock. False if in use."""
-        lock = LeaseLock(self._lease_path(entry.key), is_singleton=False, blocking=False)
-        try:
-            lock.acquire_write()
-        except Timeout:
-            lock.close()
-            if evicted and not dry_run:  # in use: its eviction happens when its last lease is released
-                self._index.set_meta(f"deferred:{entry.key}", "1")
-            return False
-        try:
-            if dry_run:
-                return True
-            if not within(self.cache_dir, entry.path):  # a tampered index row
-                logger.warning("not deleting %s: it is outside the cache dir", entry.path)
-            elif os.path.lexists(entry.path):
-                with fs_errors(self.cache_dir):
-                    self._walls.remove(self._to_trash(entry.path))  # files first: frees space on a full disk
-
-            def drop(con: Any) -> None:
-                self._index.delete(con, entry.key)
-                if evicted:
-                    self._index.add_stat(con, "evictions")
-                    self._index.add_stat(con, "bytes_evicted", entry.size)
-
-            self._index.write(drop, soft=True)  # the entry is gone: report that, whatever the index can record
-            self._walls.unlink(self._pins_dir / entry.key)
-        finally:
-            lock.release()
-            lock.close()
-        return True
 
     def _evict(self, limit: int, protect: set[str]) -> list[CacheEntry]:
         """Evict LRU entries until the total fits `limit`. Call under the lock (after `_reconcile`)."""
@@ -835,18 +456,9 @@ class CacheManager:
         self._notify_evicted(evicted)
 
     def _notify_evicted(self, entries: list[CacheEntry]) -> None:
-        if not entries:
-            return
-        from provender._plugins import plugin_manager_if_loaded
-
-        manager = plugin_manager_if_loaded()
-        if manager is None:
-            return
-        for entry in entries:
-            try:
-                manager.hook.provender_cache_evicted(entry=entry)
-            except Exception as exc:
-                logger.warning("a plugin failed on provender_cache_evicted(%s): %s", entry.name, exc)
+        """Tell the listeners handed down from above (the plugins' hook) and `on_evicted`."""
+        if entries:
+            _wiring.notify_evicted(entries, self._on_evicted)
 
     def __repr__(self) -> str:
         return f"CacheManager(cache_dir={str(self.cache_dir)!r}, max_size={self.max_size})"

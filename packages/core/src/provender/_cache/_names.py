@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any
 
-from provender._errors import InvalidNameError
+from provender.errors import InvalidNameError
 
 # Cache keys: what generate_cache_key returns (64 hex), or a caller's own safe token.
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provender._cache._gguf import is_gguf
-from provender._errors import CacheError, EntryTooLargeError, InvalidNameError, ModelNotFoundError, SourceNotFoundError
+from provender.errors import CacheError, EntryTooLargeError, InvalidNameError, ModelNotFoundError, SourceNotFoundError
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry

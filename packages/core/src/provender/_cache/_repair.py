@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from provender._cache._entry import VerifyIssue
 from provender._cache._names import check_key
-from provender._errors import InvalidNameError
+from provender.errors import InvalidNameError
 
 if TYPE_CHECKING:
     from provender._cache._manager import CacheManager

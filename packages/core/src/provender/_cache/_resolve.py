@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, Protocol
 
-from provender._errors import AmbiguousNameError
+from provender.errors import AmbiguousNameError
 
 MIN_PREFIX = 4
 _PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},63}}")

@@ -22,7 +22,17 @@ from provender._cache._entry import VerifyIssue
 from provender._cache._hub import fix_repo, verify_repo
 from provender._cache._locks import LeaseLock
 from provender._cache._names import within
-from provender._cache._repair import MANIFEST, load_manifest, record, repair_entry, take_findings, write_manifest
+from provender._cache._repair import (
+    MANIFEST,
+    load_manifest,
+    record,
+    repair_entry,
+    row_from_manifest,
+    take_findings,
+    write_manifest,
+)
+from provender._cache._store import write_row
+from provender._cache._sync import reconcile
 
 if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry
@@ -65,7 +75,7 @@ def verify_cache(cm: CacheManager, *, fix: bool, progress: Progress | None) -> l
         issues.extend(found)
     if fix:
         with cm._lock:
-            cm._reconcile()
+            reconcile(cm)
     return take_findings(cm) + issues  # first what the cache repaired on its own (this run or earlier)
 
 
@@ -125,7 +135,7 @@ def _repair_manifest(cm: CacheManager, entry: CacheEntry) -> dict[str, Any] | No
             return manifest
         row = cm._index.get(entry.key)
         manifest = repair_entry(cm, entry.path, manifest, problem or "manifest is not valid", row, announce=False)
-        cm._write_row(cm._row_from_manifest(manifest))
+        write_row(cm, row_from_manifest(manifest))
     size = sum(f["size"] for f in manifest["files"].values())
     if size != entry.size:
         problem = f"the files on disk hold {size} bytes, the index recorded {entry.size}: content may be damaged"

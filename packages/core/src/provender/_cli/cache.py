@@ -103,8 +103,8 @@ def ls(as_json: bool, sort: str) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
     """Remove entries by name, key or unique key prefix (refused while pinned or in use)."""
-    from provender._errors import EntryInUseError, ProvenderError
     from provender._sizes import format_size
+    from provender.errors import EntryInUseError, ProvenderError
 
     cm = get_cache()
     found = {e.key: e for e in (cm.get(n) for n in names)}  # every name must exist (once) before anything goes

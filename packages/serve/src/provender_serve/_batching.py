@@ -1,0 +1,171 @@
+"""Continuous batching in the server: the generation requests for one model whose provider
+``supports_batching`` are decoded together by one `provender.BatchSession`.
+
+The session runs on the model's own thread (the driver); each request reads its pieces
+from a queue of its own on a thread of its own. Requests that wait together start
+together, and requests that arrive while a batch of several runs join it at its next
+step (continuous batching). A generation that runs alone past its first token is not
+joined: requests behind it wait, as they do for a provider without batching, so the
+queue (and its 503) means what it always did. A request whose reader stops (its client
+went away) leaves the batch at the next step, and the others go on. When no request is
+left, the driver ends and the model's thread is free for other work (embeddings, a
+seeded request).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from provender import BatchSession, Provider
+
+logger = logging.getLogger(__name__)
+
+
+def batchable(provider: Provider, options: dict[str, Any]) -> bool:
+    """Whether a request with these options can join a batch on `provider` (a seed needs
+    the random state to itself, so a seeded request runs alone)."""
+    return bool(getattr(provider, "supports_batching", False)) and options.get("seed") is None
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request in a batch: what to generate, and the queue its pieces go to."""
+
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    tools: list[dict[str, Any]] | None
+    options: dict[str, Any]
+    queue: queue.SimpleQueue[tuple[str, Any]] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+
+    def put(self, text: str) -> None:
+        self.queue.put(("piece", text))
+
+    def finish(self) -> None:
+        self.queue.put(("done", None))
+
+    def fail(self, exc: BaseException) -> None:
+        self.queue.put(("error", exc))
+
+    def pieces(self) -> Iterator[str]:
+        """The request's text, piece by piece; closing it early drops the request from the batch."""
+        try:
+            while True:
+                kind, value = self.queue.get()
+                if kind == "piece":
+                    yield value
+                elif kind == "done":
+                    return
+                else:
+                    raise value
+        finally:
+            self.cancelled = True  # read by the driver: a finished request is gone already
+
+
+class Batcher:
+    """The batch of one model. `pieces` adds a request and returns its text as an iterator;
+    `submit` runs a function on the model's thread (where the driver runs)."""
+
+    def __init__(self, provider: Provider, submit: Callable[[Callable[[], None]], Future[None]], lock: Any) -> None:
+        self.provider = provider
+        self._submit = submit
+        self._model_lock = lock  # the slot's lock: held while a batch runs, as a lone request holds it
+        self._lock = threading.Lock()
+        self._pending: deque[Ticket] = deque()
+        self._running = False
+        self.batches = 0  # sessions run, for logs and tests
+        self.largest = 0  # the most requests decoded together
+        self.dropped = 0  # requests dropped from a batch because their client went away
+
+    def pieces(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        options: dict[str, Any],
+    ) -> Iterator[str]:
+        """Queue a generation; it joins the running batch, or starts one on the model's thread."""
+        ticket = Ticket(prompt, messages, tools, dict(options))
+        with self._lock:
+            self._pending.append(ticket)
+            start = not self._running
+            self._running = True
+        if start:
+            self._submit(self._drive)
+        return ticket.pieces()
+
+    def _take_pending(self, active: int, joinable: bool) -> list[Ticket] | None:
+        """New requests (none unless `joinable`); None (the driver stops) when nothing is left to do."""
+        with self._lock:
+            new = list(self._pending) if joinable or not active else []
+            if new:
+                self._pending.clear()
+            if not new and not active:
+                self._running = False
+                return None
+            return new
+
+    def _drive(self) -> None:
+        tickets: dict[int, Ticket] = {}
+        session: BatchSession | None = None
+        steps, together = 0, False  # since the batch last emptied; whether it has held several
+        try:
+            with self._model_lock:
+                session = self.provider.batch_session()
+                self.batches += 1
+                while (new := self._take_pending(len(tickets), together or steps <= 1)) is not None:
+                    for ticket in new:
+                        if ticket.cancelled:
+                            continue
+                        try:
+                            uid = session.insert(
+                                ticket.prompt, messages=ticket.messages, tools=ticket.tools, **ticket.options
+                            )
+                        except Exception as exc:  # this request's options or prompt: its error only
+                            ticket.fail(exc)
+                        else:
+                            tickets[uid] = ticket
+                    gone = [uid for uid, ticket in tickets.items() if ticket.cancelled]
+                    if gone:
+                        logger.info("client went away: dropped %d sequence(s) from the batch", len(gone))
+                        session.remove(gone)
+                        self.dropped += len(gone)
+                        for uid in gone:
+                            del tickets[uid]
+                    self.largest = max(self.largest, len(tickets))
+                    together = together or len(tickets) > 1
+                    if not tickets:
+                        steps, together = 0, False
+                        continue
+                    steps += 1
+                    for uid, text, finished in session.step():
+                        ticket = tickets.get(uid)
+                        if ticket is None:
+                            continue
+                        ticket.put(text)
+                        if finished:
+                            ticket.finish()
+                            del tickets[uid]
+        except BaseException as exc:  # the session failed: every request in it gets the error
+            with self._lock:
+                failed = [*tickets.values(), *self._pending]
+                self._pending.clear()
+                self._running = False
+            for ticket in failed:
+                ticket.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if session is not None:
+                try:
+                    session.close()
+                except Exception:
+                    logger.exception("closing a batch session failed")

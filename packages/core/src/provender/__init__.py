@@ -99,7 +99,6 @@ def __dir__() -> list[str]:
     return sorted(set(__all__) | set(globals()))
 
 
-
 def _settings_cache_defaults() -> tuple[Any, Any]:
     from provender._settings import cache_defaults
 

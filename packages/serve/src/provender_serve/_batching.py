@@ -147,12 +147,12 @@ class Batcher:
                         continue
                     steps += 1
                     for uid, text, finished in session.step():
-                        ticket = tickets.get(uid)
-                        if ticket is None:
+                        member = tickets.get(uid)
+                        if member is None:
                             continue
-                        ticket.put(text)
+                        member.put(text)
                         if finished:
-                            ticket.finish()
+                            member.finish()
                             del tickets[uid]
         except BaseException as exc:  # the session failed: every request in it gets the error
             with self._lock:

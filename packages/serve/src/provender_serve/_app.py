@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from provender_serve import _openai as oai
-from provender_serve._batching import batchable
+from provender_serve._batching import batched, spawn
 from provender_serve._models import ModelRegistry, Slot, api_error
 from provender_serve._schemas import (
     DEFAULT_MAX_TOKENS_LIMIT,
@@ -98,26 +98,6 @@ async def run_in_thread(fn: Callable[[], T]) -> T:
 
     threading.Thread(target=target, name="provender-serve-request", daemon=True).start()
     return await future
-
-
-def batched(slot: Slot, options: dict[str, Any]) -> bool:
-    """Whether this generation joins the model's batch (its provider decodes several at once)."""
-    return slot.batcher is not None and batchable(slot.provider, options)
-
-
-def spawn(fn: Callable[[], T]) -> Future[T]:
-    """`fn()` on a thread of its own: a batched request waits there for its pieces, while
-    the model's thread runs the batch."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="provender-serve-batched", daemon=True).start()
-    return future
 
 
 async def on_model(

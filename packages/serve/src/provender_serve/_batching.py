@@ -21,17 +21,41 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from provender import BatchSession, Provider
 
+if TYPE_CHECKING:
+    from provender_serve._models import Slot
+
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def batchable(provider: Provider, options: dict[str, Any]) -> bool:
     """Whether a request with these options can join a batch on `provider` (a seed needs
     the random state to itself, so a seeded request runs alone)."""
     return bool(getattr(provider, "supports_batching", False)) and options.get("seed") is None
+
+
+def batched(slot: Slot, options: dict[str, Any]) -> bool:
+    """Whether this generation joins the model's batch (its provider decodes several at once)."""
+    return slot.batcher is not None and batchable(slot.provider, options)
+
+
+def spawn(fn: Callable[[], T]) -> Future[T]:
+    """`fn()` on a thread of its own: a batched request waits there for its pieces, while
+    the model's thread runs the batch."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="provender-serve-batched", daemon=True).start()
+    return future
 
 
 @dataclass(eq=False)

@@ -106,6 +106,24 @@ def test_a_foreign_folder_is_refused_and_left_untouched(outside: Path) -> None:
     assert snapshot(outside) == before
 
 
+def test_a_folder_holding_only_hub_downloads_is_adopted(tmp_path: Path) -> None:
+    """`hf download --cache-dir DIR/hub` before provender first ran: that is provender's own layout."""
+    root = tmp_path / "cache"
+    snap = root / "hub" / "models--org--m" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (root / "hub" / ".locks").mkdir()
+    cm = CacheManager(root, max_size=10_000)
+    assert (root / MARK).is_file() and (snap / "config.json").read_text() == "{}"
+    del cm
+    other = tmp_path / "other"  # a hub/ that also holds something else is not adopted
+    (other / "hub" / "models--org--m").mkdir(parents=True)
+    (other / "hub" / "notes.txt").write_text("mine")
+    with pytest.raises(NotACacheError, match="not a provender cache"):
+        CacheManager(other, max_size=1000)
+    assert not (other / MARK).exists()
+
+
 def test_an_old_unmarked_cache_is_adopted(cache_dir: Path, make_files) -> None:  # type: ignore[no-untyped-def]
     cm = CacheManager(cache_dir, max_size=10_000)
     cm.import_model(make_files("m", {"w.bin": 100}), "org/m")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +50,9 @@ class CacheEntry:
     pinned: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def model_path(self) -> Path:
+        # worked out once per entry object: every claim hook asks for it (a Hub repo's ref is read)
         return model_path_of(self.path, self.kind, self.metadata)
 
     @property

@@ -158,6 +158,22 @@ def _has_a_manifest(objects: Path) -> bool:
         return False
 
 
+HUB_PREFIXES = ("models--", "datasets--", "spaces--")
+HUB_OWN_NAMES = {".locks", "CACHEDIR.TAG", "version.txt"}
+
+
+def _is_a_hub_download(root: Path, names: list[str]) -> bool:
+    """Only a ``hub/`` folder in huggingface_hub's layout: the Hub downloads provender would have
+    made itself (``hf download --cache-dir <cache.dir>/hub`` before provender first ran)."""
+    if names != ["hub"] or not stat.S_ISDIR(os.lstat(root / "hub").st_mode):
+        return False
+    try:
+        children = os.listdir(root / "hub")
+    except OSError:
+        return False
+    return all(name.startswith(HUB_PREFIXES) or name in HUB_OWN_NAMES for name in children)
+
+
 def prepare(root: Path) -> os.stat_result:
     """Create or adopt the cache folder `root` and its own folders; returns the folder's stat (its identity).
 
@@ -177,7 +193,7 @@ def prepare(root: Path) -> os.stat_result:
         raise NotACacheError(root, "it is a file, not a folder")
     if not check_file(root / MARK):
         names = os.listdir(root)
-        if names and not _looks_like_old_cache(root):
+        if names and not _looks_like_old_cache(root) and not _is_a_hub_download(root, names):
             shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
             raise NotACacheError(
                 root,
@@ -185,7 +201,9 @@ def prepare(root: Path) -> os.stat_result:
                 "Set cache.dir to a new or empty folder (or, if this folder really is provender's cache, "
                 f"create an empty file named {MARK} in it)",
             )
-        if names:
+        if names == ["hub"]:
+            logger.info("adopting %s: it holds only Hub downloads in provender's layout (marking it %s)", root, MARK)
+        elif names:
             logger.warning("adopting %s: a cache made by an earlier provender (marking it %s)", root, MARK)
         _create_file(root / MARK, json.dumps({"provender_cache": 1, "created": time.time()}) + "\n")
     _create_file(root / TAG, TAG_TEXT)

@@ -33,8 +33,10 @@ def _claims(entries: list[CacheEntry]) -> dict[str, list[str]]:
     if not manager.has_implementations("provender_claim_model"):
         return {}
     from provender._provider import prefer_order
+    from provender._settings import load_settings
 
-    return {e.key: prefer_order(manager.claim(e)) for e in entries}  # the first serves (providers.prefer)
+    prefer = load_settings().providers.prefer  # once: building the settings costs ~1 ms
+    return {e.key: prefer_order(manager.claim(e), prefer) for e in entries}  # the first serves
 
 
 def _confirm(question: str, yes: bool) -> None:

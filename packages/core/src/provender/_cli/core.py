@@ -56,12 +56,14 @@ def models(as_json: bool, show_all: bool) -> None:
     """List the cached models and the providers that can serve them."""
     from provender._plugins import get_plugin_manager
     from provender._provider import prefer_order
+    from provender._settings import load_settings
     from provender._sizes import format_ago, format_size
 
     manager = get_plugin_manager()
+    prefer = load_settings().providers.prefer
     rows = []
     for entry in get_cache().entries():
-        claims = prefer_order(manager.claim(entry))  # the first serves a bare name (providers.prefer)
+        claims = prefer_order(manager.claim(entry), prefer)  # the first serves a bare name
         if claims or show_all:
             rows.append((entry, claims))
     if as_json:

@@ -53,6 +53,7 @@ __all__ = [
     "model_pool",
     "parse_model_name",
     "prefer_order",
+    "resolve_model_files",
 ]
 
 _LAZY = {
@@ -69,6 +70,7 @@ _LAZY = {
     "check_generation_options": "provender._provider",
     "cut_at_stops": "provender._provider",
     "prefer_order": "provender._provider",
+    "resolve_model_files": "provender._provider",
     "iterate_in_thread": "provender._provider",
     "parse_model_name": "provender._provider",
     "Settings": "provender._settings",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:
         iterate_in_thread,
         parse_model_name,
         prefer_order,
+        resolve_model_files,
     )
     from provender._settings import Settings, load_settings
     from provender.errors import (

@@ -19,7 +19,7 @@ from provender.errors import (
 if TYPE_CHECKING:
     import numpy
 
-    from provender._cache import CacheEntry, CacheManager
+    from provender._cache import CacheEntry, CacheManager, Lease
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -342,3 +342,33 @@ def looks_like_path(name: str) -> bool:
         or "\\" in name
         or (len(name) > 2 and name[1] == ":" and name[2] in "/\\")
     )
+
+
+def resolve_model_files(
+    model: str, *, cache: CacheManager | None = None, fetch: Callable[[CacheManager], object] | None = None
+) -> tuple[Path, Lease | None]:
+    """Where a provider finds `model`'s files: a local directory as it is (no lease), else the cache
+    entry of that name held by a `Lease` (release it when the model is unloaded).
+
+    On a miss, ``fetch(cache)`` downloads it (the provider picks which files, e.g.
+    ``cache.fetch(model, allow_patterns=[...])``), then it is acquired. A name that cannot be a
+    directory, an entry or a Hub repo id raises ModelNotFoundError.
+    """
+    from provender._cache import CacheManager
+    from provender.errors import EntryNotFoundError, InvalidNameError
+
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local, None
+    cm = cache or CacheManager()
+    try:
+        lease = cm.acquire(model)
+    except EntryNotFoundError:
+        if fetch is None:
+            raise
+        try:
+            fetch(cm)
+        except InvalidNameError:
+            raise ModelNotFoundError(model, "no such directory, cached model or Hub repo id") from None
+        lease = cm.acquire(model)
+    return lease.entry.model_path, lease

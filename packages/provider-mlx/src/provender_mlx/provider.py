@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender import (
     BatchSession,
-    InvalidNameError,
     InvalidOptionError,
     ModelNotFoundError,
     ProvenderError,
@@ -19,6 +18,7 @@ from provender import (
     UnsupportedError,
     check_generation_options,
     cut_at_stops,
+    resolve_model_files,
 )
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
 from provender_mlx._memory import PROVIDER, LoadedModel, LoadedModels, pool_key
@@ -112,23 +112,13 @@ class MLXProvider(Provider):
 
     def _resolve(self) -> tuple[Path, Lease | None]:
         """A directory as it is; otherwise a cache entry (downloaded first if it is a Hub repo id)."""
-        local = Path(self.model).expanduser()
-        if local.is_dir():
-            return local, None
-        from provender import CacheManager, EntryNotFoundError
 
-        cm = self._cache or CacheManager()
-        try:
-            lease = cm.acquire(self.model)
-        except EntryNotFoundError:
-            try:
-                from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+        def fetch(cm: CacheManager) -> None:
+            from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
 
-                cm.fetch(self.model, allow_patterns=list(DEFAULT_ALLOW_PATTERNS), progress=self._progress)
-            except InvalidNameError:
-                raise ModelNotFoundError(self.model, "no such directory, cached model or Hub repo id") from None
-            lease = cm.acquire(self.model)
-        return lease.entry.model_path, lease
+            cm.fetch(self.model, allow_patterns=list(DEFAULT_ALLOW_PATTERNS), progress=self._progress)
+
+        return resolve_model_files(self.model, cache=self._cache, fetch=fetch)
 
     def _load(self, path: Path, lease: Lease | None) -> LoadedModel:
         key = lease.entry.key if lease is not None else None

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender import (
-    InvalidNameError,
     InvalidOptionError,
     LoadedModel,
     ModelNotFoundError,
@@ -18,6 +17,7 @@ from provender import (
     UnsupportedError,
     check_generation_options,
     model_pool,
+    resolve_model_files,
 )
 from provender_transformers._detect import load_problem, model_kind
 
@@ -122,23 +122,13 @@ class TransformersProvider(Provider):
 
     def _resolve(self) -> tuple[Path, Lease | None]:
         """A directory as it is; otherwise a cache entry (downloaded first if it is a Hub repo id)."""
-        local = Path(self.model).expanduser()
-        if local.is_dir():
-            return local, None
-        from provender import CacheManager, EntryNotFoundError
 
-        cm = self._cache or CacheManager()
-        try:
-            lease = cm.acquire(self.model)
-        except EntryNotFoundError:
-            try:
-                entry = cm.fetch(self.model, allow_patterns=ALLOW_PATTERNS, progress=self._progress)
-                if not any(entry.model_path.glob("*.safetensors")):
-                    cm.fetch(self.model, allow_patterns=LEGACY_WEIGHTS, progress=self._progress)
-            except InvalidNameError:
-                raise ModelNotFoundError(self.model, "no such directory, cached model or Hub repo id") from None
-            lease = cm.acquire(self.model)
-        return lease.entry.model_path, lease
+        def fetch(cm: CacheManager) -> None:
+            entry = cm.fetch(self.model, allow_patterns=ALLOW_PATTERNS, progress=self._progress)
+            if not any(entry.model_path.glob("*.safetensors")):
+                cm.fetch(self.model, allow_patterns=LEGACY_WEIGHTS, progress=self._progress)
+
+        return resolve_model_files(self.model, cache=self._cache, fetch=fetch)
 
     def _load(self, path: Path, lease: Lease | None) -> LoadedModel:
         problem = load_problem(path)

@@ -276,3 +276,18 @@ def test_listening_beyond_loopback_without_a_key_warns(start_server: Any) -> Non
     busy = start_server("--port", str(server.port), wait=False)
     assert busy.proc.wait(timeout=60) == 1
     assert "cannot listen" in busy.log.read_text() and "Traceback" not in busy.log.read_text()
+
+
+def test_a_bad_server_port_is_a_configuration_error_for_every_client_command(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    for value in ("99999", "0", "abc"):
+        for args in (("ps",), ("stop", "--all")):
+            out = run_cli(*args, env={"PROVENDER_SERVER__PORT": value})
+            assert out.returncode == 2, (args, value, out.stderr)
+            assert "server.port" in out.stderr and "PROVENDER_SERVER__PORT" in out.stderr
+            assert "Traceback" not in out.stderr
+    config = tmp_path / "bad-port.toml"
+    config.write_text("[server]\nport = 70000\n")
+    out = run_cli("ps", env={"PROVENDER_CONFIG": str(config)})
+    assert out.returncode == 2 and str(config) in out.stderr and "70000" in out.stderr

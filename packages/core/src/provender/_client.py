@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from provender import ProvenderError, Provider
+from provender.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy
@@ -45,28 +46,39 @@ class ServerError(ProvenderError):
 def server_settings_fast() -> tuple[str, int, str]:
     """(host, port, api_key) of `provender serve`: environment > config file > defaults.
 
-    A malformed value falls back to the default here; the full settings report it
-    when the server itself starts.
+    Reads only what a client needs, without the full settings. A port that is not a
+    port number raises ConfigError naming the setting and where it came from.
     """
     from provender._config_files import config_file_path, find_env, read_config_file
 
+    path = config_file_path()
     try:
-        section = read_config_file(config_file_path()).get("server", {})
+        section = read_config_file(path).get("server", {})
     except ProvenderError:
         section = {}
     if not isinstance(section, dict):
         section = {}
 
-    def value(key: str, default: Any) -> Any:
+    def value(key: str, default: Any) -> tuple[Any, str]:
         found = find_env(f"server.{key}")
-        return found[1] if found else section.get(key, default)
+        if found:
+            return found[1], f"environment variable {found[0]}"
+        return (section[key], str(path)) if key in section else (default, "default")
 
-    host = str(value("host", DEFAULT_HOST)).strip() or DEFAULT_HOST
+    host = str(value("host", DEFAULT_HOST)[0]).strip() or DEFAULT_HOST
+    raw_port, source = value("port", DEFAULT_PORT)
     try:
-        port = int(value("port", DEFAULT_PORT))
+        port = int(raw_port)
     except (TypeError, ValueError):
-        port = DEFAULT_PORT
-    return host, port, str(value("api_key", "") or "")
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"invalid setting server.port from {source}: {raw_port!r} is not a port number (1-65535)",
+            setting="server.port",
+            source=source,
+            value=raw_port,
+        )
+    return host, port, str(value("api_key", "")[0] or "")
 
 
 def server_url(host: str | None = None, port: int | None = None) -> str:

@@ -80,25 +80,29 @@ def place_file(src: str, dst: str, mode: LinkMode) -> str:
     The source is never changed here.
     """
     if mode == "move":
-        try:
-            os.link(src, dst, follow_symlinks=False)
+        if _hard_link(src, dst, follow_symlinks=False):
             return "move"
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                raise
-        shutil.copy2(src, dst)
-        return "copy"
-    if mode == "auto":
+    elif mode == "auto":
         if _clone_file(src, dst):
             return "clone"
-        try:
-            os.link(src, dst)
+        if _hard_link(src, dst, follow_symlinks=True):
             return "link"
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                raise
     shutil.copy2(src, dst)
     return "copy"
+
+
+_NO_LINK_HERE = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
+
+
+def _hard_link(src: str, dst: str, *, follow_symlinks: bool) -> bool:
+    """Hard-link `src` at `dst`; False where this filesystem or this file cannot be linked (a copy will do)."""
+    try:
+        os.link(src, dst, follow_symlinks=follow_symlinks)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK_HERE:
+            raise
+        return False
+    return True
 
 
 def place_tree(src: Path, dst: Path, mode: LinkMode) -> dict[str, int]:

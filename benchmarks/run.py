@@ -3,6 +3,9 @@
     tox -e bench                    # everything (about 2 minutes, 3 GB of scratch disk)
     tox -e bench -- --quick         # smaller trees and files, for a smoke run
     tox -e bench -- --only mlx      # one group: core (cache, CLI) or mlx (provider-mlx)
+    python benchmarks/run.py --only core --against /path/to/old-env/bin/python
+                                    # the core figures also measured for another install of
+                                    # provender (an older commit in its own venv), interleaved
 
 Writes benchmarks/results.json and prints a Markdown table of ratios (the figures
 in benchmarks/README.md come from it). Scratch data goes to benchmarks/.work/.
@@ -67,7 +70,7 @@ def bench_ls(sizes: list[int], results: dict[str, object]) -> None:
         cold = time.perf_counter() - start  # first listing: discovers and indexes every repo
         warm = median_time(lambda cm=cm: cm.entries(), 5)
         scan = median_time(lambda root=root: scan_cache_dir(root / "hub"), 3)
-        env = {**os.environ, "PROVENDER_CACHE__DIR": str(root), "PROVENDER_CACHE__MAX_SIZE": "1PB"}
+        env = child_env(PROVENDER_CACHE__DIR=str(root), PROVENDER_CACHE__MAX_SIZE="1PB")
         cli = median_time(
             lambda env=env: subprocess.run(
                 [sys.executable, "-m", "provender", "cache", "ls", "--json"],
@@ -216,9 +219,9 @@ def make_user_site(root: Path, n_dists: int = 100) -> Path:
 
 def bench_help(results: dict[str, object], runs: int) -> None:
     def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
-        return median_time(
-            lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env={**os.environ, **(env or {})}), runs
-        )
+        full = child_env(**(env or {}))
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=full)  # untimed: bytecode written
+        return median_time(lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=full), runs)
 
     provender = shutil.which("provender", path=str(Path(sys.executable).parent)) or "provender"
     ours = run([provender, "--help"])
@@ -250,10 +253,166 @@ def bench_help(results: dict[str, object], runs: int) -> None:
     )
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a measured process: as a user's, with bytecode caches written and read.
+
+    With PYTHONDONTWRITEBYTECODE set (tox's test env, some shells) an editable install is
+    compiled from source at every start while click is read from its installed .pyc files:
+    that measures the compiler, not provender. Every command is also run once untimed first.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **extra}
+
+
+HIT_CHILD = """
+import json, os, statistics, sys, time
+from pathlib import Path
+root, calls = Path(sys.argv[1]), int(sys.argv[2])
+from provender import CacheManager
+cm = CacheManager(root, max_size=10**15)
+name = "bench/model-00003"
+key = cm.hub_key(name)
+assert cm.get_cached_model(key) is not None
+def per_call(fn):
+    fn()
+    wall, cpu = [], []
+    for _ in range(5):
+        w, c = time.perf_counter(), time.process_time()
+        for _ in range(calls):
+            fn()
+        wall.append((time.perf_counter() - w) / calls)
+        cpu.append((time.process_time() - c) / calls)
+    return {"wall_us": statistics.median(wall) * 1e6, "cpu_us": statistics.median(cpu) * 1e6}
+def acquire():
+    cm.acquire(name).release()
+print(json.dumps({"get_cached_model": per_call(lambda: cm.get_cached_model(key)),
+                  "find": per_call(lambda: cm.find(name)), "acquire": per_call(acquire)}))
+"""
+
+
+def _medians(samples: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {op: {k: statistics.median(s[op][k] for s in samples) for k in samples[0][op]} for op in samples[0]}
+
+
+def _script(python: str, name: str) -> str:
+    return shutil.which(name, path=str(Path(python).parent)) or name
+
+
+def _plugin_names(python: str, env: dict[str, str]) -> list[str]:
+    out = subprocess.run(
+        [_script(python, "provender"), "plugins", "--json"], capture_output=True, text=True, env=env, check=True
+    )
+    return [p["name"] for p in json.loads(out.stdout)]
+
+
+def bench_against(results: dict[str, object], other: str, rounds: int, runs: int, calls: int, repos: int) -> None:
+    """The core figures for this install and for `other` (another provender install's python), interleaved.
+
+    Each side runs in its own process with its own copy of the data (their index formats may
+    differ); the order alternates every round, and medians are reported. `--help` and
+    `cache ls` are measured twice: with every plugin each env has, and with this env limited
+    to the plugins the other env has (``PROVENDER_PLUGINS__DISABLED``), so both load the same set.
+    """
+    sides = {"this": sys.executable, "other": other}
+    out: dict[str, object] = {"other_python": other, "rounds": rounds}
+    base = child_env()
+    ours_plugins, their_plugins = _plugin_names(sys.executable, base), _plugin_names(other, base)
+    extra = sorted(set(ours_plugins) - set(their_plugins))
+    same = {"this": child_env(PROVENDER_PLUGINS__DISABLED=",".join(extra)), "other": base}
+    out["plugins"] = {"this": ours_plugins, "other": their_plugins, "disabled_for_same_set": extra}
+    tree = WORK / "against-hub"
+    shutil.rmtree(tree, ignore_errors=True)
+    make_hub_tree(tree / "hub", 10)
+    big = WORK / f"against-ls-{repos}"
+    shutil.rmtree(big, ignore_errors=True)
+    make_hub_tree(big / "hub", repos)
+    roots = {side: WORK / f"against-{side}" for side in sides}
+    for root in roots.values():
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(tree, root / "hit", symlinks=True)
+        shutil.copytree(big, root / "ls", symlinks=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.rmtree(big, ignore_errors=True)
+    user = str(make_user_site(WORK / "user-site"))
+
+    def timed(cmd: list[str], env: dict[str, str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+        return time.perf_counter() - start
+
+    def commands(side: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+        py, root = sides[side], roots[side]
+        ls_env = {"PROVENDER_CACHE__DIR": str(root / "ls"), "PROVENDER_CACHE__MAX_SIZE": "1PB"}
+        prov = _script(py, "provender")
+        return {
+            "import_click": ([py, "-c", "import click"], base),
+            "help": ([prov, "--help"], base),
+            "help_same_plugins": ([prov, "--help"], same[side]),
+            "help_simple_plugin_100_dists": ([prov, "--help"], {**base, "PYTHONPATH": user}),
+            "import_click_100_dists": ([py, "-c", "import click"], {**base, "PYTHONPATH": user}),
+            "cache_ls_json": ([prov, "cache", "ls", "--json"], {**base, **ls_env}),
+            "cache_ls_json_same_plugins": ([prov, "cache", "ls", "--json"], {**same[side], **ls_env}),
+        }
+
+    cmds = {side: commands(side) for side in sides}
+    for side in sides:  # untimed: bytecode written, the ls trees indexed
+        for cmd, env in cmds[side].values():
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+    times: dict[str, dict[str, list[float]]] = {side: {k: [] for k in cmds[side]} for side in sides}
+    hits: dict[str, list[dict[str, dict[str, float]]]] = {side: [] for side in sides}
+    for r in range(rounds):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for what in cmds["this"]:
+            for _ in range(max(1, runs // rounds)):
+                for side in order:
+                    times[side][what].append(timed(*cmds[side][what]))
+        for side in order:
+            proc = subprocess.run(
+                [sides[side], "-c", HIT_CHILD, str(roots[side] / "hit"), str(calls)],
+                capture_output=True,
+                text=True,
+                env=base,
+                check=True,
+            )
+            hits[side].append(json.loads(proc.stdout))
+    for side in sides:
+        med = {what: statistics.median(v) for what, v in times[side].items()}
+        med["help_ratio"] = med["help"] / med["import_click"]
+        med["help_simple_plugin_100_dists_ratio"] = med["help_simple_plugin_100_dists"] / med["import_click_100_dists"]
+        out[side] = {**med, "hit": _medians(hits[side]), "hit_rounds": hits[side]}
+    this, them = out["this"], out["other"]
+    assert isinstance(this, dict) and isinstance(them, dict)
+    rows = [(what, this[what] * 1000, them[what] * 1000, "ms") for what in times["this"]]
+    rows += [
+        (f"hit {op} {k[:-3]}", this["hit"][op][k], them["hit"][op][k], "us")
+        for op in this["hit"]
+        for k in ("wall_us", "cpu_us")
+    ]
+    out["this_over_other"] = {what: a / b for what, a, b, _ in rows}
+    results["against"] = out
+    print(f"\nthis install against {other} ({rounds} rounds, medians; this / other):", flush=True)
+    for what, a, b, unit in rows:
+        print(f"  {what:30s} {a:9.1f} {unit} vs {b:9.1f} {unit}  {a / b:.3f}", flush=True)
+    print(
+        f"  --help / import click: {this['help_ratio']:.2f} vs {them['help_ratio']:.2f}; with a simple plugin and "
+        f"100 more distributions: {this['help_simple_plugin_100_dists_ratio']:.2f} vs "
+        f"{them['help_simple_plugin_100_dists_ratio']:.2f}",
+        flush=True,
+    )
+    for root in roots.values():
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", choices=["core", "mlx"], help="run one group only")
+    parser.add_argument(
+        "--only", choices=["core", "mlx", "against"], help="run one group only (against: only the --against comparison)"
+    )
+    parser.add_argument(
+        "--against", metavar="PYTHON", help="also measure the core figures with this python's provender, interleaved"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the --against comparison (default 3)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     results: dict[str, object] = {
@@ -262,17 +421,23 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "quick": args.quick,
     }
-    if args.only != "mlx":
+    if args.only == "against" and not args.against:
+        parser.error("--only against needs --against PYTHON")
+    if args.only in (None, "core"):
         bench_help(results, 5 if args.quick else 21)
         bench_hit(results, 200 if args.quick else 2000)
         bench_import(results, (64 if args.quick else 1024) << 20)
         bench_ls([100, 1000] if args.quick else [1000, 10000], results)
-    if args.only != "core":
+    if args.only in (None, "core", "against") and args.against:
+        calls = 200 if args.quick else 2000
+        bench_against(results, args.against, args.rounds, 6 if args.quick else 21, calls, 100 if args.quick else 1000)
+    if args.only in (None, "mlx"):
         sys.path.insert(0, str(HERE))
         import mlx_bench
 
         results["mlx"] = mlx_bench.main()
-    out = HERE / ("results-quick.json" if args.quick else "results.json")
+    name = "results-against.json" if args.only == "against" else "results.json"
+    out = HERE / ("results-quick.json" if args.quick else name)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")
 

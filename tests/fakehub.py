@@ -29,6 +29,9 @@ class FakeHub:
         self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
         self.downloads: list[str] = []  # paths of GET requests on files, to prove nothing is fetched twice
         self.throttle: float = 0.0  # seconds to sleep per 64 KiB sent (to kill a download midway)
+        self.requests = 0  # every request answered (API, HEAD, GET), for "zero Hub requests" checks
+        self.bytes_sent = 0  # file bytes sent (GET bodies), for "bytes moved from the Hub"
+        self._count_lock = threading.Lock()
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,6 +75,8 @@ class FakeHub:
         req.wfile.write(body)
 
     def _handle(self, req: BaseHTTPRequestHandler, head: bool) -> None:
+        with self._count_lock:
+            self.requests += 1
         path = unquote(urlparse(req.path).path)
         parts = path.strip("/").split("/")
         if parts[:2] == ["api", "models"]:
@@ -106,6 +111,8 @@ class FakeHub:
         step = 1 << 16
         for start in range(0, len(data), step):
             req.wfile.write(data[start : start + step])
+            with self._count_lock:
+                self.bytes_sent += len(data[start : start + step])
             if self.throttle:
                 req.wfile.flush()
                 time.sleep(self.throttle)

@@ -202,3 +202,120 @@ def test_an_upward_import_inside_a_function_breaks_the_layers(tmp_path: Path) ->
     out = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert out.returncode == 1, out.stdout[-2000:]
     assert "provender._cache._names -> provender._settings" in out.stdout
+
+
+def test_a_cache_helper_naming_the_manager_even_for_type_hints_is_a_cycle(tmp_path: Path) -> None:
+    """Inside provender._cache the helpers name the `CacheCore` protocol (_core.py), never `CacheManager`:
+    the cycle contract covers the package, counting imports under TYPE_CHECKING."""
+    import shutil
+    import tomllib
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists():
+        pytest.skip("import-linter is not installed here (tox -e lint runs it)")
+    shutil.copytree(ROOT / "packages" / "core" / "src" / "provender", tmp_path / "src" / "provender")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (acyclic,) = [c for c in config["contracts"] if c["type"] == "acyclic_siblings"]
+    assert "provender._cache" in acyclic["ancestors"] and not acyclic.get("skip_descendants")
+    lines = ["[importlinter]", "root_packages =", "    provender", "[importlinter:contract:0]"]
+    lines += [f"name = {acyclic['name']}", "type = acyclic_siblings", "ancestors ="]
+    lines += [f"    {a}" for a in acyclic["ancestors"]]
+    lines += ["ignore_imports ="] + [f"    {i}" for i in acyclic.get("ignore_imports", [])]
+    (tmp_path / ".importlinter").write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+
+    def lint_copy() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True, env=env)
+
+    kept = lint_copy()
+    assert kept.returncode == 0, kept.stdout[-2000:]  # the tree as it is has no cycle
+    helper = tmp_path / "src" / "provender" / "_cache" / "_eviction.py"
+    helper.write_text(
+        helper.read_text()
+        + "\n\nimport typing\n\nif typing.TYPE_CHECKING:\n    from provender._cache._manager import CacheManager\n"
+    )
+    out = lint_copy()
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "No cycles are allowed in provender._cache" in out.stdout
+    assert "._manager -> ._eviction" in out.stdout or "._eviction -> ._manager" in out.stdout
+
+
+SHOUT = """from provender import Provider, hookimpl
+
+
+class ShoutProvider(Provider):
+    name = "shout"
+
+    def generate(self, prompt, **options):
+        return prompt.upper()
+
+
+@hookimpl
+def provender_register_providers(register):
+    register("shout", ShoutProvider)
+"""
+
+HELP_MODULES = """
+import sys
+from provender._cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def test_the_core_on_the_help_path_imports_no_logging_pathlib_or_json() -> None:
+    """Issue 9 item 13: what `provender --help` and a simple-style plugin import from the core is cheap."""
+    code = (
+        "import sys; import provender, provender._cli, provender._cli._builtin, provender._cli.core, "
+        "provender._plugins, provender._provider; from provender import Provider, hookimpl; "
+        "from provender._config_files import disabled_plugins_fast; disabled_plugins_fast(); "
+        "print([m for m in ('logging', 'pathlib', 'json', 'asyncio', 'pluggy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_with_a_simple_plugin_among_100_distributions_does_not_load_logging(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    for i in range(100):
+        info = site / f"fakedist{i:03d}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakedist{i:03d}\nVersion: 1.0\n")
+    (site / "provender_shout.py").write_text(SHOUT)
+    (site / "provender_shout-1.0.dist-info").mkdir()
+    (site / "provender_shout-1.0.dist-info" / "entry_points.txt").write_text("[provender]\nshout = provender_shout\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    # the test suite's own plugins stay out: one fails on purpose (and logs it), as no user's does
+    env = {**os.environ, "PYTHONPATH": path, "PROVENDER_PLUGINS__DISABLED": "broken,scripted"}
+    out = subprocess.run([sys.executable, "-c", HELP_MODULES], capture_output=True, text=True, env=env, check=True)
+    modules = out.stderr.split()
+    assert "Usage:" in out.stdout and "provender_shout" in modules
+    assert "logging" not in modules and "asyncio" not in modules
+    plugins = subprocess.run(
+        [sys.executable, "-m", "provender", "plugins", "--json"], capture_output=True, text=True, env=env, check=True
+    )
+    assert {"name": "shout", "status": "loaded"}.items() <= {
+        k: v for p in json.loads(plugins.stdout) if p["name"] == "shout" for k, v in p.items()
+    }.items()
+
+
+def test_a_plugin_that_fails_is_summarised_not_logged_before_options_are_parsed(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "provender_fails.py").write_text("raise RuntimeError('boom at import')\n")
+    (site / "provender_fails-1.0.dist-info").mkdir()
+    (site / "provender_fails-1.0.dist-info" / "entry_points.txt").write_text("[provender]\nfails = provender_fails\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    env.pop("PROVENDER_QUIET_PLUGIN_ERRORS", None)
+    for args in (["--help"], ["plugins"]):
+        out = subprocess.run([sys.executable, "-m", "provender", *args], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "fails" in out.stderr and "failed to load (see `provender plugins`)" in out.stderr
+        assert "was skipped" not in out.stderr and "Traceback" not in out.stderr  # the record itself is held back
+    listed = subprocess.run([sys.executable, "-m", "provender", "plugins"], capture_output=True, text=True, env=env)
+    assert "RuntimeError: boom at import" in listed.stdout

@@ -242,6 +242,26 @@ def test_hub_snapshot_path_follows_refs_then_revision_then_newest(tmp_path: Path
     assert snapshot_path(repo) == newest  # no main: the newest snapshot
 
 
+def test_hub_snapshot_path_never_reads_a_ref_through_a_link_or_from_a_fifo(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "a", {"a.txt": b"a"}, commit="1" * 40)
+    outside = tmp_path / "elsewhere"
+    outside.write_text("1" * 40)
+    (repo / "refs" / "main").unlink()
+    (repo / "refs" / "main").symlink_to(outside)
+    assert snapshot_path(repo, "main") is None  # a planted link: not followed
+    (repo / "refs" / "main").unlink()
+    os.mkfifo(repo / "refs" / "main")
+    assert snapshot_path(repo, "main") is None  # a FIFO is never opened (it would block)
+    (repo / "refs" / "main").unlink()
+    (repo / "refs" / "main").write_text("1" * 40 + "\n" + " " * 5000)  # more than one read's worth
+    assert snapshot_path(repo) == repo / "snapshots" / ("1" * 40)
+    snapshots = repo / "snapshots"
+    snapshots.rename(tmp_path / "moved")
+    snapshots.symlink_to(tmp_path / "moved")
+    assert snapshot_path(repo) is None  # the snapshots folder itself is a link
+    assert isinstance(snapshot_path(make_repo(tmp_path / "b", {"b": b"b"})), Path)
+
+
 def test_hub_has_snapshot_needs_a_complete_file(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, {"config.json": b"{}"})
     assert has_snapshot(repo)

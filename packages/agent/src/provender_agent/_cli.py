@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from contextlib import ExitStack
@@ -62,6 +61,8 @@ def chat(
     no_server: bool,
 ) -> None:
     """Chat with MODEL, letting it call tools; streamed, tool calls shown as they happen."""
+    import json  # here, not at the top: `provender --help` imports this module
+
     from provender_agent import Agent, MCPServer, Session
 
     tools = [load_tool(spec) for spec in tool_specs]
@@ -118,6 +119,8 @@ def chat(
 
 def _turn(agent: Any, prompt: str, *, show: bool) -> Any:
     """One user turn: stream text, show tool calls and results, return the AgentResult."""
+    import json  # here: `provender --help` imports this module and has no use for json
+
     result = None
     for event in agent.stream(prompt):
         if event.kind == "text" and show:

@@ -37,6 +37,12 @@ __all__ = [
     "PluginError",
     "Provider",
     "ProvenderError",
+    "PullResult",
+    "PushResult",
+    "RemoteEntry",
+    "RemoteNotConfiguredError",
+    "RemoteTier",
+    "RemoteTierError",
     "Settings",
     "SourceNotFoundError",
     "UnknownProviderError",
@@ -58,6 +64,10 @@ __all__ = [
 
 _LAZY = {
     "CacheEntry": "provender._cache",
+    "PushResult": "provender._cache",
+    "PullResult": "provender._cache",
+    "RemoteEntry": "provender._cache",
+    "RemoteTier": "provender._cache",
     "CacheManager": "provender._cache",
     "CacheStats": "provender._cache",
     "Lease": "provender._cache",
@@ -107,6 +117,12 @@ def _settings_cache_defaults() -> tuple[Any, Any]:
     return cache_defaults()
 
 
+def _settings_remote_defaults() -> dict[str, Any] | None:
+    from provender._settings import remote_defaults
+
+    return remote_defaults()
+
+
 def _tell_plugins_evicted(entry: Any) -> None:
     from provender._plugins import tell_plugins_evicted
 
@@ -116,10 +132,21 @@ def _tell_plugins_evicted(entry: Any) -> None:
 # The package front wires the layers: the cache (below the settings and the plugins) gets its
 # defaults and its eviction listener handed down instead of importing them (docs/architecture.md).
 _wiring.set_cache_defaults(_settings_cache_defaults)
+_wiring.set_remote_defaults(_settings_remote_defaults)
 _wiring.add_eviction_listener(_tell_plugins_evicted)
 
 if TYPE_CHECKING:
-    from provender._cache import CacheEntry, CacheManager, CacheStats, Lease, VerifyIssue
+    from provender._cache import (
+        CacheEntry,
+        CacheManager,
+        CacheStats,
+        Lease,
+        PullResult,
+        PushResult,
+        RemoteEntry,
+        RemoteTier,
+        VerifyIssue,
+    )
     from provender._plugins import get_plugin_manager, hookimpl
     from provender._pool import LoadedModel, ModelPool, model_pool
     from provender._provider import (
@@ -149,6 +176,8 @@ if TYPE_CHECKING:
         ModelNotFoundError,
         PluginError,
         ProvenderError,
+        RemoteNotConfiguredError,
+        RemoteTierError,
         SourceNotFoundError,
         UnknownProviderError,
         UnsupportedError,

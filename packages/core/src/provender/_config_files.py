@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ENV_PREFIX = "PROVENDER_"
 ENV_NESTED_DELIMITER = "__"
@@ -26,25 +28,38 @@ def user_config_dir() -> Path:
     and macOS its rule is two lines, so the fast path applies it directly (a test
     checks both agree) and other platforms ask platformdirs.
     """
+    from pathlib import Path
+
+    return Path(_user_config_dir())
+
+
+def _user_config_dir() -> str:
     if sys.platform.startswith("linux"):
         xdg = os.environ.get("XDG_CONFIG_HOME", "").strip()
-        return Path(xdg if xdg else os.path.expanduser("~/.config")) / "provender"
+        return os.path.join(xdg if xdg else os.path.expanduser("~/.config"), "provender")
     if sys.platform == "darwin":
-        return Path(os.path.expanduser("~/Library/Application Support/provender"))
+        return os.path.expanduser("~/Library/Application Support/provender")
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("provender", appauthor=False))
+    return str(platformdirs.user_config_dir("provender", appauthor=False))
 
 
 def config_file_path() -> Path:
     """``$PROVENDER_CONFIG``, else ``<user_config_dir>/provender/config.toml``."""
+    from pathlib import Path
+
+    return Path(_config_file())
+
+
+def _config_file() -> str:
+    """`config_file_path` as a string (the plugin layer's fast path has no use for pathlib)."""
     explicit = os.environ.get(CONFIG_ENV_VAR)
     if explicit:
-        return Path(explicit).expanduser()
-    return user_config_dir() / "config.toml"
+        return os.path.expanduser(explicit)
+    return os.path.join(_user_config_dir(), "config.toml")
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path | str) -> dict[str, Any]:
     """The TOML file as a dict; ``{}`` if it does not exist.
 
     Raises ConfigError naming the file for unreadable or malformed TOML.
@@ -52,7 +67,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     from provender.errors import ConfigError
 
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         if os.environ.get(CONFIG_ENV_VAR):
             raise ConfigError(
@@ -111,6 +127,8 @@ def check_directory(value: object) -> Path:
     ``/dev``, a file, a broken symbolic link, or below a file. A directory that does not
     exist yet is fine: it is created when first used.
     """
+    from pathlib import Path
+
     if isinstance(value, Path):
         text = str(value)
     elif isinstance(value, str):
@@ -197,7 +215,7 @@ def disabled_plugins_fast() -> list[str]:
         found = find_env("plugins.disabled")
         if found:
             return split_names(found[1])
-        section = read_config_file(config_file_path()).get("plugins", {})
+        section = read_config_file(_config_file()).get("plugins", {})
         return split_names(section.get("disabled", [])) if isinstance(section, dict) else []
     except ValueError:  # ConfigError included; `load_settings` reports it where settings are used
         return []

@@ -7,7 +7,6 @@ fails to import or to register is logged, remembered with its error (shown by
 
 from __future__ import annotations
 
-import logging
 import threading
 import types
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from provender._hooks import (  # hookimpl: re-exported, `provender.hookimpl` is
     hookimpl,
     spec_argnames,
 )
+from provender._log import get_logger
 from provender.errors import PluginError, UnknownProviderError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from provender._cache import CacheEntry
     from provender.hookspecs import ProviderFactory
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # `provender --help` loads plugins and never needs logging
 
 PROJECT = "provender"
 __all__ = [

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from provender._log import get_logger
 from provender.errors import (
     InvalidModelNameError,
     InvalidOptionError,
@@ -17,11 +16,15 @@ from provender.errors import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy
 
     from provender._cache import CacheEntry, CacheManager, Lease
 
-logger = logging.getLogger(__name__)
+# A plugin imports this module (`provender.Provider`) at import time, under `provender --help`:
+# logging and pathlib load only when used.
+logger = get_logger(__name__)
 T = TypeVar("T")
 
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "seed", "stop")
@@ -314,6 +317,8 @@ def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
 
     Errors other than "not there" (a bad setting, an unreadable cache) propagate as they are.
     """
+    from pathlib import Path
+
     from provender._cache import CacheEntry, CacheManager
 
     path = Path(name).expanduser()
@@ -354,6 +359,8 @@ def resolve_model_files(
     ``cache.fetch(model, allow_patterns=[...])``), then it is acquired. A name that cannot be a
     directory, an entry or a Hub repo id raises ModelNotFoundError.
     """
+    from pathlib import Path
+
     from provender._cache import CacheManager
     from provender.errors import EntryNotFoundError, InvalidNameError
 

@@ -96,6 +96,34 @@ class LlamaCppSettings(_Section):
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-1: all; 0: CPU only).")
 
 
+def _check_remote_url(value: Any) -> Any:
+    """Empty (no tier), or a URL whose scheme fsspec serves (s3://, gs://, az://, file://...)."""
+    if isinstance(value, str) and value.strip():
+        from provender._cache._remote import SCHEMES
+
+        scheme, sep, rest = value.strip().partition("://")
+        if not sep or not rest or scheme.lower() not in SCHEMES:
+            raise ValueError(
+                "not a URL of a supported store (s3://bucket/prefix, gs://..., az://..., file:///mnt/shared; "
+                f"schemes: {', '.join(SCHEMES)})"
+            )
+        return value.strip()
+    return value
+
+
+class RemoteSettings(_Section):
+    """``[remote]``: a shared remote tier of the cache on an object store (needs ``provender[remote]``)."""
+
+    url: Annotated[str, BeforeValidator(_check_remote_url)] = Field(
+        "", description="fsspec URL of the shared tier (s3://bucket/prefix, file:///mnt/shared); empty: none."
+    )
+    read_only: bool = Field(False, description="Read from the tier, never write to it (no write-through, no push).")
+    endpoint_url: str = Field(
+        "", description="S3-compatible endpoint (MinIO, R2, Ceph...); empty: AWS_ENDPOINT_URL or AWS itself."
+    )
+    timeout: Seconds = Field(30.0, gt=0, description="Seconds each request to the tier may take before it is given up.")
+
+
 def default_prefer() -> list[str]:
     """The provider fastest on this platform first: MLX on Apple silicon, transformers elsewhere
     (measured in benchmarks/README.md); providers not listed follow in registration order."""
@@ -149,6 +177,7 @@ class Settings(BaseSettings):
     llamacpp: LlamaCppSettings = Field(default_factory=lambda: LlamaCppSettings())
     providers: ProvidersSettings = Field(default_factory=lambda: ProvidersSettings())
     transformers: TransformersSettings = Field(default_factory=lambda: TransformersSettings())
+    remote: RemoteSettings = Field(default_factory=lambda: RemoteSettings())
 
     @classmethod
     def settings_customise_sources(
@@ -266,6 +295,19 @@ def cache_defaults() -> tuple[Path, int]:
     given them (registered with the cache by ``provender/__init__.py``, see `provender._wiring`)."""
     settings = load_settings()
     return settings.cache.dir, settings.cache.max_size
+
+
+def remote_defaults() -> dict[str, Any] | None:
+    """The ``[remote]`` settings as ``CacheManager()`` takes them (see `provender._wiring`); None without a URL."""
+    remote = load_settings().remote
+    if not remote.url:
+        return None
+    return {
+        "url": remote.url,
+        "read_only": remote.read_only,
+        "endpoint_url": remote.endpoint_url,
+        "timeout": remote.timeout,
+    }
 
 
 def display_value(setting: str, value: Any) -> str:

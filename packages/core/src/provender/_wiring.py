@@ -8,25 +8,31 @@ registers two callables here when provender is imported:
 
 - the cache defaults: ``() -> (cache_dir, max_size)``, read when a ``CacheManager`` is
   built without them (`cache_defaults`);
+- the remote tier's settings: ``() -> dict | None``, read when a ``CacheManager`` is built
+  without ``remote=`` and without both of its defaults (`remote_defaults`);
 - eviction listeners: ``(entry) -> None``, told about each entry the cache drops, after
   its files are gone (`notify_evicted`); a ``CacheManager(on_evicted=...)`` adds its own.
 
-This module imports nothing from provender: it is the bottom layer.
+This module imports nothing from provender but the lazy loggers: it is the bottom layer.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from provender._log import get_logger
+
+logger = get_logger(__name__)  # `import provender` does not import logging
 
 CacheDefaults = Callable[[], "tuple[str | os.PathLike[str], int | str]"]
 EvictionListener = Callable[[Any], None]  # called with a provender.CacheEntry
 
+RemoteDefaults = Callable[[], "dict[str, Any] | None"]
+
 _defaults: CacheDefaults | None = None
+_remote_defaults: RemoteDefaults | None = None
 _listeners: list[EvictionListener] = []
 
 
@@ -41,6 +47,18 @@ def cache_defaults() -> tuple[str | os.PathLike[str], int | str]:
     if _defaults is None:
         raise RuntimeError("no cache defaults registered: pass cache_dir and max_size to CacheManager")
     return _defaults()
+
+
+def set_remote_defaults(provider: RemoteDefaults) -> None:
+    """Where ``CacheManager()`` takes its remote tier from (the ``[remote]`` settings)."""
+    global _remote_defaults
+    _remote_defaults = provider
+
+
+def remote_defaults() -> dict[str, Any] | None:
+    """The remote tier's settings (``url``, ``read_only``, ``endpoint_url``, ``timeout``), or None:
+    no tier configured, or no provider registered (provender imported without its front)."""
+    return None if _remote_defaults is None else _remote_defaults()
 
 
 def add_eviction_listener(listener: EvictionListener) -> None:

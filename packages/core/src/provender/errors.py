@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+def _detailed(message: str, detail: str, sep: str = ": ") -> str:
+    """`message`, followed by `detail` after `sep` when there is one."""
+    return f"{message}{sep}{detail}" if detail else message
+
+
 class ProvenderError(Exception):
     """Root of every error provender raises on purpose.
 
@@ -44,8 +49,7 @@ class UnsupportedError(ProvenderError, NotImplementedError):
     """A provider was asked for a capability it does not have."""
 
     def __init__(self, provider: str, capability: str, detail: str = "") -> None:
-        msg = f"provider {provider!r} does not support {capability}"
-        super().__init__(f"{msg}: {detail}" if detail else msg)
+        super().__init__(_detailed(f"provider {provider!r} does not support {capability}", detail))
         self.provider = provider
         self.capability = capability
 
@@ -57,8 +61,7 @@ class UnknownProviderError(ProvenderError, LookupError):
 
     def __init__(self, provider: str, available: list[str], detail: str = "") -> None:
         have = ", ".join(sorted(available)) or "none installed"
-        msg = f"no provider named {provider!r} (available: {have})"
-        super().__init__(f"{msg}; {detail}" if detail else msg)
+        super().__init__(_detailed(f"no provider named {provider!r} (available: {have})", detail, "; "))
         self.provider = provider
         self.available = available
 
@@ -67,8 +70,7 @@ class ModelNotFoundError(ProvenderError, LookupError):
     """A model name could not be resolved to a provider or to cached files."""
 
     def __init__(self, model: str, detail: str = "") -> None:
-        msg = f"model {model!r} not found"
-        super().__init__(f"{msg}: {detail}" if detail else msg)
+        super().__init__(_detailed(f"model {model!r} not found", detail))
         self.model = model
 
 
@@ -118,20 +120,26 @@ class InvalidNameError(CacheError, ValueError):
         self.reason = reason
 
 
-class EntryNotFoundError(CacheError, LookupError):
+class _EntryNamedError(CacheError):
+    """An error about the entry a caller named: ``name``, and the message of the class's `template`."""
+
+    template: ClassVar[str]  # ``{name!r}`` stands for the name
+
+    def __init__(self, name: str) -> None:
+        super().__init__(self.template.format(name=name))
+        self.name = name
+
+
+class EntryNotFoundError(_EntryNamedError, LookupError):
     """No cache entry has this key or name."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no cache entry named {name!r} (see `provender cache ls`)")
-        self.name = name
+    template = "no cache entry named {name!r} (see `provender cache ls`)"
 
 
-class EntryExistsError(CacheError, FileExistsError):
+class EntryExistsError(_EntryNamedError, FileExistsError):
     """An entry with this name already exists and replacing it was not asked for."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"a cache entry named {name!r} already exists (remove it first, or replace it)")
-        self.name = name
+    template = "a cache entry named {name!r} already exists (remove it first, or replace it)"
 
 
 class EntryTooLargeError(CacheError):
@@ -162,9 +170,8 @@ class CacheNotWritableError(CacheError, PermissionError):
     """The cache directory (or a file in it) cannot be written."""
 
     def __init__(self, path: Path, detail: str = "") -> None:
-        msg = f"cache directory {str(path)!r} is not writable"
-        super().__init__(f"{msg}: {detail}" if detail else msg)
         self.path = path
+        super().__init__(_detailed(f"cache directory {str(path)!r} is not writable", detail))
 
 
 class DiskFullError(CacheError, OSError):
@@ -189,6 +196,33 @@ class SourceNotFoundError(CacheError, FileNotFoundError):
 
 class HubError(CacheError):
     """Fetching a repository from the Hugging Face Hub failed."""
+
+
+class RemoteTierError(CacheError):
+    """The remote tier (``remote.url``) failed: unreachable, too slow, refused, or it holds corrupt content.
+
+    Pulls and imports never fail because of the tier (they fall back to the Hub with a warning);
+    `CacheManager.push` and listing the tier raise this. ``url`` and ``reason`` say what and why.
+    """
+
+    exit_code = 1
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"remote tier {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class RemoteNotConfiguredError(ConfigError):
+    """No remote tier is configured (``remote.url`` is empty), or it is read-only where a write was asked."""
+
+    exit_code = 2
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message or 'no remote tier is configured: set remote.url (e.g. PROVENDER_REMOTE__URL="s3://bucket/prefix")',
+            setting="remote.url",
+        )
 
 
 class AmbiguousNameError(CacheError, ValueError):

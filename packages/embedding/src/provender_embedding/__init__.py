@@ -3,8 +3,9 @@ over any provender provider that embeds.
 
     from provender_embedding import Embedder, Collection
     Embedder("sentence-transformers/all-MiniLM-L6-v2").embed(["a text"])   # (1, 384) float32
+    embed_dataset(ray.data.read_parquet("corpus/"), "sentence-transformers/all-MiniLM-L6-v2")  # on Ray
 
-Imports stay light until used (numpy loads with the first embedding).
+Imports stay light until used (numpy loads with the first embedding, ray with embed_dataset).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "Hit",
     "InputError",
     "__version__",
+    "embed_dataset",
 ]
 
 _LAZY = {
@@ -31,12 +33,14 @@ _LAZY = {
     "Hit": "provender_embedding._collection",
     "AddResult": "provender_embedding._collection",
     "InputError": "provender_embedding._io",
+    "embed_dataset": "provender_embedding._ray",  # needs the `ray` extra
 }
 
 if TYPE_CHECKING:
     from provender_embedding._collection import AddResult, Collection, CollectionError, CollectionNotFoundError, Hit
     from provender_embedding._embedder import Embedder
     from provender_embedding._io import InputError
+    from provender_embedding._ray import embed_dataset
 
 
 def __getattr__(name: str) -> Any:

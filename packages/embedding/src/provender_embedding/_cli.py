@@ -36,15 +36,15 @@ def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, An
 @click.option(
     "-i",
     "--input",
-    "input_file",
-    type=click.Path(path_type=Path),
+    "input_name",
+    type=click.Path(),  # a str: with --ray, a URL or a folder ending in /
     help="Texts to embed: one per line, or JSONL with id/text/metadata.",
 )
 @click.option(
     "-o",
     "--output",
-    "output_file",
-    type=click.Path(path_type=Path),
+    "output_name",
+    type=click.Path(),  # a str: with --ray, a URL or a folder ending in /
     help="Write vectors to FILE.jsonl, FILE.npy or FILE.parquet instead of stdout.",
 )
 @click.option("-c", "--collection", help="Store the texts and vectors in this collection (created if new).")
@@ -52,23 +52,84 @@ def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, An
 @click.option("--no-normalize", is_flag=True, help="Do not L2-normalise the vectors.")
 @click.option("--no-store-content", is_flag=True, help="With --collection: keep vectors and ids, not the texts.")
 @click.option("--no-server", is_flag=True, help="Run in this process even when `provender serve` is running.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Embed the corpus -i on Ray Data into -o: no ADDRESS starts a local Ray instance; "
+    "'auto', HOST:PORT or ray://HOST:PORT joins a cluster (needs provender-embedding[ray]).",
+)
+@click.option("--text-column", help="With --ray: the column holding the texts.  [default: text]")
+@click.option("--vector-column", help="With --ray: the column the vectors go to.  [default: embedding]")
+@click.option("--concurrency", type=click.IntRange(min=1), help="With --ray: actors embedding at once.")
+@click.option("--num-cpus", type=click.FloatRange(min=0), help="With --ray: CPUs per actor.  [default: 1]")
+@click.option("--num-gpus", type=click.FloatRange(min=0), help="With --ray: GPUs per actor.")
 def embed(
     model: str,
     texts: tuple[str, ...],
-    input_file: Path | None,
-    output_file: Path | None,
+    input_name: str | None,
+    output_name: str | None,
     collection: str | None,
     batch_size: int,
     no_normalize: bool,
     no_store_content: bool,
     no_server: bool,
+    ray_address: str | None,
+    text_column: str | None,
+    vector_column: str | None,
+    concurrency: int | None,
+    num_cpus: float | None,
+    num_gpus: float | None,
 ) -> None:
     """Embed texts with MODEL: JSON to stdout, a file (-o) or a collection (-c).
 
     Texts come from TEXT arguments, -i FILE, or stdin (one per line). In a collection, a
     text without an id (JSONL "id") is stored under an id derived from its content, so it
     never replaces another text; an item is updated only when its id is given.
+
+    With --ray, -i is a corpus (.parquet, .csv, .jsonl, a folder of .parquet files, or a
+    URL) and -o a .parquet file or a folder: every input column plus the vectors.
     """
+    ray_options = {
+        "--text-column": text_column,
+        "--vector-column": vector_column,
+        "--concurrency": concurrency,
+        "--num-cpus": num_cpus,
+        "--num-gpus": num_gpus,
+    }
+    if ray_address is not None:
+        from provender_embedding._ray_cli import check_ray_usage, run_ray
+
+        source, reader, target, kind = check_ray_usage(
+            texts=texts,
+            input_file=input_name,
+            output_file=output_name,
+            collection=collection,
+        )
+        run_ray(
+            address=ray_address,
+            model=model,
+            source=source,
+            reader=reader,
+            target=target,
+            kind=kind,
+            text_column=text_column or "text",
+            vector_column=vector_column or "embedding",
+            batch_size=batch_size,
+            normalize=not no_normalize,
+            concurrency=concurrency,
+            num_cpus=1 if num_cpus is None else num_cpus,
+            num_gpus=num_gpus,
+        )
+        return
+    given = [name for name, value in ray_options.items() if value is not None]
+    if given:
+        raise click.UsageError(f"{given[0]} applies to --ray only")
+    input_file = None if input_name is None else Path(input_name)
+    output_file = None if output_name is None else Path(output_name)
     from provender_embedding import Collection, Embedder
     from provender_embedding._io import OUTPUT_FORMATS, write_vectors
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import datetime
@@ -171,6 +170,8 @@ def ps(as_json: bool) -> None:
     except ServerError as exc:
         _fail(str(exc))
     if as_json:
+        import json  # here: `provender --help` imports this module and has no use for json
+
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:

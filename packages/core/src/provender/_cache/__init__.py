@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue
+from provender._cache._entry import CacheEntry, CacheStats, PullResult, PushResult, VerifyIssue
 from provender._cache._eviction import EvictionPlan, plan_eviction
 from provender._cache._layout import NotACacheError, SourceInCacheError, UnsafeCacheError
 from provender._cache._manager import CacheManager, Lease
 from provender._cache._names import check_key, check_name, generate_cache_key
+from provender._cache._remote import RemoteEntry, RemoteTier
 
 __all__ = [
     "CacheEntry",
@@ -14,6 +15,10 @@ __all__ = [
     "CacheStats",
     "EvictionPlan",
     "Lease",
+    "PullResult",
+    "PushResult",
+    "RemoteEntry",
+    "RemoteTier",
     "NotACacheError",
     "SourceInCacheError",
     "UnsafeCacheError",

@@ -89,6 +89,10 @@ class CacheStats:
     max_size: int
     pinned: int
     cache_dir: Path
+    remote_hits: int = 0  # misses served by the remote tier (remote.url)
+    remote_misses: int = 0  # misses the remote tier did not have either
+    bytes_from_remote: int = 0
+    remote_errors: int = 0  # the tier unreachable, too slow or corrupt (the Hub served instead)
 
     @property
     def hit_rate(self) -> float | None:
@@ -107,6 +111,10 @@ class CacheStats:
             "max_size": self.max_size,
             "pinned": self.pinned,
             "cache_dir": str(self.cache_dir),
+            "remote_hits": self.remote_hits,
+            "remote_misses": self.remote_misses,
+            "bytes_from_remote": self.bytes_from_remote,
+            "remote_errors": self.remote_errors,
         }
 
 
@@ -127,4 +135,59 @@ class VerifyIssue:
             "path": str(self.path),
             "problem": self.problem,
             "fixed": self.fixed,
+        }
+
+
+PullSource = Literal["cache", "remote", "hub"]
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What `CacheManager.pull` did: the entry, and where its bytes came from.
+
+    ``source``: ``cache`` (nothing downloaded), ``remote`` (the remote tier), ``hub`` (the Hub,
+    or a mirror). ``pushed``: the download was written through to the remote tier. ``warnings``:
+    what went wrong on the way without failing the pull (the tier unreachable or corrupt...).
+    """
+
+    entry: CacheEntry
+    source: PullSource
+    bytes_from_remote: int = 0
+    bytes_from_hub: int = 0
+    pushed: bool = False
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.entry.key,
+            "name": self.entry.name,
+            "source": self.source,
+            "bytes_from_remote": self.bytes_from_remote,
+            "bytes_from_hub": self.bytes_from_hub,
+            "pushed": self.pushed,
+            "warnings": list(self.warnings),
+            "path": str(self.entry.model_path),
+        }
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What `CacheManager.push` did: files of the entry, how many blobs were uploaded and how many were there."""
+
+    entry: CacheEntry
+    url: str
+    files: int
+    uploaded: int
+    bytes_uploaded: int
+    already_there: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.entry.key,
+            "name": self.entry.name,
+            "url": self.url,
+            "files": self.files,
+            "uploaded": self.uploaded,
+            "bytes_uploaded": self.bytes_uploaded,
+            "already_there": self.already_there,
         }

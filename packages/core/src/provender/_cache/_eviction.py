@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from provender._cache._entry import CacheEntry
 
 if TYPE_CHECKING:
-    from provender._cache._manager import CacheManager
+    from provender._cache._core import CacheCore
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +105,12 @@ def warn_if_over(plan: EvictionPlan) -> None:
         )
 
 
-def carry_out(cm: CacheManager, limit: int, protect: set[str]) -> EvictionPlan:
+def carry_out(cm: CacheCore, limit: int, protect: set[str]) -> EvictionPlan:
     """Plan eviction down to `limit` and carry it out. Call under the cache lock, after a reconcile.
 
     An entry that a process took hold of since the plan was made is kept, and the plan made again.
     """
-    total = cm._index.total_size()
+    total = cm.index.total_size()
     if total <= limit:  # the common case after an add: one query, no listing
         return EvictionPlan(limit=limit, total=total)
     busy: set[str] = set()
@@ -127,6 +127,6 @@ def carry_out(cm: CacheManager, limit: int, protect: set[str]) -> EvictionPlan:
             return EvictionPlan(limit=limit, total=total, evict=tuple(evicted), kept=kept)
 
 
-def lru_entries(cm: CacheManager) -> list[CacheEntry]:
+def lru_entries(cm: CacheCore) -> list[CacheEntry]:
     """Every entry of the index, least recently used first."""
-    return [cm._entry(row, pinned=False) for row in cm._index.lru_order()]
+    return [cm._entry(row, pinned=False) for row in cm.index.lru_order()]

@@ -1,4 +1,5 @@
-"""Hub downloads into the shared cache, done by huggingface_hub itself."""
+"""Pulls into the shared cache: from the cache itself, else the remote tier, else the Hub (downloads
+done by huggingface_hub itself), with write-through of Hub downloads to the remote tier."""
 
 from __future__ import annotations
 
@@ -6,45 +7,106 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provender._cache import _hub
+from provender._cache._entry import PullResult
 from provender._cache._fsops import fs_errors
-from provender._cache._layout import check_dir, link_error
 from provender._cache._locks import LeaseLock
 from provender._cache._names import check_name
-from provender._cache._store import write_row
-from provender._cache._sync import download_state, hub_row, reconcile
-from provender.errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError
+from provender._cache._sync import download_state
+from provender._cache._tier_sync import (
+    CorruptBlobError,
+    check_repo_layout,
+    commit_hub,
+    count,
+    imported_key,
+    patterns_of,
+    pull_hub,
+    pull_imported,
+    write_through,
+)
+from provender.errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError, RemoteTierError
 
 if TYPE_CHECKING:
+    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
-    from provender._cache._manager import CacheManager
 
 logger = logging.getLogger(__name__)
 
 
-def fetch_repo(cm: CacheManager, repo_id: str, *, progress: bool, **options: Any) -> CacheEntry:
-    """`CacheManager.fetch`: `options` are its keyword arguments (revision, repo_type, patterns, endpoint)."""
-    from huggingface_hub.utils import (  # type: ignore[attr-defined]
-        are_progress_bars_disabled,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
-
+def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) -> PullResult:
+    """`CacheManager.pull`: the cache, else the remote tier, else the Hub (then written through to the tier)."""
+    revision, repo_type = options.get("revision"), options.get("repo_type", "model")
+    plain = repo_type == "model" and revision is None and ":" not in repo_id
+    plain = plain and options.get("allow_patterns") is None and options.get("ignore_patterns") is None
+    if plain:  # an imported entry of that name is the model (a sideload overrides the download)
+        check_name(repo_id)
+        entry = cm.find(imported_key(repo_id))
+        if entry is not None:
+            return PullResult(entry, "cache")
     if ":" in repo_id:  # org/repo-GGUF:Q4_K_M: that GGUF quantisation only (and its split parts)
         from provender._cache._gguf import quant_request
 
         repo_id, options["allow_patterns"] = quant_request(
             cm,
             repo_id,
-            revision=options.get("revision"),
-            repo_type=options.get("repo_type", "model"),
+            revision=revision,
+            repo_type=repo_type,
             allow_patterns=options.get("allow_patterns"),
             endpoint=options.get("endpoint"),
         )
+    check_name(repo_id)
+    if repo_type not in _hub.REPO_TYPES:
+        raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
+    patterns = patterns_of(options.get("allow_patterns"), options.get("ignore_patterns"))
+    repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
+    tier, warnings, corrupt, failed = cm.remote, [], frozenset[str](), False
+    local = _hub.snapshot_path(repo_dir, revision) is not None and _hub.has_snapshot(repo_dir)
+    if tier is not None and not local:  # a miss: the remote tier before the Hub (offline too)
+        try:
+            got = pull_imported(cm, tier, repo_id) if plain else None
+            got = got or pull_hub(cm, tier, repo_id, repo_type, revision, patterns, _row_metadata(revision, patterns))
+        except RemoteTierError as exc:
+            count(cm, remote_errors=1)
+            corrupt = frozenset({exc.sha256}) if isinstance(exc, CorruptBlobError) else corrupt
+            failed = not isinstance(exc, CorruptBlobError)  # down or too slow: not asked again in this pull
+            warnings.append(f"{exc}; getting {repo_id} from the Hub instead")
+            logger.warning("%s", warnings[-1])
+        else:
+            if got is not None:
+                count(cm, remote_hits=1, bytes_from_remote=got[1])
+                return PullResult(got[0], "remote", bytes_from_remote=got[1])
+            count(cm, remote_misses=1)
+    before = _hub.repo_size(repo_dir)
+    entry = fetch_repo(cm, repo_id, progress=progress, **options)
+    from_hub = max(0, _hub.repo_size(repo_dir) - before)
+    pushed = False
+    if tier is not None and not tier.read_only and not failed and (from_hub or corrupt):
+        problem = write_through(cm, entry, revision=revision, patterns=patterns, force=corrupt)
+        pushed = problem is None
+        warnings += [problem] if problem else []
+    return PullResult(entry, "hub" if from_hub else "cache", 0, from_hub, pushed, tuple(warnings))
+
+
+def _row_metadata(revision: str | None, patterns: dict[str, Any] | None) -> dict[str, Any]:
+    """What a Hub entry's index row remembers of the request (`push` writes the same snapshot)."""
+    meta: dict[str, Any] = {"revision": revision} if revision else {}
+    if patterns:
+        meta.update(allow_patterns=patterns["allow"], ignore_patterns=patterns["ignore"])
+    return meta
+
+
+def fetch_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) -> CacheEntry:
+    """The Hub part of a pull: `options` are `CacheManager.fetch`'s keyword arguments (revision, repo_type,
+    patterns, endpoint; a GGUF quant request already resolved to patterns)."""
+    from huggingface_hub.utils import (  # type: ignore[attr-defined]
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
     if progress:
         return _fetch(cm, repo_id, **options)
     was_disabled = are_progress_bars_disabled()
@@ -57,7 +119,7 @@ def fetch_repo(cm: CacheManager, repo_id: str, *, progress: bool, **options: Any
 
 
 def _fetch(
-    cm: CacheManager,
+    cm: CacheCore,
     repo_id: str,
     *,
     revision: str | None = None,
@@ -92,8 +154,8 @@ def _fetch(
 
     repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
     check_repo_layout(cm, repo_dir)  # huggingface_hub would write through a planted link: refuse first
-    if cm._index.degraded is not None:  # a full disk: refuse before anything is downloaded
-        raise cm._index.degraded
+    if cm.index.degraded is not None:  # a full disk: refuse before anything is downloaded
+        raise cm.index.degraded
     # Refuse before downloading what could never fit (needs the Hub; skipped offline).
     if not constants.HF_HUB_OFFLINE:
         try:
@@ -116,9 +178,9 @@ def _fetch(
                     raise EntryTooLargeError(name, total, cm.max_size)
                 raise DiskFullError(cm.hub_dir, needed)
 
-    cm._walls.check("pending", "locks", "hub")
-    pending = LeaseLock(cm._pending_dir / f"{key}.lock")  # marks a download in progress (a flock, as filelock's)
-    lease = LeaseLock(cm._lease_path(key), is_singleton=False)  # eviction must not take what we update
+    cm.walls.check("pending", "locks", "hub")
+    pending = LeaseLock(cm.pending_path(key))  # marks a download in progress (a flock, as filelock's)
+    lease = LeaseLock(cm.lease_path(key), is_singleton=False)  # eviction must not take what we update
     with fs_errors(cm.cache_dir):
         pending.acquire_write()
     lease.acquire_read()
@@ -137,18 +199,8 @@ def _fetch(
         except HfHubHTTPError as exc:
             raise HubError(f"downloading {name} failed: {exc}") from None
         folder = _hub.folder_name(repo_id, repo_type)
-        row = hub_row(
-            cm, folder, repo_type, repo_id, last_used=time.time(), metadata={"revision": revision} if revision else None
-        )
-        old = cm._index.get(key)
-        if old is not None:
-            row["created"] = old["created"]
-        with cm._lock:
-            write_row(cm, row)
-            pending.release()
-            (cm._pending_dir / f"{key}.lock").unlink(missing_ok=True)
-            reconcile(cm)
-            evicted = cm._evict(cm.max_size, protect={key})
+        metadata = _row_metadata(revision, patterns_of(allow_patterns, ignore_patterns))
+        evicted = commit_hub(cm, key, folder, repo_type, repo_id, metadata, pending)
     finally:
         pending.release()  # a no-op if released already
         lease.release()
@@ -157,22 +209,10 @@ def _fetch(
     return cm.get(key)
 
 
-def check_repo_layout(cm: CacheManager, repo_dir: Path) -> None:
-    """Before huggingface_hub writes into a repo folder: no link where it keeps its folders and files
-    (hub/.locks, the repo folder, blobs, snapshots, refs, any blob or ref). Refused, never followed."""
-    cm._walls.check("hub")
-    for path in (cm.hub_dir / ".locks", cm.hub_dir / ".locks" / repo_dir.name, repo_dir):
-        if os.path.lexists(path):
-            check_dir(path)
-    if os.path.isdir(repo_dir):
-        for path in _hub.planted_links(repo_dir):
-            raise link_error(path, "folder or file")
-
-
-def remove_empty_repo(cm: CacheManager, repo_dir: Path) -> None:
+def remove_empty_repo(cm: CacheCore, repo_dir: Path) -> None:
     """Take away the empty folders a refused plan left; never a file, so never a repo another process
     downloaded meanwhile (rmdir fails on anything not empty), and nothing while a download runs."""
-    with cm._lock:
+    with cm.lock:
         if download_state(cm, cm.hub_key(*_parse(repo_dir))) == "running":
             return
         for root, _dirs, _files in sorted(os.walk(repo_dir), key=lambda t: -len(t[0])):

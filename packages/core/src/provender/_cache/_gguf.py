@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from provender.errors import InvalidNameError, ModelNotFoundError
 
 if TYPE_CHECKING:
+    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
-    from provender._cache._manager import CacheManager
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def describe_files(files: list[str]) -> str:
 
 
 def quant_request(
-    cm: CacheManager,
+    cm: CacheCore,
     name: str,
     *,
     revision: str | None,
@@ -294,7 +294,7 @@ def quant_request(
 
 
 def _repo_files(
-    cm: CacheManager, repo_id: str, *, revision: str | None, repo_type: str, endpoint: str | None
+    cm: CacheCore, repo_id: str, *, revision: str | None, repo_type: str, endpoint: str | None
 ) -> list[str]:
     from huggingface_hub import HfApi, constants
 
@@ -320,7 +320,7 @@ def _repo_files(
     return cached
 
 
-def _cached_files(cm: CacheManager, repo_id: str, revision: str | None, repo_type: str) -> list[str]:
+def _cached_files(cm: CacheCore, repo_id: str, revision: str | None, repo_type: str) -> list[str]:
     from provender._cache import _hub
 
     snapshot = _hub.snapshot_path(cm.hub_dir / _hub.folder_name(repo_id, repo_type), revision)

@@ -15,7 +15,6 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from provender._cache._entry import VerifyIssue
 from provender._cache._names import within
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLL
 LAYOUT = ("blobs", "snapshots", "refs")  # the folders huggingface_hub makes in a repo folder
 
 
-def _is_dir(path: Path) -> bool:
+def _is_dir(path: str | os.PathLike[str]) -> bool:
     """A real folder (lstat): a link to one is not."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
@@ -124,27 +123,47 @@ def has_snapshot(repo_dir: Path) -> bool:
 
 
 def snapshot_path(repo_dir: Path, revision: str | None = None) -> Path | None:
-    """The snapshot folder of `revision` (default ``main``, else the newest snapshot); never through a link."""
-    snapshots = repo_dir / "snapshots"
-    if not _is_dir(repo_dir) or not _is_dir(snapshots):
+    """The snapshot folder of `revision` (default ``main``, else the newest snapshot); never through a link.
+
+    On the hot path of every cache hit: plain strings and `os` calls (no pathlib object
+    per step), the same checks (each folder a real one, the ref a regular file).
+    """
+    root = os.fspath(repo_dir)
+    snapshots = os.path.join(root, "snapshots")
+    if not _is_dir(root) or not _is_dir(snapshots):
         return None
-    if revision and "/" not in revision and _is_dir(snapshots / revision):
-        return snapshots / revision
-    ref = repo_dir / "refs" / (revision or "main")
+    if revision and "/" not in revision and _is_dir(os.path.join(snapshots, revision)):
+        return Path(snapshots, revision)
     try:
-        if _is_dir(repo_dir / "refs") and stat.S_ISREG(os.lstat(ref).st_mode):
-            commit = ref.read_text().strip()
-            if commit and "/" not in commit and _is_dir(snapshots / commit):
-                return snapshots / commit
+        if _is_dir(os.path.join(root, "refs")):
+            commit = _read_ref(os.path.join(root, "refs", revision or "main"))
+            if commit and "/" not in commit and _is_dir(os.path.join(snapshots, commit)):
+                return Path(snapshots, commit)
     except (OSError, ValueError):
         pass
     if revision:
         return None
     try:
-        candidates = [p for p in snapshots.iterdir() if _is_dir(p)]
+        candidates = [p for p in Path(snapshots).iterdir() if _is_dir(p)]
     except OSError:
         return None
     return max(candidates, key=lambda p: os.lstat(p).st_mtime_ns) if candidates else None
+
+
+def _read_ref(path: str) -> str | None:
+    """The text of a ref file, stripped; None unless it is a regular file (never through a link)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        data = os.read(fd, st.st_size + 1)  # one read, unless the file grew since the lstat
+        if len(data) > st.st_size:
+            while chunk := os.read(fd, 1 << 16):
+                data += chunk
+    finally:
+        os.close(fd)
+    return data.decode().strip()
 
 
 def planted_links(repo_dir: Path) -> list[Path]:
@@ -180,19 +199,20 @@ def _digest(path: Path, algo: str) -> str:
         return digest.hexdigest()
 
 
-def verify_repo(key: str, name: str, repo_dir: Path) -> list[VerifyIssue]:
+def verify_repo(repo_dir: Path) -> list[tuple[Path, str]]:
     """Check a Hub repo without following any link: planted links, blob hashes, snapshot links.
 
-    A snapshot link may point only at a blob in its own repo's ``blobs/``.
+    Returns ``(path, problem)`` pairs (`_verify` makes them `VerifyIssue`s). A snapshot link
+    may point only at a blob in its own repo's ``blobs/``.
     """
-    issues: list[VerifyIssue] = []
+    issues: list[tuple[Path, str]] = []
     for path in planted_links(repo_dir):
         problem = (
             "a blob that is a symbolic link"
             if path.parent == repo_dir / "blobs"
             else "a symbolic link where the Hub layout has a real folder or file (not followed)"
         )
-        issues.append(VerifyIssue(key, name, path, problem))
+        issues.append((path, problem))
     if _is_dir(repo_dir / "blobs"):
         with os.scandir(repo_dir / "blobs") as it:
             blobs = sorted((item for item in it if item.is_file(follow_symlinks=False)), key=lambda i: i.name)
@@ -203,7 +223,7 @@ def verify_repo(key: str, name: str, repo_dir: Path) -> list[VerifyIssue]:
             actual = _digest(Path(item.path), algo)
             if actual != item.name:
                 problem = f"content does not match its {algo} (got {actual[:12]}...)"
-                issues.append(VerifyIssue(key, name, Path(item.path), problem))
+                issues.append((Path(item.path), problem))
     if _is_dir(repo_dir / "snapshots"):
         for root, _dirs, files in os.walk(repo_dir / "snapshots"):  # folder links are listed, never entered
             for file in files:
@@ -212,19 +232,18 @@ def verify_repo(key: str, name: str, repo_dir: Path) -> list[VerifyIssue]:
                     continue
                 target = Path(os.path.normpath(link.parent / os.readlink(link)))
                 if not within(repo_dir, target):
-                    issues.append(VerifyIssue(key, name, link, "snapshot link points outside the cache"))
+                    issues.append((link, "snapshot link points outside the cache"))
                 elif target.parent != repo_dir / "blobs":
-                    issues.append(VerifyIssue(key, name, link, "snapshot link points outside its repo's blobs/"))
+                    issues.append((link, "snapshot link points outside its repo's blobs/"))
                 elif not _blob_ok(repo_dir, target) and not os.path.islink(target):
-                    issues.append(VerifyIssue(key, name, link, "snapshot link points at a missing blob"))
+                    issues.append((link, "snapshot link points at a missing blob"))
     return issues
 
 
-def fix_repo(walls: Walls, repo_dir: Path, issues: list[VerifyIssue]) -> list[VerifyIssue]:
+def fix_repo(walls: Walls, repo_dir: Path, flagged: set[Path]) -> None:
     """Delete what `verify_repo` flagged: planted links (the links themselves), corrupt blobs, and the
     snapshot links left dangling or pointing at them. Every deletion goes through folders opened
     without following links, so nothing outside the repo is ever touched. Call under the cache lock."""
-    flagged = {i.path for i in issues}
     for path in sorted(flagged, key=lambda p: len(p.parts)):
         walls.unlink(path)
     if _is_dir(repo_dir / "snapshots"):
@@ -233,4 +252,3 @@ def fix_repo(walls: Walls, repo_dir: Path, issues: list[VerifyIssue]) -> list[Ve
                 link = Path(root, file)
                 if link.is_symlink() and not _blob_ok(repo_dir, link_target(repo_dir, link) or repo_dir):
                     walls.unlink(link)
-    return [VerifyIssue(i.key, i.name, i.path, i.problem, fixed=True) for i in issues]

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 from provender._cache._layout import check_file
 from provender.errors import CacheError, CacheNotWritableError, DiskFullError
@@ -54,8 +54,33 @@ CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
 CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-STAT_NAMES = ("hits", "misses", "evictions", "bytes_evicted")
+STAT_NAMES = (
+    "hits",
+    "misses",
+    "evictions",
+    "bytes_evicted",
+    # the remote tier (remote.url): misses it served, misses it did not have, bytes it sent, failures
+    "remote_hits",
+    "remote_misses",
+    "bytes_from_remote",
+    "remote_errors",
+)
 COLUMNS = ("key", "kind", "name", "path", "size", "created", "last_used", "hits", "stamp", "metadata")
+
+
+class IndexRow(TypedDict):
+    """One row of the ``entries`` table, as the index returns it and takes it (`COLUMNS`)."""
+
+    key: str
+    kind: Literal["hub", "local"]
+    name: str
+    path: str  # relative to cache.dir
+    size: int
+    created: float
+    last_used: float | None
+    hits: int
+    stamp: int  # mtime_ns of the entry's directory when size was taken
+    metadata: dict[str, Any]
 
 
 class IndexCorruptError(Exception):
@@ -245,18 +270,18 @@ class Index:
 
     # -- entries -----------------------------------------------------------------------
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> IndexRow | None:
         row = self.con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries WHERE key=?", (key,)).fetchone()
         return _row(row) if row else None
 
-    def by_name(self, name: str) -> list[dict[str, Any]]:
+    def by_name(self, name: str) -> list[IndexRow]:
         rows = self.con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries WHERE name=?", (name,)).fetchall()
         return [_row(r) for r in rows]
 
-    def all(self) -> list[dict[str, Any]]:
+    def all(self) -> list[IndexRow]:
         return [_row(r) for r in self.con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries")]
 
-    def lru_order(self) -> list[dict[str, Any]]:
+    def lru_order(self) -> list[IndexRow]:
         """Entries least recently used first (never-used entries by creation time)."""
         sql = f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY COALESCE(last_used, created), created"
         return [_row(r) for r in self.con.execute(sql)]
@@ -264,8 +289,8 @@ class Index:
     def total_size(self) -> int:
         return int(self.con.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
 
-    def upsert(self, con: sqlite3.Connection, entry: dict[str, Any]) -> None:
-        values = dict(entry)
+    def upsert(self, con: sqlite3.Connection, entry: IndexRow) -> None:
+        values: dict[str, Any] = dict(entry)
         values["metadata"] = json.dumps(values.get("metadata") or {}, sort_keys=True, default=str)
         con.execute(
             f"INSERT INTO entries ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
@@ -324,7 +349,7 @@ class Index:
         return row[0] if row else None
 
 
-def _row(row: tuple[Any, ...]) -> dict[str, Any]:
+def _row(row: tuple[Any, ...]) -> IndexRow:
     entry = dict(zip(COLUMNS, row, strict=True))
     entry["metadata"] = json.loads(entry["metadata"] or "{}")
-    return entry
+    return entry  # type: ignore[return-value]  # the columns are IndexRow's keys

@@ -18,7 +18,7 @@ from provender._cache._entry import CacheEntry
 from provender._cache._locks import LeaseLock
 
 if TYPE_CHECKING:
-    from provender._cache._manager import CacheManager
+    from provender._cache._core import CacheCore
 
 
 @contextmanager
@@ -53,7 +53,7 @@ class Lease:
     The hold is an OS file lock, so it ends when the process does, however it dies.
     """
 
-    def __init__(self, entry: CacheEntry, lock: LeaseLock, manager: CacheManager | None = None) -> None:
+    def __init__(self, entry: CacheEntry, lock: LeaseLock, manager: CacheCore | None = None) -> None:
         self.entry = entry
         self._lock: LeaseLock | None = lock
         self._manager = manager

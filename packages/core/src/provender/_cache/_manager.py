@@ -31,14 +31,15 @@ from typing import Any
 
 from provender import _wiring
 from provender._cache import _store, _sync
-from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
+from provender._cache._entry import CacheEntry, CacheStats, PullResult, PushResult, VerifyIssue, model_path_of
 from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
 from provender._cache._fsops import LinkMode, fs_errors
-from provender._cache._index import Index
+from provender._cache._index import Index, IndexRow
 from provender._cache._layout import DIRS, Walls, check_file
 from provender._cache._leases import Lease, exclusive
 from provender._cache._locks import GuardedLock, LeaseLock
 from provender._cache._names import check_key, check_name, generate_cache_key
+from provender._cache._remote import RemoteTier
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
 from provender._cache._repair import read_or_repair, row_from_manifest
 from provender._cache._resolve import resolve
@@ -50,6 +51,22 @@ __all__ = ["MANIFEST", "CacheManager", "Lease"]
 logger = logging.getLogger(__name__)
 
 SORT_KEYS = ("used", "size", "name")
+_FROM_SETTINGS: Any = object()  # `remote` not given: the [remote] settings decide
+
+
+def remote_from_settings(values: dict[str, Any] | None) -> RemoteTier | None:
+    """The tier the ``[remote]`` settings describe (see `provender._wiring.remote_defaults`), or None."""
+    if not values or not values.get("url"):
+        return None
+    options: dict[str, Any] = {}
+    if values.get("endpoint_url") and str(values["url"]).startswith(("s3://", "s3a://")):
+        options["endpoint_url"] = values["endpoint_url"]
+    return RemoteTier(
+        values["url"],
+        read_only=bool(values.get("read_only")),
+        storage_options=options,
+        timeout=float(values.get("timeout") or 30.0),
+    )
 
 
 class CacheManager:
@@ -59,6 +76,11 @@ class CacheManager:
     (``cache.dir``, ``cache.max_size``, handed to the cache through `provender._wiring`).
     ``on_evicted(entry)`` is told about each entry this manager drops, besides the plugins'
     ``provender_cache_evicted`` hook. Any number of processes may use one cache directory at once.
+
+    ``remote``: the shared remote tier (a `RemoteTier`, or its URL); not given, it comes from the
+    ``[remote]`` settings when the settings are read at all (``cache_dir`` or ``max_size`` left to
+    them); None: no tier. With a tier, a miss looks there before the Hub, and what is downloaded
+    from the Hub or imported is written to it (unless it is read-only): see `pull` and `push`.
 
     The verbs: `find` / `get` / `entries` / `stats` (read), `acquire` (hold), `import_model` /
     `fetch` (add), `remove` / `prune` / `plan_eviction` (drop), `pin` / `unpin`, `verify`.
@@ -73,7 +95,11 @@ class CacheManager:
         max_size: int | str | None = None,
         *,
         on_evicted: Callable[[CacheEntry], None] | None = None,
+        remote: RemoteTier | str | None = _FROM_SETTINGS,
     ) -> None:
+        if remote is _FROM_SETTINGS:  # the settings decide, as for the directory and the limit
+            remote = remote_from_settings(_wiring.remote_defaults()) if cache_dir is None or max_size is None else None
+        self._remote: RemoteTier | None = RemoteTier(remote) if isinstance(remote, str) else remote
         if cache_dir is None or max_size is None:
             default_dir, default_size = _wiring.cache_defaults()
             cache_dir = default_dir if cache_dir is None else cache_dir
@@ -121,7 +147,8 @@ class CacheManager:
         eviction by another process: hold `acquire(key)` while you read it.
         """
         check_key(cache_key)
-        found = self._index.hit(cache_key, lambda rel: os.path.exists(self.cache_dir / rel))
+        root = str(self.cache_dir)  # strings, not pathlib, on the hot path of a hit
+        found = self._index.hit(cache_key, lambda rel: os.path.exists(os.path.join(root, rel)))
         if found is None:  # not indexed (yet): it may be on disk, put there by another process or tool
             row = self._discover_object(cache_key)
             if row is None and self._hub_changed():
@@ -204,10 +231,11 @@ class CacheManager:
 
         Zero-copy where the filesystem allows. Raises EntryExistsError if an imported
         entry has that name already, unless ``replace=True``. ``pin=True`` pins it as it lands.
+        With a remote tier (not read-only), the entry is written through to it.
         """
         check_name(name)
         key = generate_cache_key(name, None, {"source": "import"})
-        return self._store_local(
+        entry = self._store_local(
             Path(path),
             key,
             name=name,
@@ -216,6 +244,60 @@ class CacheManager:
             replace=replace,
             pin=pin,
         )
+        if self._remote is not None and not self._remote.read_only:
+            from provender._cache._tier_sync import write_through
+
+            write_through(self, entry)  # a failing tier is a warning, never a failed import
+        return entry
+
+    def pull(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        repo_type: str = "model",
+        allow_patterns: list[str] | str | None = None,
+        ignore_patterns: list[str] | str | None = None,
+        progress: bool = True,
+        endpoint: str | None = None,
+    ) -> PullResult:
+        """Get a repo (or an imported entry) into the cache: from the cache itself, else the remote tier,
+        else the Hub; says where the bytes came from (`PullResult`).
+
+        A miss looks in the remote tier before the Hub (also offline); content from the tier is
+        verified against its sha256 before it enters the cache and lands in huggingface_hub's
+        layout. What comes from the Hub is written through to the tier unless it is read-only.
+        The tier failing (unreachable, slow, corrupt) is a warning, never a failed pull.
+        """
+        from provender._cache._fetch import pull_repo
+
+        return pull_repo(
+            self,
+            repo_id,
+            revision=revision,
+            repo_type=repo_type,
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+            progress=progress,
+            endpoint=endpoint,
+        )
+
+    def push(self, name_or_key: str, *, progress: bool | Callable[[int], object] = False) -> PushResult:
+        """Upload an entry of this cache to the remote tier (blobs the tier holds already are skipped).
+
+        ``progress``: a callable is told the bytes of each blob as it is uploaded or found there.
+
+        Raises RemoteNotConfiguredError without a tier (or on a read-only one), RemoteTierError
+        if the tier fails.
+        """
+        from provender._cache._tier_sync import push_entry
+
+        return push_entry(self, self.get(name_or_key), progress=progress)
+
+    @property
+    def remote(self) -> RemoteTier | None:
+        """The shared remote tier this cache reads through (``remote.url``), or None."""
+        return self._remote
 
     def fetch(
         self,
@@ -231,12 +313,10 @@ class CacheManager:
         """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
 
         Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or `endpoint`, for a mirror). Files already cached are not
-        downloaded again. Marks the entry used and evicts others to fit ``max_size``.
+        downloaded again. Marks the entry used and evicts others to fit ``max_size``. With a remote tier,
+        a miss is served from it first: this is ``pull(...).entry``.
         """
-        from provender._cache._fetch import fetch_repo
-
-        return fetch_repo(
-            self,
+        return self.pull(
             repo_id,
             revision=revision,
             repo_type=repo_type,
@@ -244,7 +324,7 @@ class CacheManager:
             ignore_patterns=ignore_patterns,
             progress=progress,
             endpoint=endpoint,
-        )
+        ).entry
 
     # -- reading -----------------------------------------------------------------------
 
@@ -308,6 +388,10 @@ class CacheManager:
             max_size=self.max_size,
             pinned=len(self._pinned_keys() & {r["key"] for r in entries}),
             cache_dir=self.cache_dir,
+            remote_hits=counters["remote_hits"],
+            remote_misses=counters["remote_misses"],
+            bytes_from_remote=counters["bytes_from_remote"],
+            remote_errors=counters["remote_errors"],
         )
 
     def in_use(self, name_or_key: str) -> bool:
@@ -381,6 +465,31 @@ class CacheManager:
 
         return verify_cache(self, fix=fix, progress=progress)
 
+    # -- the pieces the helper modules share (the `CacheCore` protocol of _core.py) -------
+
+    @property
+    def index(self) -> Index:
+        """The SQLite index (for the cache's helper modules; not part of the public API)."""
+        return self._index
+
+    @property
+    def lock(self) -> GuardedLock:
+        """The cache-wide lock (for the cache's helper modules; not part of the public API)."""
+        return self._lock
+
+    @property
+    def walls(self) -> Walls:
+        """The cache's folders, opened without following links (for the helper modules)."""
+        return self._walls
+
+    def lease_path(self, key: str) -> Path:
+        """The lease file of entry `key` (for the helper modules)."""
+        return self._lease_path(key)
+
+    def pending_path(self, key: str) -> Path:
+        """The marker held while a Hub download of `key` runs (for the helper modules)."""
+        return self._pending_dir / f"{check_key(key)}.lock"
+
     # -- internals ---------------------------------------------------------------------
 
     def _lease_path(self, key: str) -> Path:
@@ -392,7 +501,7 @@ class CacheManager:
     def _pinned_keys(self) -> set[str]:
         return set(self._walls.listdir("pins"))
 
-    def _entry(self, row: dict[str, Any], pinned: bool | None = None) -> CacheEntry:
+    def _entry(self, row: IndexRow, pinned: bool | None = None) -> CacheEntry:
         if pinned is None:
             pinned = (self._pins_dir / row["key"]).exists()
         return CacheEntry(

@@ -28,9 +28,9 @@ from provender._cache._gguf import is_gguf
 from provender.errors import CacheError, EntryTooLargeError, InvalidNameError, ModelNotFoundError, SourceNotFoundError
 
 if TYPE_CHECKING:
+    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
     from provender._cache._fsops import LinkMode
-    from provender._cache._manager import CacheManager
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def default_cache_name(found: OllamaModel) -> str:
 
 
 def import_from_ollama(
-    cm: CacheManager,
+    cm: CacheCore,
     name: str,
     *,
     as_name: str | None = None,
@@ -217,7 +217,7 @@ def import_from_ollama(
 
 def _record_digest(entry: CacheEntry, filename: str, digest: str) -> None:
     """Write the verified sha256 into the entry's manifest, so `verify` checks it from now on."""
-    from provender._cache._manager import MANIFEST
+    from provender._cache._repair import MANIFEST
 
     path = entry.path / MANIFEST
     try:

@@ -26,7 +26,8 @@ from provender._cache._names import check_key
 from provender.errors import InvalidNameError
 
 if TYPE_CHECKING:
-    from provender._cache._manager import CacheManager
+    from provender._cache._core import CacheCore
+    from provender._cache._index import IndexRow
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def row_from_manifest(manifest: dict[str, Any], last_used: float | None = None) -> dict[str, Any]:
+def row_from_manifest(manifest: dict[str, Any], last_used: float | None = None) -> IndexRow:
     """The index row of a provender-stored entry, from its (valid) manifest."""
     key = manifest["key"]
     return {
@@ -152,7 +153,7 @@ def _set_aside(entry_dir: Path) -> Path | None:
 
 
 def rebuild_manifest(
-    entry_dir: Path, old: dict[str, Any] | None, row: dict[str, Any] | None, taken_names: set[str]
+    entry_dir: Path, old: dict[str, Any] | None, row: IndexRow | None, taken_names: set[str]
 ) -> dict[str, Any]:
     """A manifest for ``entry_dir`` built from its files on disk.
 
@@ -164,6 +165,8 @@ def rebuild_manifest(
     key = entry_dir.name
     files = scan_files(entry_dir)
     old = old if isinstance(old, dict) else {}
+    name: Any  # from the row (typed) or from a damaged manifest (anything)
+    created: Any
     if row is not None:
         metadata = {k: v for k, v in row["metadata"].items() if k != "filename"}
         name, filename, created = row["name"], row["metadata"].get("filename"), row["created"]
@@ -191,11 +194,11 @@ def rebuild_manifest(
 
 
 def repair_entry(
-    cm: CacheManager,
+    cm: CacheCore,
     entry_dir: Path,
     old: dict[str, Any] | None,
     problem: str,
-    row: dict[str, Any] | None,
+    row: IndexRow | None,
     *,
     announce: bool = True,
 ) -> dict[str, Any]:
@@ -204,7 +207,7 @@ def repair_entry(
     Nothing of the entry's content is moved or deleted. ``announce``: also warn now (`verify`,
     which reports the repair itself, does not).
     """
-    taken = {r["name"] for r in cm._index.all() if r["key"] != entry_dir.name} if row is None else set()
+    taken = {r["name"] for r in cm.index.all() if r["key"] != entry_dir.name} if row is None else set()
     manifest = rebuild_manifest(entry_dir, old, row, taken)
     aside = _set_aside(entry_dir)
     write_manifest(entry_dir, manifest)
@@ -218,7 +221,7 @@ def repair_entry(
     return manifest
 
 
-def read_or_repair(cm: CacheManager, key: str) -> dict[str, Any] | None:
+def read_or_repair(cm: CacheCore, key: str) -> dict[str, Any] | None:
     """The manifest of ``objects/<key>``, rebuilt first if damaged; None if it is not an entry. Call under the lock.
 
     Never deletes content: only an empty directory is removed, and a directory whose name is
@@ -239,7 +242,7 @@ def read_or_repair(cm: CacheManager, key: str) -> dict[str, Any] | None:
         entry_dir.rmdir()
         record(cm.cache_dir, key=key, name="", path=entry_dir, problem="an empty directory: removed", fixed=True)
         return None
-    return repair_entry(cm, entry_dir, manifest, problem or "manifest is not valid", cm._index.get(key))
+    return repair_entry(cm, entry_dir, manifest, problem or "manifest is not valid", cm.index.get(key))
 
 
 def record(cache_dir: Path, *, key: str, name: str, path: Path, problem: str, fixed: bool) -> None:
@@ -286,10 +289,10 @@ def _read(log: Path) -> list[dict[str, Any]]:
     return items
 
 
-def take_findings(cm: CacheManager) -> list[VerifyIssue]:
+def take_findings(cm: CacheCore) -> list[VerifyIssue]:
     """What the cache found or changed on its own since the last `verify`; clears the log."""
     log = cm.cache_dir / REPAIR_LOG
-    with cm._lock:
+    with cm.lock:
         try:
             items = _read(log)
             log.unlink(missing_ok=True)

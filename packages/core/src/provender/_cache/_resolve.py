@@ -14,15 +14,18 @@ matched whole, so ``remove("model-v1")`` can never remove ``model-v10``.
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from provender.errors import AmbiguousNameError
+
+if TYPE_CHECKING:
+    from provender._cache._index import IndexRow
 
 MIN_PREFIX = 4
 _PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},63}}")
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 
-Row = dict[str, Any]
+Row: TypeAlias = "IndexRow"
 
 
 def short_key(key: str) -> str:

@@ -36,36 +36,37 @@ from provender.errors import (
 )
 
 if TYPE_CHECKING:
-    from provender._cache._manager import CacheManager
+    from provender._cache._core import CacheCore
+    from provender._cache._index import IndexRow
 
 logger = logging.getLogger(__name__)
 
 REPLACED_SUFFIX = ".replaced"  # trash/<key>.replaced: the old entry while a replacement swaps
 
 
-def clean_leftovers(cm: CacheManager) -> None:
+def clean_leftovers(cm: CacheCore) -> None:
     """Remove what killed processes left in tmp/ and trash/ (their owners' locks are free).
 
     An entry set aside by a replacement that never completed is put back.
     """
     # replacements swap under the lock: none is half-done while we hold it; trash/ is opened without
     # following links, so nothing outside is ever listed or deleted
-    with cm._lock, cm._walls.open("trash") as trash_fd:
+    with cm.lock, cm.walls.open("trash") as trash_fd:
         for name in os.listdir(trash_fd):
             key = name.removesuffix(REPLACED_SUFFIX)
             if name.endswith(REPLACED_SUFFIX) and not os.path.lexists(cm.objects_dir / key):
-                cm._walls.rename(cm._trash_dir / name, cm.objects_dir / key)
+                cm.walls.rename(cm._trash_dir / name, cm.objects_dir / key)
                 logger.warning("restored cache entry %s: its replacement was interrupted", key)
             else:
                 remove_at(trash_fd, name)
-    names = cm._walls.listdir("tmp")
+    names = cm.walls.listdir("tmp")
     for name in [n for n in names if n.endswith(".locking")]:  # died between creating and renaming it
         lock = LeaseLock(cm._tmp_dir / name, blocking=False)
         try:
             lock.acquire_write()  # flock, as filelock: a live owner keeps it
         except (Timeout, OSError):  # live, or not a marker of ours (a link is refused by filelock)
             continue
-        cm._walls.unlink(cm._tmp_dir / name)
+        cm.walls.unlink(cm._tmp_dir / name)
         lock.release()
     for name in [n for n in names if n.endswith(".lock")]:
         lock = LeaseLock(cm._tmp_dir / name, blocking=False)
@@ -74,21 +75,21 @@ def clean_leftovers(cm: CacheManager) -> None:
         except (Timeout, OSError):
             continue  # a live process is still staging
         try:
-            cm._walls.remove(cm._tmp_dir / name.removesuffix(".lock"))
+            cm.walls.remove(cm._tmp_dir / name.removesuffix(".lock"))
         finally:
             lock.release()
-        cm._walls.unlink(cm._tmp_dir / name)
+        cm.walls.unlink(cm._tmp_dir / name)
 
 
 @contextmanager
-def staging(cm: CacheManager) -> Iterator[Path]:
+def staging(cm: CacheCore) -> Iterator[Path]:
     """A fresh directory under tmp/, marked as owned by this process while it exists.
 
     The marker is locked under a name no cleanup looks at, then renamed into place:
     a marker is never visible unlocked, so a starting process cannot take a live
     staging for a dead one.
     """
-    cm._walls.check("tmp", "objects", "trash")  # no link where these folders belong: nothing staged outside
+    cm.walls.check("tmp", "objects", "trash")  # no link where these folders belong: nothing staged outside
     for _attempt in range(20):
         name = uuid.uuid4().hex
         claiming = cm._tmp_dir / f"{name}.locking"
@@ -106,13 +107,13 @@ def staging(cm: CacheManager) -> Iterator[Path]:
     try:
         yield stage
     finally:
-        cm._walls.remove(stage)
-        cm._walls.unlink(cm._tmp_dir / f"{name}.lock")
+        cm.walls.remove(stage)
+        cm.walls.unlink(cm._tmp_dir / f"{name}.lock")
         marker.release()
 
 
 def store_local(
-    cm: CacheManager,
+    cm: CacheCore,
     src: Path,
     key: str,
     *,
@@ -125,8 +126,8 @@ def store_local(
     if not src.exists():
         raise SourceNotFoundError(src)
     src = src.absolute()
-    if cm._index.degraded is not None:  # a full disk: refuse before any file is touched
-        raise cm._index.degraded
+    if cm.index.degraded is not None:  # a full disk: refuse before any file is touched
+        raise cm.index.degraded
     if within_real(src, cm.cache_dir):
         raise SourceInCacheError(src, cm.cache_dir, "it contains the cache folder")
     if link_mode == "move" and within_real(cm.cache_dir, src):
@@ -168,7 +169,7 @@ def store_local(
 
 
 def commit_local(
-    cm: CacheManager,
+    cm: CacheCore,
     stage: Path,
     manifest: dict[str, Any],
     key: str,
@@ -176,14 +177,14 @@ def commit_local(
     replace: bool,
     now: float,
     pin: bool,
-) -> tuple[dict[str, Any], list[CacheEntry]]:
+) -> tuple[IndexRow, list[CacheEntry]]:
     """Rename a staged entry into objects/ and index it, under the lock; then evict to fit."""
-    with cm._lock:
+    with cm.lock:
         target = cm.objects_dir / key
         row = cm._row_from_manifest(manifest, last_used=now)
         if not os.path.lexists(target):
             with fs_errors(cm.cache_dir):
-                cm._walls.rename(stage, target)
+                cm.walls.rename(stage, target)
                 fsync_dir(cm.objects_dir)
             write_row(cm, row)
         else:
@@ -195,48 +196,48 @@ def commit_local(
         cm._reconcile()
         if pin:
             with fs_errors(cm.cache_dir):
-                cm._walls.touch(cm._pins_dir / key)
+                cm.walls.touch(cm._pins_dir / key)
         return row, cm._evict(cm.max_size, protect={key})
 
 
-def swap_in(cm: CacheManager, stage: Path, target: Path, display: str, row: dict[str, Any]) -> None:
+def swap_in(cm: CacheCore, stage: Path, target: Path, display: str, row: IndexRow) -> None:
     """Replace an entry so that a crash at any instant leaves the old or the new one, never neither.
     The row is written before the lease is free: no reader sees the new files under the old row."""
     backup = cm._trash_dir / f"{target.name}{REPLACED_SUFFIX}"
-    with exclusive(cm._lease_path(target.name)) as taken:
+    with exclusive(cm.lease_path(target.name)) as taken:
         if not taken:
             raise EntryInUseError(display, "the entry it would replace is in use by a running process")
         with fs_errors(cm.cache_dir):
-            cm._walls.remove(backup)
-            cm._walls.rename(target, backup)  # a crash from here on: the next start puts it back
-            cm._walls.rename(stage, target)
+            cm.walls.remove(backup)
+            cm.walls.rename(target, backup)  # a crash from here on: the next start puts it back
+            cm.walls.rename(stage, target)
             fsync_dir(cm.objects_dir)
         write_row(cm, row)
-    cm._walls.remove(backup)
+    cm.walls.remove(backup)
 
 
-def write_row(cm: CacheManager, row: dict[str, Any]) -> None:
+def write_row(cm: CacheCore, row: IndexRow) -> None:
     try:
-        with cm._index.transaction() as con:
-            cm._index.upsert(con, row)
+        with cm.index.transaction() as con:
+            cm.index.upsert(con, row)
     except Exception as exc:
         if "disk" in str(exc).lower() and "full" in str(exc).lower():
             raise DiskFullError(cm.cache_dir) from exc
         raise
 
 
-def to_trash(cm: CacheManager, path: Path) -> Path:
+def to_trash(cm: CacheCore, path: Path) -> Path:
     trash = cm._trash_dir / uuid.uuid4().hex
-    cm._walls.rename(path, trash)  # parents opened without following links; a link moves as itself
+    cm.walls.rename(path, trash)  # parents opened without following links; a link moves as itself
     return trash
 
 
-def try_remove(cm: CacheManager, entry: CacheEntry, *, dry_run: bool = False, evicted: bool = False) -> bool:
+def try_remove(cm: CacheCore, entry: CacheEntry, *, dry_run: bool = False, evicted: bool = False) -> bool:
     """Remove an entry unless a live process holds it. Call under the lock. False if in use."""
-    with exclusive(cm._lease_path(entry.key)) as taken:
+    with exclusive(cm.lease_path(entry.key)) as taken:
         if not taken:
             if evicted and not dry_run:  # in use: its eviction happens when its last lease is released
-                cm._index.set_meta(f"deferred:{entry.key}", "1")
+                cm.index.set_meta(f"deferred:{entry.key}", "1")
             return False
         if dry_run:
             return True
@@ -244,14 +245,14 @@ def try_remove(cm: CacheManager, entry: CacheEntry, *, dry_run: bool = False, ev
             logger.warning("not deleting %s: it is outside the cache dir", entry.path)
         elif os.path.lexists(entry.path):
             with fs_errors(cm.cache_dir):
-                cm._walls.remove(to_trash(cm, entry.path))  # files first: frees space on a full disk
+                cm.walls.remove(to_trash(cm, entry.path))  # files first: frees space on a full disk
 
         def drop(con: Any) -> None:
-            cm._index.delete(con, entry.key)
+            cm.index.delete(con, entry.key)
             if evicted:
-                cm._index.add_stat(con, "evictions")
-                cm._index.add_stat(con, "bytes_evicted", entry.size)
+                cm.index.add_stat(con, "evictions")
+                cm.index.add_stat(con, "bytes_evicted", entry.size)
 
-        cm._index.write(drop, soft=True)  # the entry is gone: report that, whatever the index can record
-        cm._walls.unlink(cm._pins_dir / entry.key)
+        cm.index.write(drop, soft=True)  # the entry is gone: report that, whatever the index can record
+        cm.walls.unlink(cm._pins_dir / entry.key)
     return True

@@ -24,60 +24,61 @@ from provender._cache._locks import LeaseLock
 from provender._cache._repair import record
 
 if TYPE_CHECKING:
-    from provender._cache._manager import CacheManager
+    from provender._cache._core import CacheCore
+    from provender._cache._index import IndexRow
 
 logger = logging.getLogger(__name__)
 
 
-def open_index(cm: CacheManager) -> None:
+def open_index(cm: CacheCore) -> None:
     try:
-        cm._index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
+        cm.index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
     except Exception as exc:
         if not is_corruption(exc):  # busy, locked, read-only...: not a reason to touch the file
             raise
         rebuild_index(cm, str(exc))
 
 
-def rebuild_index(cm: CacheManager, reason: str) -> None:
+def rebuild_index(cm: CacheCore, reason: str) -> None:
     """Set a corrupt index aside and rebuild it from the files (counters start again at 0)."""
-    with cm._lock:
-        cm._index.close()
+    with cm.lock:
+        cm.index.close()
         try:  # another process may have rebuilt it while we waited for the lock
-            cm._index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
+            cm.index.con.execute("SELECT COUNT(*) FROM entries").fetchone()
             return
         except Exception as exc:
             if not is_corruption(exc):
                 raise
-            cm._index.close()
+            cm.index.close()
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for suffix in ("", "-wal", "-shm"):
-            path = Path(f"{cm._index.path}{suffix}")
+            path = Path(f"{cm.index.path}{suffix}")
             if path.exists():
-                os.replace(path, f"{cm._index.path}.corrupt-{stamp}{suffix}")
+                os.replace(path, f"{cm.index.path}.corrupt-{stamp}{suffix}")
         done = f"cache index was unusable ({reason}); set aside as index.db.corrupt-{stamp}, rebuilt from the files"
         logger.warning("%s", done)
-        record(cm.cache_dir, key="", name="index.db", path=cm._index.path, problem=done, fixed=True)
+        record(cm.cache_dir, key="", name="index.db", path=cm.index.path, problem=done, fixed=True)
         reconcile(cm)
 
 
-def discover_object(cm: CacheManager, key: str) -> dict[str, Any] | None:
+def discover_object(cm: CacheCore, key: str) -> IndexRow | None:
     if not (cm.objects_dir / key).is_dir():
         return None
-    with cm._lock:  # the row is written under the lock too: no evictor can remove the entry in between
+    with cm.lock:  # the row is written under the lock too: no evictor can remove the entry in between
         manifest = cm._read_manifest(key)
         if manifest is not None:
             cm._write_row(cm._row_from_manifest(manifest))
-    return None if manifest is None else cm._index.get(key)
+    return None if manifest is None else cm.index.get(key)
 
 
 def hub_row(
-    cm: CacheManager,
+    cm: CacheCore,
     folder: str,
     repo_type: str,
     repo_id: str,
     last_used: float | None,
     metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> IndexRow:
     path = cm.hub_dir / folder
     return {
         "key": cm.hub_key(repo_id, repo_type),
@@ -93,10 +94,10 @@ def hub_row(
     }
 
 
-def download_state(cm: CacheManager, key: str) -> str:
+def download_state(cm: CacheCore, key: str) -> str:
     """``none``, ``running`` (a live process downloads) or ``interrupted`` (its process died)."""
     marker = cm._pending_dir / f"{key}.lock"
-    cm._walls.check("pending")
+    cm.walls.check("pending")
     if not check_file(marker):  # a planted link is refused
         return "none"
     lock = LeaseLock(marker, blocking=False)
@@ -108,19 +109,19 @@ def download_state(cm: CacheManager, key: str) -> str:
     return "interrupted"
 
 
-def hub_changed(cm: CacheManager) -> bool:
+def hub_changed(cm: CacheCore) -> bool:
     """True if hub/ gained or lost a repo folder since the last `_reconcile` (one stat)."""
-    return str(cm.hub_dir.stat().st_mtime_ns) != cm._index.get_meta("hub_mtime")
+    return str(cm.hub_dir.stat().st_mtime_ns) != cm.index.get_meta("hub_mtime")
 
 
-def reconcile(cm: CacheManager) -> None:
+def reconcile(cm: CacheCore) -> None:
     """Make the index match the disk: discover new entries, drop vanished ones. Call under the lock."""
-    cm._walls.check("objects", "hub", "pins", "trash")  # not swapped, no link where a folder belongs
-    cm._index.set_meta("hub_mtime", str(cm.hub_dir.stat().st_mtime_ns))  # before the scan: no gap
-    rows = {r["key"]: r for r in cm._index.all()}
+    cm.walls.check("objects", "hub", "pins", "trash")  # not swapped, no link where a folder belongs
+    cm.index.set_meta("hub_mtime", str(cm.hub_dir.stat().st_mtime_ns))  # before the scan: no gap
+    rows = {r["key"]: r for r in cm.index.all()}
     seen: set[str] = set()
-    changes: list[dict[str, Any]] = []
-    with cm._walls.open("objects") as objects_fd, os.scandir(objects_fd) as it:
+    changes: list[IndexRow] = []
+    with cm.walls.open("objects") as objects_fd, os.scandir(objects_fd) as it:
         for item in it:
             key = item.name
             if item.is_symlink() or not item.is_dir(follow_symlinks=False):
@@ -135,7 +136,7 @@ def reconcile(cm: CacheManager) -> None:
             manifest = cm._read_manifest(key)  # a damaged manifest is rebuilt, never a reason to delete
             if manifest is not None:
                 changes.append(cm._row_from_manifest(manifest))
-    with cm._walls.open("hub") as hub_fd, os.scandir(hub_fd) as it:
+    with cm.walls.open("hub") as hub_fd, os.scandir(hub_fd) as it:
         for item in it:
             parsed = _hub.parse_folder_name(item.name)
             if parsed is None or not item.is_dir(follow_symlinks=False):
@@ -154,15 +155,15 @@ def reconcile(cm: CacheManager) -> None:
             elif old["stamp"] != _hub.repo_stamp(path):
                 changes.append({**old, "size": _hub.repo_size(path), "stamp": _hub.repo_stamp(path)})
     for key in cm._pinned_keys() - seen:  # a pin whose entry is gone must not pin a later one
-        cm._walls.unlink(cm._pins_dir / key)
+        cm.walls.unlink(cm._pins_dir / key)
     gone = [key for key in rows if key not in seen]
     if not changes and not gone:
         return
 
     def apply(con: Any) -> None:
         for row in changes:
-            cm._index.upsert(con, row)
+            cm.index.upsert(con, row)
         for key in gone:
-            cm._index.delete(con, key)
+            cm.index.delete(con, key)
 
-    cm._index.write(apply, soft=True)  # on a full disk the listing is still right (a private copy)
+    cm.index.write(apply, soft=True)  # on a full disk the listing is still right (a private copy)

@@ -35,8 +35,8 @@ from provender._cache._store import write_row
 from provender._cache._sync import reconcile
 
 if TYPE_CHECKING:
+    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
-    from provender._cache._manager import CacheManager
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_cache(cm: CacheManager, *, fix: bool, progress: Progress | None) -> list[VerifyIssue]:
+def verify_cache(cm: CacheCore, *, fix: bool, progress: Progress | None) -> list[VerifyIssue]:
     """Check every entry; `progress(bytes)` is called as content is read."""
     issues: list[VerifyIssue] = []
     for entry in cm.entries(sort="name"):
@@ -74,17 +74,17 @@ def verify_cache(cm: CacheManager, *, fix: bool, progress: Progress | None) -> l
             found = _fix(cm, entry, found, identity)
         issues.extend(found)
     if fix:
-        with cm._lock:
+        with cm.lock:
             reconcile(cm)
     return take_findings(cm) + issues  # first what the cache repaired on its own (this run or earlier)
 
 
 def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
     """Blob hashes and snapshot links, with no link followed at any depth (see `_hub.verify_repo`)."""
-    return verify_repo(entry.key, entry.name, entry.path)
+    return [VerifyIssue(entry.key, entry.name, path, problem) for path, problem in verify_repo(entry.path)]
 
 
-def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
+def _verify_local(cm: CacheCore, entry: CacheEntry) -> list[VerifyIssue]:
     manifest, problem = load_manifest(entry.path)
     if problem is not None or manifest is None:
         manifest = _repair_manifest(cm, entry)
@@ -125,15 +125,15 @@ def _verify_local(cm: CacheManager, entry: CacheEntry) -> list[VerifyIssue]:
     return issues
 
 
-def _repair_manifest(cm: CacheManager, entry: CacheEntry) -> dict[str, Any] | None:
+def _repair_manifest(cm: CacheCore, entry: CacheEntry) -> dict[str, Any] | None:
     """Damaged metadata: rebuild the manifest from the files (content kept); None if the entry went meanwhile."""
-    with cm._lock:  # looked at again under the lock: a replacement or a removal may have been under way
+    with cm.lock:  # looked at again under the lock: a replacement or a removal may have been under way
         if not entry.path.is_dir():
             return None
         manifest, problem = load_manifest(entry.path)
         if problem is None and manifest is not None:
             return manifest
-        row = cm._index.get(entry.key)
+        row = cm.index.get(entry.key)
         manifest = repair_entry(cm, entry.path, manifest, problem or "manifest is not valid", row, announce=False)
         write_row(cm, row_from_manifest(manifest))
     size = sum(f["size"] for f in manifest["files"].values())
@@ -143,13 +143,13 @@ def _repair_manifest(cm: CacheManager, entry: CacheEntry) -> dict[str, Any] | No
     return manifest
 
 
-def _fix(cm: CacheManager, entry: CacheEntry, issues: list[VerifyIssue], identity: object) -> list[VerifyIssue]:
+def _fix(cm: CacheCore, entry: CacheEntry, issues: list[VerifyIssue], identity: object) -> list[VerifyIssue]:
     """Hub: delete corrupt blobs and dangling links (a later pull fetches them again).
     Local: there is no second copy, so the whole corrupt entry is dropped, only if it is still
     the one that was read (a replacement that landed since is left alone)."""
     if entry.kind == "local":
         try:
-            with cm._lock:
+            with cm.lock:
                 if _identity(entry.path) != identity:
                     logger.warning("not dropping %s: it was replaced since it was verified", entry.name)
                     return issues
@@ -158,8 +158,9 @@ def _fix(cm: CacheManager, entry: CacheEntry, issues: list[VerifyIssue], identit
             logger.warning("could not drop %s: %s", entry.name, exc)
             return issues
         return [VerifyIssue(i.key, i.name, i.path, i.problem, fixed=True) for i in issues]
-    with cm._lock:  # links and corrupt blobs are unlinked through folders opened without following links
-        return fix_repo(cm._walls, entry.path, issues)
+    with cm.lock:  # links and corrupt blobs are unlinked through folders opened without following links
+        fix_repo(cm.walls, entry.path, {i.path for i in issues})
+    return [VerifyIssue(i.key, i.name, i.path, i.problem, fixed=True) for i in issues]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -171,12 +172,12 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 @contextmanager
-def hold(cm: CacheManager, entry: CacheEntry) -> Iterator[tuple[int, int] | None]:
+def hold(cm: CacheCore, entry: CacheEntry) -> Iterator[tuple[int, int] | None]:
     """Hold `entry` (the read side of its lease, as a reader does) and yield its identity, None if it is gone."""
-    lock = LeaseLock(cm._lease_path(entry.key), is_singleton=False)
+    lock = LeaseLock(cm.lease_path(entry.key), is_singleton=False)
     lock.acquire_read()
     try:
-        yield _identity(entry.path) if cm._index.get(entry.key) is not None else None
+        yield _identity(entry.path) if cm.index.get(entry.key) is not None else None
     finally:
         lock.release()
         lock.close()

@@ -8,14 +8,13 @@ with exit code 2 (usage or configuration) or 1 (failure), never a traceback unle
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
 
 import click
 
-from provender import __version__
+from provender import __version__, _log
 from provender._cli._common import EXIT_FAILURE, EXIT_USAGE, is_usage_error
 
 
@@ -50,45 +49,11 @@ class ProvenderGroup(click.Group):
             sys.exit(EXIT_FAILURE)
 
 
-class _PrefixFilter(logging.Filter):
-    """provender's records (loggers named ``provender``, ``provender.*``, ``provender_*``: the
-    core and every provender package, by name prefix) from `level` up; any other library's
-    from WARNING up, as Python prints them when nothing is configured."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "provender" or record.name.startswith(("provender.", "provender_")):
-            return record.levelno >= self.level
-        return record.levelno >= logging.WARNING
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to the current sys.stderr (a test runner may swap it between commands)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
 def _configure_logging(verbose: int, debug: bool) -> None:
-    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
-    handler = _StderrHandler(sys.stderr)
-    handler.set_name("provender")
-    handler.addFilter(_PrefixFilter(level))
-    handler.setFormatter(
-        logging.Formatter("%(levelname)s: %(message)s" if verbose or debug else "warning: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [h for h in root.handlers if h.get_name() != "provender"] + [handler]
-    if root.getEffectiveLevel() > level:
-        root.setLevel(level)
-    top = logging.getLogger("provender")  # quiet until now (main): its records reach `handler` again
-    top.handlers[:] = [h for h in top.handlers if not isinstance(h, logging.NullHandler)]
-    top.propagate = True
-    top.setLevel(logging.NOTSET)
+    """Configure logging for a command (`_logging.configure_logging`; `--help` never gets here)."""
+    from provender._cli._logging import configure_logging
+
+    configure_logging(verbose, debug)
 
 
 @click.group(cls=ProvenderGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,9 +95,9 @@ def _build() -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``provender`` script."""
-    # Until the options are parsed, library log records are summarised by _build, not printed.
-    logging.getLogger("provender").addHandler(logging.NullHandler())
-    logging.getLogger("provender").propagate = False
+    # Until the options are parsed, library log records are summarised by _build, not printed
+    # (without importing logging: `provender --help` never needs it).
+    _log.hold_back()
     _build().main(args=argv, prog_name="provender")
 
 

@@ -14,7 +14,8 @@ NAME = "provender.commands"
 
 @hookimpl
 def provender_register_commands(cli: click.Group) -> None:
-    from provender._cli import cache, core
+    from provender._cli import cache, core, remote
 
     core.register(cli)
     cli.add_command(cache.cache)
+    cli.add_command(remote.remote)

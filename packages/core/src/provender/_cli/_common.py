@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from provender._log import get_logger
+
 if TYPE_CHECKING:
     from provender._cache import CacheManager
 
-logger = logging.getLogger("provender")
+logger = get_logger("provender")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

@@ -197,9 +197,12 @@ def stats(as_json: bool) -> None:
     """Hits, misses, evictions and totals (kept across processes and restarts)."""
     from provender._sizes import format_size
 
-    s = get_cache().stats()
+    cm = get_cache()
+    s = cm.stats()
+    tier = cm.remote  # stats never reach the tier: they are this machine's counters
     if as_json:
-        echo_json(s.to_dict())
+        url, read_only = (tier.url, tier.read_only) if tier else (None, None)
+        echo_json({**s.to_dict(), "remote_url": url, "remote_read_only": read_only})
         return
     rate = f"{s.hit_rate:.0%}" if s.hit_rate is not None else "-"
     rows = [
@@ -211,7 +214,47 @@ def stats(as_json: bool) -> None:
         ("hit rate", rate),
         ("evictions", f"{s.evictions} ({format_size(s.bytes_evicted)})"),
     ]
+    if tier is None:
+        rows.append(("remote tier", "- (remote.url not set)"))
+    else:
+        rows += [
+            ("remote tier", f"{tier.url}{' (read-only)' if tier.read_only else ''}"),
+            ("remote hits", f"{s.remote_hits} ({format_size(s.bytes_from_remote)} from the tier)"),
+            ("remote misses", s.remote_misses),
+            ("remote errors", s.remote_errors),
+        ]
     echo_table(rows, ("STAT", "VALUE"))
+
+
+@cache.command()
+@click.argument("name", metavar="NAME_OR_KEY")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+def push(name: str, quiet: bool, as_json: bool) -> None:
+    """Upload an entry to the shared remote tier (remote.url); blobs the tier already holds are skipped."""
+    from provender._cli.remote import configured_tier
+    from provender._sizes import format_size
+
+    cm = get_cache()
+    tier = configured_tier(cm)  # before the name: the setting is what is missing
+    entry = cm.get(name)
+    tier.check_writable()  # read-only, unreachable: one line, before any progress bar
+    show = not quiet and not as_json
+    with click.progressbar(
+        length=max(entry.size, 1), label=f"pushing {entry.name}", file=sys.stderr, hidden=not show
+    ) as bar:
+        result = cm.push(entry.key, progress=bar.update if show else False)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    files = f"{result.files} file{'' if result.files == 1 else 's'}"
+    if not result.uploaded:
+        click.echo(f"{entry.name} is already in the remote tier {result.url}: {files}, 0 uploaded")
+        return
+    click.echo(
+        f"pushed {entry.name} to {result.url}: {files}, {result.uploaded} uploaded "
+        f"({format_size(result.bytes_uploaded)}), {result.already_there} already there"
+    )
 
 
 @cache.command()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from provender._cli._common import echo_json, echo_table, fail, get_cache, json_option
+
+if TYPE_CHECKING:
+    from provender._cache._entry import PullResult
 
 
 @click.command()
@@ -107,24 +110,55 @@ def pull(
 ) -> None:
     """Download MODEL (a Hub repo id, optionally PROVIDER:org/name) into the shared cache.
 
+    With a remote tier (remote.url) a miss is served from the tier before the Hub, and what
+    comes from the Hub is written through to it; the report says where the bytes came from.
     Files already cached are not downloaded again; an interrupted pull resumes.
     HF_HUB_OFFLINE=1 only checks the cache; HF_ENDPOINT and HF_TOKEN are honoured.
     """
     from provender._provider import parse_model_name
-    from provender._sizes import format_size
 
     _, repo_id = parse_model_name(model)
-    entry = get_cache().fetch(
+    cm = get_cache()
+    result = cm.pull(
         repo_id,
         revision=revision,
         allow_patterns=list(allow_patterns) or None,
         ignore_patterns=list(ignore_patterns) or None,
         progress=not quiet and not as_json,
     )
+    url = cm.remote.url if cm.remote is not None else None
     if as_json:
-        echo_json(entry.to_dict())
+        echo_json(
+            {
+                **result.entry.to_dict(),
+                "source": result.source,
+                "bytes_from_remote": result.bytes_from_remote,
+                "bytes_from_hub": result.bytes_from_hub,
+                "pushed": result.pushed,
+                "remote_url": url,
+                "warnings": list(result.warnings),
+            }
+        )
     else:
-        click.echo(f"Pulled {entry.name} ({format_size(entry.size)}) into {entry.model_path}")
+        click.echo(pull_report(result, url))
+
+
+def pull_report(result: PullResult, url: str | None) -> str:
+    """One line: what was pulled, from where (the remote tier, the Hub, or already in the cache), and to where."""
+    from provender._sizes import format_size
+
+    entry = result.entry
+    if result.source == "cache":
+        return f"Pulled {entry.name} ({format_size(entry.size)}): already in the cache at {entry.model_path}"
+    parts = []
+    if result.bytes_from_remote or result.source == "remote":
+        parts.append(f"the remote tier {url} ({format_size(result.bytes_from_remote)})")
+    if result.bytes_from_hub or result.source == "hub":
+        parts.append(f"the Hub ({format_size(result.bytes_from_hub)})")
+    line = f"Pulled {entry.name} from {' and '.join(parts)} into {entry.model_path}"
+    if result.pushed:
+        line += f"; wrote it through to {url}"
+    return line
 
 
 def _read_prompt(prompt: str | None) -> str:

@@ -1,0 +1,392 @@
+"""The remote tier: a shared, content-addressed store of cache entries on an existing object store.
+
+Any fsspec URL: ``s3://bucket/prefix`` (s3fs, any S3-compatible endpoint), ``gs://``, ``az://``,
+``file:///mnt/shared``. This module knows the tier's layout and nothing of the local cache's
+(`provender._cache._tier_sync` moves entries between the two). Layout under the URL::
+
+    .provender-tier.json                  format marker ({"provender_tier": 1, ...})
+    blobs/sha256/<hex>                    file contents, named by their sha256: a blob shared by two
+                                          repos or two revisions is stored once
+    entries/<key>/<snapshot>.json         one immutable manifest per snapshot, named by the sha256 of
+                                          what it describes (its files, commit, patterns)
+    entries/<key>/refs/<ref>              text: the snapshot a revision (``main``, a commit, a tag;
+                                          ``<revision>@<patterns hash>`` for a partial download;
+                                          ``latest`` for an imported entry) points at
+
+Consistency without a lock between machines: blobs are uploaded before the manifest that names
+them, and the manifest before the ref, so a manifest never names a missing blob; each object is
+written whole (an object store's put is atomic; on a filesystem a temporary name is renamed into
+place). Two writers of the same snapshot write the same names with the same content. Nothing is
+ever deleted from the tier by provender. fsspec and s3fs are imported only when the tier is used
+(``pip install "provender[remote]"``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import quote, unquote
+
+from provender.errors import ConfigError, RemoteTierError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+MARKER = ".provender-tier.json"
+INSTALL_HINT = 'the remote tier needs fsspec and s3fs: pip install "provender[remote]"'
+SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "file", "local", "memory", "hdfs", "webhdfs")
+S3_SCHEMES = ("s3", "s3a")
+_RENAME_FS = ("file", "local", "hdfs", "webhdfs", "sftp", "ssh")  # real directories: write a temp name, rename
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+CHUNK = 1 << 20
+TMP_PREFIX = ".tmp-"
+
+
+def check_url(url: str, setting: str = "remote.url") -> str:
+    """The URL unchanged if its scheme is one fsspec serves here; else a ConfigError naming the setting."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest or scheme.lower() not in SCHEMES:
+        raise ConfigError(
+            f"invalid setting {setting}: {url!r} is not a URL of a supported store "
+            f"(use {', '.join(s + '://' for s in ('s3', 'gs', 'az', 'file'))}...; e.g. s3://bucket/prefix, "
+            "file:///mnt/shared)",
+            setting=setting,
+            value=url,
+        )
+    return url
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One entry the tier holds (its newest snapshot): what `provender remote ls` lists."""
+
+    key: str
+    name: str
+    kind: str
+    revision: str | None
+    files: int
+    size: int
+    pushed_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON row of `provender remote ls --json` (``pushed_at`` in ISO 8601)."""
+        return {
+            "key": self.key,
+            "name": self.name,
+            "kind": self.kind,
+            "revision": self.revision,
+            "files": self.files,
+            "size": self.size,
+            "pushed_at": _iso(self.pushed_at),
+        }
+
+
+def snapshot_id(manifest: dict[str, Any]) -> str:
+    """The name of a manifest: the sha256 of what it describes (not who pushed it or when)."""
+    described = {k: manifest.get(k) for k in ("key", "kind", "repo_id", "repo_type", "commit", "patterns", "filename")}
+    described["files"] = [[f["path"], f["size"], f["sha256"], f.get("etag")] for f in manifest["files"]]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def ref_name(revision: str, patterns: dict[str, Any] | None = None) -> str:
+    """A ref's object name: the revision (quoted: ``refs/pr/1`` is one name), plus the patterns' hash if partial."""
+    name = quote(revision, safe="")
+    if patterns:
+        name += "@" + hashlib.sha256(json.dumps(patterns, sort_keys=True).encode()).hexdigest()[:16]
+    return name
+
+
+def _translate(url: str, exc: BaseException) -> RemoteTierError:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower() or "timed out" in reason.lower():
+        reason = f"timed out ({reason})"
+    elif isinstance(exc, PermissionError):
+        reason = f"permission denied ({reason})"
+    return RemoteTierError(url, reason)
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (the extra is optional)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # blocked (sys.modules[name] = None) or broken
+        return False
+
+
+def _rank(entry: RemoteEntry) -> tuple[float, bool, bool]:
+    """Which ref of an entry `entries` shows: the newest snapshot; then a whole one before a partial
+    one, a branch or tag (``main``) before a commit hash."""
+    revision = entry.revision or ""
+    return entry.pushed_at, "@" not in revision, not re.fullmatch(r"[0-9a-f]{40}", revision)
+
+
+class RemoteTier:
+    """A shared tier of the cache on an object store or shared filesystem (any fsspec URL).
+
+    ``RemoteTier(url, read_only=False, storage_options=None, timeout=30.0)`` does no I/O: the
+    store is reached on first use. ``storage_options`` go to the fsspec filesystem (for s3:
+    ``endpoint_url``, ``key``, ``secret``...; the standard ``AWS_*`` variables, ``AWS_ENDPOINT_URL``
+    included, work as everywhere). ``timeout`` (seconds) bounds each request to an S3 store, with
+    few retries, so an unreachable tier costs seconds, not minutes. Every failure is a
+    `RemoteTierError` naming the URL.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_only: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        check_url(url, "remote tier URL")
+        self.scheme = url.partition("://")[0].lower()
+        if not _installed("fsspec") or (self.scheme in S3_SCHEMES and not _installed("s3fs")):
+            raise ImportError(INSTALL_HINT)
+        self.url = url.rstrip("/")
+        self.read_only = read_only
+        self.timeout = float(timeout)
+        self.storage_options = dict(storage_options or {})
+        self._fs: Any = None
+        self._root = ""
+        self._marked = False  # the format marker is known to be there
+        self._checked = False  # the marker was read (a tier of another format is refused)
+
+    def __repr__(self) -> str:
+        return f"RemoteTier({self.url!r}, read_only={self.read_only})"
+
+    # -- the store ---------------------------------------------------------------------
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem (made on first use)."""
+        if self._fs is None:
+            try:
+                from fsspec.core import url_to_fs  # type: ignore[import-untyped,import-not-found,unused-ignore]
+            except ImportError:
+                raise ImportError(INSTALL_HINT) from None
+            options = dict(self.storage_options)
+            if self.scheme in S3_SCHEMES:
+                config = {
+                    "connect_timeout": self.timeout,
+                    "read_timeout": self.timeout,
+                    "retries": {"max_attempts": 2, "mode": "legacy"},
+                }
+                options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
+                options.setdefault("skip_instance_cache", True)
+            with self._errors():
+                fs, root = url_to_fs(self.url, **options)
+            if self.scheme in S3_SCHEMES:
+                fs.retries = 1  # s3fs tries each request 5 times on top of botocore: a dead tier would take minutes
+            self._fs, self._root = fs, root.rstrip("/")
+        return self._fs
+
+    def path(self, *parts: str) -> str:
+        """A path under the tier's root, as its filesystem names it."""
+        _ = self.fs
+        return "/".join([self._root, *parts])
+
+    @property
+    def _renames(self) -> bool:
+        protocol = self.fs.protocol
+        names = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+        return any(name in _RENAME_FS for name in names)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Any failure of the store becomes a RemoteTierError naming the URL (FileNotFoundError passes)."""
+        try:
+            yield
+        except (RemoteTierError, FileNotFoundError, ImportError):
+            raise
+        except Exception as exc:
+            raise _translate(self.url, exc) from exc
+
+    def _put_bytes(self, path: str, data: bytes) -> None:
+        """Write one object whole: an object store's put is atomic; on a filesystem, a temp name renamed."""
+        fs = self.fs
+        with self._errors():
+            if self._renames:
+                parent = path.rsplit("/", 1)[0]
+                fs.makedirs(parent, exist_ok=True)
+                tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
+                fs.pipe_file(tmp, data)
+                fs.mv(tmp, path)
+            else:
+                fs.pipe_file(path, data)
+
+    def _read_bytes(self, path: str) -> bytes | None:
+        with self._errors():
+            try:
+                return bytes(self.fs.cat_file(path))
+            except FileNotFoundError:
+                return None
+
+    def check_writable(self) -> None:
+        """Refuse writes on a read-only tier; mark an empty tier with its format on first write."""
+        if self.read_only:
+            from provender.errors import RemoteNotConfiguredError
+
+            raise RemoteNotConfiguredError(f"the remote tier {self.url} is read-only here (remote.read_only = true)")
+        self.check_format()
+        if not self._marked:
+            marker = {"provender_tier": FORMAT, "created": time.time(), "layout": "blobs/sha256, entries/<key>"}
+            self._put_bytes(self.path(MARKER), json.dumps(marker).encode())
+            self._marked = True
+
+    def check_format(self) -> None:
+        """A tier written by a newer provender (another format) is refused, not misread (checked once)."""
+        if self._checked:
+            return
+        raw = self._read_bytes(self.path(MARKER))
+        self._checked = True
+        if raw is None:
+            return
+        try:
+            found = json.loads(raw).get("provender_tier")
+        except (ValueError, AttributeError):
+            found = None
+        if found != FORMAT:
+            self._checked = False
+            raise RemoteTierError(self.url, f"{MARKER} says format {found!r}; this provender reads format {FORMAT}")
+        self._marked = True
+
+    # -- blobs -------------------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> str:
+        if not _HEX64.fullmatch(sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        return self.path("blobs", "sha256", sha256)
+
+    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        """True if the tier holds this blob (with this size, when given)."""
+        with self._errors():
+            try:
+                info = self.fs.info(self.blob_path(sha256))
+            except FileNotFoundError:
+                return False
+        return size is None or int(info.get("size") or 0) == size
+
+    def put_blob(self, local_path: str, sha256: str) -> None:
+        """Upload a local file as the blob `sha256` (the caller has checked that it hashes to it)."""
+        fs, target = self.fs, self.blob_path(sha256)
+        with self._errors():
+            if self._renames:
+                parent = target.rsplit("/", 1)[0]
+                fs.makedirs(parent, exist_ok=True)
+                tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
+                fs.put_file(local_path, tmp)
+                fs.mv(tmp, target)
+            else:
+                fs.put_file(local_path, target)
+
+    @contextmanager
+    def open_blob(self, sha256: str) -> Iterator[IO[bytes]]:
+        """The blob, open for reading (a FileNotFoundError if the tier has no such blob)."""
+        with self._errors(), self.fs.open(self.blob_path(sha256), "rb", block_size=8 * CHUNK) as f:
+            yield f
+
+    def read_blob_chunks(self, f: IO[bytes]) -> Iterator[bytes]:
+        with self._errors():
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    # -- manifests and refs ------------------------------------------------------------
+
+    def put_manifest(self, manifest: dict[str, Any], refs: list[str]) -> str:
+        """Write a snapshot's manifest (after its blobs), then point `refs` at it; returns its id."""
+        self.check_writable()
+        manifest = {
+            **manifest,
+            "format": FORMAT,
+            "pushed_at": manifest.get("pushed_at") or time.time(),
+            "pushed_by": manifest.get("pushed_by") or socket.gethostname(),
+        }
+        snap = snapshot_id(manifest)
+        key = manifest["key"]
+        self._put_bytes(self.path("entries", key, f"{snap}.json"), json.dumps(manifest, indent=1).encode())
+        for ref in refs:
+            self._put_bytes(self.path("entries", key, "refs", ref), snap.encode())
+        return snap
+
+    def read_manifest(self, key: str, ref: str) -> dict[str, Any] | None:
+        """The manifest a ref points at, or None (no such ref, or a manifest that is not readable)."""
+        self.check_format()
+        raw = self._read_bytes(self.path("entries", key, "refs", ref))
+        if raw is None:
+            return None
+        snap = raw.decode(errors="replace").strip()
+        if not _HEX64.fullmatch(snap):
+            logger.warning("remote tier %s: ref %s/%s is damaged; ignored", self.url, key, ref)
+            return None
+        body = self._read_bytes(self.path("entries", key, f"{snap}.json"))
+        if body is None:
+            return None
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            logger.warning("remote tier %s: manifest %s/%s is damaged; ignored", self.url, key, snap)
+            return None
+        if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), list):
+            logger.warning("remote tier %s: manifest %s/%s is not valid; ignored", self.url, key, snap)
+            return None
+        return manifest
+
+    # -- listing -----------------------------------------------------------------------
+
+    def entries(self) -> list[RemoteEntry]:
+        """What the tier holds: each entry's newest snapshot, by name. Raises RemoteTierError if unreachable."""
+        self.check_format()
+        base = self.path("entries")
+        with self._errors():
+            try:
+                paths = self.fs.find(base)
+            except FileNotFoundError:
+                paths = []
+            refs = [p for p in paths if p.rsplit("/", 2)[-2] == "refs" and TMP_PREFIX not in p]
+        newest: dict[str, RemoteEntry] = {}
+        for ref_path in refs:
+            key, ref = ref_path[len(base) + 1 :].split("/")[0], ref_path.rsplit("/", 1)[1]
+            manifest = self.read_manifest(key, ref)
+            if manifest is None:
+                continue
+            files = manifest["files"]
+            entry = RemoteEntry(
+                key=key,
+                name=str(manifest.get("name", key)),
+                kind=str(manifest.get("kind", "hub")),
+                revision=None if manifest.get("kind") == "local" else unquote(ref),
+                files=len(files),
+                size=sum(int(f.get("size", 0)) for f in files),
+                pushed_at=float(manifest.get("pushed_at", 0.0)),
+            )
+            old = newest.get(key)
+            if old is None or _rank(entry) > _rank(old):
+                newest[key] = entry
+        return sorted(newest.values(), key=lambda e: (e.name.lower(), e.key))
+
+    def size(self) -> int:
+        """Bytes of all the blobs the tier holds (each stored once, however many entries share it)."""
+        self.check_format()
+        with self._errors():
+            try:
+                found = self.fs.find(self.path("blobs", "sha256"), detail=True)
+            except FileNotFoundError:
+                return 0
+        return sum(int(info.get("size") or 0) for path, info in found.items() if TMP_PREFIX not in path)

@@ -1,0 +1,476 @@
+"""Between the remote tier and the local cache: pulling entries down, pushing them up.
+
+Down (`pull_hub`, `pull_imported`): every blob is streamed from the tier into staging under
+``tmp/`` and checked against its sha256 (and a Hub file's git sha1) as it arrives; only when
+every file of the snapshot has arrived intact does anything enter the cache. A Hub repo lands
+in huggingface_hub's own layout (``blobs/<etag>``, ``snapshots/<commit>/<path>`` as relative
+links, ``refs/<revision>``), so `hf` and ``scan_cache_dir`` read it as their own download; an
+imported entry lands in ``objects/<key>/`` with its manifest, as `import_model` stores it.
+A corrupt or missing blob raises `CorruptBlobError` (a `RemoteTierError`): the caller falls
+back to the Hub, and nothing of the failed pull is left in the cache.
+
+Up (`push_entry`, `write_through`): the entry's files are hashed, the blobs the tier lacks
+are uploaded (content-addressed: a blob shared by two repos is stored once), then the
+snapshot's manifest, then its refs (see `provender._cache._remote` for the tier's layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from provender._cache import _hub
+from provender._cache._entry import CacheEntry, PushResult
+from provender._cache._fsops import fs_errors
+from provender._cache._layout import check_dir, link_error
+from provender._cache._names import check_name, generate_cache_key
+from provender._cache._remote import RemoteTier, ref_name
+from provender._cache._repair import scan_files, write_manifest
+from provender._cache._store import commit_local, staging, write_row
+from provender._cache._sync import hub_row, reconcile
+from provender.errors import CacheError, EntryExistsError, EntryTooLargeError, RemoteNotConfiguredError, RemoteTierError
+
+if TYPE_CHECKING:
+    from provender._cache._core import CacheCore
+    from provender._cache._locks import LeaseLock
+
+logger = logging.getLogger(__name__)
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class CorruptBlobError(RemoteTierError):
+    """A blob of the tier does not match its sha256 (or is missing): refused, nothing of it kept."""
+
+    def __init__(self, url: str, sha256: str, reason: str) -> None:
+        super().__init__(url, f"blob {sha256[:12]}... {reason}; refused (nothing corrupt entered the cache)")
+        self.sha256 = sha256
+
+
+def count(cm: CacheCore, **amounts: int) -> None:
+    """Add to the persistent stats (remote_hits, remote_misses, bytes_from_remote, remote_errors)."""
+
+    def add(con: Any) -> None:
+        for name, amount in amounts.items():
+            if amount:
+                cm.index.add_stat(con, name, amount)
+
+    try:
+        cm.index.write(add, soft=True)
+    except CacheError as exc:  # counting must never fail a pull
+        logger.debug("could not count %s: %s", amounts, exc)
+
+
+def patterns_of(allow: list[str] | str | None, ignore: list[str] | str | None) -> dict[str, Any] | None:
+    """The patterns of a partial download, normalised (None: the whole repo)."""
+
+    def norm(p: list[str] | str | None) -> list[str] | None:
+        return None if p is None else sorted([p] if isinstance(p, str) else list(p))
+
+    if allow is None and ignore is None:
+        return None
+    return {"allow": norm(allow), "ignore": norm(ignore)}
+
+
+def _filter(files: list[dict[str, Any]], patterns: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not patterns:
+        return files
+    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]
+
+    return list(
+        filter_repo_objects(
+            files, allow_patterns=patterns.get("allow"), ignore_patterns=patterns.get("ignore"), key=lambda f: f["path"]
+        )
+    )
+
+
+def _safe_path(rel: object) -> str:
+    """A file path from a tier manifest, refused unless it stays inside its folder."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+        raise ValueError(f"bad path {rel!r}")
+    parts = PurePosixPath(rel).parts
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0].startswith(".provender-entry"):
+        raise ValueError(f"bad path {rel!r}")
+    return rel
+
+
+def _checked_files(tier: RemoteTier, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's file list, every field checked (the tier is shared: its content is not trusted)."""
+    out = []
+    try:
+        for f in manifest["files"]:
+            size, sha, etag = f["size"], f["sha256"], f.get("etag")
+            if not isinstance(size, int) or size < 0 or not _HEX64.fullmatch(str(sha)):
+                raise ValueError(f"bad size or sha256 for {f.get('path')!r}")
+            if etag is not None and not (_HEX40.fullmatch(str(etag)) or _HEX64.fullmatch(str(etag))):
+                raise ValueError(f"bad etag {etag!r}")
+            out.append({"path": _safe_path(f["path"]), "size": size, "sha256": sha, "etag": etag})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteTierError(tier.url, f"manifest of {manifest.get('name')!r} is not valid ({exc}); ignored") from None
+    return out
+
+
+def _download(tier: RemoteTier, f: dict[str, Any], dest: Path) -> int:
+    """Stream one blob into `dest` (a new file), checking its size and sha256 (and git sha1) as it arrives."""
+    sha, etag = f["sha256"], f.get("etag")
+    digest = hashlib.sha256()
+    git = hashlib.sha1(f"blob {f['size']}\0".encode()) if etag and _HEX40.fullmatch(etag) else None
+    n = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as out:
+        try:
+            with tier.open_blob(sha) as src:
+                for chunk in tier.read_blob_chunks(src):
+                    n += len(chunk)
+                    if n > f["size"]:
+                        raise CorruptBlobError(tier.url, sha, f"is larger than the {f['size']} bytes its manifest says")
+                    digest.update(chunk)
+                    if git is not None:
+                        git.update(chunk)
+                    out.write(chunk)
+        except FileNotFoundError:
+            raise CorruptBlobError(tier.url, sha, "is missing from the tier") from None
+    if n != f["size"]:
+        raise CorruptBlobError(tier.url, sha, f"has {n} bytes, its manifest says {f['size']}")
+    if digest.hexdigest() != sha:
+        raise CorruptBlobError(tier.url, sha, f"does not match its sha256 (got {digest.hexdigest()[:12]}...)")
+    if (git is not None and git.hexdigest() != etag) or (etag and _HEX64.fullmatch(etag) and etag != sha):
+        raise CorruptBlobError(tier.url, sha, f"does not match its Hub etag {str(etag)[:12]}...")
+    return n
+
+
+# -- down: tier -> local cache -------------------------------------------------------------
+
+
+def find_manifest(
+    tier: RemoteTier, key: str, revision: str | None, patterns: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The tier's snapshot for a request: the revision's full snapshot (its files filtered by the
+    patterns), else a partial one pulled with the same patterns."""
+    rev = revision or "main"
+    manifest = tier.read_manifest(key, ref_name(rev))
+    if manifest is not None and patterns and not _filter(_checked_files(tier, manifest), patterns):
+        manifest = None
+    if manifest is None and patterns:
+        manifest = tier.read_manifest(key, ref_name(rev, patterns))
+    return manifest
+
+
+def check_repo_layout(cm: CacheCore, repo_dir: Path) -> None:
+    """Before writing into a Hub repo folder (huggingface_hub or the tier): no link where it keeps its
+    folders and files (hub/.locks, the repo folder, blobs, snapshots, refs, any blob or ref). Refused."""
+    cm.walls.check("hub")
+    for path in (cm.hub_dir / ".locks", cm.hub_dir / ".locks" / repo_dir.name, repo_dir):
+        if os.path.lexists(path):
+            check_dir(path)
+    if os.path.isdir(repo_dir):
+        for path in _hub.planted_links(repo_dir):
+            raise link_error(path, "folder or file")
+
+
+def commit_hub(
+    cm: CacheCore, key: str, folder: str, repo_type: str, repo_id: str, metadata: dict[str, Any], pending: LeaseLock
+) -> list[CacheEntry]:
+    """Index a Hub repo that just landed in hub/ (under the lock), end its download marker, evict to fit."""
+    row = hub_row(cm, folder, repo_type, repo_id, last_used=time.time(), metadata=metadata or None)
+    old = cm.index.get(key)
+    if old is not None:
+        row["created"] = old["created"]
+    with cm.lock:
+        write_row(cm, row)
+        pending.release()
+        cm.pending_path(key).unlink(missing_ok=True)
+        reconcile(cm)
+        return cm._evict(cm.max_size, protect={key})
+
+
+def _atomic_symlink(target: str, link: Path) -> None:
+    if os.path.islink(link) and os.readlink(link) == target:
+        return
+    tmp = link.parent / f".{link.name}.{uuid.uuid4().hex[:8]}.tmp"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def pull_hub(
+    cm: CacheCore,
+    tier: RemoteTier,
+    repo_id: str,
+    repo_type: str,
+    revision: str | None,
+    patterns: dict[str, Any] | None,
+    metadata: dict[str, Any],
+) -> tuple[CacheEntry, int] | None:
+    """Bring a Hub repo's snapshot from the tier into huggingface_hub's layout; None if the tier lacks it.
+
+    Returns the entry and the bytes read from the tier. Raises RemoteTierError (CorruptBlobError)
+    when the tier fails or holds corrupt content: nothing of it has entered the cache then.
+    """
+    from provender._cache._locks import LeaseLock
+
+    key = cm.hub_key(repo_id, repo_type)
+    manifest = find_manifest(tier, key, revision, patterns)
+    if manifest is None:
+        return None
+    commit = manifest.get("commit")
+    if (
+        manifest.get("kind") != "hub"
+        or manifest.get("repo_id") != repo_id
+        or manifest.get("repo_type", "model") != repo_type
+        or not isinstance(commit, str)
+        or not _HEX40.fullmatch(commit)  # a Hub commit; never a name that could leave snapshots/
+    ):
+        raise RemoteTierError(tier.url, f"the tier's manifest for {repo_id} does not describe it; ignored")
+    files = _filter(_checked_files(tier, manifest), patterns)
+    if not files:
+        return None
+    name = _hub.display_name(repo_id, repo_type)
+    total = sum(f["size"] for f in files)
+    if total > cm.max_size:
+        raise EntryTooLargeError(name, total, cm.max_size)
+    folder = _hub.folder_name(repo_id, repo_type)
+    repo_dir = cm.hub_dir / folder
+    check_repo_layout(cm, repo_dir)
+    cm.walls.check("pending", "locks", "hub", "tmp")
+    pending = LeaseLock(cm.pending_path(key))  # the same marker as a Hub download: not an entry until done
+    lease = LeaseLock(cm.lease_path(key), is_singleton=False)
+    with fs_errors(cm.cache_dir):
+        pending.acquire_write()
+    lease.acquire_read()
+    got = 0
+    try:
+        blobs = repo_dir / "blobs"
+        with staging(cm) as stage, fs_errors(cm.cache_dir, total):
+            stage.mkdir()
+            staged: dict[str, Path] = {}
+            for f in files:
+                etag = f["etag"] or f["sha256"]
+                if etag in staged or ((blobs / etag).is_file() and (blobs / etag).stat().st_size == f["size"]):
+                    continue  # this cache has the blob already (another revision, a partial pull)
+                staged[etag] = stage / etag
+                got += _download(tier, f, staged[etag])
+            # every file arrived intact: now, and only now, into the Hub layout (blobs, links, ref)
+            snapshot = repo_dir / "snapshots" / commit
+            for d in (blobs, snapshot, repo_dir / "refs"):
+                d.mkdir(parents=True, exist_ok=True)
+            for etag, path in staged.items():
+                os.replace(path, blobs / etag)
+            for f in files:
+                link = snapshot / f["path"]
+                link.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_symlink(os.path.relpath(blobs / (f["etag"] or f["sha256"]), link.parent), link)
+            rev = revision or "main"
+            if rev != commit and ".." not in PurePosixPath(rev).parts and not rev.startswith("/"):
+                ref = repo_dir / "refs" / rev
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_text(ref, commit)
+        evicted = commit_hub(cm, key, folder, repo_type, repo_id, metadata, pending)
+    finally:
+        pending.release()
+        lease.release()
+        lease.close()
+    cm._notify_evicted(evicted)
+    logger.info("%s: %d files (%d bytes) from the remote tier %s", name, len(files), got, tier.url)
+    return cm.get(key), got
+
+
+def imported_key(name: str) -> str:
+    return generate_cache_key(name, None, {"source": "import"})
+
+
+def pull_imported(cm: CacheCore, tier: RemoteTier, name: str) -> tuple[CacheEntry, int] | None:
+    """Bring an imported entry (``cache import ... --name``) from the tier into objects/; None if it lacks it."""
+    check_name(name)
+    key = imported_key(name)
+    manifest = tier.read_manifest(key, "latest")
+    if manifest is None:
+        return None
+    if manifest.get("kind") != "local" or manifest.get("name") != name:
+        raise RemoteTierError(tier.url, f"the tier's manifest for {name} does not describe it; ignored")
+    files = _checked_files(tier, manifest)
+    total = sum(f["size"] for f in files)
+    if total > cm.max_size:
+        raise EntryTooLargeError(name, total, cm.max_size)
+    filename = manifest.get("filename")
+    if filename is not None and (not isinstance(filename, str) or [f["path"] for f in files] != [filename]):
+        raise RemoteTierError(tier.url, f"the tier's manifest for {name} is not valid; ignored")
+    found = manifest.get("metadata")
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
+    got = 0
+    evicted: list[CacheEntry] = []
+    now = time.time()
+    with staging(cm) as stage, fs_errors(cm.cache_dir, total):
+        stage.mkdir()
+        recorded: dict[str, dict[str, Any]] = {}
+        for f in files:
+            dest = stage / f["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            got += _download(tier, f, dest)
+        for rel, info in scan_files(stage).items():
+            recorded[rel] = {**info, "sha256": next(f["sha256"] for f in files if f["path"] == rel)}
+        local = {
+            "key": key,
+            "name": name,
+            "kind": "local",
+            "created": now,
+            "files": recorded,
+            "filename": filename,
+            "metadata": {**metadata, "source": "import"},
+        }
+        write_manifest(stage, local)
+        try:
+            _row, evicted = commit_local(cm, stage, local, key, name, False, now, False)
+        except EntryExistsError:  # another process of this machine brought it meanwhile
+            pass
+    cm._notify_evicted(evicted)
+    return cm.get(key), got
+
+
+# -- up: local cache -> tier ---------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _hub_files(
+    cm: CacheCore, entry: CacheEntry, revision: str | None
+) -> tuple[str, list[dict[str, Any]], dict[str, Path]]:
+    """(commit, files, local blob of each sha256) of a Hub entry's snapshot."""
+    snapshot = _hub.snapshot_path(entry.path, revision)
+    if snapshot is None:
+        raise CacheError(f"{entry.name}: no snapshot{f' for revision {revision}' if revision else ''} in the cache")
+    files: list[dict[str, Any]] = []
+    local: dict[str, Path] = {}
+    hashed: dict[Path, str] = {}
+    for root, _dirs, names in os.walk(snapshot):
+        for fname in sorted(names):
+            path = Path(root, fname)
+            rel = path.relative_to(snapshot).as_posix()
+            if path.is_symlink():
+                blob = _hub.link_target(entry.path, path)
+                if blob is None or not blob.is_file():
+                    raise CacheError(f"{entry.name}: {rel} is not a complete file (run `provender cache verify`)")
+                etag: str | None = blob.name
+            else:
+                blob, etag = path, None
+            if blob not in hashed:
+                hashed[blob] = _sha256_file(blob)
+            sha = hashed[blob]
+            if etag is not None and _HEX64.fullmatch(etag) and etag != sha:
+                raise CacheError(f"{entry.name}: {rel} is corrupt in this cache (run `provender cache verify --fix`)")
+            files.append({"path": rel, "size": blob.stat().st_size, "sha256": sha, "etag": etag or sha})
+            local[sha] = blob
+    return snapshot.name, sorted(files, key=lambda f: f["path"]), local
+
+
+def push_entry(
+    cm: CacheCore,
+    entry: CacheEntry,
+    *,
+    progress: bool | Callable[[int], object] = False,
+    revision: str | None = None,
+    patterns: dict[str, Any] | None = None,
+    force: frozenset[str] = frozenset(),
+) -> PushResult:
+    """Upload `entry` to the tier: missing blobs (and those in `force`, found corrupt there), then
+    its manifest, then its refs. Raises RemoteNotConfiguredError without a (writable) tier.
+
+    ``progress``: a callable is told each blob's size once it is uploaded or found there already
+    (a progress bar sized to the entry reaches its end); True logs each upload."""
+    tier = cm.remote
+    if tier is None:
+        raise RemoteNotConfiguredError()
+    tier.check_writable()
+    if entry.kind == "hub":
+        meta = entry.metadata
+        revision = revision or meta.get("revision")
+        if patterns is None:
+            patterns = patterns_of(meta.get("allow_patterns"), meta.get("ignore_patterns"))
+        commit, files, local = _hub_files(cm, entry, revision)
+        rev = revision or "main"
+        manifest: dict[str, Any] = {
+            "key": entry.key,
+            "name": entry.name,
+            "kind": "hub",
+            "repo_id": meta.get("repo_id", entry.name),
+            "repo_type": entry.repo_type,
+            "commit": commit,
+            "revision": rev,
+            "patterns": patterns,
+            "files": files,
+        }
+        refs = [ref_name(rev, patterns)] + ([ref_name(commit, patterns)] if commit != rev else [])
+    elif entry.kind == "local":
+        files, local = [], {}
+        for rel in scan_files(entry.path):
+            path = entry.path / rel
+            sha = _sha256_file(path)
+            files.append({"path": Path(rel).as_posix(), "size": path.stat().st_size, "sha256": sha, "etag": None})
+            local[sha] = path
+        manifest = {
+            "key": entry.key,
+            "name": entry.name,
+            "kind": "local",
+            "filename": entry.metadata.get("filename"),
+            "metadata": {k: v for k, v in entry.metadata.items() if k != "filename"},
+            "files": files,
+        }
+        refs = ["latest"]
+    else:
+        raise CacheError(f"{entry.name}: only cache entries can be pushed")
+    uploaded = nbytes = there = 0
+    for sha, path in local.items():
+        size = path.stat().st_size
+        if sha not in force and tier.has_blob(sha, size):
+            there += 1
+        else:
+            tier.put_blob(str(path), sha)
+            uploaded += 1
+            nbytes += size
+            logger.log(logging.INFO if progress else logging.DEBUG, "uploaded %s (%d bytes)", path.name, size)
+        if callable(progress):
+            progress(size)
+    tier.put_manifest(manifest, refs)  # last: a manifest never names a blob the tier lacks
+    return PushResult(entry, tier.url, len(files), uploaded, nbytes, there)
+
+
+def write_through(
+    cm: CacheCore,
+    entry: CacheEntry,
+    *,
+    revision: str | None = None,
+    patterns: dict[str, Any] | None = None,
+    force: frozenset[str] = frozenset(),
+) -> str | None:
+    """`push_entry`, where a failure is a warning (returned, and logged), never an error."""
+    try:
+        result = push_entry(cm, entry, revision=revision, patterns=patterns, force=force)
+    except (CacheError, OSError) as exc:
+        count(cm, remote_errors=1)
+        message = f"could not write {entry.name} through to the remote tier: {exc}"
+        logger.warning("%s", message)
+        return message
+    logger.info(
+        "%s written through to %s: %d blobs uploaded, %d there already",
+        entry.name,
+        result.url,
+        result.uploaded,
+        result.already_there,
+    )
+    return None

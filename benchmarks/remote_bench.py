@@ -74,6 +74,38 @@ def worker(repo: str) -> None:
     print(json.dumps(out), flush=True)
 
 
+def floor(kind: str, target: str, names: list[str]) -> None:
+    """The same bytes read raw, without provender (no hashing, no placing): the server's own floor.
+
+    hub: GET each file from the stand-in Hub; file: read each blob of the tier folder; s3: GET each
+    blob object with boto3. Prints one JSON line with the seconds and the bytes read."""
+    import urllib.request
+
+    start = time.perf_counter()
+    total = 0
+    if kind == "hub":
+        for name in names:
+            with urllib.request.urlopen(f"{target}/{REPO}/resolve/main/{name}") as r:
+                while chunk := r.read(1 << 20):
+                    total += len(chunk)
+    elif kind == "file":
+        for path in sorted(Path(target.removeprefix("file://")).glob("blobs/sha256/*")):
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    total += len(chunk)
+    else:
+        import boto3
+
+        bucket, _, prefix = target.removeprefix("s3://").partition("/")
+        client = boto3.client("s3")  # the AWS_* variables of the machine's environment
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/blobs/"):
+            for obj in page.get("Contents", []):
+                body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"]
+                while chunk := body.read(1 << 20):
+                    total += len(chunk)
+    print(json.dumps({"seconds": time.perf_counter() - start, "bytes": total}), flush=True)
+
+
 # -- servers -----------------------------------------------------------------------------------
 
 
@@ -256,7 +288,8 @@ def second_machine(hub: Any, tiers: Tiers, env: dict[str, str], kinds: list[str]
         assert first["source"] == "hub", first
     clean_machines()
     sources = [*kinds, "hub"]
-    out: dict[str, Any] = {s: {"runs": [], "startup_runs": [], "hub_requests": 0} for s in sources}
+    out: dict[str, Any] = {s: {"runs": [], "startup_runs": [], "raw_runs": [], "hub_requests": 0} for s in sources}
+    targets = {**urls, "hub": hub.endpoint}
     for r in range(runs):
         order = sources if r % 2 == 0 else sources[::-1]
         for source in order:
@@ -269,8 +302,17 @@ def second_machine(hub: Any, tiers: Tiers, env: dict[str, str], kinds: list[str]
             out[source]["startup_runs"].append(report["startup_s"])
             out[source]["hub_requests"] += hub.requests - requests0
             clean_machines()
+            raw = subprocess.run(
+                [sys.executable, __file__, "--floor", source, str(targets[source]), *hub.repos[REPO][1]],
+                env=envs[source],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            out[source]["raw_runs"].append(json.loads(raw.stdout)["seconds"])
     for source in sources:
         out[source]["median_s"] = statistics.median(out[source]["runs"])
+        out[source]["raw_median_s"] = statistics.median(out[source]["raw_runs"])
     for kind in kinds:
         out[kind]["ratio_hub_over_tier"] = out["hub"]["median_s"] / out[kind]["median_s"]
         tiers.drop(urls[kind])
@@ -278,7 +320,8 @@ def second_machine(hub: Any, tiers: Tiers, env: dict[str, str], kinds: list[str]
     for source in sources:
         print(
             f"second machine from {source:4}: median {out[source]['median_s']:.2f} s "
-            f"(runs {', '.join(f'{t:.2f}' for t in out[source]['runs'])}); Hub requests {out[source]['hub_requests']}",
+            f"(runs {', '.join(f'{t:.2f}' for t in out[source]['runs'])}); the same bytes read raw "
+            f"{out[source]['raw_median_s']:.3f} s; Hub requests {out[source]['hub_requests']}",
             flush=True,
         )
     return out
@@ -314,17 +357,23 @@ def table(results: dict[str, Any]) -> str:
         )
     second = results.get("second_machine")
     if second:
-        lines += ["", "| second machine from | median pull | runs | Hub requests |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| second machine from | median pull | runs | raw read of the same bytes | Hub requests |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for source in [k for k in second if isinstance(second[k], dict)]:
             s = second[source]
             runs = ", ".join(f"{t:.2f}" for t in s["runs"])
-            lines.append(f"| {source} | {s['median_s']:.2f} s | {runs} | {s['hub_requests']} |")
+            raw = f"{s['raw_median_s']:.3f} s"
+            lines.append(f"| {source} | {s['median_s']:.2f} s | {runs} | {raw} | {s['hub_requests']} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", metavar="REPO", help=argparse.SUPPRESS)
+    parser.add_argument("--floor", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     parser.add_argument("--size-mb", type=int, default=200, help="model size (default 200 MB)")
     parser.add_argument("--runs", type=int, default=5, help="runs of the second-machine timing (median)")
     parser.add_argument("--machines", default="1,2,4", help="fleet sizes (default 1,2,4)")
@@ -333,6 +382,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
+        return
+    if args.floor:
+        floor(args.floor[0], args.floor[1], args.floor[2:])
         return
     sys.path.insert(0, str(HERE.parent / "tests"))
     from fakehub import FakeHub

@@ -420,6 +420,7 @@ def main() -> None:
         "platform": sys.platform,
         "cpus": os.cpu_count(),
         "quick": args.quick,
+        "load_average_at_start": os.getloadavg(),  # 1, 5, 15 minutes: other jobs on the machine skew every figure
     }
     if args.only == "against" and not args.against:
         parser.error("--only against needs --against PYTHON")
@@ -436,6 +437,7 @@ def main() -> None:
         import mlx_bench
 
         results["mlx"] = mlx_bench.main()
+    results["load_average_at_end"] = os.getloadavg()
     name = "results-against.json" if args.only == "against" else "results.json"
     out = HERE / ("results-quick.json" if args.quick else name)
     out.write_text(json.dumps(results, indent=2) + "\n")

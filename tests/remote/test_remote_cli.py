@@ -73,6 +73,12 @@ def test_pull_says_where_the_bytes_came_from(tier: Any, fake_hub: FakeHub, make_
     model_path = Path(second.stdout.strip().rsplit(" into ", 1)[1])
     assert (model_path / "model.safetensors").read_bytes() == WEIGHTS  # Hub layout, as `hf` reads it
 
+    fake_hub.add("org/other", {"config.json": b"{}"})
+    text = ok("pull", "org/other", env=a).stdout
+    assert "Pulled org/other from the Hub (2 B) into " in text and text.rstrip().endswith(
+        f"; wrote it through to {tier.url}"
+    )
+
     again = as_json("pull", "org/tiny", env=b)  # nothing to fetch
     assert (again["source"], again["bytes_from_hub"], again["bytes_from_remote"]) == ("cache", 0, 0)
     text = ok("pull", "org/tiny", env=b).stdout
@@ -82,7 +88,7 @@ def test_pull_says_where_the_bytes_came_from(tier: Any, fake_hub: FakeHub, make_
     assert stats_b["remote_url"] == tier.url and stats_b["remote_read_only"] is False
     assert (stats_b["remote_hits"], stats_b["bytes_from_remote"], stats_b["remote_errors"]) == (1, HUB_SIZE, 0)
     stats_a = as_json("cache", "stats", env=a)
-    assert (stats_a["remote_hits"], stats_a["remote_misses"], stats_a["bytes_from_remote"]) == (0, 1, 0)
+    assert (stats_a["remote_hits"], stats_a["remote_misses"], stats_a["bytes_from_remote"]) == (0, 2, 0)  # two repos
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in ok("cache", "stats", env=b).stdout.splitlines())
     assert rows["remote tier"] == tier.url and rows["remote hits"] == "1 (300.0 KB from the tier)"
     assert (rows["remote misses"], rows["remote errors"]) == ("0", "0")
@@ -118,6 +124,11 @@ def test_push_then_remote_ls(tier: Any, make_env: Any, make_files: Any, tmp_path
        "--name", "org/fine-tune-2", env=local)  # fmt: skip
     second = as_json("cache", "push", "org/fine-tune-2", env=env)
     assert (second["uploaded"], second["bytes_uploaded"], second["already_there"]) == (1, 2, 1)
+
+    other = machine(tmp_path, "b", make_env, tier, PROVENDER_REMOTE__READ_ONLY="1")  # a second, read-only machine
+    fetched = as_json("pull", "org/fine-tune", env=other)  # an imported model, from the tier
+    assert (fetched["source"], fetched["kind"], fetched["bytes_from_remote"]) == ("remote", "local", size)
+    assert as_json("remote", "ls", env=other)["read_only"] is True
 
     listing = as_json("remote", "ls", env=env)
     assert listing["url"] == tier.url and listing["size"] == size + 2  # blobs, each stored once

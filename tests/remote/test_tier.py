@@ -183,7 +183,7 @@ def test_second_machine_generates_with_the_model_from_the_tier(
 
 
 def test_a_corrupt_blob_in_the_tier_is_refused_and_never_enters_a_cache(
-    tier: Any, hub: FakeHub, tmp_path: Path, make_env: Any
+    tier: Any, hub: FakeHub, tmp_path: Path, make_env: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     machine("pull", "org/model", env=make_env(tmp_path / "a", tier, hub.endpoint))
     big = repo_files(0)["model.safetensors"]
@@ -193,12 +193,16 @@ def test_a_corrupt_blob_in_the_tier_is_refused_and_never_enters_a_cache(
     assert fs.cat_file(blob) == big
     fs.pipe_file(blob, b"\0" * len(big))  # same size, wrong bytes: a bit-rotted or tampered blob
 
+    def machine_b(name: str) -> CacheManager:
+        return CacheManager(tmp_path / name, "1GB", remote=RemoteTier(tier.url, storage_options=tier.storage_options))
+
     # the Hub unreachable: the pull fails cleanly, and nothing of the corrupt blob is in the cache
-    failed = machine("pull", "org/model", env=make_env(tmp_path / "b", tier, dead_endpoint()), check=False)
-    assert failed["rc"] == 1 and "does not match its sha256" in failed["stderr"], failed["stderr"][-2000:]
-    cache_b = tmp_path / "b"
-    assert not [p for p in cache_b.rglob("*") if p.is_file() and p.stat().st_size == len(big)]
-    assert CacheManager(cache_b, "1GB", remote=None).entries() == []
+    cache_b = machine_b("b")
+    with pytest.raises(ModelNotFoundError):
+        cache_b.pull("org/model", endpoint=dead_endpoint(), progress=False)
+    assert any("does not match its sha256" in r.getMessage() for r in caplog.records), caplog.text
+    assert not [p for p in (tmp_path / "b").rglob("*") if p.is_file() and p.stat().st_size == len(big)]
+    assert cache_b.entries() == [] and cache_b.stats().remote_errors == 1
 
     # the Hub reachable: a clear warning, the Hub serves, and the write-through repairs the tier
     downloads = len(hub.downloads)
@@ -208,8 +212,7 @@ def test_a_corrupt_blob_in_the_tier_is_refused_and_never_enters_a_cache(
     assert ok["stats"]["remote_errors"] == 1 and ok["pushed"]
     assert CacheManager(tmp_path / "c", "1GB", remote=None).verify() == []
     assert fs.cat_file(blob) == big  # re-uploaded whole
-    third = machine("pull", "org/model", env=make_env(tmp_path / "d", tier, dead_endpoint()))
-    assert third["source"] == "remote"
+    assert machine_b("d").pull("org/model", endpoint=dead_endpoint(), progress=False).source == "remote"
 
 
 def test_the_tier_going_away_mid_run_leaves_both_caches_working(
@@ -224,14 +227,17 @@ def test_the_tier_going_away_mid_run_leaves_both_caches_working(
 
     tier.server.stop()  # the object store goes away
     started = time.monotonic()
-    again = machine("pull", "org/model", env=env_a)  # in the cache: the tier is not even asked
-    other = machine("pull", "org/other", env=env_b)  # a miss: the tier fails, the Hub serves, with a warning
-    assert again["source"] == "cache" and not again["warnings"]
-    assert other["source"] == "hub" and not other["pushed"]
-    assert any("remote tier" in w and "from the Hub instead" in w for w in other["warnings"])
-    assert other["stats"]["remote_errors"] >= 1
-    assert time.monotonic() - started < 60  # an unreachable tier costs seconds, not minutes
-    assert {e.name for e in CacheManager(tmp_path / "b", "1GB", remote=None).entries()} == {"org/model", "org/other"}
+    a = CacheManager(tmp_path / "a", "1GB", remote=RemoteTier(tier.url, storage_options=tier.storage_options))
+    b = CacheManager(tmp_path / "b", "1GB", remote=RemoteTier(tier.url, storage_options=tier.storage_options))
+    again = a.pull("org/model", endpoint=hub.endpoint, progress=False)  # in the cache: the tier is not even asked
+    other = b.pull("org/other", endpoint=hub.endpoint, progress=False)  # a miss: the tier fails, the Hub serves
+    assert again.source == "cache" and not again.warnings
+    assert other.source == "hub" and not other.pushed
+    assert any("remote tier" in w and "from the Hub instead" in w for w in other.warnings)
+    assert b.stats().remote_errors == 1
+    assert time.monotonic() - started < 30  # an unreachable tier costs seconds, not minutes
+    assert {e.name for e in b.entries()} == {"org/model", "org/other"}
+    assert a.verify() == b.verify() == []
 
     with pytest.raises(RemoteTierError, match=tier.url):
         RemoteTier(tier.url, timeout=2).entries()
@@ -248,7 +254,7 @@ def test_a_tier_that_never_answers_times_out_and_the_hub_serves(hub: FakeHub, tm
         threading.Thread(target=lambda: [conns.append(silent.accept()[0]) for _ in range(16)], daemon=True).start()
         options = {"endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}", "key": "k", "secret": "s"}
         cm = CacheManager(
-            tmp_path / "c", "1GB", remote=RemoteTier("s3://bucket/tier", storage_options=options, timeout=1)
+            tmp_path / "c", "1GB", remote=RemoteTier("s3://bucket/tier", storage_options=options, timeout=0.5)
         )
         started = time.monotonic()
         result = cm.pull("org/model", endpoint=hub.endpoint, progress=False)
@@ -342,7 +348,8 @@ def test_an_imported_model_is_written_through_and_pulled_on_a_second_machine(
     for rel in ("config.json", "weights/w.safetensors"):
         assert (got.model_path / rel).read_bytes() == (src / rel).read_bytes()
     # on the first machine the import is in the cache: nothing is fetched
-    assert machine("pull", "me/imported", env=make_env(tmp_path / "a", tier))["source"] == "cache"
+    first_cache = CacheManager(tmp_path / "a", "1GB", remote=RemoteTier(tier.url, storage_options=tier.storage_options))
+    assert first_cache.pull("me/imported", progress=False).source == "cache"
 
 
 def test_push_uploads_an_entry_and_skips_blobs_already_there(tier: Any, hub: FakeHub, tmp_path: Path) -> None:
@@ -417,6 +424,24 @@ def test_a_bad_remote_url_is_a_configuration_error(monkeypatch: pytest.MonkeyPat
     assert proc.returncode == 2 and "remote.url" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(ConfigError, match="not a URL"):
         RemoteTier("not a url")
+
+
+def test_the_remote_settings_reach_the_cache(
+    s3_tier: Any, hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint from the setting alone
+    monkeypatch.setenv("PROVENDER_CACHE__DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("PROVENDER_REMOTE__URL", s3_tier.url)
+    monkeypatch.setenv("PROVENDER_REMOTE__ENDPOINT_URL", s3_tier.storage_options["endpoint_url"])
+    monkeypatch.setenv("PROVENDER_REMOTE__TIMEOUT", "5s")
+    cm = CacheManager()
+    assert cm.remote is not None and (cm.remote.url, cm.remote.timeout, cm.remote.read_only) == (s3_tier.url, 5, False)
+    assert cm.pull("org/model", endpoint=hub.endpoint, progress=False).pushed
+    assert [e.name for e in cm.remote.entries()] == ["org/model"]
+    monkeypatch.setenv("PROVENDER_REMOTE__READ_ONLY", "true")
+    assert CacheManager().remote.read_only  # type: ignore[union-attr]
+    assert CacheManager(tmp_path / "c", "1GB").remote is None  # both given: the settings are not read
+    assert CacheManager(tmp_path / "c", "1GB", remote=s3_tier.url).remote.url == s3_tier.url  # type: ignore[union-attr]
 
 
 def test_without_remote_url_nothing_changes_and_fsspec_is_not_imported(tmp_path: Path) -> None:

@@ -42,17 +42,11 @@ class PluginInfo:
     def __repr__(self) -> str:
         return f"PluginInfo({self.name!r}, status={self.status!r}, error={self.error!r})"
 
+    FIELDS = ("name", "module", "distribution", "version", "status", "error", "hooks", "providers")
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "module": self.module,
-            "distribution": self.distribution,
-            "version": self.version,
-            "status": self.status,
-            "error": self.error,
-            "hooks": self.hooks,
-            "providers": self.providers,
-        }
+        """What ``provender plugins --json`` prints for it (`FIELDS`, in that order)."""
+        return {name: getattr(self, name) for name in self.FIELDS}
 
 
 class EntryPoint(NamedTuple):

@@ -47,29 +47,32 @@ class HookimplMarker:
         wrapper: bool = False,
     ) -> Callable[[_F], _F]: ...
 
-    def __call__(
-        self,
-        function: _F | None = None,
-        hookwrapper: bool = False,
-        optionalhook: bool = False,
-        tryfirst: bool = False,
-        trylast: bool = False,
-        specname: str | None = None,
-        wrapper: bool = False,
-    ) -> _F | Callable[[_F], _F]:
+    def __call__(self, function: _F | None = None, *args: Any, **kwargs: Any) -> _F | Callable[[_F], _F]:
+        # the options of the overload above, positional in its order or by name
+        if len(args) > len(_IMPL_OPTIONS):
+            raise TypeError(f"hookimpl() takes at most {len(_IMPL_OPTIONS) + 1} positional arguments")
+        unknown = sorted(set(kwargs) - set(_IMPL_OPTIONS))
+        if unknown:
+            raise TypeError(f"hookimpl() got an unexpected keyword argument {unknown[0]!r}")
+        given = {**dict(zip(_IMPL_OPTIONS, args, strict=False)), **kwargs}
+        opts = {name: given.get(name, default) for name, default in _IMPL_DEFAULTS.items()}
+
         def mark(func: _F) -> _F:
-            opts = {
-                "wrapper": wrapper,
-                "hookwrapper": hookwrapper,
-                "optionalhook": optionalhook,
-                "tryfirst": tryfirst,
-                "trylast": trylast,
-                "specname": specname,
-            }
-            setattr(func, self.project_name + "_impl", opts)
+            setattr(func, self.project_name + "_impl", dict(opts))
             return func
 
         return mark if function is None else mark(function)
+
+
+_IMPL_OPTIONS = ("hookwrapper", "optionalhook", "tryfirst", "trylast", "specname", "wrapper")
+_IMPL_DEFAULTS: dict[str, Any] = {  # as pluggy stores them on the function
+    "wrapper": False,
+    "hookwrapper": False,
+    "optionalhook": False,
+    "tryfirst": False,
+    "trylast": False,
+    "specname": None,
+}
 
 
 hookimpl = HookimplMarker(PROJECT)

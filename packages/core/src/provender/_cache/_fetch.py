@@ -66,8 +66,9 @@ def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) ->
     local = _hub.snapshot_path(repo_dir, revision) is not None and _hub.has_snapshot(repo_dir)
     if tier is not None and not local:  # a miss: the remote tier before the Hub (offline too)
         try:
-            got = pull_imported(cm, tier, repo_id) if plain else None
-            got = got or pull_hub(cm, tier, repo_id, repo_type, revision, patterns, _row_metadata(revision, patterns))
+            got = pull_imported(cm, tier, repo_id, progress) if plain else None
+            metadata = _row_metadata(revision, patterns)
+            got = got or pull_hub(cm, tier, repo_id, repo_type, revision, patterns, metadata, progress)
         except RemoteTierError as exc:
             count(cm, remote_errors=1)
             corrupt = frozenset({exc.sha256}) if isinstance(exc, CorruptBlobError) else corrupt

@@ -23,8 +23,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypedDict, TypeVar
 
@@ -226,33 +225,13 @@ class Index:
             con.close()
             self._local.con = None
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: a write transaction other processes wait for.
+    def transaction(self) -> Transaction:
+        """BEGIN IMMEDIATE ... COMMIT: a write transaction other processes wait for
+        (``with index.transaction() as con:``).
 
         A full disk or a read-only file raises DiskFullError / CacheNotWritableError.
         """
-        con = self.con
-        try:
-            con.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            reason = self.diagnose(exc)
-            if reason is not None:
-                raise reason from exc
-            raise
-        try:
-            yield con
-            con.execute("COMMIT")
-        except BaseException as exc:
-            if con.in_transaction:
-                try:
-                    con.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            reason = self.diagnose(exc)
-            if reason is not None:
-                raise reason from exc
-            raise
+        return Transaction(self)
 
     def write(self, fn: Callable[[sqlite3.Connection], T], *, soft: bool = False) -> T:
         """Run `fn(con)` in a write transaction. ``soft``: on a full disk, apply it to a private copy
@@ -347,6 +326,49 @@ class Index:
     def get_meta(self, name: str) -> str | None:
         row = self.con.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
+
+
+class Transaction:
+    """`Index.transaction`: a class, not a generator context manager, because every cache hit
+    runs one (the generator machinery costs as much as two of its system calls)."""
+
+    __slots__ = ("_con", "_index")
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def __enter__(self) -> sqlite3.Connection:
+        con = self._con = self._index.con
+        try:
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            self._raise_reason(exc)
+            raise
+        return con
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self._con.execute("COMMIT")
+                return
+            except BaseException as failed:
+                self._roll_back(failed)
+                raise
+        self._roll_back(exc)  # returns: the exception goes on as it is
+
+    def _roll_back(self, exc: BaseException) -> None:
+        if self._con.in_transaction:
+            try:
+                self._con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        self._raise_reason(exc)
+
+    def _raise_reason(self, exc: BaseException) -> None:
+        """A full disk or an unwritable index: raise what it means for the cache instead."""
+        reason = self._index.diagnose(exc)
+        if reason is not None:
+            raise reason from exc
 
 
 def _row(row: tuple[Any, ...]) -> IndexRow:

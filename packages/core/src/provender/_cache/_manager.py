@@ -39,7 +39,7 @@ from provender._cache._layout import DIRS, Walls, check_file
 from provender._cache._leases import Lease, exclusive
 from provender._cache._locks import GuardedLock, LeaseLock
 from provender._cache._names import check_key, check_name, generate_cache_key
-from provender._cache._remote import RemoteTier
+from provender._cache._remote import RemoteTier, tier_from_settings
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
 from provender._cache._repair import read_or_repair, row_from_manifest
 from provender._cache._resolve import resolve
@@ -52,21 +52,6 @@ logger = logging.getLogger(__name__)
 
 SORT_KEYS = ("used", "size", "name")
 _FROM_SETTINGS: Any = object()  # `remote` not given: the [remote] settings decide
-
-
-def remote_from_settings(values: dict[str, Any] | None) -> RemoteTier | None:
-    """The tier the ``[remote]`` settings describe (see `provender._wiring.remote_defaults`), or None."""
-    if not values or not values.get("url"):
-        return None
-    options: dict[str, Any] = {}
-    if values.get("endpoint_url") and str(values["url"]).startswith(("s3://", "s3a://")):
-        options["endpoint_url"] = values["endpoint_url"]
-    return RemoteTier(
-        values["url"],
-        read_only=bool(values.get("read_only")),
-        storage_options=options,
-        timeout=float(values.get("timeout") or 30.0),
-    )
 
 
 class CacheManager:
@@ -98,7 +83,7 @@ class CacheManager:
         remote: RemoteTier | str | None = _FROM_SETTINGS,
     ) -> None:
         if remote is _FROM_SETTINGS:  # the settings decide, as for the directory and the limit
-            remote = remote_from_settings(_wiring.remote_defaults()) if cache_dir is None or max_size is None else None
+            remote = tier_from_settings(_wiring.remote_defaults()) if cache_dir is None or max_size is None else None
         self._remote: RemoteTier | None = RemoteTier(remote) if isinstance(remote, str) else remote
         if cache_dir is None or max_size is None:
             default_dir, default_size = _wiring.cache_defaults()
@@ -261,13 +246,9 @@ class CacheManager:
         progress: bool = True,
         endpoint: str | None = None,
     ) -> PullResult:
-        """Get a repo (or an imported entry) into the cache: from the cache itself, else the remote tier,
-        else the Hub; says where the bytes came from (`PullResult`).
-
-        A miss looks in the remote tier before the Hub (also offline); content from the tier is
-        verified against its sha256 before it enters the cache and lands in huggingface_hub's
-        layout. What comes from the Hub is written through to the tier unless it is read-only.
-        The tier failing (unreachable, slow, corrupt) is a warning, never a failed pull.
+        """Get a repo (or an imported entry) into the cache: from the cache, else the remote tier (verified
+        against its sha256; offline too), else the Hub (written through to the tier unless read-only).
+        Says where the bytes came from (`PullResult`). A failing tier is a warning, never a failed pull.
         """
         from provender._cache._fetch import pull_repo
 

@@ -390,3 +390,18 @@ class RemoteTier:
             except FileNotFoundError:
                 return 0
         return sum(int(info.get("size") or 0) for path, info in found.items() if TMP_PREFIX not in path)
+
+
+def tier_from_settings(values: dict[str, Any] | None) -> RemoteTier | None:
+    """The tier the ``[remote]`` settings describe (see `provender._wiring.remote_defaults`), or None."""
+    if not values or not values.get("url"):
+        return None
+    options: dict[str, Any] = {}
+    if values.get("endpoint_url") and str(values["url"]).lower().startswith(("s3://", "s3a://")):
+        options["endpoint_url"] = values["endpoint_url"]
+    return RemoteTier(
+        values["url"],
+        read_only=bool(values.get("read_only")),
+        storage_options=options,
+        timeout=float(values.get("timeout") or 30.0),
+    )

@@ -20,9 +20,11 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+WORKERS = 4  # blobs moved at once between the tier and this cache
 
 
 class CorruptBlobError(RemoteTierError):
@@ -113,12 +116,14 @@ def _checked_files(tier: RemoteTier, manifest: dict[str, Any]) -> list[dict[str,
             if etag is not None and not (_HEX40.fullmatch(str(etag)) or _HEX64.fullmatch(str(etag))):
                 raise ValueError(f"bad etag {etag!r}")
             out.append({"path": _safe_path(f["path"]), "size": size, "sha256": sha, "etag": etag})
+        if len({f["path"] for f in out}) != len(out):
+            raise ValueError("a path listed twice")
     except (KeyError, TypeError, ValueError) as exc:
         raise RemoteTierError(tier.url, f"manifest of {manifest.get('name')!r} is not valid ({exc}); ignored") from None
     return out
 
 
-def _download(tier: RemoteTier, f: dict[str, Any], dest: Path) -> int:
+def _download(tier: RemoteTier, f: dict[str, Any], dest: Path, tick: Callable[[int], object] | None = None) -> int:
     """Stream one blob into `dest` (a new file), checking its size and sha256 (and git sha1) as it arrives."""
     sha, etag = f["sha256"], f.get("etag")
     digest = hashlib.sha256()
@@ -136,6 +141,8 @@ def _download(tier: RemoteTier, f: dict[str, Any], dest: Path) -> int:
                     if git is not None:
                         git.update(chunk)
                     out.write(chunk)
+                    if tick is not None:
+                        tick(len(chunk))
         except FileNotFoundError:
             raise CorruptBlobError(tier.url, sha, "is missing from the tier") from None
     if n != f["size"]:
@@ -145,6 +152,40 @@ def _download(tier: RemoteTier, f: dict[str, Any], dest: Path) -> int:
     if (git is not None and git.hexdigest() != etag) or (etag and _HEX64.fullmatch(etag) and etag != sha):
         raise CorruptBlobError(tier.url, sha, f"does not match its Hub etag {str(etag)[:12]}...")
     return n
+
+
+def _download_all(tier: RemoteTier, jobs: list[tuple[dict[str, Any], Path]], progress: bool, label: str) -> int:
+    """`_download` each (file, destination), a few at once; every one is waited for, then the first error raised."""
+    if not jobs:
+        return 0
+    from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]  # honours disable_progress_bars()
+
+    total = int(sum(f["size"] for f, _dest in jobs))
+    stop = threading.Event()  # one failed: the others stop at their next chunk (the pull is refused anyway)
+
+    def one(f: dict[str, Any], dest: Path) -> int:
+        def tick(n: int) -> None:
+            if stop.is_set():
+                raise _Stopped
+            bar.update(n)
+
+        try:
+            return _download(tier, f, dest, tick)
+        except BaseException:
+            stop.set()
+            raise
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress)  # type: ignore[no-untyped-call]
+    with bar, ThreadPoolExecutor(max_workers=min(WORKERS, len(jobs))) as pool:
+        errors = [fut.exception() for fut in [pool.submit(one, f, dest) for f, dest in jobs]]
+    first = next((e for e in errors if e is not None and not isinstance(e, _Stopped)), None)
+    if first is not None:
+        raise first
+    return total
+
+
+class _Stopped(Exception):
+    """Another download of the same pull failed: this one stops."""
 
 
 # -- down: tier -> local cache -------------------------------------------------------------
@@ -214,6 +255,7 @@ def pull_hub(
     revision: str | None,
     patterns: dict[str, Any] | None,
     metadata: dict[str, Any],
+    progress: bool = False,
 ) -> tuple[CacheEntry, int] | None:
     """Bring a Hub repo's snapshot from the tier into huggingface_hub's layout; None if the tier lacks it.
 
@@ -251,18 +293,19 @@ def pull_hub(
     with fs_errors(cm.cache_dir):
         pending.acquire_write()
     lease.acquire_read()
-    got = 0
     try:
         blobs = repo_dir / "blobs"
         with staging(cm) as stage, fs_errors(cm.cache_dir, total):
             stage.mkdir()
             staged: dict[str, Path] = {}
+            jobs = []
             for f in files:
                 etag = f["etag"] or f["sha256"]
                 if etag in staged or ((blobs / etag).is_file() and (blobs / etag).stat().st_size == f["size"]):
                     continue  # this cache has the blob already (another revision, a partial pull)
                 staged[etag] = stage / etag
-                got += _download(tier, f, staged[etag])
+                jobs.append((f, staged[etag]))
+            got = _download_all(tier, jobs, progress, f"{name} (remote tier)")
             # every file arrived intact: now, and only now, into the Hub layout (blobs, links, ref)
             snapshot = repo_dir / "snapshots" / commit
             for d in (blobs, snapshot, repo_dir / "refs"):
@@ -292,7 +335,7 @@ def imported_key(name: str) -> str:
     return generate_cache_key(name, None, {"source": "import"})
 
 
-def pull_imported(cm: CacheCore, tier: RemoteTier, name: str) -> tuple[CacheEntry, int] | None:
+def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = False) -> tuple[CacheEntry, int] | None:
     """Bring an imported entry (``cache import ... --name``) from the tier into objects/; None if it lacks it."""
     check_name(name)
     key = imported_key(name)
@@ -310,16 +353,14 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str) -> tuple[CacheEntr
         raise RemoteTierError(tier.url, f"the tier's manifest for {name} is not valid; ignored")
     found = manifest.get("metadata")
     metadata: dict[str, Any] = found if isinstance(found, dict) else {}
-    got = 0
     evicted: list[CacheEntry] = []
     now = time.time()
     with staging(cm) as stage, fs_errors(cm.cache_dir, total):
         stage.mkdir()
         recorded: dict[str, dict[str, Any]] = {}
         for f in files:
-            dest = stage / f["path"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            got += _download(tier, f, dest)
+            (stage / f["path"]).parent.mkdir(parents=True, exist_ok=True)
+        got = _download_all(tier, [(f, stage / f["path"]) for f in files], progress, f"{name} (remote tier)")
         for rel, info in scan_files(stage).items():
             recorded[rel] = {**info, "sha256": next(f["sha256"] for f in files if f["path"] == rel)}
         local = {
@@ -434,18 +475,25 @@ def push_entry(
         refs = ["latest"]
     else:
         raise CacheError(f"{entry.name}: only cache entries can be pushed")
-    uploaded = nbytes = there = 0
-    for sha, path in local.items():
+    lock = threading.Lock()
+
+    def one(sha: str, path: Path) -> int:
+        """Upload one blob unless the tier has it; returns the bytes uploaded (0: it was there)."""
         size = path.stat().st_size
-        if sha not in force and tier.has_blob(sha, size):
-            there += 1
-        else:
+        sent = 0
+        if sha in force or not tier.has_blob(sha, size):
             tier.put_blob(str(path), sha)
-            uploaded += 1
-            nbytes += size
+            sent = size
             logger.log(logging.INFO if progress else logging.DEBUG, "uploaded %s (%d bytes)", path.name, size)
         if callable(progress):
-            progress(size)
+            with lock:
+                progress(size)
+        return sent
+
+    with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(local)))) as pool:
+        sent = list(pool.map(one, local.keys(), local.values()))  # the first error is raised, after all ran
+    uploaded, nbytes = sum(1 for n in sent if n), sum(sent)
+    there = len(sent) - uploaded
     tier.put_manifest(manifest, refs)  # last: a manifest never names a blob the tier lacks
     return PushResult(entry, tier.url, len(files), uploaded, nbytes, there)
 

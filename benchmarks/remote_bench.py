@@ -54,6 +54,15 @@ def worker(repo: str) -> None:
     from provender import CacheManager
 
     cm = CacheManager()
+    imports = time.perf_counter()
+    # the libraries the pull loads on first use, timed apart: pull_s is the transfer and its checks
+    import huggingface_hub.file_download  # noqa: F401
+
+    url = os.environ.get("PROVENDER_REMOTE__URL", "")
+    if url.startswith("s3://"):
+        import s3fs  # noqa: F401
+    elif url:
+        import fsspec.implementations.local  # noqa: F401
     ready = time.perf_counter()
     if hasattr(cm, "pull"):  # the remote tier's API
         result = cm.pull(repo, progress=False)
@@ -70,7 +79,8 @@ def worker(repo: str) -> None:
         out = {"source": "hub", "bytes_from_remote": 0, "bytes_from_hub": entry.size, "pushed": False}
         out.update(warnings=[], size=entry.size)
     out["pull_s"] = time.perf_counter() - ready
-    out["startup_s"] = ready - start
+    out["startup_s"] = imports - start
+    out["import_s"] = ready - imports
     print(json.dumps(out), flush=True)
 
 
@@ -81,7 +91,10 @@ def floor(kind: str, target: str, names: list[str]) -> None:
     blob object with boto3. Prints one JSON line with the seconds and the bytes read."""
     import urllib.request
 
-    start = time.perf_counter()
+    import boto3
+
+    client = boto3.client("s3") if kind == "s3" else None  # the AWS_* variables of the machine's environment
+    start = time.perf_counter()  # imports and set-up excluded, as in the machines' pull_s
     total = 0
     if kind == "hub":
         for name in names:
@@ -94,10 +107,8 @@ def floor(kind: str, target: str, names: list[str]) -> None:
                 while chunk := f.read(1 << 20):
                     total += len(chunk)
     else:
-        import boto3
-
+        assert client is not None
         bucket, _, prefix = target.removeprefix("s3://").partition("/")
-        client = boto3.client("s3")  # the AWS_* variables of the machine's environment
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/blobs/"):
             for obj in page.get("Contents", []):
                 body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"]
@@ -288,7 +299,9 @@ def second_machine(hub: Any, tiers: Tiers, env: dict[str, str], kinds: list[str]
         assert first["source"] == "hub", first
     clean_machines()
     sources = [*kinds, "hub"]
-    out: dict[str, Any] = {s: {"runs": [], "startup_runs": [], "raw_runs": [], "hub_requests": 0} for s in sources}
+    out: dict[str, Any] = {
+        s: {"runs": [], "import_runs": [], "startup_runs": [], "raw_runs": [], "hub_requests": 0} for s in sources
+    }
     targets = {**urls, "hub": hub.endpoint}
     for r in range(runs):
         order = sources if r % 2 == 0 else sources[::-1]
@@ -300,6 +313,7 @@ def second_machine(hub: Any, tiers: Tiers, env: dict[str, str], kinds: list[str]
                 raise RuntimeError(f"run {r}: a machine using {source} got the model from {report['source']}")
             out[source]["runs"].append(report["pull_s"])
             out[source]["startup_runs"].append(report["startup_s"])
+            out[source]["import_runs"].append(report["import_s"])
             out[source]["hub_requests"] += hub.requests - requests0
             clean_machines()
             raw = subprocess.run(
@@ -313,6 +327,7 @@ def second_machine(hub: Any, tiers: Tiers, env: dict[str, str], kinds: list[str]
     for source in sources:
         out[source]["median_s"] = statistics.median(out[source]["runs"])
         out[source]["raw_median_s"] = statistics.median(out[source]["raw_runs"])
+        out[source]["import_median_s"] = statistics.median(out[source]["import_runs"])
     for kind in kinds:
         out[kind]["ratio_hub_over_tier"] = out["hub"]["median_s"] / out[kind]["median_s"]
         tiers.drop(urls[kind])
@@ -359,14 +374,15 @@ def table(results: dict[str, Any]) -> str:
     if second:
         lines += [
             "",
-            "| second machine from | median pull | runs | raw read of the same bytes | Hub requests |",
-            "| --- | --- | --- | --- | --- |",
+            "| second machine from | median pull | runs | raw read, same bytes | imports | Hub requests |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for source in [k for k in second if isinstance(second[k], dict)]:
             s = second[source]
             runs = ", ".join(f"{t:.2f}" for t in s["runs"])
             raw = f"{s['raw_median_s']:.3f} s"
-            lines.append(f"| {source} | {s['median_s']:.2f} s | {runs} | {raw} | {s['hub_requests']} |")
+            imports = f"{s['import_median_s']:.2f} s"
+            lines.append(f"| {source} | {s['median_s']:.2f} s | {runs} | {raw} | {imports} | {s['hub_requests']} |")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -335,10 +336,15 @@ def bench_against(results: dict[str, object], other: str, rounds: int, runs: int
     shutil.rmtree(big, ignore_errors=True)
     user = str(make_user_site(WORK / "user-site"))
 
-    def timed(cmd: list[str], env: dict[str, str]) -> float:
+    def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+        """Wall-clock seconds, and CPU seconds (user + system) of the process: the steadier figure
+        when other jobs share the cores."""
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
-        return time.perf_counter() - start
+        wall = time.perf_counter() - start
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (now.ru_utime + now.ru_stime) - (used.ru_utime + used.ru_stime)
 
     def commands(side: str) -> dict[str, tuple[list[str], dict[str, str]]]:
         py, root = sides[side], roots[side]
@@ -359,13 +365,16 @@ def bench_against(results: dict[str, object], other: str, rounds: int, runs: int
         for cmd, env in cmds[side].values():
             subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
     times: dict[str, dict[str, list[float]]] = {side: {k: [] for k in cmds[side]} for side in sides}
+    cpu: dict[str, dict[str, list[float]]] = {side: {k: [] for k in cmds[side]} for side in sides}
     hits: dict[str, list[dict[str, dict[str, float]]]] = {side: [] for side in sides}
     for r in range(rounds):
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
         for what in cmds["this"]:
             for _ in range(max(1, runs // rounds)):
                 for side in order:
-                    times[side][what].append(timed(*cmds[side][what]))
+                    wall, used = timed(*cmds[side][what])
+                    times[side][what].append(wall)
+                    cpu[side][what].append(used)
         for side in order:
             proc = subprocess.run(
                 [sides[side], "-c", HIT_CHILD, str(roots[side] / "hit"), str(calls)],
@@ -377,12 +386,18 @@ def bench_against(results: dict[str, object], other: str, rounds: int, runs: int
             hits[side].append(json.loads(proc.stdout))
     for side in sides:
         med = {what: statistics.median(v) for what, v in times[side].items()}
+        med.update({f"{what}_cpu": statistics.median(v) for what, v in cpu[side].items()})
         med["help_ratio"] = med["help"] / med["import_click"]
         med["help_simple_plugin_100_dists_ratio"] = med["help_simple_plugin_100_dists"] / med["import_click_100_dists"]
+        med["help_ratio_cpu"] = med["help_cpu"] / med["import_click_cpu"]
+        med["help_simple_plugin_100_dists_ratio_cpu"] = (
+            med["help_simple_plugin_100_dists_cpu"] / med["import_click_100_dists_cpu"]
+        )
         out[side] = {**med, "hit": _medians(hits[side]), "hit_rounds": hits[side]}
     this, them = out["this"], out["other"]
     assert isinstance(this, dict) and isinstance(them, dict)
     rows = [(what, this[what] * 1000, them[what] * 1000, "ms") for what in times["this"]]
+    rows += [(f"{what} cpu", this[f"{what}_cpu"] * 1000, them[f"{what}_cpu"] * 1000, "ms") for what in times["this"]]
     rows += [
         (f"hit {op} {k[:-3]}", this["hit"][op][k], them["hit"][op][k], "us")
         for op in this["hit"]
@@ -393,12 +408,14 @@ def bench_against(results: dict[str, object], other: str, rounds: int, runs: int
     print(f"\nthis install against {other} ({rounds} rounds, medians; this / other):", flush=True)
     for what, a, b, unit in rows:
         print(f"  {what:30s} {a:9.1f} {unit} vs {b:9.1f} {unit}  {a / b:.3f}", flush=True)
-    print(
-        f"  --help / import click: {this['help_ratio']:.2f} vs {them['help_ratio']:.2f}; with a simple plugin and "
-        f"100 more distributions: {this['help_simple_plugin_100_dists_ratio']:.2f} vs "
-        f"{them['help_simple_plugin_100_dists_ratio']:.2f}",
-        flush=True,
-    )
+    for unit in ("", "_cpu"):
+        print(
+            f"  --help / import click{' (CPU)' if unit else ''}: {this['help_ratio' + unit]:.2f} vs "
+            f"{them['help_ratio' + unit]:.2f}; with a simple plugin and 100 more distributions: "
+            f"{this['help_simple_plugin_100_dists_ratio' + unit]:.2f} vs "
+            f"{them['help_simple_plugin_100_dists_ratio' + unit]:.2f}",
+            flush=True,
+        )
     for root in roots.values():
         shutil.rmtree(root, ignore_errors=True)
 

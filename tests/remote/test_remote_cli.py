@@ -232,3 +232,19 @@ def test_help_imports_no_remote_dependency() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert "ls" in out.stdout and "push" in out.stdout  # the remote group and `cache push` are there
+
+
+def test_a_tier_that_is_not_there(s3_tier: Any, make_env: Any, make_files: Any, tmp_path: Path) -> None:
+    env = machine(tmp_path, "a", make_env, None)
+    ok("cache", "import", str(make_files("m", {"w.bin": 1000})), "--name", "org/model", env=env)
+    url = "s3://no-such-bucket-r2/models"  # on the S3 server, a bucket nobody made: an error, writes would fail too
+    missing = {**machine(tmp_path, "a", make_env, s3_tier), "PROVENDER_REMOTE__URL": url}
+    line = error_line(run_cli("remote", "ls", env=missing), 1)
+    assert line == f"Error: remote tier {url}: the bucket 'no-such-bucket-r2' does not exist"
+    line = error_line(run_cli("cache", "push", "org/model", env=missing), 1)
+    assert f"remote tier {url}" in line and "does not exist" in line, line
+    folder = tmp_path / "not-mounted"  # a file:// folder that does not exist: said, not an error
+    unmounted = machine(tmp_path, "a", make_env, None, PROVENDER_REMOTE__URL=folder.as_uri())
+    text = ok("remote", "ls", env=unmounted).stdout
+    assert f"its folder {folder} does not exist (nothing was pushed yet, or the filesystem is not mounted)" in text
+    assert as_json("remote", "ls", env=unmounted)["entries"] == [] and not folder.exists()

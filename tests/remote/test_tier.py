@@ -215,6 +215,27 @@ def test_a_corrupt_blob_in_the_tier_is_refused_and_never_enters_a_cache(
     assert machine_b("d").pull("org/model", endpoint=dead_endpoint(), progress=False).source == "remote"
 
 
+def test_a_hostile_manifest_or_another_format_is_refused(file_tier: Any, hub: FakeHub, tmp_path: Path) -> None:
+    def manager(name: str) -> CacheManager:
+        return CacheManager(tmp_path / name, "1GB", remote=RemoteTier(file_tier.url))
+
+    manager("a").pull("org/model", endpoint=hub.endpoint, progress=False)
+    (manifest_path,) = (file_tier.path / "entries").glob("*/*.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][0]["path"] = "../../../../escaped.json"  # a tier anyone can write to is not trusted
+    manifest_path.write_text(json.dumps(manifest))
+    got = manager("b").pull("org/model", endpoint=hub.endpoint, progress=False)
+    assert got.source == "hub" and any("is not valid" in w for w in got.warnings), got.warnings
+    assert not list(tmp_path.rglob("escaped.json"))
+    assert got.pushed and json.loads(manifest_path.read_text())["files"][0]["path"] == "config.json"  # repaired
+
+    (file_tier.path / ".provender-tier.json").write_text('{"provender_tier": 99}')  # a newer provender's tier
+    got = manager("c").pull("org/model", endpoint=hub.endpoint, progress=False)
+    assert got.source == "hub" and any("format 99" in w for w in got.warnings), got.warnings
+    with pytest.raises(RemoteTierError, match="format 99"):
+        RemoteTier(file_tier.url).entries()
+
+
 def test_the_tier_going_away_mid_run_leaves_both_caches_working(
     own_s3_tier: Any, hub: FakeHub, tmp_path: Path, make_env: Any
 ) -> None:

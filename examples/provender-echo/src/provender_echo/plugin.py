@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import click
@@ -24,6 +23,8 @@ def provender_register_providers(register: RegisterProvider) -> None:
 @hookimpl
 def provender_claim_model(entry: CacheEntry) -> str | None:
     # Claimed by content: a model directory holding an echo.json with {"provider": "echo"}.
+    import json  # here, not at the top: `provender --help` imports this module and never claims a model
+
     try:
         config = json.loads((entry.model_path / "echo.json").read_text())
     except (OSError, ValueError):

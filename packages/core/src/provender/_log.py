@@ -69,20 +69,34 @@ class LazyLogger:
             self._logger = logging.getLogger(self.name)
         return self._logger
 
+    def _held(self) -> bool:
+        """A record of the core's, held back, while nothing has imported `logging`: nobody can have
+        attached a handler, so it could reach only the NullHandler. Dropped without importing it."""
+        return (
+            _holding
+            and "logging" not in sys.modules
+            and (self.name == "provender" or self.name.startswith("provender."))
+        )
+
     def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.resolve().debug(msg, *args, **kwargs)
+        if not self._held():
+            self.resolve().debug(msg, *args, **kwargs)
 
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.resolve().info(msg, *args, **kwargs)
+        if not self._held():
+            self.resolve().info(msg, *args, **kwargs)
 
     def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.resolve().warning(msg, *args, **kwargs)
+        if not self._held():
+            self.resolve().warning(msg, *args, **kwargs)
 
     def error(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.resolve().error(msg, *args, **kwargs)
+        if not self._held():
+            self.resolve().error(msg, *args, **kwargs)
 
     def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.resolve().exception(msg, *args, **kwargs)
+        if not self._held():
+            self.resolve().exception(msg, *args, **kwargs)
 
     def isEnabledFor(self, level: int) -> bool:
         return self.resolve().isEnabledFor(level)

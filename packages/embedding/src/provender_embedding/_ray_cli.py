@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,9 @@ def run_ray(
         context.enable_progress_bars = kind == "folder" and sys.stderr.isatty()
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         try:
-            dataset = getattr(ray.data, reader)(source)
+            # Reading takes no CPU of its own: a fixed pool of actors holding every CPU would
+            # otherwise leave the read tasks waiting for ever (so would the folder writes below).
+            dataset = getattr(ray.data, reader)(source, num_cpus=0)
             columns = [str(c) for c in dataset.schema().names]
         except Exception as exc:
             raise InputError(f"cannot read {source!r}: {_one_line(exc)}") from None
@@ -231,7 +234,9 @@ def run_ray(
         )
         try:
             if kind == "folder":
-                out.write_parquet(target)
+                with warnings.catch_warnings():  # ray_remote_args: deprecated in 2.60, the only way here
+                    warnings.simplefilter("ignore")
+                    out.write_parquet(target, ray_remote_args={"num_cpus": 0})
                 written = total
             else:
                 written = _write_file(out, Path(target), total)

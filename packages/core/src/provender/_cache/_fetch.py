@@ -18,6 +18,7 @@ from provender._cache._names import check_name
 from provender._cache._sync import download_state
 from provender._cache._tier_sync import (
     CorruptBlobError,
+    TierContentError,
     check_repo_layout,
     commit_hub,
     count,
@@ -72,7 +73,7 @@ def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) ->
         except RemoteTierError as exc:
             count(cm, remote_errors=1)
             corrupt = frozenset({exc.sha256}) if isinstance(exc, CorruptBlobError) else corrupt
-            failed = not isinstance(exc, CorruptBlobError)  # down or too slow: not asked again in this pull
+            failed = not isinstance(exc, TierContentError)  # down or too slow: not asked again in this pull
             warnings.append(f"{exc}; getting {repo_id} from the Hub instead")
             logger.warning("%s", warnings[-1])
         else:

@@ -32,7 +32,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, unquote
@@ -298,14 +298,26 @@ class RemoteTier:
 
     @contextmanager
     def open_blob(self, sha256: str) -> Iterator[IO[bytes]]:
-        """The blob, open for reading (a FileNotFoundError if the tier has no such blob)."""
-        with self._errors(), self.fs.open(self.blob_path(sha256), "rb", block_size=8 * CHUNK) as f:
+        """The blob, open for reading (a FileNotFoundError if the tier has no such blob).
+
+        Only the store's own failures become RemoteTierError: what the caller raises while
+        reading (a full local disk...) passes unchanged."""
+        with self._errors():
+            f = self.fs.open(self.blob_path(sha256), "rb", block_size=8 * CHUNK)
+        try:
             yield f
+        finally:
+            with suppress(Exception):
+                f.close()
 
     def read_blob_chunks(self, f: IO[bytes]) -> Iterator[bytes]:
-        with self._errors():
-            while chunk := f.read(CHUNK):
-                yield chunk
+        """The blob's content in chunks (a failing read is a RemoteTierError)."""
+        while True:
+            with self._errors():
+                chunk = f.read(CHUNK)
+            if not chunk:
+                return
+            yield chunk
 
     # -- manifests and refs ------------------------------------------------------------
 
@@ -335,7 +347,9 @@ class RemoteTier:
         if not _HEX64.fullmatch(snap):
             logger.warning("remote tier %s: ref %s/%s is damaged; ignored", self.url, key, ref)
             return None
-        body = self._read_bytes(self.path("entries", key, f"{snap}.json"))
+        return self._parse_manifest(key, snap, self._read_bytes(self.path("entries", key, f"{snap}.json")))
+
+    def _parse_manifest(self, key: str, snap: str, body: bytes | None) -> dict[str, Any] | None:
         if body is None:
             return None
         try:
@@ -360,10 +374,14 @@ class RemoteTier:
             except FileNotFoundError:
                 paths = []
             refs = [p for p in paths if p.rsplit("/", 2)[-2] == "refs" and TMP_PREFIX not in p]
+            # every ref, then every manifest they name, each in one batch (concurrent requests on S3)
+            snaps = {p: raw.decode(errors="replace").strip() for p, raw in self._cat_all(refs).items()}
+            wanted = {f"{p.rsplit('/refs/', 1)[0]}/{snap}.json" for p, snap in snaps.items() if _HEX64.fullmatch(snap)}
+            bodies = self._cat_all(sorted(wanted))
         newest: dict[str, RemoteEntry] = {}
-        for ref_path in refs:
+        for ref_path, snap in snaps.items():
             key, ref = ref_path[len(base) + 1 :].split("/")[0], ref_path.rsplit("/", 1)[1]
-            manifest = self.read_manifest(key, ref)
+            manifest = self._parse_manifest(key, snap, bodies.get(f"{ref_path.rsplit('/refs/', 1)[0]}/{snap}.json"))
             if manifest is None:
                 continue
             files = manifest["files"]
@@ -380,6 +398,16 @@ class RemoteTier:
             if old is None or _rank(entry) > _rank(old):
                 newest[key] = entry
         return sorted(newest.values(), key=lambda e: (e.name.lower(), e.key))
+
+    def _cat_all(self, paths: list[str]) -> dict[str, bytes]:
+        """The content of each path that exists (one batch; a failure other than "not found" is raised)."""
+        if not paths:
+            return {}
+        found = self.fs.cat(paths, on_error="return")
+        for value in found.values():
+            if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+                raise value
+        return {p: bytes(v) for p, v in found.items() if not isinstance(v, BaseException)}
 
     def size(self) -> int:
         """Bytes of all the blobs the tier holds (each stored once, however many entries share it)."""

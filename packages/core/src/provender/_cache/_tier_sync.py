@@ -50,7 +50,12 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 WORKERS = 4  # blobs moved at once between the tier and this cache
 
 
-class CorruptBlobError(RemoteTierError):
+class TierContentError(RemoteTierError):
+    """The tier answered, with content that is not valid (a damaged manifest, a corrupt blob): refused.
+    Unlike an unreachable tier, writing the right content back repairs it."""
+
+
+class CorruptBlobError(TierContentError):
     """A blob of the tier does not match its sha256 (or is missing): refused, nothing of it kept."""
 
     def __init__(self, url: str, sha256: str, reason: str) -> None:
@@ -119,7 +124,9 @@ def _checked_files(tier: RemoteTier, manifest: dict[str, Any]) -> list[dict[str,
         if len({f["path"] for f in out}) != len(out):
             raise ValueError("a path listed twice")
     except (KeyError, TypeError, ValueError) as exc:
-        raise RemoteTierError(tier.url, f"manifest of {manifest.get('name')!r} is not valid ({exc}); ignored") from None
+        raise TierContentError(
+            tier.url, f"manifest of {manifest.get('name')!r} is not valid ({exc}); ignored"
+        ) from None
     return out
 
 
@@ -276,7 +283,7 @@ def pull_hub(
         or not isinstance(commit, str)
         or not _HEX40.fullmatch(commit)  # a Hub commit; never a name that could leave snapshots/
     ):
-        raise RemoteTierError(tier.url, f"the tier's manifest for {repo_id} does not describe it; ignored")
+        raise TierContentError(tier.url, f"the tier's manifest for {repo_id} does not describe it; ignored")
     files = _filter(_checked_files(tier, manifest), patterns)
     if not files:
         return None
@@ -343,14 +350,14 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = F
     if manifest is None:
         return None
     if manifest.get("kind") != "local" or manifest.get("name") != name:
-        raise RemoteTierError(tier.url, f"the tier's manifest for {name} does not describe it; ignored")
+        raise TierContentError(tier.url, f"the tier's manifest for {name} does not describe it; ignored")
     files = _checked_files(tier, manifest)
     total = sum(f["size"] for f in files)
     if total > cm.max_size:
         raise EntryTooLargeError(name, total, cm.max_size)
     filename = manifest.get("filename")
     if filename is not None and (not isinstance(filename, str) or [f["path"] for f in files] != [filename]):
-        raise RemoteTierError(tier.url, f"the tier's manifest for {name} is not valid; ignored")
+        raise TierContentError(tier.url, f"the tier's manifest for {name} is not valid; ignored")
     found = manifest.get("metadata")
     metadata: dict[str, Any] = found if isinstance(found, dict) else {}
     evicted: list[CacheEntry] = []

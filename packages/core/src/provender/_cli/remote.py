@@ -37,6 +37,27 @@ def configured_tier(cm: CacheManager | None = None) -> RemoteTier:
     return tier
 
 
+def _absent(tier: RemoteTier) -> str:
+    """For an empty listing: why it may be empty. A missing S3 bucket is an error (exit 1: writes would
+    fail too); a missing folder of a ``file://`` tier is said (nothing pushed yet, or not mounted)."""
+    from provender.errors import RemoteTierError
+
+    try:
+        if tier.scheme in ("s3", "s3a"):
+            bucket = tier.path().split("/", 1)[0]
+            if not tier.fs.exists(bucket):
+                raise RemoteTierError(tier.url, f"the bucket {bucket!r} does not exist")
+        elif tier.scheme in ("file", "local") and not tier.fs.exists(tier.path()):
+            return (
+                f": its folder {tier.path()} does not exist (nothing was pushed yet, or the filesystem is not mounted)"
+            )
+    except RemoteTierError:
+        raise
+    except Exception as exc:  # the store's own error: one line naming the URL
+        raise RemoteTierError(tier.url, str(exc) or type(exc).__name__) from exc
+    return ""
+
+
 @click.group()
 def remote() -> None:
     """The shared remote tier (remote.url: an S3 bucket, gs://, az://, file:///mnt/shared)."""
@@ -57,7 +78,7 @@ def ls(as_json: bool) -> None:
         )
         return
     if not entries:
-        click.echo(f"The remote tier {tier.url} holds nothing yet ({format_size(total)} of blobs).")
+        click.echo(f"The remote tier {tier.url} holds nothing yet ({format_size(total)} of blobs){_absent(tier)}.")
         return
     import datetime as dt
 

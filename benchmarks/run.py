@@ -218,38 +218,76 @@ def make_user_site(root: Path, n_dists: int = 100) -> Path:
     return root
 
 
-def bench_help(results: dict[str, object], runs: int) -> None:
-    def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
-        full = child_env(**(env or {}))
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=full)  # untimed: bytecode written
-        return median_time(lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=full), runs)
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run `cmd` once: wall-clock seconds, and CPU seconds (user + system) of the process, the
+    steadier figure when other jobs share the cores."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+    wall = time.perf_counter() - start
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (now.ru_utime + now.ru_stime) - (used.ru_utime + used.ru_stime)
 
+
+def interleaved(cmds: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds of each command, run in turn `runs` times (one untimed run first),
+    so that a change of load during the measurement falls on all of them alike."""
+    for cmd, env in cmds.values():
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
+    for _ in range(runs):
+        for name, (cmd, env) in cmds.items():
+            samples[name].append(timed(cmd, env))
+    return {
+        name: (statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for name, s in samples.items()
+    }
+
+
+def bench_help(results: dict[str, object], runs: int) -> None:
     provender = shutil.which("provender", path=str(Path(sys.executable).parent)) or "provender"
-    ours = run([provender, "--help"])
-    click = run([sys.executable, "-c", "import click"])
-    bare = run([sys.executable, "-c", "pass"])
+    env = child_env()
+    user = child_env(PYTHONPATH=str(make_user_site(WORK / "user-site")))
+    # The same with a plugin written the simplest way (it imports provender.Provider at module
+    # level) among 100 more installed distributions, as a real user's environment looks.
+    check = subprocess.run([provender, "plugins", "--json"], capture_output=True, text=True, env=user)
+    assert '"shout"' in check.stdout and '"loaded"' in check.stdout, check.stdout + check.stderr
+    med = interleaved(
+        {
+            "help": ([provender, "--help"], env),
+            "click": ([sys.executable, "-c", "import click"], env),
+            "bare": ([sys.executable, "-c", "pass"], env),
+            "help_user": ([provender, "--help"], user),
+            "click_user": ([sys.executable, "-c", "import click"], user),
+        },
+        runs,
+    )
+    (ours, ours_cpu), (click, click_cpu) = med["help"], med["click"]
     results["help"] = {
         "provender_help_s": ours,
         "import_click_s": click,
-        "python_startup_s": bare,
+        "python_startup_s": med["bare"][0],
         "ratio": ours / click,
-    }
-    print(f"--help: {ours * 1000:.0f} ms, import click {click * 1000:.0f} ms, python {bare * 1000:.0f} ms", flush=True)
-    # The same with a plugin written the simplest way (it imports provender.Provider at module
-    # level) among 100 more installed distributions, as a real user's environment looks.
-    user = {"PYTHONPATH": str(make_user_site(WORK / "user-site"))}
-    check = subprocess.run([provender, "plugins", "--json"], capture_output=True, text=True, env={**os.environ, **user})
-    assert '"shout"' in check.stdout and '"loaded"' in check.stdout, check.stdout + check.stderr
-    ours_user = run([provender, "--help"], user)
-    click_user = run([sys.executable, "-c", "import click"], user)
-    results["help_simple_plugin_100_dists"] = {
-        "provender_help_s": ours_user,
-        "import_click_s": click_user,
-        "ratio": ours_user / click_user,
+        "provender_help_cpu_s": ours_cpu,
+        "import_click_cpu_s": click_cpu,
+        "ratio_cpu": ours_cpu / click_cpu,
     }
     print(
-        f"--help with a simple-style plugin and 100 more distributions: {ours_user * 1000:.0f} ms, "
-        f"import click {click_user * 1000:.0f} ms ({ours_user / click_user:.2f}x)",
+        f"--help: {ours * 1000:.0f} ms, import click {click * 1000:.0f} ms ({ours / click:.2f}x; CPU "
+        f"{ours_cpu / click_cpu:.2f}x), python {med['bare'][0] * 1000:.0f} ms",
+        flush=True,
+    )
+    (ours, ours_cpu), (click, click_cpu) = med["help_user"], med["click_user"]
+    results["help_simple_plugin_100_dists"] = {
+        "provender_help_s": ours,
+        "import_click_s": click,
+        "ratio": ours / click,
+        "provender_help_cpu_s": ours_cpu,
+        "import_click_cpu_s": click_cpu,
+        "ratio_cpu": ours_cpu / click_cpu,
+    }
+    print(
+        f"--help with a simple-style plugin and 100 more distributions: {ours * 1000:.0f} ms, "
+        f"import click {click * 1000:.0f} ms ({ours / click:.2f}x; CPU {ours_cpu / click_cpu:.2f}x)",
         flush=True,
     )
 
@@ -335,16 +373,6 @@ def bench_against(results: dict[str, object], other: str, rounds: int, runs: int
     shutil.rmtree(tree, ignore_errors=True)
     shutil.rmtree(big, ignore_errors=True)
     user = str(make_user_site(WORK / "user-site"))
-
-    def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-        """Wall-clock seconds, and CPU seconds (user + system) of the process: the steadier figure
-        when other jobs share the cores."""
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
-        wall = time.perf_counter() - start
-        now = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return wall, (now.ru_utime + now.ru_stime) - (used.ru_utime + used.ru_stime)
 
     def commands(side: str) -> dict[str, tuple[list[str], dict[str, str]]]:
         py, root = sides[side], roots[side]
@@ -457,6 +485,8 @@ def main() -> None:
     results["load_average_at_end"] = os.getloadavg()
     name = "results-against.json" if args.only == "against" else "results.json"
     out = HERE / ("results-quick.json" if args.quick else name)
+    if args.only in ("core", "mlx") and out.exists():  # one group: the other group's figures stay
+        results = {**json.loads(out.read_text()), **results}
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")
 

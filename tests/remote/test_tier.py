@@ -430,6 +430,21 @@ def test_a_partial_pull_is_served_by_the_full_snapshot_or_its_own(tier: Any, hub
     assert only.source == "remote" and only.bytes_from_remote == len(b'{"a": 0}')
 
 
+def test_a_small_local_cache_in_front_of_the_tier_gets_evicted_models_back_from_it(
+    file_tier: Any, hub: FakeHub, tmp_path: Path
+) -> None:
+    hub.add("org/other", repo_files(1))
+    size = sum(len(v) for v in repo_files(0).values())
+    cm = CacheManager(tmp_path / "small", int(size * 1.5), remote=RemoteTier(file_tier.url))  # room for one model
+    assert cm.pull("org/model", endpoint=hub.endpoint, progress=False).source == "hub"
+    assert cm.pull("org/other", endpoint=hub.endpoint, progress=False).source == "hub"
+    assert [e.name for e in cm.entries()] == ["org/other"]  # LRU: org/model was evicted
+    requests = hub.requests
+    back = cm.pull("org/model", endpoint=hub.endpoint, progress=False)
+    assert back.source == "remote" and hub.requests == requests and cm.stats().evictions == 2
+    assert [e.name for e in cm.entries()] == ["org/model"] and cm.verify() == []
+
+
 # -- configuration ---------------------------------------------------------------------------
 
 
@@ -486,3 +501,24 @@ def test_a_missing_extra_says_how_to_install_it(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert 'pip install "provender[remote]"' in out
+
+
+# -- the pure parts ----------------------------------------------------------------------------
+
+
+def test_snapshot_names_depend_on_content_only_and_paths_cannot_leave_their_folder() -> None:
+    from provender._cache._remote import ref_name, snapshot_id
+    from provender._cache._tier_sync import _safe_path
+
+    files = [{"path": "a.json", "size": 2, "sha256": "0" * 64, "etag": "1" * 40}]
+    one = {"key": "k", "kind": "hub", "repo_id": "o/m", "commit": "c" * 40, "files": files, "pushed_at": 1.0}
+    two = {**one, "pushed_at": 2.0, "pushed_by": "other-host"}
+    assert snapshot_id(one) == snapshot_id(two)  # two machines writing one snapshot write one object
+    assert snapshot_id(one) != snapshot_id({**one, "commit": "d" * 40})
+    assert ref_name("refs/pr/1") == "refs%2Fpr%2F1"
+    patterns = {"allow": ["*.json"], "ignore": None}
+    assert ref_name("main", patterns).startswith("main@") and ref_name("main", patterns) != ref_name("main")
+    for bad in ("../x", "/etc/passwd", "a/../../b", "a//b", "", "a\\b", "x\0y", ".provender-entry.json", "./a"):
+        with pytest.raises(ValueError):
+            _safe_path(bad)
+    assert _safe_path("sub/dir/file.bin") == "sub/dir/file.bin"

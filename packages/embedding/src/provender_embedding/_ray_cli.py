@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 READERS = {".parquet": "read_parquet", ".pq": "read_parquet", ".csv": "read_csv", ".jsonl": "read_json"}
 LOCAL = ""  # `--ray` without an address: start a local Ray instance
+BLOCK_ROWS = 4096  # rows per block of a local file handed to Ray
 
 
 def _is_url(path: str) -> bool:
@@ -211,10 +212,10 @@ def run_ray(
         context.enable_progress_bars = kind == "folder" and sys.stderr.isatty()
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         try:
-            # Reading takes no CPU of its own: a fixed pool of actors holding every CPU would
-            # otherwise leave the read tasks waiting for ever (so would the folder writes below).
-            dataset = getattr(ray.data, reader)(source, num_cpus=0)
+            dataset = _read(ray, source, reader)
             columns = [str(c) for c in dataset.schema().names]
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(f"cannot read {source!r}: {_one_line(exc)}") from None
         check_input_columns(source, columns, text_column, vector_column)
@@ -226,7 +227,9 @@ def run_ray(
             model,
             text_column=text_column,
             output_column=vector_column,
-            concurrency=concurrency,
+            # Up to N actors, from 1: a fixed pool waits for all its actors before the upstream
+            # tasks (listing and reading files) may run, and with every CPU held they never do.
+            concurrency=None if concurrency is None else (1, concurrency),
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             normalize=normalize,
@@ -255,6 +258,37 @@ def run_ray(
     elapsed = time.perf_counter() - start
     rate = written / elapsed if elapsed > 0 else float("inf")
     click.echo(f"{written} texts, {rate:.1f} texts/s on Ray; wrote {target}", err=True)
+
+
+def _read(ray: Any, source: str, reader: str) -> Any:
+    """The corpus as a Dataset.
+
+    A local file is read here and handed to Ray in blocks (the workers of a remote cluster
+    cannot see it); a folder or a URL is read by the workers, so on a cluster it must be on
+    storage every node sees (s3://..., a shared filesystem).
+    """
+    path = Path(source)
+    if _is_url(source) or path.is_dir():
+        # No CPU of their own for the read tasks: the actors may hold them all.
+        return getattr(ray.data, reader)(source, num_cpus=0)
+    import pyarrow as pa
+
+    if reader == "read_parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    elif reader == "read_csv":
+        import pyarrow.csv as pacsv
+
+        table = pacsv.read_csv(path)
+    else:
+        import pyarrow.json as pajson
+
+        table = pajson.read_json(path)
+    if not isinstance(table, pa.Table) or table.num_rows == 0:
+        raise InputError(f"{source}: the corpus has no rows")
+    step = max(1, min(BLOCK_ROWS, -(-table.num_rows // 64)))  # enough blocks for the actors to share
+    return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
 
 
 def _shutdown(ray: Any) -> None:

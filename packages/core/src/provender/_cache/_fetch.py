@@ -16,6 +16,7 @@ from provender._cache._fsops import fs_errors
 from provender._cache._locks import LeaseLock
 from provender._cache._names import check_name
 from provender._cache._sync import download_state
+from provender._cache._tier_push import write_through
 from provender._cache._tier_sync import (
     CorruptBlobError,
     TierContentError,
@@ -26,7 +27,6 @@ from provender._cache._tier_sync import (
     patterns_of,
     pull_hub,
     pull_imported,
-    write_through,
 )
 from provender.errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError, RemoteTierError
 

@@ -230,7 +230,7 @@ class CacheManager:
             pin=pin,
         )
         if self._remote is not None and not self._remote.read_only:
-            from provender._cache._tier_sync import write_through
+            from provender._cache._tier_push import write_through
 
             write_through(self, entry)  # a failing tier is a warning, never a failed import
         return entry
@@ -271,7 +271,7 @@ class CacheManager:
         Raises RemoteNotConfiguredError without a tier (or on a read-only one), RemoteTierError
         if the tier fails.
         """
-        from provender._cache._tier_sync import push_entry
+        from provender._cache._tier_push import push_entry
 
         return push_entry(self, self.get(name_or_key), progress=progress)
 

@@ -209,19 +209,24 @@ class RemoteTier:
         return any(name in _RENAME_FS for name in names)
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Any failure of the store becomes a RemoteTierError naming the URL (FileNotFoundError passes)."""
+    def _errors(self, writing: bool = False) -> Iterator[None]:
+        """Any failure of the store becomes a RemoteTierError naming the URL. A FileNotFoundError passes
+        when reading (no such object); when `writing` it is a failure too (no such bucket...)."""
         try:
             yield
-        except (RemoteTierError, FileNotFoundError, ImportError):
+        except (RemoteTierError, ImportError):
             raise
+        except FileNotFoundError as exc:
+            if not writing:
+                raise
+            raise _translate(self.url, exc) from exc
         except Exception as exc:
             raise _translate(self.url, exc) from exc
 
     def _put_bytes(self, path: str, data: bytes) -> None:
         """Write one object whole: an object store's put is atomic; on a filesystem, a temp name renamed."""
         fs = self.fs
-        with self._errors():
+        with self._errors(writing=True):
             if self._renames:
                 parent = path.rsplit("/", 1)[0]
                 fs.makedirs(parent, exist_ok=True)
@@ -286,7 +291,7 @@ class RemoteTier:
     def put_blob(self, local_path: str, sha256: str) -> None:
         """Upload a local file as the blob `sha256` (the caller has checked that it hashes to it)."""
         fs, target = self.fs, self.blob_path(sha256)
-        with self._errors():
+        with self._errors(writing=True):
             if self._renames:
                 parent = target.rsplit("/", 1)[0]
                 fs.makedirs(parent, exist_ok=True)

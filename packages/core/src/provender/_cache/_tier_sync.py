@@ -1,4 +1,4 @@
-"""Between the remote tier and the local cache: pulling entries down, pushing them up.
+"""Between the remote tier and the local cache: pulling entries down (pushing up: `_tier_push`).
 
 Down (`pull_hub`, `pull_imported`): every blob is streamed from the tier into staging under
 ``tmp/`` and checked against its sha256 (and a Hub file's git sha1) as it arrives; only when
@@ -9,9 +9,7 @@ imported entry lands in ``objects/<key>/`` with its manifest, as `import_model` 
 A corrupt or missing blob raises `CorruptBlobError` (a `RemoteTierError`): the caller falls
 back to the Hub, and nothing of the failed pull is left in the cache.
 
-Up (`push_entry`, `write_through`): the entry's files are hashed, the blobs the tier lacks
-are uploaded (content-addressed: a blob shared by two repos is stored once), then the
-snapshot's manifest, then its refs (see `provender._cache._remote` for the tier's layout).
+Up (`push_entry`, `write_through`) is `provender._cache._tier_push`.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from provender._cache import _hub
-from provender._cache._entry import CacheEntry, PushResult
+from provender._cache._entry import CacheEntry
 from provender._cache._fsops import fs_errors
 from provender._cache._layout import check_dir, link_error
 from provender._cache._names import check_name, generate_cache_key
@@ -37,7 +35,7 @@ from provender._cache._remote import RemoteTier, ref_name
 from provender._cache._repair import scan_files, write_manifest
 from provender._cache._store import commit_local, staging, write_row
 from provender._cache._sync import hub_row, reconcile
-from provender.errors import CacheError, EntryExistsError, EntryTooLargeError, RemoteNotConfiguredError, RemoteTierError
+from provender.errors import CacheError, EntryExistsError, EntryTooLargeError, RemoteTierError
 
 if TYPE_CHECKING:
     from provender._cache._core import CacheCore
@@ -46,7 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
 WORKERS = 4  # blobs moved at once between the tier and this cache
 
 
@@ -104,8 +102,8 @@ def _safe_path(rel: object) -> str:
     """A file path from a tier manifest, refused unless it stays inside its folder."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
         raise ValueError(f"bad path {rel!r}")
-    parts = PurePosixPath(rel).parts
-    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0].startswith(".provender-entry"):
+    parts = rel.split("/")  # not PurePosixPath: it would quietly drop "." and empty parts
+    if any(p in ("", ".", "..") for p in parts) or parts[0].startswith(".provender-entry"):
         raise ValueError(f"bad path {rel!r}")
     return rel
 
@@ -116,9 +114,9 @@ def _checked_files(tier: RemoteTier, manifest: dict[str, Any]) -> list[dict[str,
     try:
         for f in manifest["files"]:
             size, sha, etag = f["size"], f["sha256"], f.get("etag")
-            if not isinstance(size, int) or size < 0 or not _HEX64.fullmatch(str(sha)):
+            if not isinstance(size, int) or size < 0 or not HEX64.fullmatch(str(sha)):
                 raise ValueError(f"bad size or sha256 for {f.get('path')!r}")
-            if etag is not None and not (_HEX40.fullmatch(str(etag)) or _HEX64.fullmatch(str(etag))):
+            if etag is not None and not (_HEX40.fullmatch(str(etag)) or HEX64.fullmatch(str(etag))):
                 raise ValueError(f"bad etag {etag!r}")
             out.append({"path": _safe_path(f["path"]), "size": size, "sha256": sha, "etag": etag})
         if len({f["path"] for f in out}) != len(out):
@@ -156,7 +154,7 @@ def _download(tier: RemoteTier, f: dict[str, Any], dest: Path, tick: Callable[[i
         raise CorruptBlobError(tier.url, sha, f"has {n} bytes, its manifest says {f['size']}")
     if digest.hexdigest() != sha:
         raise CorruptBlobError(tier.url, sha, f"does not match its sha256 (got {digest.hexdigest()[:12]}...)")
-    if (git is not None and git.hexdigest() != etag) or (etag and _HEX64.fullmatch(etag) and etag != sha):
+    if (git is not None and git.hexdigest() != etag) or (etag and HEX64.fullmatch(etag) and etag != sha):
         raise CorruptBlobError(tier.url, sha, f"does not match its Hub etag {str(etag)[:12]}...")
     return n
 
@@ -386,146 +384,3 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = F
             pass
     cm._notify_evicted(evicted)
     return cm.get(key), got
-
-
-# -- up: local cache -> tier ---------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _hub_files(
-    cm: CacheCore, entry: CacheEntry, revision: str | None
-) -> tuple[str, list[dict[str, Any]], dict[str, Path]]:
-    """(commit, files, local blob of each sha256) of a Hub entry's snapshot."""
-    snapshot = _hub.snapshot_path(entry.path, revision)
-    if snapshot is None:
-        raise CacheError(f"{entry.name}: no snapshot{f' for revision {revision}' if revision else ''} in the cache")
-    files: list[dict[str, Any]] = []
-    local: dict[str, Path] = {}
-    hashed: dict[Path, str] = {}
-    for root, _dirs, names in os.walk(snapshot):
-        for fname in sorted(names):
-            path = Path(root, fname)
-            rel = path.relative_to(snapshot).as_posix()
-            if path.is_symlink():
-                blob = _hub.link_target(entry.path, path)
-                if blob is None or not blob.is_file():
-                    raise CacheError(f"{entry.name}: {rel} is not a complete file (run `provender cache verify`)")
-                etag: str | None = blob.name
-            else:
-                blob, etag = path, None
-            if blob not in hashed:
-                hashed[blob] = _sha256_file(blob)
-            sha = hashed[blob]
-            if etag is not None and _HEX64.fullmatch(etag) and etag != sha:
-                raise CacheError(f"{entry.name}: {rel} is corrupt in this cache (run `provender cache verify --fix`)")
-            files.append({"path": rel, "size": blob.stat().st_size, "sha256": sha, "etag": etag or sha})
-            local[sha] = blob
-    return snapshot.name, sorted(files, key=lambda f: f["path"]), local
-
-
-def push_entry(
-    cm: CacheCore,
-    entry: CacheEntry,
-    *,
-    progress: bool | Callable[[int], object] = False,
-    revision: str | None = None,
-    patterns: dict[str, Any] | None = None,
-    force: frozenset[str] = frozenset(),
-) -> PushResult:
-    """Upload `entry` to the tier: missing blobs (and those in `force`, found corrupt there), then
-    its manifest, then its refs. Raises RemoteNotConfiguredError without a (writable) tier.
-
-    ``progress``: a callable is told each blob's size once it is uploaded or found there already
-    (a progress bar sized to the entry reaches its end); True logs each upload."""
-    tier = cm.remote
-    if tier is None:
-        raise RemoteNotConfiguredError()
-    tier.check_writable()
-    if entry.kind == "hub":
-        meta = entry.metadata
-        revision = revision or meta.get("revision")
-        if patterns is None:
-            patterns = patterns_of(meta.get("allow_patterns"), meta.get("ignore_patterns"))
-        commit, files, local = _hub_files(cm, entry, revision)
-        rev = revision or "main"
-        manifest: dict[str, Any] = {
-            "key": entry.key,
-            "name": entry.name,
-            "kind": "hub",
-            "repo_id": meta.get("repo_id", entry.name),
-            "repo_type": entry.repo_type,
-            "commit": commit,
-            "revision": rev,
-            "patterns": patterns,
-            "files": files,
-        }
-        refs = [ref_name(rev, patterns)] + ([ref_name(commit, patterns)] if commit != rev else [])
-    elif entry.kind == "local":
-        files, local = [], {}
-        for rel in scan_files(entry.path):
-            path = entry.path / rel
-            sha = _sha256_file(path)
-            files.append({"path": Path(rel).as_posix(), "size": path.stat().st_size, "sha256": sha, "etag": None})
-            local[sha] = path
-        manifest = {
-            "key": entry.key,
-            "name": entry.name,
-            "kind": "local",
-            "filename": entry.metadata.get("filename"),
-            "metadata": {k: v for k, v in entry.metadata.items() if k != "filename"},
-            "files": files,
-        }
-        refs = ["latest"]
-    else:
-        raise CacheError(f"{entry.name}: only cache entries can be pushed")
-    lock = threading.Lock()
-
-    def one(sha: str, path: Path) -> int:
-        """Upload one blob unless the tier has it; returns the bytes uploaded (0: it was there)."""
-        size = path.stat().st_size
-        sent = 0
-        if sha in force or not tier.has_blob(sha, size):
-            tier.put_blob(str(path), sha)
-            sent = size
-            logger.log(logging.INFO if progress else logging.DEBUG, "uploaded %s (%d bytes)", path.name, size)
-        if callable(progress):
-            with lock:
-                progress(size)
-        return sent
-
-    with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(local)))) as pool:
-        sent = list(pool.map(one, local.keys(), local.values()))  # the first error is raised, after all ran
-    uploaded, nbytes = sum(1 for n in sent if n), sum(sent)
-    there = len(sent) - uploaded
-    tier.put_manifest(manifest, refs)  # last: a manifest never names a blob the tier lacks
-    return PushResult(entry, tier.url, len(files), uploaded, nbytes, there)
-
-
-def write_through(
-    cm: CacheCore,
-    entry: CacheEntry,
-    *,
-    revision: str | None = None,
-    patterns: dict[str, Any] | None = None,
-    force: frozenset[str] = frozenset(),
-) -> str | None:
-    """`push_entry`, where a failure is a warning (returned, and logged), never an error."""
-    try:
-        result = push_entry(cm, entry, revision=revision, patterns=patterns, force=force)
-    except (CacheError, OSError) as exc:
-        count(cm, remote_errors=1)
-        message = f"could not write {entry.name} through to the remote tier: {exc}"
-        logger.warning("%s", message)
-        return message
-    logger.info(
-        "%s written through to %s: %d blobs uploaded, %d there already",
-        entry.name,
-        result.url,
-        result.uploaded,
-        result.already_there,
-    )
-    return None

@@ -23,17 +23,25 @@ ATOL = 1e-5  # batch composition changes the float sums only in the last bits (m
 
 def _actor_pids() -> set[int]:
     """Live processes of our embedding actors (Ray titles them after the UDF class)."""
-    import psutil
-
     pids = set()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
-        except (psutil.Error, TypeError):
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        if "EmbedBatches" in cmdline and proc.info["pid"] != os.getpid():
-            pids.add(proc.info["pid"])
+        try:
+            if b"EmbedBatches" in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                pids.add(int(entry.name))
+        except OSError:
+            continue
     return pids
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _check_complete(rows: dict[str, list[Any]], corpus: list[dict[str, Any]], reference: np.ndarray) -> None:
@@ -94,10 +102,7 @@ def test_a_killed_worker_is_retried_and_every_row_comes_out_once(
             assert pids, "no embedding actor process found"
             killed = min(pids)
             os.kill(killed, signal.SIGKILL)
-    assert killed is not None
-    import psutil
-
-    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    assert killed is not None and not _alive(killed)
     _check_complete(_collect(batches), corpus, reference)
 
 

@@ -59,7 +59,7 @@ def run_ray(ray: Any, texts: list[str], workers: int, batch_size: int) -> dict[s
     from provender_embedding import embed_dataset
 
     rows = [{"id": i, "text": t} for i, t in enumerate(texts)]
-    blocks = max(workers * 4, len(texts) // batch_size)
+    blocks = max(workers, -(-len(texts) // batch_size))  # a block a batch: results stream back batch by batch
     start = time.perf_counter()
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
     out = embed_dataset(dataset, MODEL, provider="transformers", concurrency=workers, batch_size=batch_size)
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="actors (1 CPU each)")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray batch")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per Ray batch")
     parser.add_argument("--quick", action="store_true", help="500 texts, 1 run")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()

@@ -106,6 +106,30 @@ def test_a_killed_worker_is_retried_and_every_row_comes_out_once(
     _check_complete(_collect(batches), corpus, reference)
 
 
+def test_a_node_whose_cache_lacks_the_model_pulls_it_from_the_remote_tier(
+    ray_cluster: Any, worker_home: Path, corpus: list[dict[str, Any]], reference: np.ndarray, tmp_path: Path
+) -> None:
+    """Actors on a node with an empty cache and the tier set: the model comes from the tier, no Hub."""
+    from provender import CacheManager
+    from provender_embedding import embed_dataset
+
+    (tmp_path / "tier").mkdir()
+    tier = (tmp_path / "tier").as_uri()
+    CacheManager(cache_dir=worker_home / "cache", max_size=10**10, remote=tier).push(MODEL)
+    node = tmp_path / "node-cache"
+    env = {"PROVENDER_CACHE__DIR": str(node), "PROVENDER_REMOTE__URL": tier, "HF_HUB_OFFLINE": "1"}
+    rows = corpus[:100]
+    dataset = ray_cluster.data.from_items(rows, override_num_blocks=2)
+    out = embed_dataset(
+        dataset, MODEL, provider="transformers", concurrency=1, ray_remote_args={"runtime_env": {"env_vars": env}}
+    )
+    result = _collect(ray_cluster.get(out.to_arrow_refs()))
+    _check_complete(result, rows, reference[:100])
+    local = CacheManager(cache_dir=node, max_size=10**10, remote=None)
+    assert local.find(MODEL) is not None  # the node's cache holds it now
+    assert local.stats().remote_hits >= 1
+
+
 def test_a_text_column_that_is_missing_is_a_clear_error(ray_cluster: Any) -> None:
     from provender import InvalidOptionError
     from provender_embedding import embed_dataset
@@ -151,6 +175,22 @@ def test_cli_joins_the_cluster_and_writes_every_column_in_order(
     vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
     assert np.allclose(vectors, reference, rtol=0, atol=ATOL)
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_cli_a_worker_that_cannot_get_the_model_is_one_line(
+    ray_cluster: Any, node_cache: str, corpus: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """On a cluster the model is resolved by the workers: their failure ends the run, exit 1, one line."""
+    source = tmp_path / "corpus.parquet"
+    _write_corpus(source, corpus[:20])
+    address = ray_cluster.get_runtime_context().gcs_address
+    args = ["embed", "--ray", address, "-m", "org/not-cached", "-i", str(source), "-o", str(tmp_path / "o.parquet")]
+    out = run_cli(*args, "--text-column", "body", timeout=180)
+    assert out.returncode == 1, out
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "org/not-cached" in errors[0] and "not in the cache" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "o.parquet").exists()
 
 
 def test_cli_starts_a_local_instance_for_jsonl(node_cache: str, reference: np.ndarray, tmp_path: Path) -> None:

@@ -27,6 +27,39 @@ WEIGHTS = os.urandom(300_000)
 CONFIG = b'{"model_type": "llama"}'
 HUB_FILES = {"config.json": CONFIG, "model.safetensors": WEIGHTS}
 HUB_SIZE = len(CONFIG) + len(WEIGHTS)
+ENTRY_KEYS = {
+    "key",
+    "name",
+    "kind",
+    "size",
+    "last_used",
+    "created",
+    "hits",
+    "providers",
+    "path",
+    "model_path",
+    "pinned",
+}
+STATS_KEYS = {
+    "hits",
+    "misses",
+    "hit_rate",
+    "evictions",
+    "bytes_evicted",
+    "entries",
+    "size",
+    "max_size",
+    "pinned",
+    "cache_dir",
+}
+REMOTE_STATS_KEYS = {
+    "remote_hits",
+    "remote_misses",
+    "bytes_from_remote",
+    "remote_errors",
+    "remote_url",
+    "remote_read_only",
+}
 
 
 def ok(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -65,6 +98,14 @@ def test_pull_says_where_the_bytes_came_from(tier: Any, fake_hub: FakeHub, make_
     assert (first["bytes_from_hub"], first["bytes_from_remote"], first["pushed"]) == (HUB_SIZE, 0, True)
     assert first["remote_url"] == tier.url and first["warnings"] == [] and first["size"] == HUB_SIZE
     assert fake_hub.bytes_sent == HUB_SIZE
+    assert set(first) == ENTRY_KEYS | {
+        "source",
+        "bytes_from_remote",
+        "bytes_from_hub",
+        "pushed",
+        "remote_url",
+        "warnings",
+    }
 
     requests, sent = fake_hub.requests, fake_hub.bytes_sent
     second = ok("pull", "org/tiny", env=b)  # machine B: from the tier, not one Hub request
@@ -85,6 +126,7 @@ def test_pull_says_where_the_bytes_came_from(tier: Any, fake_hub: FakeHub, make_
     assert "Pulled org/tiny (300.0 KB): already in the cache at " in text
 
     stats_b = as_json("cache", "stats", env=b)
+    assert set(stats_b) == STATS_KEYS | REMOTE_STATS_KEYS
     assert stats_b["remote_url"] == tier.url and stats_b["remote_read_only"] is False
     assert (stats_b["remote_hits"], stats_b["bytes_from_remote"], stats_b["remote_errors"]) == (1, HUB_SIZE, 0)
     stats_a = as_json("cache", "stats", env=a)
@@ -99,6 +141,8 @@ def test_push_then_remote_ls(tier: Any, make_env: Any, make_files: Any, tmp_path
     weights = os.urandom(200_000)
     ok("cache", "import", str(make_files("ft", {"model.safetensors": weights, "config.json": CONFIG})),
        "--name", "org/fine-tune", env=local)  # fmt: skip
+    no_tier = as_json("cache", "stats", env=local)
+    assert (no_tier["remote_url"], no_tier["remote_read_only"], no_tier["remote_hits"]) == (None, None, 0)
     env = machine(tmp_path, "a", make_env, tier)
     assert as_json("remote", "ls", env=env) == {"url": tier.url, "read_only": False, "size": 0, "entries": []}
     assert f"The remote tier {tier.url} holds nothing yet" in ok("remote", "ls", env=env).stdout

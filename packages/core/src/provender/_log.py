@@ -78,34 +78,21 @@ class LazyLogger:
             and (self.name == "provender" or self.name.startswith("provender."))
         )
 
-    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
-        if not self._held():
-            self.resolve().debug(msg, *args, **kwargs)
-
-    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
-        if not self._held():
-            self.resolve().info(msg, *args, **kwargs)
-
-    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
-        if not self._held():
-            self.resolve().warning(msg, *args, **kwargs)
-
-    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
-        if not self._held():
-            self.resolve().error(msg, *args, **kwargs)
-
-    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
-        if not self._held():
-            self.resolve().exception(msg, *args, **kwargs)
-
-    def isEnabledFor(self, level: int) -> bool:
-        return self.resolve().isEnabledFor(level)
-
     def __getattr__(self, attr: str) -> Any:
+        """`debug`, `info`, `warning`... of the real logger (a record held back is dropped here)."""
+        if attr in _RECORDS and self._held():
+            return _drop
         return getattr(self.resolve(), attr)
 
     def __repr__(self) -> str:
         return f"LazyLogger({self.name!r})"
+
+
+_RECORDS = frozenset({"debug", "info", "warning", "error", "exception", "critical", "log"})
+
+
+def _drop(*args: object, **kwargs: object) -> None:
+    """A record nobody could receive (see `LazyLogger._held`)."""
 
 
 def get_logger(name: str) -> LazyLogger:

@@ -56,6 +56,7 @@ def embed_dataset(
     normalize: bool = True,
     provider: str | None = None,
     embed_batch_size: int | None = None,
+    pull: bool = True,
     ray_remote_args: dict[str, Any] | None = None,
 ) -> Dataset:
     """A Ray Dataset with the rows of `dataset` and the vector of each row's text.
@@ -76,6 +77,10 @@ def embed_dataset(
         provider: the provider to use (``"transformers"``, ``"mlx"``...); None lets
             ``providers.prefer`` choose on each node.
         embed_batch_size: texts per forward pass inside an actor (default: `Embedder`'s).
+        pull: an actor whose node's cache lacks the model pulls it first, as `provender pull`
+            does: from the remote tier when ``remote.url`` is set on that node, else from the
+            Hub (processes of one node wait for each other's download). False: a node without
+            the model fails the run.
         ray_remote_args: more arguments for the actors (``runtime_env``, ``resources``,
             ``max_restarts``, ...).
 
@@ -117,6 +122,7 @@ def embed_dataset(
             "output_column": output_column,
             "normalize": normalize,
             "embed_batch_size": embed_batch_size,
+            "pull": pull,
         },
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -152,15 +158,46 @@ def _pool_size(concurrency: int | tuple[int, int] | None) -> dict[str, int | Non
     raise InvalidOptionError("concurrency", concurrency, "an integer >= 1 or a (min, max) pair")
 
 
+def ensure_cached(model: str) -> str | None:
+    """Pull `model` into this machine's cache unless it is there (or is a local path).
+
+    Returns where it came from (``"remote"``, ``"hub"``), or None when nothing was pulled.
+    """
+    from pathlib import Path
+
+    from provender import CacheManager, parse_model_name
+
+    _, name = parse_model_name(model)
+    if "/" not in name or name.startswith((".", "/", "~")) or Path(name).exists():
+        return None  # a local path or a bare cached name: resolution decides
+    cache = CacheManager()
+    if cache.find(name) is not None:
+        return None
+    tier = cache.remote.url if cache.remote is not None else "none"
+    logger.info("%s is not in this node's cache (%s): pulling it (remote tier: %s)", name, cache.cache_dir, tier)
+    result = cache.pull(name, progress=False)
+    logger.info("%s pulled from %s", name, result.source)
+    return str(result.source)
+
+
 class EmbedBatches:
     """The callable class Ray Data runs in each actor: one `Embedder`, loaded once."""
 
     def __init__(
-        self, *, model: str, text_column: str, output_column: str, normalize: bool, embed_batch_size: int | None
+        self,
+        *,
+        model: str,
+        text_column: str,
+        output_column: str,
+        normalize: bool,
+        embed_batch_size: int | None,
+        pull: bool = True,
     ) -> None:
         from provender_embedding._embedder import DEFAULT_BATCH_SIZE as EMBED_BATCH
         from provender_embedding._embedder import Embedder
 
+        if pull:
+            ensure_cached(model)
         self.embedder = Embedder(model, batch_size=embed_batch_size or EMBED_BATCH)
         self.text_column = text_column
         self.output_column = output_column

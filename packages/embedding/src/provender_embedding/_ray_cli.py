@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -158,18 +159,34 @@ class _Failure(Exception):
     """A run that failed (exit 1), with its one-line reason."""
 
 
+_ERROR_LINE = re.compile(r"^\s*(?:[\w]+\.)*(\w*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+_MARKERS = ("SystemException", "UserCodeException")  # Ray Data's wrappers, with no message of their own
+
+
 def _one_line(exc: BaseException) -> str:
-    """The innermost cause of a Ray error, on one line."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    text = str(exc).strip().splitlines()
-    message = next((line.strip() for line in reversed(text) if line.strip()), "")
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    """The innermost real error behind a Ray error, on one line (``Type: message``).
+
+    Ray wraps an error raised in a worker (a RayTaskError, an ActorDiedError whose message
+    holds the worker's traceback, Ray Data's SystemException marker): the line that counts is
+    the last ``SomeError: message`` of the innermost one.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        inner = getattr(current, "cause", None)
+        current = inner if isinstance(inner, BaseException) else (current.__cause__ or current.__context__)
+    for error in reversed(chain):
+        if type(error).__name__ in _MARKERS:
+            continue
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        for line in reversed(lines):
+            match = _ERROR_LINE.match(line)
+            if match:
+                return f"{match.group(1)}: {match.group(2)}"
+        if lines:
+            return f"{type(error).__name__}: {lines[-1]}"
+    return type(exc).__name__
 
 
 def run_ray(
@@ -196,9 +213,12 @@ def run_ray(
     if columns is not None:  # bad input is told before Ray starts
         check_input_columns(source, columns, text_column, vector_column)
     if address == LOCAL:
-        # A local instance uses this machine's cache: a model that is not there fails now, in one line.
+        # A local instance uses this machine's cache: get the model into it once, here (from the
+        # remote tier or the Hub, as `provender pull`), or fail now in one line.
         from provender import get_provider
+        from provender_embedding._ray import ensure_cached
 
+        ensure_cached(model)
         get_provider(model)
     try:
         ray = _connect(address)
@@ -210,7 +230,8 @@ def run_ray(
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = kind == "file"  # output row i is input row i
         context.enable_progress_bars = kind == "folder" and sys.stderr.isatty()
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        for name in ("ray", "ray.data"):  # the run's outcome is told in one line, not in Ray's logs
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         try:
             dataset = _read(ray, source, reader)
             columns = [str(c) for c in dataset.schema().names]

@@ -82,7 +82,14 @@ def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) ->
                 return PullResult(got[0], "remote", bytes_from_remote=got[1])
             count(cm, remote_misses=1)
     before = _hub.repo_size(repo_dir)
-    entry = fetch_repo(cm, repo_id, progress=progress, **options)
+    try:
+        entry = fetch_repo(cm, repo_id, progress=progress, **options)
+    except ModelNotFoundError as exc:
+        if tier is None:
+            raise
+        said = str(exc).removeprefix(f"model {exc.model!r} not found: ")
+        where = f"the remote tier {tier.url} failed" if failed or corrupt else f"not in the remote tier {tier.url}"
+        raise ModelNotFoundError(exc.model, f"{where}; {said}") from None
     from_hub = max(0, _hub.repo_size(repo_dir) - before)
     pushed = False
     if tier is not None and not tier.read_only and not failed and (from_hub or corrupt):

@@ -94,6 +94,8 @@ class CacheManager:
         self._on_evicted = on_evicted
 
         self.cache_dir = Path(cache_dir).expanduser().absolute()
+        if self._remote is not None:  # a file:// tier must not be in the cache, nor the cache in it
+            self._remote.check_apart(self.cache_dir)
         self.max_size = parse_size(max_size)
         self.hub_dir = self.cache_dir / "hub"
         self.objects_dir = self.cache_dir / "objects"

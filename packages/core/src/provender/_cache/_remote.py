@@ -24,14 +24,16 @@ ever deleted from the tier by provender. fsspec and s3fs are imported only when 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
+import os
 import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
@@ -119,6 +121,16 @@ def _translate(url: str, exc: BaseException) -> RemoteTierError:
     return RemoteTierError(url, reason)
 
 
+def _no_bucket(exc: FileNotFoundError) -> bool:
+    """An S3 "not found" that is about the bucket, not an object: the tier is not there at all."""
+    return "bucket does not exist" in str(exc)
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or inside it (both real, absolute paths)."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _installed(module: str) -> bool:
     """Whether `module` can be imported, without importing it (the extra is optional)."""
     import importlib.util
@@ -171,6 +183,28 @@ class RemoteTier:
     def __repr__(self) -> str:
         return f"RemoteTier({self.url!r}, read_only={self.read_only})"
 
+    def local_folder(self) -> str | None:
+        """The tier's folder when it is on this machine's filesystem (``file://``, ``local://``), else None."""
+        if self.scheme not in ("file", "local"):
+            return None
+        return os.path.realpath(self.url.partition("://")[2] or "/")  # relative: from here, as fsspec takes it
+
+    def check_apart(self, cache_dir: str | os.PathLike[str]) -> None:
+        """Refuse a tier folder that is the cache folder, or inside it, or around it (a ConfigError naming
+        ``remote.url``): the cache would take the tier's files for its own (and evict or clean them),
+        and the tier would write where the cache keeps its files."""
+        folder = self.local_folder()
+        if folder is None:
+            return
+        cache = os.path.realpath(cache_dir)
+        if _within(folder, cache) or _within(cache, folder):
+            raise ConfigError(
+                f"invalid setting remote.url: the tier's folder {folder} and the cache folder {cache} are "
+                "inside one another; give the tier a folder of its own, outside cache.dir (and not around it)",
+                setting="remote.url",
+                value=self.url,
+            )
+
     # -- the store ---------------------------------------------------------------------
 
     @property
@@ -217,9 +251,9 @@ class RemoteTier:
         except (RemoteTierError, ImportError):
             raise
         except FileNotFoundError as exc:
-            if not writing:
+            if not writing and not _no_bucket(exc):  # no such object: the caller's matter
                 raise
-            raise _translate(self.url, exc) from exc
+            raise _translate(self.url, exc) from exc  # no such bucket (a typo?): the tier is not there
         except Exception as exc:
             raise _translate(self.url, exc) from exc
 
@@ -228,19 +262,37 @@ class RemoteTier:
         fs = self.fs
         with self._errors(writing=True):
             if self._renames:
-                parent = path.rsplit("/", 1)[0]
-                fs.makedirs(parent, exist_ok=True)
-                tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
-                fs.pipe_file(tmp, data)
-                fs.mv(tmp, path)
+                self._write_renamed(path, lambda tmp: fs.pipe_file(tmp, data))
             else:
                 fs.pipe_file(path, data)
+
+    def _write_renamed(self, path: str, write: Callable[[str], object]) -> None:
+        """On a filesystem: `write` a temporary name beside `path`, then rename it onto `path` (never into
+        a folder standing where `path` belongs: refused). The temporary object, ours, goes if anything fails."""
+        fs = self.fs
+        parent = path.rsplit("/", 1)[0]
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            write(tmp)
+            if fs.isdir(path):  # fs.mv would move the object into it, and report success
+                raise IsADirectoryError(errno.EISDIR, "a folder stands where this object belongs", path)
+            if self.local_folder() is not None:
+                os.replace(tmp, path)  # atomic; refuses a folder at `path` too
+            else:
+                fs.mv(tmp, path)
+        except BaseException:
+            with suppress(Exception):
+                fs.rm_file(tmp)  # the only thing provender ever deletes in a tier: its own temporary object
+            raise
 
     def _read_bytes(self, path: str) -> bytes | None:
         with self._errors():
             try:
                 return bytes(self.fs.cat_file(path))
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if _no_bucket(exc):
+                    raise
                 return None
 
     def check_writable(self) -> None:
@@ -284,7 +336,9 @@ class RemoteTier:
         with self._errors():
             try:
                 info = self.fs.info(self.blob_path(sha256))
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if _no_bucket(exc):
+                    raise
                 return False
         return size is None or int(info.get("size") or 0) == size
 
@@ -293,11 +347,7 @@ class RemoteTier:
         fs, target = self.fs, self.blob_path(sha256)
         with self._errors(writing=True):
             if self._renames:
-                parent = target.rsplit("/", 1)[0]
-                fs.makedirs(parent, exist_ok=True)
-                tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
-                fs.put_file(local_path, tmp)
-                fs.mv(tmp, target)
+                self._write_renamed(target, lambda tmp: fs.put_file(local_path, tmp))
             else:
                 fs.put_file(local_path, target)
 
@@ -307,8 +357,12 @@ class RemoteTier:
 
         Only the store's own failures become RemoteTierError: what the caller raises while
         reading (a full local disk...) passes unchanged."""
+        # Each block is one ranged GET, and a request costs a fixed time on an object store: big
+        # blocks (one in memory per blob being read) make a 100 MB blob 4 GETs, not 13 (moto, 100 MB:
+        # 0.29 s against 0.74 s for 8 MiB blocks; one unranged GET with boto3 takes 0.10 s).
+        block = 32 * CHUNK if self.scheme in S3_SCHEMES else 8 * CHUNK
         with self._errors():
-            f = self.fs.open(self.blob_path(sha256), "rb", block_size=8 * CHUNK)
+            f = self.fs.open(self.blob_path(sha256), "rb", block_size=block)
         try:
             yield f
         finally:

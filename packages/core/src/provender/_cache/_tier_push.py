@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from provender._cache import _hub
 from provender._cache._entry import CacheEntry, PushResult
 from provender._cache._remote import ref_name
 from provender._cache._repair import scan_files
-from provender._cache._tier_sync import HEX64, WORKERS, count, patterns_of
+from provender._cache._tier_sync import HEX64, count, patterns_of, run_all
 from provender.errors import CacheError, RemoteNotConfiguredError
 
 if TYPE_CHECKING:
@@ -137,8 +136,7 @@ def push_entry(
                 progress(size)
         return sent
 
-    with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(local)))) as pool:
-        sent = list(pool.map(one, local.keys(), local.values()))  # the first error is raised, after all ran
+    sent = run_all(lambda item: one(*item), list(local.items()))  # Ctrl-C stops it at once; no manifest then
     uploaded, nbytes = sum(1 for n in sent if n), sum(sent)
     there = len(sent) - uploaded
     tier.put_manifest(manifest, refs)  # last: a manifest never names a blob the tier lacks

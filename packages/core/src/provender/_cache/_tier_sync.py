@@ -22,9 +22,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry
@@ -46,6 +45,8 @@ logger = logging.getLogger(__name__)
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 WORKERS = 4  # blobs moved at once between the tier and this cache
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TierContentError(RemoteTierError):
@@ -103,8 +104,8 @@ def _safe_path(rel: object) -> str:
     if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
         raise ValueError(f"bad path {rel!r}")
     parts = rel.split("/")  # not PurePosixPath: it would quietly drop "." and empty parts
-    if any(p in ("", ".", "..") for p in parts) or parts[0].startswith(".provender-entry"):
-        raise ValueError(f"bad path {rel!r}")
+    if any(p in ("", ".", "..") or len(p.encode()) > 255 for p in parts) or parts[0].startswith(".provender-entry"):
+        raise ValueError(f"bad path {rel!r}")  # 255 bytes: the longest name a filesystem takes
     return rel
 
 
@@ -119,8 +120,12 @@ def _checked_files(tier: RemoteTier, manifest: dict[str, Any]) -> list[dict[str,
             if etag is not None and not (_HEX40.fullmatch(str(etag)) or HEX64.fullmatch(str(etag))):
                 raise ValueError(f"bad etag {etag!r}")
             out.append({"path": _safe_path(f["path"]), "size": size, "sha256": sha, "etag": etag})
-        if len({f["path"] for f in out}) != len(out):
+        paths = {f["path"] for f in out}
+        if len(paths) != len(out):
             raise ValueError("a path listed twice")
+        folders = {p.rsplit("/", i)[0] for p in paths for i in range(1, p.count("/") + 1)}
+        if paths & folders:
+            raise ValueError(f"{sorted(paths & folders)[0]!r} listed as a file and as a folder")
     except (KeyError, TypeError, ValueError) as exc:
         raise TierContentError(
             tier.url, f"manifest of {manifest.get('name')!r} is not valid ({exc}); ignored"
@@ -159,38 +164,69 @@ def _download(tier: RemoteTier, f: dict[str, Any], dest: Path, tick: Callable[[i
     return n
 
 
+def run_all(fn: Callable[[T], R], items: list[T], stop: threading.Event | None = None) -> list[R]:
+    """``fn(item)`` for each item, `WORKERS` at once; every one is waited for, then the first error raised.
+
+    The workers are daemon threads, and the caller's wait is interruptible: Ctrl-C (or any error
+    of one item) sets `stop`, no item starts after that, and the caller gets the error at once
+    instead of after every transfer in flight (a thread in the middle of one request ends with it,
+    or with the process). `fn` may look at `stop` between chunks to end its item early."""
+    stop = stop or threading.Event()
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException | None] = [None] * len(items)
+    todo = iter(range(len(items)))
+    take = threading.Lock()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with take:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:  # handed to the caller below, never lost in the thread
+                errors[i] = exc
+                stop.set()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(WORKERS, len(items)))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C while waiting: the workers stop at their next chunk or item
+        stop.set()
+        raise
+    failed = [e for e in errors if e is not None]
+    first = next((e for e in failed if not isinstance(e, _Stopped)), failed[0] if failed else None)
+    if first is not None:
+        raise first
+    return results
+
+
 def _download_all(tier: RemoteTier, jobs: list[tuple[dict[str, Any], Path]], progress: bool, label: str) -> int:
-    """`_download` each (file, destination), a few at once; every one is waited for, then the first error raised."""
+    """`_download` each (file, destination), a few at once (`run_all`: an interrupt stops them all)."""
     if not jobs:
         return 0
     from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]  # honours disable_progress_bars()
 
     total = int(sum(f["size"] for f, _dest in jobs))
-    stop = threading.Event()  # one failed: the others stop at their next chunk (the pull is refused anyway)
+    stop = threading.Event()  # one failed, or the caller was interrupted: the others stop at their next chunk
 
-    def one(f: dict[str, Any], dest: Path) -> int:
-        def tick(n: int) -> None:
-            if stop.is_set():
-                raise _Stopped
-            bar.update(n)
-
-        try:
-            return _download(tier, f, dest, tick)
-        except BaseException:
-            stop.set()
-            raise
+    def tick(n: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        bar.update(n)
 
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress)  # type: ignore[no-untyped-call]
-    with bar, ThreadPoolExecutor(max_workers=min(WORKERS, len(jobs))) as pool:
-        errors = [fut.exception() for fut in [pool.submit(one, f, dest) for f, dest in jobs]]
-    first = next((e for e in errors if e is not None and not isinstance(e, _Stopped)), None)
-    if first is not None:
-        raise first
+    with bar:
+        run_all(lambda job: _download(tier, job[0], job[1], tick), jobs, stop)
     return total
 
 
 class _Stopped(Exception):
-    """Another download of the same pull failed: this one stops."""
+    """Another transfer of the same operation failed, or the caller was interrupted: this one stops."""
 
 
 # -- down: tier -> local cache -------------------------------------------------------------
@@ -241,13 +277,13 @@ def commit_hub(
 def _atomic_symlink(target: str, link: Path) -> None:
     if os.path.islink(link) and os.readlink(link) == target:
         return
-    tmp = link.parent / f".{link.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = link.parent / f".{uuid.uuid4().hex}.tmp"  # not the link's name: that may be 255 bytes long
     os.symlink(target, tmp)
     os.replace(tmp, link)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = path.parent / f".{uuid.uuid4().hex}.tmp"
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -366,8 +402,9 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = F
         for f in files:
             (stage / f["path"]).parent.mkdir(parents=True, exist_ok=True)
         got = _download_all(tier, [(f, stage / f["path"]) for f in files], progress, f"{name} (remote tier)")
+        sha_of = {f["path"]: f["sha256"] for f in files}  # a dict: an entry may have 100,000 files
         for rel, info in scan_files(stage).items():
-            recorded[rel] = {**info, "sha256": next(f["sha256"] for f in files if f["path"] == rel)}
+            recorded[rel] = {**info, "sha256": sha_of[rel]}
         local = {
             "key": key,
             "name": name,

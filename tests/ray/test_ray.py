@@ -189,7 +189,7 @@ def test_cli_a_worker_that_cannot_get_the_model_is_one_line(
     assert out.returncode == 1, out
     errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "org/not-cached" in errors[0] and "not in the cache" in errors[0], out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and "ERROR" not in out.stderr and 'File "' not in out.stderr, out.stderr
     assert not (tmp_path / "o.parquet").exists()
 
 

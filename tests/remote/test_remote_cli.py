@@ -284,7 +284,7 @@ def test_a_tier_that_is_not_there(s3_tier: Any, make_env: Any, make_files: Any, 
     url = "s3://no-such-bucket-r2/models"  # on the S3 server, a bucket nobody made: an error, writes would fail too
     missing = {**machine(tmp_path, "a", make_env, s3_tier), "PROVENDER_REMOTE__URL": url}
     line = error_line(run_cli("remote", "ls", env=missing), 1)
-    assert line == f"Error: remote tier {url}: the bucket 'no-such-bucket-r2' does not exist"
+    assert line.startswith(f"Error: remote tier {url}: ") and "bucket" in line and "does not exist" in line, line
     line = error_line(run_cli("cache", "push", "org/model", env=missing), 1)
     assert f"remote tier {url}" in line and "does not exist" in line, line
     folder = tmp_path / "not-mounted"  # a file:// folder that does not exist: said, not an error

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tier import check_consistent, dead_endpoint
 
 from fakehub import FakeHub
 from provender import CacheManager, RemoteTier
 from provender.errors import ConfigError, ModelNotFoundError, RemoteTierError
-from test_tier import check_consistent, dead_endpoint
 
 BLOB = 2_000_000  # four blobs of 2 MB through a proxy giving each connection 200 KB/s: 10 s a blob
 
@@ -148,7 +148,12 @@ def test_ctrl_c_in_a_pull_from_the_tier_or_a_push_stops_at_once_and_the_next_run
 
 def test_a_file_tier_inside_the_cache_folder_or_around_it_is_refused(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    for url in (cache.as_uri(), (cache / "tmp" / "tier").as_uri(), (cache / "objects" / "t").as_uri(), tmp_path.as_uri()):
+    for url in (
+        cache.as_uri(),
+        (cache / "tmp" / "tier").as_uri(),
+        (cache / "objects" / "t").as_uri(),
+        tmp_path.as_uri(),
+    ):
         with pytest.raises(ConfigError, match="inside one another") as exc:
             CacheManager(cache, "1GB", remote=url)
         assert exc.value.setting == "remote.url"
@@ -185,7 +190,11 @@ def test_a_manifest_naming_a_file_as_a_folder_or_a_too_long_name_falls_back_to_t
         b = manager("b")
         got = b.pull("org/model", endpoint=hub.endpoint, progress=False)  # it used to raise FileExistsError
         assert got.source == "hub" and any(why in w for w in got.warnings), got.warnings
-        assert b.verify() == [] and sorted(p.name for p in got.entry.model_path.iterdir()) == ["config.json", "sub", "tok.json"]
+        assert b.verify() == [] and sorted(p.name for p in got.entry.model_path.iterdir()) == [
+            "config.json",
+            "sub",
+            "tok.json",
+        ]
         assert json.loads(path.read_text())["files"] == good["files"]  # the write-through repaired it
         b.remove("org/model")
 
@@ -204,6 +213,12 @@ def test_a_folder_where_a_blob_belongs_is_refused_never_reported_uploaded(
     assert [p.name for p in blob.iterdir()] == ["keep"]  # nothing moved into it, nothing of it deleted
     assert not list(file_tier.path.rglob(".tmp-*"))  # its own temporary object went
 
+    other = file_tier.path / "entries" / ("e" * 64)  # another entry, its manifest a folder: `remote ls` lists the rest
+    (other / "refs").mkdir(parents=True)
+    (other / "refs" / "main").write_text("f" * 64)
+    (other / f"{'f' * 64}.json").mkdir()
+    assert [e.name for e in RemoteTier(file_tier.url).entries()] == ["org/model"]  # it used to raise
+
 
 def test_an_empty_or_missing_tier_with_the_hub_unreachable_says_so(s3_tier: Any, tmp_path: Path) -> None:
     empty = RemoteTier(s3_tier.url, storage_options=s3_tier.storage_options)
@@ -216,3 +231,34 @@ def test_an_empty_or_missing_tier_with_the_hub_unreachable_says_so(s3_tier: Any,
         cm.pull("org/model", endpoint=dead_endpoint(), progress=False)
     assert cm.stats().remote_errors == 1  # a missing bucket is a failing tier, not an empty one
     assert os.listdir(tmp_path / "b" / "tmp") == []
+
+
+def test_a_hub_download_killed_midway_is_completed_from_the_tier(file_tier: Any, tmp_path: Path, make_env: Any) -> None:
+    hub = FakeHub()
+    hub.add("org/slow", _files())
+    try:
+        CacheManager(tmp_path / "a", "1GB", remote=RemoteTier(file_tier.url)).pull(
+            "org/slow", endpoint=hub.endpoint, progress=False
+        )
+        hub.throttle = 0.05  # 64 KiB per 50 ms: the weights take seconds, the small files come first
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CODE, "pull", "org/slow"],
+            env=make_env(tmp_path / "b", None, hub.endpoint),  # no tier on this run: a plain Hub download
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        repo = tmp_path / "b" / "hub" / "models--org--slow"
+        deadline = time.monotonic() + 60
+        while not (list(repo.glob("snapshots/*/config.json")) and list(repo.glob("blobs/*.incomplete"))):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: a partial snapshot (config.json), the weights half-downloaded
+        proc.wait()
+    finally:
+        hub.close()
+    b = CacheManager(tmp_path / "b", "1GB", remote=RemoteTier(file_tier.url))
+    got = b.pull("org/slow", endpoint=dead_endpoint(), progress=False)  # the partial snapshot used to hide the tier
+    assert got.source == "remote" and got.bytes_from_remote == 4 * BLOB  # config.json was there already
+    assert b.verify() == [] and os.listdir(tmp_path / "b" / "pending") == []
+    for name, data in _files().items():
+        assert (got.entry.model_path / name).read_bytes() == data

@@ -64,7 +64,7 @@ def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, An
 )
 @click.option("--text-column", help="With --ray: the column holding the texts.  [default: text]")
 @click.option("--vector-column", help="With --ray: the column the vectors go to.  [default: embedding]")
-@click.option("--concurrency", type=click.IntRange(min=1), help="With --ray: actors embedding at once.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="With --ray: up to N actors (the pool grows from 1).")
 @click.option("--num-cpus", type=click.FloatRange(min=0), help="With --ray: CPUs per actor.  [default: 1]")
 @click.option("--num-gpus", type=click.FloatRange(min=0), help="With --ray: GPUs per actor.")
 def embed(

@@ -63,9 +63,12 @@ def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) ->
         raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
     patterns = patterns_of(options.get("allow_patterns"), options.get("ignore_patterns"))
     repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
-    tier, warnings, corrupt, failed = cm.remote, [], frozenset[str](), False
+    tier, warnings, corrupt, failed, asked = cm.remote, [], frozenset[str](), False, False
     local = _hub.snapshot_path(repo_dir, revision) is not None and _hub.has_snapshot(repo_dir)
+    if local and tier is not None:  # a Hub download killed midway leaves a partial snapshot: the tier completes it
+        local = download_state(cm, cm.hub_key(repo_id, repo_type)) != "interrupted"
     if tier is not None and not local:  # a miss: the remote tier before the Hub (offline too)
+        asked = True
         try:
             got = pull_imported(cm, tier, repo_id, progress) if plain else None
             metadata = _row_metadata(revision, patterns)
@@ -85,7 +88,7 @@ def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) ->
     try:
         entry = fetch_repo(cm, repo_id, progress=progress, **options)
     except ModelNotFoundError as exc:
-        if tier is None:
+        if tier is None or not asked:
             raise
         said = str(exc).removeprefix(f"model {exc.model!r} not found: ")
         where = f"the remote tier {tier.url} failed" if failed or corrupt else f"not in the remote tier {tier.url}"

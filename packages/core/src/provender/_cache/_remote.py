@@ -463,8 +463,10 @@ class RemoteTier:
         if not paths:
             return {}
         found = self.fs.cat(paths, on_error="return")
-        for value in found.values():
-            if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+        for path, value in found.items():
+            if isinstance(value, (IsADirectoryError, NotADirectoryError)):  # one damaged object: not the listing
+                logger.warning("remote tier %s: %s is damaged (%s); ignored", self.url, path, value)
+            elif isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
                 raise value
         return {p: bytes(v) for p, v in found.items() if not isinstance(v, BaseException)}
 

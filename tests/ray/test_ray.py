@@ -241,6 +241,7 @@ BODY = [*IO, "--text-column", "body"]
         (["-i", "{tmp}/broken.parquet", "-o", "{tmp}/o.parquet"], 2, "cannot read"),
         ([*BODY, "--ray", "127.0.0.1:{port}"], 1, "cannot reach the Ray cluster"),
         ([*BODY, "--ray", "not-an-address"], 2, "not a Ray address"),
+        ([*BODY, "--ray", "ray://127.0.0.1:{port}"], 2, "Ray Data does not run through Ray Client"),
         ([*BODY, "-m", "org/not-cached"], 1, "not in the cache"),
     ],
 )  # fmt: skip

@@ -20,7 +20,7 @@ from test_tier import check_consistent, dead_endpoint
 
 from fakehub import FakeHub
 from provender import CacheManager, RemoteTier
-from provender.errors import ConfigError, ModelNotFoundError, RemoteTierError
+from provender.errors import ConfigError, DiskFullError, ModelNotFoundError, RemoteTierError
 
 BLOB = 2_000_000  # four blobs of 2 MB through a proxy giving each connection 200 KB/s: 10 s a blob
 
@@ -262,3 +262,57 @@ def test_a_hub_download_killed_midway_is_completed_from_the_tier(file_tier: Any,
     assert b.verify() == [] and os.listdir(tmp_path / "b" / "pending") == []
     for name, data in _files().items():
         assert (got.entry.model_path / name).read_bytes() == data
+
+
+def test_a_pull_from_the_tier_onto_a_full_disk_is_refused_cleanly(file_tier: Any, tmp_path: Path) -> None:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    hub = FakeHub()
+    try:
+        hub.add("org/slow", _files())  # 8 MB: more than the 4 MiB disk
+        hub.add("org/model", {"config.json": b"{}"})
+        writer = CacheManager(tmp_path / "a", "1GB", remote=RemoteTier(file_tier.url))
+        for name in ("org/slow", "org/model"):
+            writer.pull(name, endpoint=hub.endpoint, progress=False)
+        small = CacheManager(mnt / "c", "1GB", remote=RemoteTier(file_tier.url))
+        with pytest.raises(DiskFullError, match=r"needed 8\.0 MB"):  # refused before a byte is moved
+            small.pull("org/slow", endpoint=dead_endpoint(), progress=False)
+        assert os.listdir(mnt / "c" / "tmp") == [] and small.entries() == []
+        assert small.pull("org/model", endpoint=dead_endpoint(), progress=False).source == "remote"
+    finally:
+        hub.close()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_pull_and_fetch_take_their_options_once_and_refuse_a_misspelt_one(tmp_path: Path) -> None:
+    cm = CacheManager(tmp_path / "c", "1GB", remote=None)
+    for verb in (cm.pull, cm.fetch):
+        with pytest.raises(TypeError, match="'revison'"):  # a typo is an error, not a download of main
+            verb("org/model", revison="v1", progress=False)  # type: ignore[call-arg]
+    assert CacheManager.pull.__doc__ and "PullOptions" in CacheManager.pull.__doc__
+
+
+def test_one_damaged_manifest_does_not_break_the_listing(file_tier: Any, hub: FakeHub, tmp_path: Path) -> None:
+    hub.add("org/other", {"config.json": b'{"other": 1}'})
+    cm = CacheManager(tmp_path / "a", "1GB", remote=RemoteTier(file_tier.url))
+    for name in ("org/model", "org/other"):
+        cm.pull(name, endpoint=hub.endpoint, progress=False)
+    key = cm.get("org/other").key
+    (path,) = (file_tier.path / "entries" / key).glob("*.json")
+    good = json.loads(path.read_text())
+    for bad in ({"files": [1]}, {"pushed_at": "yesterday"}, {"files": [{"size": "big"}]}):
+        path.write_text(json.dumps({**good, **bad}))
+        assert [e.name for e in RemoteTier(file_tier.url).entries()] == ["org/model"]  # it used to raise
+
+
+def test_a_tier_whose_fsspec_backend_is_missing_is_refused_when_configured(tmp_path: Path) -> None:
+    from provender._cache._remote import _installed
+
+    if _installed("gcsfs") or _installed("adlfs"):
+        pytest.skip("gcsfs or adlfs is installed here")
+    for url, backend in (("gs://bucket/x", "gcsfs"), ("az://container/x", "adlfs")):
+        with pytest.raises(ImportError, match=f"pip install {backend}"):  # it used to fail the first pull (or import)
+            CacheManager(tmp_path / "c", "1GB", remote=url)

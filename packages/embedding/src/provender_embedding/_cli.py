@@ -60,7 +60,7 @@ def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, An
     default=None,
     metavar="[ADDRESS]",
     help="Embed the corpus -i on Ray Data into -o: no ADDRESS starts a local Ray instance; "
-    "'auto', HOST:PORT or ray://HOST:PORT joins a cluster (needs provender-embedding[ray]).",
+    "'auto' or HOST:PORT (the head's GCS) joins a cluster (needs provender-embedding[ray]).",
 )
 @click.option("--text-column", help="With --ray: the column holding the texts.  [default: text]")
 @click.option("--vector-column", help="With --ray: the column the vectors go to.  [default: embedding]")

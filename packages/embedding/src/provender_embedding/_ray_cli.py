@@ -45,6 +45,18 @@ def _output_kind(target: str) -> str:
     raise InputError(f"output {target!r}: with --ray, write a .parquet file or a folder (ending in /)")
 
 
+def check_address(address: str) -> None:
+    """Refuse a Ray Client address (``ray://``): Ray Data does not run through Ray Client."""
+    if address.startswith("ray://"):
+        host = address.removeprefix("ray://").rpartition(":")[0] or "HEAD"
+        raise click.BadParameter(
+            f"{address!r}: Ray Data does not run through Ray Client (ray://); run the command on a node of "
+            f"the cluster with --ray auto, or submit it as a job: `ray job submit --address http://{host}:8265 "
+            "-- provender embed --ray auto ...`",
+            param_hint="--ray",
+        )
+
+
 def check_ray_usage(
     *, texts: tuple[str, ...], input_file: str | None, output_file: str | None, collection: str | None
 ) -> tuple[str, str, str, str]:
@@ -121,12 +133,10 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         if target is None:
             raise _Failure("no running Ray cluster found for --ray auto (start one with `ray start --head`)")
     else:
-        target = address.removeprefix("ray://")
+        target = address
     host, _, port = str(target).rpartition(":")
     if not host or not port.isdigit():
-        raise click.BadParameter(
-            f"{address!r} is not a Ray address: use HOST:PORT, ray://HOST:PORT or auto", param_hint="--ray"
-        )
+        raise click.BadParameter(f"{address!r} is not a Ray address: use HOST:PORT or auto", param_hint="--ray")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
@@ -209,6 +219,7 @@ def run_ray(
     from provender_embedding._ray import embed_dataset, require_ray
 
     require_ray()  # before anything starts: the install hint, not a half-started cluster
+    check_address(address)
     columns = local_columns(source, reader)
     if columns is not None:  # bad input is told before Ray starts
         check_input_columns(source, columns, text_column, vector_column)

@@ -10,7 +10,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 EntryKind = Literal["hub", "local", "path"]
 """A Hub repo in huggingface_hub's layout, an entry provender stored (import, cache_model), or a
@@ -136,6 +136,23 @@ class VerifyIssue:
             "problem": self.problem,
             "fixed": self.fixed,
         }
+
+
+class PullOptions(TypedDict, total=False):
+    """The keyword options of `CacheManager.pull` and `CacheManager.fetch` (each optional).
+
+    ``revision``: a branch, tag or commit (default ``main``). ``repo_type``: ``model`` (default),
+    ``dataset`` or ``space``. ``allow_patterns`` / ``ignore_patterns``: glob patterns (or one) of
+    the files to get, as huggingface_hub takes them (a partial download). ``progress``: show
+    progress bars (default True). ``endpoint``: a Hub mirror (default ``HF_ENDPOINT``).
+    """
+
+    revision: str | None
+    repo_type: str
+    allow_patterns: list[str] | str | None
+    ignore_patterns: list[str] | str | None
+    progress: bool
+    endpoint: str | None
 
 
 PullSource = Literal["cache", "remote", "hub"]

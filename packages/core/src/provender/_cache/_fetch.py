@@ -8,10 +8,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from provender._cache import _hub
-from provender._cache._entry import PullResult
+from provender._cache._entry import PullOptions, PullResult
 from provender._cache._fsops import fs_errors
 from provender._cache._locks import LeaseLock
 from provender._cache._names import check_name
@@ -37,9 +37,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) -> PullResult:
-    """`CacheManager.pull`: the cache, else the remote tier, else the Hub (then written through to the tier)."""
+def pull(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> PullResult:
+    """Get a repo (or an imported entry) into the cache: from the cache, else the remote tier (verified
+    against its sha256; offline too), else the Hub (written through to the tier unless read-only).
+
+    Options, each keyword-only and optional (`PullOptions`): ``revision``, ``repo_type``,
+    ``allow_patterns``, ``ignore_patterns``, ``progress`` (default True), ``endpoint``. Says where
+    the bytes came from (`PullResult`). A failing tier is a warning, never a failed pull.
+    """
+    unknown = sorted(options.keys() - PullOptions.__annotations__.keys())
+    if unknown:
+        raise TypeError(f"pull() got an unexpected keyword argument {unknown[0]!r}")
     revision, repo_type = options.get("revision"), options.get("repo_type", "model")
+    progress = options.get("progress", True)
     plain = repo_type == "model" and revision is None and ":" not in repo_id
     plain = plain and options.get("allow_patterns") is None and options.get("ignore_patterns") is None
     if plain:  # an imported entry of that name is the model (a sideload overrides the download)
@@ -86,7 +96,7 @@ def pull_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) ->
             count(cm, remote_misses=1)
     before = _hub.repo_size(repo_dir)
     try:
-        entry = fetch_repo(cm, repo_id, progress=progress, **options)
+        entry = fetch_repo(cm, repo_id, **options)
     except ModelNotFoundError as exc:
         if tier is None or not asked:
             raise
@@ -110,16 +120,25 @@ def _row_metadata(revision: str | None, patterns: dict[str, Any] | None) -> dict
     return meta
 
 
-def fetch_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) -> CacheEntry:
-    """The Hub part of a pull: `options` are `CacheManager.fetch`'s keyword arguments (revision, repo_type,
-    patterns, endpoint; a GGUF quant request already resolved to patterns)."""
+def fetch(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
+    """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
+
+    Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or ``endpoint``, for a mirror). Files already cached are not
+    downloaded again. Marks the entry used and evicts others to fit ``max_size``. With a remote tier,
+    a miss is served from it first: this is ``pull(...).entry`` (the same options: `PullOptions`).
+    """
+    return pull(cm, repo_id, **options).entry
+
+
+def fetch_repo(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
+    """The Hub part of a pull (a GGUF quant request already resolved to patterns)."""
     from huggingface_hub.utils import (  # type: ignore[attr-defined]
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
     )
 
-    if progress:
+    if options.get("progress", True):
         return _fetch(cm, repo_id, **options)
     was_disabled = are_progress_bars_disabled()
     disable_progress_bars()
@@ -130,16 +149,9 @@ def fetch_repo(cm: CacheCore, repo_id: str, *, progress: bool, **options: Any) -
             enable_progress_bars()
 
 
-def _fetch(
-    cm: CacheCore,
-    repo_id: str,
-    *,
-    revision: str | None = None,
-    repo_type: str = "model",
-    allow_patterns: list[str] | str | None = None,
-    ignore_patterns: list[str] | str | None = None,
-    endpoint: str | None = None,
-) -> CacheEntry:
+def _fetch(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
+    revision, repo_type = options.get("revision"), options.get("repo_type", "model")
+    allow_patterns, ignore_patterns = options.get("allow_patterns"), options.get("ignore_patterns")
     check_name(repo_id)
     if repo_type not in _hub.REPO_TYPES:
         raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
@@ -161,7 +173,7 @@ def _fetch(
         "cache_dir": str(cm.hub_dir),
         "allow_patterns": allow_patterns,
         "ignore_patterns": ignore_patterns,
-        "endpoint": endpoint,
+        "endpoint": options.get("endpoint"),
     }
 
     repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)

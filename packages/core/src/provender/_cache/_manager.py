@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from provender import _wiring
-from provender._cache import _store, _sync
-from provender._cache._entry import CacheEntry, CacheStats, PullResult, PushResult, VerifyIssue, model_path_of
+from provender._cache import _fetch, _store, _sync, _tier_push
+from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
 from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
 from provender._cache._fsops import LinkMode, fs_errors
 from provender._cache._index import Index, IndexRow
@@ -232,82 +232,18 @@ class CacheManager:
             pin=pin,
         )
         if self._remote is not None and not self._remote.read_only:
-            from provender._cache._tier_push import write_through
-
-            write_through(self, entry)  # a failing tier is a warning, never a failed import
+            _tier_push.write_through(self, entry)  # a failing tier is a warning, never a failed import
         return entry
-
-    def pull(
-        self,
-        repo_id: str,
-        *,
-        revision: str | None = None,
-        repo_type: str = "model",
-        allow_patterns: list[str] | str | None = None,
-        ignore_patterns: list[str] | str | None = None,
-        progress: bool = True,
-        endpoint: str | None = None,
-    ) -> PullResult:
-        """Get a repo (or an imported entry) into the cache: from the cache, else the remote tier (verified
-        against its sha256; offline too), else the Hub (written through to the tier unless read-only).
-        Says where the bytes came from (`PullResult`). A failing tier is a warning, never a failed pull.
-        """
-        from provender._cache._fetch import pull_repo
-
-        return pull_repo(
-            self,
-            repo_id,
-            revision=revision,
-            repo_type=repo_type,
-            allow_patterns=allow_patterns,
-            ignore_patterns=ignore_patterns,
-            progress=progress,
-            endpoint=endpoint,
-        )
-
-    def push(self, name_or_key: str, *, progress: bool | Callable[[int], object] = False) -> PushResult:
-        """Upload an entry of this cache to the remote tier (blobs the tier holds already are skipped).
-
-        ``progress``: a callable is told the bytes of each blob as it is uploaded or found there.
-
-        Raises RemoteNotConfiguredError without a tier (or on a read-only one), RemoteTierError
-        if the tier fails.
-        """
-        from provender._cache._tier_push import push_entry
-
-        return push_entry(self, self.get(name_or_key), progress=progress)
 
     @property
     def remote(self) -> RemoteTier | None:
         """The shared remote tier this cache reads through (``remote.url``), or None."""
         return self._remote
 
-    def fetch(
-        self,
-        repo_id: str,
-        *,
-        revision: str | None = None,
-        repo_type: str = "model",
-        allow_patterns: list[str] | str | None = None,
-        ignore_patterns: list[str] | str | None = None,
-        progress: bool = True,
-        endpoint: str | None = None,
-    ) -> CacheEntry:
-        """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
-
-        Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or `endpoint`, for a mirror). Files already cached are not
-        downloaded again. Marks the entry used and evicts others to fit ``max_size``. With a remote tier,
-        a miss is served from it first: this is ``pull(...).entry``.
-        """
-        return self.pull(
-            repo_id,
-            revision=revision,
-            repo_type=repo_type,
-            allow_patterns=allow_patterns,
-            ignore_patterns=ignore_patterns,
-            progress=progress,
-            endpoint=endpoint,
-        ).entry
+    # pull and fetch (their options: `PullOptions`), push: the bodies are in _fetch and _tier_push
+    pull = _fetch.pull
+    fetch = _fetch.fetch
+    push = _tier_push.push
 
     # -- reading -----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ MARKER = ".provender-tier.json"
 INSTALL_HINT = 'the remote tier needs fsspec and s3fs: pip install "provender[remote]"'
 SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "file", "local", "memory", "hdfs", "webhdfs")
 S3_SCHEMES = ("s3", "s3a")
+BACKENDS = {"gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "adl": "adlfs"}
 _RENAME_FS = ("file", "local", "hdfs", "webhdfs", "sftp", "ssh")  # real directories: write a temp name, rename
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20
@@ -126,11 +127,6 @@ def _no_bucket(exc: FileNotFoundError) -> bool:
     return "bucket does not exist" in str(exc)
 
 
-def _within(path: str, folder: str) -> bool:
-    """Whether `path` is `folder` or inside it (both real, absolute paths)."""
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def _installed(module: str) -> bool:
     """Whether `module` can be imported, without importing it (the extra is optional)."""
     import importlib.util
@@ -171,6 +167,11 @@ class RemoteTier:
         self.scheme = url.partition("://")[0].lower()
         if not _installed("fsspec") or (self.scheme in S3_SCHEMES and not _installed("s3fs")):
             raise ImportError(INSTALL_HINT)
+        backend = BACKENDS.get(self.scheme)  # else the first use fails (an import after the import was made)
+        if backend is not None and not _installed(backend):
+            raise ImportError(
+                f"the remote tier {url} needs {backend}, fsspec's backend for {self.scheme}://: pip install {backend}"
+            )
         self.url = url.rstrip("/")
         self.read_only = read_only
         self.timeout = float(timeout)
@@ -190,14 +191,13 @@ class RemoteTier:
         return os.path.realpath(self.url.partition("://")[2] or "/")  # relative: from here, as fsspec takes it
 
     def check_apart(self, cache_dir: str | os.PathLike[str]) -> None:
-        """Refuse a tier folder that is the cache folder, or inside it, or around it (a ConfigError naming
-        ``remote.url``): the cache would take the tier's files for its own (and evict or clean them),
-        and the tier would write where the cache keeps its files."""
+        """Refuse (ConfigError, ``remote.url``) a tier folder that is the cache folder, inside it or around it:
+        the cache would take the tier's files for its own (and evict them), the tier would write into the cache."""
         folder = self.local_folder()
         if folder is None:
             return
         cache = os.path.realpath(cache_dir)
-        if _within(folder, cache) or _within(cache, folder):
+        if os.path.commonpath([folder, cache]) in (folder, cache):  # one is the other, or inside it
             raise ConfigError(
                 f"invalid setting remote.url: the tier's folder {folder} and the cache folder {cache} are "
                 "inside one another; give the tier a folder of its own, outside cache.dir (and not around it)",
@@ -254,7 +254,8 @@ class RemoteTier:
             if not writing and not _no_bucket(exc):  # no such object: the caller's matter
                 raise
             raise _translate(self.url, exc) from exc  # no such bucket (a typo?): the tier is not there
-        except Exception as exc:
+        except Exception as exc:  # whatever the store's library raises (botocore, aiohttp...): the tier failed
+            logger.debug("remote tier %s failed", self.url, exc_info=True)  # the traceback, for a bug report
             raise _translate(self.url, exc) from exc
 
     def _put_bytes(self, path: str, data: bytes) -> None:
@@ -267,8 +268,7 @@ class RemoteTier:
                 fs.pipe_file(path, data)
 
     def _write_renamed(self, path: str, write: Callable[[str], object]) -> None:
-        """On a filesystem: `write` a temporary name beside `path`, then rename it onto `path` (never into
-        a folder standing where `path` belongs: refused). The temporary object, ours, goes if anything fails."""
+        """`write` a temporary name, renamed onto `path` (never into a folder standing there); removed on failure."""
         fs = self.fs
         parent = path.rsplit("/", 1)[0]
         fs.makedirs(parent, exist_ok=True)
@@ -444,15 +444,19 @@ class RemoteTier:
             if manifest is None:
                 continue
             files = manifest["files"]
-            entry = RemoteEntry(
-                key=key,
-                name=str(manifest.get("name", key)),
-                kind=str(manifest.get("kind", "hub")),
-                revision=None if manifest.get("kind") == "local" else unquote(ref),
-                files=len(files),
-                size=sum(int(f.get("size", 0)) for f in files),
-                pushed_at=float(manifest.get("pushed_at", 0.0)),
-            )
+            try:  # a shared tier's content is not trusted: one damaged manifest is skipped, not the listing
+                entry = RemoteEntry(
+                    key=key,
+                    name=str(manifest.get("name") or key),
+                    kind=str(manifest.get("kind", "hub")),
+                    revision=None if manifest.get("kind") == "local" else unquote(ref),
+                    files=len(files),
+                    size=sum(int(f.get("size", 0)) for f in files),
+                    pushed_at=float(manifest.get("pushed_at", 0.0)),
+                )
+            except (AttributeError, TypeError, ValueError) as exc:
+                logger.warning("remote tier %s: manifest %s/%s is not valid (%s); ignored", self.url, key, snap, exc)
+                continue
             old = newest.get(key)
             if old is None or _rank(entry) > _rank(old):
                 newest[key] = entry

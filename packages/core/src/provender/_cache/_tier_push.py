@@ -66,6 +66,17 @@ def _hub_files(
     return snapshot.name, sorted(files, key=lambda f: f["path"]), local
 
 
+def push(cm: CacheCore, name_or_key: str, *, progress: bool | Callable[[int], object] = False) -> PushResult:
+    """Upload an entry of this cache to the remote tier (blobs the tier holds already are skipped).
+
+    ``progress``: a callable is told the bytes of each blob as it is uploaded or found there.
+
+    Raises RemoteNotConfiguredError without a tier (or on a read-only one), RemoteTierError
+    if the tier fails.
+    """
+    return push_entry(cm, cm.get(name_or_key), progress=progress)
+
+
 def push_entry(
     cm: CacheCore,
     entry: CacheEntry,

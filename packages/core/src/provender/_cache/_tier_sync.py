@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -34,7 +35,7 @@ from provender._cache._remote import RemoteTier, ref_name
 from provender._cache._repair import scan_files, write_manifest
 from provender._cache._store import commit_local, staging, write_row
 from provender._cache._sync import hub_row, reconcile
-from provender.errors import CacheError, EntryExistsError, EntryTooLargeError, RemoteTierError
+from provender.errors import CacheError, DiskFullError, EntryExistsError, EntryTooLargeError, RemoteTierError
 
 if TYPE_CHECKING:
     from provender._cache._core import CacheCore
@@ -246,6 +247,12 @@ def find_manifest(
     return manifest
 
 
+def check_room(cm: CacheCore, needed: int) -> None:
+    """Refuse before a byte is moved what the cache's disk has no room for (DiskFullError), as a Hub download does."""
+    if needed > shutil.disk_usage(cm.cache_dir).free:
+        raise DiskFullError(cm.cache_dir, needed)
+
+
 def check_repo_layout(cm: CacheCore, repo_dir: Path) -> None:
     """Before writing into a Hub repo folder (huggingface_hub or the tier): no link where it keeps its
     folders and files (hub/.locks, the repo folder, blobs, snapshots, refs, any blob or ref). Refused."""
@@ -346,6 +353,7 @@ def pull_hub(
                     continue  # this cache has the blob already (another revision, a partial pull)
                 staged[etag] = stage / etag
                 jobs.append((f, staged[etag]))
+            check_room(cm, sum(f["size"] for f, _dest in jobs))
             got = _download_all(tier, jobs, progress, f"{name} (remote tier)")
             # every file arrived intact: now, and only now, into the Hub layout (blobs, links, ref)
             snapshot = repo_dir / "snapshots" / commit
@@ -401,6 +409,7 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = F
         recorded: dict[str, dict[str, Any]] = {}
         for f in files:
             (stage / f["path"]).parent.mkdir(parents=True, exist_ok=True)
+        check_room(cm, total)
         got = _download_all(tier, [(f, stage / f["path"]) for f in files], progress, f"{name} (remote tier)")
         sha_of = {f["path"]: f["sha256"] for f in files}  # a dict: an entry may have 100,000 files
         for rel, info in scan_files(stage).items():

@@ -130,6 +130,21 @@ def test_a_node_whose_cache_lacks_the_model_pulls_it_from_the_remote_tier(
     assert local.stats().remote_hits >= 1
 
 
+def test_a_row_without_a_text_fails_the_run_naming_the_column(ray_cluster: Any) -> None:
+    """Not retried, not embedded as something else: the run stops with the reason."""
+    from provender_embedding import embed_dataset
+
+    dataset = ray_cluster.data.from_items([{"text": "a text"}, {"text": None}], override_num_blocks=1)
+    out = embed_dataset(dataset, MODEL, provider="transformers", concurrency=1)
+    with pytest.raises(Exception) as info:
+        out.take_all()
+    chain, error = [], info.value
+    while error is not None and len(chain) < 10:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("column 'text' holds a NoneType" in text for text in chain), chain
+
+
 def test_a_text_column_that_is_missing_is_a_clear_error(ray_cluster: Any) -> None:
     from provender import InvalidOptionError
     from provender_embedding import embed_dataset

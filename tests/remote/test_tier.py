@@ -183,18 +183,18 @@ def test_second_machine_generates_with_the_model_from_the_tier(
 
 
 def test_a_corrupt_blob_in_the_tier_is_refused_and_never_enters_a_cache(
-    tier: Any, hub: FakeHub, tmp_path: Path, make_env: Any, caplog: pytest.LogCaptureFixture
+    tier: Any, hub: FakeHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    machine("pull", "org/model", env=make_env(tmp_path / "a", tier, hub.endpoint))
+    def machine_b(name: str) -> CacheManager:
+        return CacheManager(tmp_path / name, "1GB", remote=RemoteTier(tier.url, storage_options=tier.storage_options))
+
+    machine_b("a").pull("org/model", endpoint=hub.endpoint, progress=False)  # in-process: two caches, two machines
     big = repo_files(0)["model.safetensors"]
     sha = hashlib.sha256(big).hexdigest()
     blob = f"{tier.root}/blobs/sha256/{sha}"
     fs = tier.fs()
     assert fs.cat_file(blob) == big
     fs.pipe_file(blob, b"\0" * len(big))  # same size, wrong bytes: a bit-rotted or tampered blob
-
-    def machine_b(name: str) -> CacheManager:
-        return CacheManager(tmp_path / name, "1GB", remote=RemoteTier(tier.url, storage_options=tier.storage_options))
 
     # the Hub unreachable: the pull fails cleanly, and nothing of the corrupt blob is in the cache
     cache_b = machine_b("b")
@@ -206,10 +206,11 @@ def test_a_corrupt_blob_in_the_tier_is_refused_and_never_enters_a_cache(
 
     # the Hub reachable: a clear warning, the Hub serves, and the write-through repairs the tier
     downloads = len(hub.downloads)
-    ok = machine("pull", "org/model", env=make_env(tmp_path / "c", tier, hub.endpoint))
-    assert ok["source"] == "hub" and len(hub.downloads) > downloads
-    assert any("does not match its sha256" in w and "from the Hub instead" in w for w in ok["warnings"])
-    assert ok["stats"]["remote_errors"] == 1 and ok["pushed"]
+    cache_c = machine_b("c")
+    ok = cache_c.pull("org/model", endpoint=hub.endpoint, progress=False)
+    assert ok.source == "hub" and len(hub.downloads) > downloads
+    assert any("does not match its sha256" in w and "from the Hub instead" in w for w in ok.warnings)
+    assert cache_c.stats().remote_errors == 1 and ok.pushed
     assert CacheManager(tmp_path / "c", "1GB", remote=None).verify() == []
     assert fs.cat_file(blob) == big  # re-uploaded whole
     assert machine_b("d").pull("org/model", endpoint=dead_endpoint(), progress=False).source == "remote"
@@ -236,15 +237,13 @@ def test_a_hostile_manifest_or_another_format_is_refused(file_tier: Any, hub: Fa
         RemoteTier(file_tier.url).entries()
 
 
-def test_the_tier_going_away_mid_run_leaves_both_caches_working(
-    own_s3_tier: Any, hub: FakeHub, tmp_path: Path, make_env: Any
-) -> None:
+def test_the_tier_going_away_mid_run_leaves_both_caches_working(own_s3_tier: Any, hub: FakeHub, tmp_path: Path) -> None:
     tier = own_s3_tier
     hub.add("org/other", repo_files(1))
-    env_a = make_env(tmp_path / "a", tier, hub.endpoint, PROVENDER_REMOTE__TIMEOUT="3")
-    env_b = make_env(tmp_path / "b", tier, hub.endpoint, PROVENDER_REMOTE__TIMEOUT="3")
-    machine("pull", "org/model", env=env_a)
-    assert machine("pull", "org/model", env=env_b)["source"] == "remote"
+    for name in ("a", "b"):  # in-process: two caches, two machines
+        remote = RemoteTier(tier.url, storage_options=tier.storage_options, timeout=3)
+        CacheManager(tmp_path / name, "1GB", remote=remote).pull("org/model", endpoint=hub.endpoint, progress=False)
+    assert CacheManager(tmp_path / "b", "1GB", remote=None).stats().remote_hits == 1
 
     tier.server.stop()  # the object store goes away
     started = time.monotonic()

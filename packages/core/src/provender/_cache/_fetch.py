@@ -101,7 +101,7 @@ def pull(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> PullRes
         if tier is None or not asked:
             raise
         said = str(exc).removeprefix(f"model {exc.model!r} not found: ")
-        where = f"the remote tier {tier.url} failed" if failed or corrupt else f"not in the remote tier {tier.url}"
+        where = f"the remote tier {tier.url} failed" if warnings else f"not in the remote tier {tier.url}"
         raise ModelNotFoundError(exc.model, f"{where}; {said}") from None
     from_hub = max(0, _hub.repo_size(repo_dir) - before)
     pushed = False

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# json and pathlib are imported inside the commands: `provender --help` imports this module.
 
 
 def _texts(texts: tuple[str, ...], input_file: Path | None) -> list[dict[str, Any]]:
@@ -128,6 +131,8 @@ def embed(
     given = [name for name, value in ray_options.items() if value is not None]
     if given:
         raise click.UsageError(f"{given[0]} applies to --ray only")
+    from pathlib import Path
+
     input_file = None if input_name is None else Path(input_name)
     output_file = None if output_name is None else Path(output_name)
     from provender_embedding import Collection, Embedder
@@ -164,6 +169,8 @@ def embed(
         write_vectors(output_file, ids, vectors)
         summary = f"wrote {output_file}"
     else:
+        import json
+
         assert vectors is not None
         click.echo(
             json.dumps(
@@ -189,6 +196,8 @@ def similar(collection: str, query: str, n: int, as_json: bool) -> None:
 
     hits = Collection(collection).similar(query, n)
     if as_json:
+        import json
+
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
     for hit in hits:
@@ -210,6 +219,8 @@ def collections_ls(as_json: bool) -> None:
 
     rows = Collection.list()
     if as_json:
+        import json
+
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
         click.echo("No collections yet (create one with `provender embed -m MODEL -c NAME -i FILE`).")

@@ -44,3 +44,21 @@ def can_mount() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     return None if out.stdout.strip() == "ok" else (out.stderr.strip() or "mount refused")
+
+
+# A provider plugin in the simplest style the docs show (issue 9 item 13: what `--help` pays for it).
+SIMPLE_PLUGIN = '''"""A plugin in the simplest style: the Provider subclass defined at import time."""
+from provender import Provider, hookimpl
+
+
+class ShoutProvider(Provider):
+    name = "shout"
+
+    def generate(self, prompt, **options):
+        return prompt.upper()
+
+
+@hookimpl
+def provender_register_providers(register):
+    register("shout", ShoutProvider)
+'''

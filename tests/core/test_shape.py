@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import provender
+from helpers import SIMPLE_PLUGIN
 from provender import hookimpl
 from provender.errors import PluginError
 
@@ -240,21 +241,6 @@ def test_a_cache_helper_naming_the_manager_even_for_type_hints_is_a_cycle(tmp_pa
     assert "._manager -> ._eviction" in out.stdout or "._eviction -> ._manager" in out.stdout
 
 
-SHOUT = """from provender import Provider, hookimpl
-
-
-class ShoutProvider(Provider):
-    name = "shout"
-
-    def generate(self, prompt, **options):
-        return prompt.upper()
-
-
-@hookimpl
-def provender_register_providers(register):
-    register("shout", ShoutProvider)
-"""
-
 HELP_MODULES = """
 import sys
 from provender._cli import main
@@ -285,7 +271,7 @@ def test_help_with_a_simple_plugin_among_100_distributions_does_not_load_logging
         info = site / f"fakedist{i:03d}-1.0.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakedist{i:03d}\nVersion: 1.0\n")
-    (site / "provender_shout.py").write_text(SHOUT)
+    (site / "provender_shout.py").write_text(SIMPLE_PLUGIN)
     (site / "provender_shout-1.0.dist-info").mkdir()
     (site / "provender_shout-1.0.dist-info" / "entry_points.txt").write_text("[provender]\nshout = provender_shout\n")
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))

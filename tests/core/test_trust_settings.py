@@ -11,28 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import SIMPLE_PLUGIN, run_cli
 from provender import ConfigError, PluginError, load_settings
 from provender._config_files import config_file_path
 from provender._sizes import parse_size
 
 QUIET = {"PROVENDER_QUIET_PLUGIN_ERRORS": "1"}
 
-SIMPLE_PLUGIN = '''"""A plugin in the simplest style: the Provider subclass defined at import time."""
-from provender import Provider, hookimpl
-
-
-class ShoutProvider(Provider):
-    name = "shout"
-
-    def generate(self, prompt, **options):
-        return prompt.upper()
-
-
-@hookimpl
-def provender_register_providers(register):
-    register("shout", ShoutProvider)
-'''
 
 MISSPELLED_PLUGIN = '''"""A plugin whose claim hook is misspelled: without a check it would silently do nothing."""
 from provender import hookimpl

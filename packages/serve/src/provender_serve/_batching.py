@@ -43,9 +43,9 @@ def batched(slot: Slot, options: dict[str, Any]) -> bool:
     return slot.batcher is not None and batchable(slot.provider, options)
 
 
-def spawn(fn: Callable[[], T]) -> Future[T]:
-    """`fn()` on a thread of its own: a batched request waits there for its pieces, while
-    the model's thread runs the batch."""
+def spawn(fn: Callable[[], T], name: str = "provender-serve-batched") -> Future[T]:
+    """`fn()` on a thread of its own, its result or exception in the future: a batched request
+    waits there for its pieces while the model's thread runs the batch."""
     future: Future[T] = Future()
 
     def run() -> None:
@@ -54,7 +54,7 @@ def spawn(fn: Callable[[], T]) -> Future[T]:
         except BaseException as exc:
             future.set_exception(exc)
 
-    threading.Thread(target=run, name="provender-serve-batched", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return future
 
 

@@ -29,7 +29,7 @@ from provender import (
     UnsupportedError,
     parse_model_name,
 )
-from provender_serve._batching import Batcher
+from provender_serve._batching import Batcher, spawn
 from provender_serve._schemas import APIError
 
 logger = logging.getLogger(__name__)
@@ -65,16 +65,7 @@ class Slot:
         try:
             return self.worker.submit(fn)
         except RuntimeError:  # unloaded meanwhile: its thread is gone, run on a thread of its own
-            future: Future[T] = Future()
-
-            def run() -> None:
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:
-                    future.set_exception(exc)
-
-            threading.Thread(target=run, name="provender-model-late", daemon=True).start()
-            return future
+            return spawn(fn, name="provender-model-late")
 
     def until(self) -> float | None:
         """Wall-clock time it will be unloaded if idle (None: forever, or while busy)."""

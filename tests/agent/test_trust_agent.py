@@ -13,7 +13,7 @@ import pytest
 
 from helpers import run_cli
 from provender_agent import Agent, MCPServer
-from provender_agent._mcp import MCPError
+from provender_agent.errors import MCPError
 
 pytest.importorskip("mcp", reason="the MCP tests need the mcp package (provender-agent[mcp])")
 CRASH = Path(__file__).parent / "mcp_crash_server.py"

@@ -32,7 +32,8 @@ from provender import (
     EntryNotFoundError,
     EntryTooLargeError,
 )
-from provender._cache._layout import DIRS, MARK, TAG, NotACacheError, SourceInCacheError, UnsafeCacheError
+from provender._cache._layout import DIRS, MARK, TAG
+from provender.errors import NotACacheError, SourceInCacheError, UnsafeCacheError
 
 BLOB = "a" * 64  # a file named like a Hub blob
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from provender._cache._gguf import GGUFFormatError, gguf_architecture, is_gguf, read_gguf_metadata
+from provender._cache._gguf import gguf_architecture, is_gguf, read_gguf_metadata
+from provender.errors import GGUFFormatError
 
 
 def test_header_matches_the_gguf_package(tiny_gguf: Path, minilm_gguf: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from helpers import run_cli
 from provender import CacheManager, ModelNotFoundError, SourceNotFoundError
-from provender._cache._ollama import BlobMismatchError, import_from_ollama, parse_ollama_name
+from provender._cache._ollama import import_from_ollama, parse_ollama_name
+from provender.errors import BlobMismatchError
 from provender_llamacpp import LlamaCppProvider
 
 

@@ -42,24 +42,25 @@ _LAZY = {
     "Step": "_agent",
     "ToolRun": "_agent",
     "Tool": "_tools",
-    "ToolError": "_tools",
-    "ToolArgumentsError": "_tools",
+    "ToolError": "errors",
+    "ToolArgumentsError": "errors",
     "tool": "_tools",
     "ToolCall": "_parsing",
     "parse_reply": "_parsing",
     "Session": "_session",
     "Memory": "_memory",
     "MCPServer": "_mcp",
-    "MCPError": "_mcp",
+    "MCPError": "errors",
 }
 
 if TYPE_CHECKING:
     from provender_agent._agent import Agent, AgentResult, Event, Step, ToolRun
-    from provender_agent._mcp import MCPError, MCPServer
+    from provender_agent._mcp import MCPServer
     from provender_agent._memory import Memory
     from provender_agent._parsing import ToolCall, parse_reply
     from provender_agent._session import Session
-    from provender_agent._tools import Tool, ToolArgumentsError, ToolError, tool
+    from provender_agent._tools import Tool, tool
+    from provender_agent.errors import MCPError, ToolArgumentsError, ToolError
 
 
 def __getattr__(name: str) -> Any:

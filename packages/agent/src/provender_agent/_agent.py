@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from provender import ProvenderError, Provider, get_provider
 from provender_agent._parsing import ToolCall, parse_reply
-from provender_agent._tools import Tool, ToolArgumentsError, as_tool
+from provender_agent._tools import Tool, as_tool
+from provender_agent.errors import ToolArgumentsError
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provender import ProvenderError
-from provender_agent._tools import Tool, ToolArgumentsError
+from provender_agent._tools import Tool
+from provender_agent.errors import MCPError, ToolArgumentsError
 
 MCP_HINT = 'pip install "provender-agent[mcp]"'
 STDERR_TAIL_LINES = 8
@@ -40,10 +40,6 @@ with open(sys.argv[1], "w") as f:
     f.write(str(code))
 sys.exit(code if code >= 0 else 128 - code)
 """
-
-
-class MCPError(ProvenderError):
-    """An MCP server could not be started or answered with an error."""
 
 
 class MCPServer:

@@ -17,15 +17,7 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from provender import ProvenderError
-
-
-class ToolError(ProvenderError):
-    """A tool could not be defined or registered."""
-
-
-class ToolArgumentsError(ProvenderError, ValueError):
-    """The model called a tool with arguments that do not fit its schema."""
+from provender_agent.errors import ToolArgumentsError, ToolError
 
 
 @dataclass

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from provender import ProvenderError, Provider
-from provender.errors import ConfigError
+from provender.errors import ConfigError, ServerError, ServerRequestError
 
 if TYPE_CHECKING:
     import numpy
@@ -32,15 +32,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 NO_SERVER_ENV = "PROVENDER_NO_SERVER"
 SERVICE = "provender"
-
-
-class ServerError(ProvenderError):
-    """A running server answered a request with an error (its message is the server's)."""
-
-    def __init__(self, message: str, status: int = 0, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def server_settings_fast() -> tuple[str, int, str]:
@@ -155,10 +146,6 @@ class ServerClient:
     def unload(self, model: str | None = None) -> list[str]:
         """Unload `model` (None: every model) from the server; returns the names unloaded."""
         return list(self.request("POST", "/api/unload", {"model": model})["unloaded"])
-
-
-class ServerRequestError(ServerError, ValueError):
-    """The server refused a request as bad (400, 413): bad input, like an `InvalidOptionError`."""
 
 
 def _server_error(exc: urllib.error.HTTPError) -> ServerError:

@@ -196,36 +196,78 @@ async def iterate_in_thread(make: Callable[[], Iterable[T]], *, name: str = "wor
             return
 
 
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _stops(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(s, str) and s for s in v))
+
+
+# The typed options: name -> (valid?, what a valid value is). One table for every provider.
+OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_tokens": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "temperature": (lambda v: _num(v) and 0 <= v <= 100, "a number >= 0 (0 is greedy)"),
+    "top_p": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "stop": (_stops, "a string or a list of non-empty strings"),
+    "top_k": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: no limit)"),
+    "min_p": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "repeat_penalty": (lambda v: _num(v) and v > 0, "a number > 0 (1: none)"),
+    "system_prompt": (lambda v: isinstance(v, str), "a string"),
+    # embeddings
+    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "max_length": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
+    "normalize": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_options(
+    options: dict[str, Any], known: Iterable[str], *, provider: str = "provider", what: str = "option"
+) -> dict[str, Any]:
+    """Reject options not in `known` (UnsupportedError naming them) and values `OPTION_CHECKS`
+    refuses (InvalidOptionError); None means "the default". Returns `options` unchanged."""
+    known = tuple(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise UnsupportedError(provider, f"{what} {names}", f"known options are {', '.join(known) or 'none'}")
+    for key in known:
+        value = options.get(key)
+        check = OPTION_CHECKS.get(key)
+        if value is not None and check is not None and not check[0](value):
+            raise InvalidOptionError(key, value, check[1])
+    return options
+
+
 def check_generation_options(
     options: dict[str, Any], *, provider: str = "provider", extra: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """Validate the common generation options; returns them unchanged.
+    """Validate the common generation options (and the `extra` ones a provider takes, checked
+    by `OPTION_CHECKS` where it knows them); returns them unchanged.
 
     Raises InvalidOptionError for a bad value and UnsupportedError for an unknown option.
     """
-    for key in options:
-        if key not in GENERATION_OPTIONS and key not in extra:
-            raise UnsupportedError(
-                provider, f"option {key!r}", f"known options are {', '.join(GENERATION_OPTIONS + extra)}"
-            )
-    mt = options.get("max_tokens")
-    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
-        raise InvalidOptionError("max_tokens", mt, "an integer >= 1")
-    temp = options.get("temperature")
-    if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp <= 100):
-        raise InvalidOptionError("temperature", temp, "a number >= 0 (0 is greedy)")
-    top_p = options.get("top_p")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise InvalidOptionError("top_p", top_p, "a number in (0, 1]")
-    seed = options.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise InvalidOptionError("seed", seed, "an integer >= 0")
-    stop = options.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, (list, tuple)) and all(isinstance(s, str) and s for s in stop))
-    ):
-        raise InvalidOptionError("stop", stop, "a string or a list of non-empty strings")
-    return options
+    return check_options(options, GENERATION_OPTIONS + extra, provider=provider)
+
+
+def check_embed_input(texts: Any, options: dict[str, Any], known: Iterable[str], *, provider: str) -> None:
+    """`embed`'s arguments: `texts` a list of strings, `options` among `known` with valid values."""
+    check_options(options, known, provider=provider, what="embedding option")
+    if isinstance(texts, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InvalidOptionError("texts", type(texts).__name__, "a list of strings")
+
+
+def check_messages(messages: Any, tools: Any = None) -> None:
+    """`chat`'s arguments: OpenAI-shaped messages (dicts with a role) and tools (a list of dicts)."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise InvalidOptionError("messages", type(messages).__name__, "a list of {'role': ..., 'content': ...} dicts")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise InvalidOptionError("tools", type(tools).__name__, "a list of OpenAI-style tool dicts")
 
 
 def parse_model_name(model: str) -> tuple[str | None, str]:

@@ -1,14 +1,82 @@
-"""provender's exceptions (public: ``from provender.errors import CacheError``; every one is
-also importable from ``provender``). One root, `ProvenderError`.
+"""provender's exceptions, all in this module (``from provender.errors import CacheError``; each is
+also importable from ``provender``). One root, `ProvenderError`::
+
+    ProvenderError
+    ├── ConfigError (ValueError)                 a setting has a bad value; the config file is unreadable
+    │   └── RemoteNotConfiguredError             a remote-tier command without ``remote.url``
+    ├── PluginError                              a plugin failed to load or to register
+    ├── UnsupportedError (NotImplementedError)   a provider lacks a capability or option
+    ├── UnknownProviderError (LookupError)       ``provider:model`` names no installed provider
+    ├── ModelNotFoundError (LookupError)         no provider can serve this model
+    │   ├── InvalidModelNameError (ValueError)
+    │   └── ModelPathNotFoundError (FileNotFoundError)
+    ├── InvalidOptionError (ValueError)          a generation option is out of range
+    ├── CacheError                               the shared disk cache
+    │   ├── InvalidNameError (ValueError)
+    │   ├── EntryNotFoundError (LookupError)
+    │   ├── EntryExistsError (FileExistsError)
+    │   ├── EntryTooLargeError
+    │   ├── EntryInUseError
+    │   ├── CacheNotWritableError (PermissionError)
+    │   ├── DiskFullError (OSError)
+    │   ├── SourceNotFoundError (FileNotFoundError)
+    │   ├── HubError
+    │   ├── RemoteTierError                      the remote tier failed (unreachable, refused...)
+    │   │   └── TierContentError                 it answered with invalid content
+    │   │       └── CorruptBlobError             a blob that does not match its sha256
+    │   ├── AmbiguousNameError (ValueError)
+    │   ├── GGUFFormatError (ValueError)         a GGUF whose header cannot be read
+    │   ├── BlobMismatchError                    an Ollama blob that does not match its digest
+    │   ├── NotACacheError (ValueError)          ``cache.dir`` is not a provender cache (exit 2)
+    │   ├── UnsafeCacheError                     a link where provender owns a folder: not followed
+    │   └── SourceInCacheError (ValueError)      an import whose source contains the cache
+    └── ServerError                              a running ``provender serve`` answered with an error
+        └── ServerRequestError (ValueError)      it refused the request as bad input
 
 Subclasses also inherit the matching builtin where that is natural, so callers
 can catch either (`except LookupError` keeps working), and they carry the data
-their message names as attributes.
+their message names as attributes. ``exit_code`` says what the command line exits with.
+The packages on top keep their own in ``provender_embedding.errors``,
+``provender_agent.errors`` and ``provender_serve.errors``, under the same root.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
+
+__all__ = [
+    "AmbiguousNameError",
+    "BlobMismatchError",
+    "CacheError",
+    "CacheNotWritableError",
+    "ConfigError",
+    "CorruptBlobError",
+    "DiskFullError",
+    "EntryExistsError",
+    "EntryInUseError",
+    "EntryNotFoundError",
+    "EntryTooLargeError",
+    "GGUFFormatError",
+    "HubError",
+    "InvalidModelNameError",
+    "InvalidNameError",
+    "InvalidOptionError",
+    "ModelNotFoundError",
+    "ModelPathNotFoundError",
+    "NotACacheError",
+    "PluginError",
+    "ProvenderError",
+    "RemoteNotConfiguredError",
+    "RemoteTierError",
+    "ServerError",
+    "ServerRequestError",
+    "SourceInCacheError",
+    "SourceNotFoundError",
+    "TierContentError",
+    "UnknownProviderError",
+    "UnsafeCacheError",
+    "UnsupportedError",
+]
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -239,3 +307,68 @@ class AmbiguousNameError(CacheError, ValueError):
         )
         self.name = name
         self.candidates = candidates
+
+
+class GGUFFormatError(CacheError, ValueError):
+    """A file that starts like a GGUF but whose header cannot be read."""
+
+
+class BlobMismatchError(CacheError):
+    """An Ollama blob whose content does not match the digest its manifest gives."""
+
+
+class NotACacheError(CacheError, ValueError):
+    """``cache.dir`` is not a provender cache: a foreign non-empty folder, a file or a dangling link.
+
+    Nothing in it was touched. A configuration error (exit 2).
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cache.dir {str(path)!r} is not a provender cache: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class UnsafeCacheError(CacheError):
+    """Something provender owns inside the cache is a link (or of the wrong type); it was not followed."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        from pathlib import Path  # off `import provender`'s path
+
+        super().__init__(f"refusing to use {str(path)!r}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+class SourceInCacheError(CacheError, ValueError):
+    """A folder to import contains the cache (or, for a move, lies inside it): refused, nothing touched."""
+
+    def __init__(self, source: Path, cache_dir: Path, reason: str) -> None:
+        super().__init__(f"cannot import {str(source)!r}: {reason} ({str(cache_dir)!r})")
+        self.path = source
+
+
+class TierContentError(RemoteTierError):
+    """The tier answered, with content that is not valid (a damaged manifest, a corrupt blob): refused.
+    Unlike an unreachable tier, writing the right content back repairs it."""
+
+
+class CorruptBlobError(TierContentError):
+    """A blob of the tier does not match its sha256 (or is missing): refused, nothing of it kept."""
+
+    def __init__(self, url: str, sha256: str, reason: str) -> None:
+        super().__init__(url, f"blob {sha256[:12]}... {reason}; refused (nothing corrupt entered the cache)")
+        self.sha256 = sha256
+
+
+class ServerError(ProvenderError):
+    """A running server answered a request with an error (its message is the server's)."""
+
+    def __init__(self, message: str, status: int = 0, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ServerRequestError(ServerError, ValueError):
+    """The server refused a request as bad (400, 413): bad input, like an `InvalidOptionError`."""

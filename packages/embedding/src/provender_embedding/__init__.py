@@ -28,19 +28,19 @@ __all__ = [
 _LAZY = {
     "Embedder": "provender_embedding._embedder",
     "Collection": "provender_embedding._collection",
-    "CollectionError": "provender_embedding._collection",
-    "CollectionNotFoundError": "provender_embedding._collection",
+    "CollectionError": "provender_embedding.errors",
+    "CollectionNotFoundError": "provender_embedding.errors",
     "Hit": "provender_embedding._collection",
     "AddResult": "provender_embedding._collection",
-    "InputError": "provender_embedding._io",
+    "InputError": "provender_embedding.errors",
     "embed_dataset": "provender_embedding._ray",  # needs the `ray` extra
 }
 
 if TYPE_CHECKING:
-    from provender_embedding._collection import AddResult, Collection, CollectionError, CollectionNotFoundError, Hit
+    from provender_embedding._collection import AddResult, Collection, Hit
     from provender_embedding._embedder import Embedder
-    from provender_embedding._io import InputError
     from provender_embedding._ray import embed_dataset
+    from provender_embedding.errors import CollectionError, CollectionNotFoundError, InputError
 
 
 def __getattr__(name: str) -> Any:

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from provender import ProvenderError
 from provender_embedding._embedder import Embedder
+from provender_embedding.errors import CollectionError, CollectionNotFoundError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -35,20 +35,6 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (collection, id)
 );
 """
-
-
-class CollectionError(ProvenderError, ValueError):
-    """A collection was used wrongly (unknown name, another model, bad item)."""
-
-
-class CollectionNotFoundError(CollectionError, LookupError):
-    """No collection has this name (a failure, exit code 1, like a model not in the cache)."""
-
-    exit_code = 1
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no collection named {name!r} (see `provender collections ls`)")
-        self.name = name
 
 
 @dataclass(frozen=True)

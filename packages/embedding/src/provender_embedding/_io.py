@@ -8,14 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from provender import ProvenderError
+from provender_embedding.errors import InputError
 
 OUTPUT_FORMATS = (".jsonl", ".npy", ".parquet")
 PARQUET_HINT = 'pip install "provender-embedding[parquet]"'
-
-
-class InputError(ProvenderError, ValueError):
-    """An input file is missing or malformed; names the file and the line."""
 
 
 def read_items(path: Path) -> list[dict[str, Any]]:

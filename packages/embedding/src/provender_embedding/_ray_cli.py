@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from provender_embedding._io import InputError
+from provender_embedding.errors import InputError
 
 logger = logging.getLogger(__name__)
 

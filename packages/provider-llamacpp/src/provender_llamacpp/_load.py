@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provender import EntryNotFoundError, InvalidNameError, ModelNotFoundError
+from provender import EntryNotFoundError, GGUFFormatError, InvalidNameError, ModelNotFoundError
 from provender._cache._gguf import (
-    GGUFFormatError,
     gguf_in,
     is_gguf,
     read_gguf_metadata,

@@ -31,7 +31,6 @@ from provender_serve._batching import batched, spawn
 from provender_serve._models import ModelRegistry, Slot, api_error
 from provender_serve._schemas import (
     DEFAULT_MAX_TOKENS_LIMIT,
-    APIError,
     ChatRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -39,6 +38,7 @@ from provender_serve._schemas import (
     parse,
     parse_keep_alive,
 )
+from provender_serve.errors import APIError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -162,7 +162,7 @@ def _when(iso: str | None, now: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def ps(as_json: bool) -> None:
     """List the models a running `provender serve` holds, and until when."""
-    from provender._client import ServerError
+    from provender.errors import ServerError
 
     client = _client()
     try:
@@ -200,7 +200,7 @@ def ps(as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Unload every model.")
 def stop(models: tuple[str, ...], everything: bool) -> None:
     """Unload MODELS (or --all) from a running `provender serve`; the disk cache is untouched."""
-    from provender._client import ServerError
+    from provender.errors import ServerError
 
     if not models and not everything:
         raise click.UsageError("name a model to unload, or --all")

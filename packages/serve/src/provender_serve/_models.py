@@ -30,7 +30,7 @@ from provender import (
     parse_model_name,
 )
 from provender_serve._batching import Batcher, spawn
-from provender_serve._schemas import APIError
+from provender_serve.errors import APIError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,30 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from provender_serve.errors import APIError
+
 #: Largest ``max_tokens`` a request may ask for (``provender serve --max-tokens-limit``).
 DEFAULT_MAX_TOKENS_LIMIT = 32768
-
-
-class APIError(Exception):
-    """An error answered as ``{"error": {"message", "type", "code", "param"}}`` with `status`."""
-
-    TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error"}
-
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-
-    @property
-    def type(self) -> str:
-        if self.status >= 500:
-            return "server_error"
-        return self.TYPES.get(self.status, "invalid_request_error")
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
 
 
 class _Strict(BaseModel):

@@ -18,8 +18,6 @@ from provender._cache._names import check_name
 from provender._cache._sync import download_state
 from provender._cache._tier_push import write_through
 from provender._cache._tier_sync import (
-    CorruptBlobError,
-    TierContentError,
     check_repo_layout,
     commit_hub,
     count,
@@ -28,7 +26,15 @@ from provender._cache._tier_sync import (
     pull_hub,
     pull_imported,
 )
-from provender.errors import DiskFullError, EntryTooLargeError, HubError, ModelNotFoundError, RemoteTierError
+from provender.errors import (
+    CorruptBlobError,
+    DiskFullError,
+    EntryTooLargeError,
+    HubError,
+    ModelNotFoundError,
+    RemoteTierError,
+    TierContentError,
+)
 
 if TYPE_CHECKING:
     from provender._cache._core import CacheCore

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from provender.errors import InvalidNameError, ModelNotFoundError
+from provender.errors import GGUFFormatError, InvalidNameError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from provender._cache._core import CacheCore
@@ -37,10 +37,6 @@ _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_STRING = 64 * 1024 * 1024  # a chat template is kilobytes; anything near this is not a GGUF header
-
-
-class GGUFFormatError(ValueError):
-    """A file that starts like a GGUF but whose header cannot be read."""
 
 
 def is_gguf(path: str | os.PathLike[str]) -> bool:

@@ -82,13 +82,13 @@ class IndexRow(TypedDict):
     metadata: dict[str, Any]
 
 
-class IndexCorruptError(Exception):
+class _IndexCorrupt(Exception):
     """The index file is not a usable database (internal; the manager rebuilds it)."""
 
 
 def is_corruption(exc: BaseException) -> bool:
     """A damaged index, as opposed to a busy one: "locked" and "busy" are OperationalErrors."""
-    return isinstance(exc, IndexCorruptError) or (
+    return isinstance(exc, _IndexCorrupt) or (
         isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
     )
 
@@ -184,7 +184,7 @@ class Index:
                 if row is None:
                     con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 elif row[0] != str(SCHEMA_VERSION):
-                    raise IndexCorruptError(f"index schema {row[0]}, expected {SCHEMA_VERSION}")
+                    raise _IndexCorrupt(f"index schema {row[0]}, expected {SCHEMA_VERSION}")
                 self._local.inode = _inode(self.path)
                 return con
             except sqlite3.OperationalError as exc:
@@ -201,7 +201,7 @@ class Index:
                 raise
             except sqlite3.DatabaseError as exc:
                 con.close()
-                raise IndexCorruptError(str(exc)) from exc
+                raise _IndexCorrupt(str(exc)) from exc
             except BaseException:
                 con.close()
                 raise

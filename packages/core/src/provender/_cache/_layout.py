@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
-from provender.errors import CacheError
+from provender.errors import NotACacheError, UnsafeCacheError
 
 logger = logging.getLogger(__name__)
 
@@ -52,27 +52,6 @@ FILES = (".lock", "index.db", "index.db-wal", "index.db-shm", "repairs.jsonl")
 OLD_CACHE_DIRS = ("hub", "objects", "pins", "locks", "tmp", "trash")  # what every earlier version created
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-
-
-class NotACacheError(CacheError, ValueError):
-    """``cache.dir`` is not a provender cache: a foreign non-empty folder, a file or a dangling link.
-
-    Nothing in it was touched. A configuration error (exit 2).
-    """
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cache.dir {str(path)!r} is not a provender cache: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class UnsafeCacheError(CacheError):
-    """Something provender owns inside the cache is a link (or of the wrong type); it was not followed."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"refusing to use {str(path)!r}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
 
 
 def link_error(path: Path | str, what: str = "folder") -> UnsafeCacheError:
@@ -364,11 +343,3 @@ def within_real(root: Path, path: Path) -> bool:
     """True if `path`, with every link resolved, is `root` or inside it (for sources that would contain the cache)."""
     r, p = os.path.realpath(root), os.path.realpath(path)
     return p == r or p.startswith(r + os.sep)
-
-
-class SourceInCacheError(CacheError, ValueError):
-    """A folder to import contains the cache (or, for a move, lies inside it): refused, nothing touched."""
-
-    def __init__(self, source: Path, cache_dir: Path, reason: str) -> None:
-        super().__init__(f"cannot import {str(source)!r}: {reason} ({str(cache_dir)!r})")
-        self.path = source

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provender._cache._gguf import is_gguf
-from provender.errors import CacheError, EntryTooLargeError, InvalidNameError, ModelNotFoundError, SourceNotFoundError
+from provender.errors import (
+    BlobMismatchError,
+    CacheError,
+    EntryTooLargeError,
+    InvalidNameError,
+    ModelNotFoundError,
+    SourceNotFoundError,
+)
 
 if TYPE_CHECKING:
     from provender._cache._core import CacheCore
@@ -41,10 +48,6 @@ DEFAULT_TAG = "latest"
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
 MAX_MANIFEST = 1 << 20
-
-
-class BlobMismatchError(CacheError):
-    """An Ollama blob whose content does not match the digest its manifest gives."""
 
 
 def ollama_models_dir() -> Path:

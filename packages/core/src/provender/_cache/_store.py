@@ -21,7 +21,7 @@ from filelock import Timeout
 
 from provender._cache._entry import CacheEntry
 from provender._cache._fsops import LinkMode, finish_move, fs_errors, fsync_dir, place_tree, tree_size
-from provender._cache._layout import SourceInCacheError, remove_at, within_real
+from provender._cache._layout import remove_at, within_real
 from provender._cache._leases import exclusive
 from provender._cache._locks import LeaseLock
 from provender._cache._names import check_name, within
@@ -32,6 +32,7 @@ from provender.errors import (
     EntryExistsError,
     EntryInUseError,
     EntryTooLargeError,
+    SourceInCacheError,
     SourceNotFoundError,
 )
 

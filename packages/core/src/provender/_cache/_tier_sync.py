@@ -35,7 +35,14 @@ from provender._cache._remote import RemoteTier, ref_name
 from provender._cache._repair import scan_files, write_manifest
 from provender._cache._store import commit_local, staging, write_row
 from provender._cache._sync import hub_row, reconcile
-from provender.errors import CacheError, DiskFullError, EntryExistsError, EntryTooLargeError, RemoteTierError
+from provender.errors import (
+    CacheError,
+    CorruptBlobError,
+    DiskFullError,
+    EntryExistsError,
+    EntryTooLargeError,
+    TierContentError,
+)
 
 if TYPE_CHECKING:
     from provender._cache._core import CacheCore
@@ -48,19 +55,6 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 WORKERS = 4  # blobs moved at once between the tier and this cache
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class TierContentError(RemoteTierError):
-    """The tier answered, with content that is not valid (a damaged manifest, a corrupt blob): refused.
-    Unlike an unreachable tier, writing the right content back repairs it."""
-
-
-class CorruptBlobError(TierContentError):
-    """A blob of the tier does not match its sha256 (or is missing): refused, nothing of it kept."""
-
-    def __init__(self, url: str, sha256: str, reason: str) -> None:
-        super().__init__(url, f"blob {sha256[:12]}... {reason}; refused (nothing corrupt entered the cache)")
-        self.sha256 = sha256
 
 
 def count(cm: CacheCore, **amounts: int) -> None:

@@ -42,8 +42,8 @@ def hammer(cache_dir: str, max_size: int, seed: int, seconds: float, workdir: st
     """
     rng = random.Random(seed)
     cm = CacheManager(cache_dir, max_size=max_size)
-    timed = TimedLock(cm._lock)
-    cm._lock = timed  # type: ignore[assignment]
+    timed = TimedLock(cm._store.lock)
+    cm._store.lock = timed  # type: ignore[assignment]  # every part takes the lock from the store
     counts = {
         "lookups": 0,
         "hits": 0,

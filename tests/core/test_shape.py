@@ -206,8 +206,8 @@ def test_an_upward_import_inside_a_function_breaks_the_layers(tmp_path: Path) ->
 
 
 def test_a_cache_helper_naming_the_manager_even_for_type_hints_is_a_cycle(tmp_path: Path) -> None:
-    """Inside provender._cache the helpers name the `CacheCore` protocol (_core.py), never `CacheManager`:
-    the cycle contract covers the package, counting imports under TYPE_CHECKING."""
+    """Inside provender._cache the parts (store, catalog, evictor, intake, transfers) never name `CacheManager`,
+    the front that composes them: the cycle contract covers the package, counting imports under TYPE_CHECKING."""
     import shutil
     import tomllib
 

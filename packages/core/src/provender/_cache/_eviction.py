@@ -1,9 +1,11 @@
-"""Eviction as a plan: which entries would go to fit a size limit, which are kept and why.
+"""Eviction and removal as plans: what would go, what is kept and why, carried out apart.
 
 `plan_eviction` is a pure function of the entries (least recently used first), the limit
-and what is protected. The cache manager carries a plan out (`CacheManager.prune`) and
-dry runs only show it (`CacheManager.plan_eviction`), so ``--dry-run`` and the real
-command can never disagree about what is evicted, kept or left over the limit.
+and what is protected; `plan_removal` likewise for one entry someone asked to remove. The
+`Evictor` carries plans out on a `Store` (`CacheManager.prune`, `remove`, and the eviction
+after every add) and dry runs only show them (`CacheManager.plan_eviction`, ``remove(...,
+dry_run=True)``), so ``--dry-run`` and the real command can never disagree about what is
+evicted, kept or left over the limit.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from provender import _wiring
 from provender._cache._entry import CacheEntry
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
+    from provender._cache._store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -105,28 +108,96 @@ def warn_if_over(plan: EvictionPlan) -> None:
         )
 
 
-def carry_out(cm: CacheCore, limit: int, protect: set[str]) -> EvictionPlan:
-    """Plan eviction down to `limit` and carry it out. Call under the cache lock, after a reconcile.
+REMOVE_PINNED = "it is pinned (run `provender cache unpin` first)"
+REMOVE_IN_USE = "a running process is using it"
 
-    An entry that a process took hold of since the plan was made is kept, and the plan made again.
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """Removing one entry: ``entry`` goes, unless ``refused`` says why not (pinned, in use)."""
+
+    entry: CacheEntry
+    refused: str | None = None
+
+
+def plan_removal(
+    entry: CacheEntry, *, pinned: Collection[str], in_use: Callable[[str], bool] | Collection[str] = ()
+) -> RemovalPlan:
+    """Plan the removal of `entry`: refused while it is pinned or held by a live process. Touches nothing."""
+    held = in_use if callable(in_use) else in_use.__contains__
+    if entry.key in pinned:
+        return RemovalPlan(entry, REMOVE_PINNED)
+    if held(entry.key):
+        return RemovalPlan(entry, REMOVE_IN_USE)
+    return RemovalPlan(entry)
+
+
+class Evictor:
+    """Carries eviction and removal plans out on a `Store`, and tells the listeners what went.
+
+    ``on_evicted(entry)`` is the cache user's listener; the plugins' ``provender_cache_evicted``
+    hook is reached through `provender._wiring`. Listeners are told after the lock is released.
     """
-    total = cm.index.total_size()
-    if total <= limit:  # the common case after an add: one query, no listing
-        return EvictionPlan(limit=limit, total=total)
-    busy: set[str] = set()
-    evicted: list[CacheEntry] = []
-    while True:
-        plan = plan_eviction(lru_entries(cm), limit, protected=protect, pinned=cm._pinned_keys(), in_use=busy)
-        for entry in plan.evict:
-            if not cm._try_remove(entry, evicted=True):
-                busy.add(entry.key)
-                break
-            evicted.append(entry)
-        else:
-            kept = tuple((e, IN_USE if e.key in busy else why) for e, why in plan.kept)
-            return EvictionPlan(limit=limit, total=total, evict=tuple(evicted), kept=kept)
 
+    def __init__(self, store: Store, on_evicted: Callable[[CacheEntry], None] | None = None) -> None:
+        self.store = store
+        self.on_evicted = on_evicted
 
-def lru_entries(cm: CacheCore) -> list[CacheEntry]:
-    """Every entry of the index, least recently used first."""
-    return [cm._entry(row, pinned=False) for row in cm.index.lru_order()]
+    def plan(self, limit: int) -> EvictionPlan:
+        """What evicting down to `limit` would do now (call under the lock, after a reconcile)."""
+        store = self.store
+        return plan_eviction(store.lru_entries(), limit, pinned=store.pinned_keys(), in_use=store.held)
+
+    def carry_out(self, limit: int, protect: set[str]) -> EvictionPlan:
+        """Plan eviction down to `limit` and carry it out. Call under the cache lock, after a reconcile.
+
+        An entry that a process took hold of since the plan was made is kept, and the plan made again.
+        """
+        store = self.store
+        total = store.index.total_size()
+        if total <= limit:  # the common case after an add: one query, no listing
+            return EvictionPlan(limit=limit, total=total)
+        busy: set[str] = set()
+        evicted: list[CacheEntry] = []
+        while True:
+            plan = plan_eviction(store.lru_entries(), limit, protected=protect, pinned=store.pinned_keys(), in_use=busy)
+            for entry in plan.evict:
+                if not store.try_remove(entry, evicted=True):
+                    busy.add(entry.key)
+                    break
+                evicted.append(entry)
+            else:
+                kept = tuple((e, IN_USE if e.key in busy else why) for e, why in plan.kept)
+                return EvictionPlan(limit=limit, total=total, evict=tuple(evicted), kept=kept)
+
+    def evict(self, protect: set[str]) -> list[CacheEntry]:
+        """Evict down to the store's limit, never what is in `protect`; warns if still over. Under the lock."""
+        plan = self.carry_out(self.store.max_size, protect)
+        warn_if_over(plan)
+        return list(plan.evict)
+
+    def remove(self, plan: RemovalPlan, *, dry_run: bool = False) -> bool:
+        """Carry out a removal plan (not a refused one). Call under the lock. False if a process took
+        hold of the entry since the plan was made."""
+        assert plan.refused is None, plan.refused
+        return self.store.try_remove(plan.entry, dry_run=dry_run)
+
+    def after_release(self, key: str) -> None:
+        """After a lease on `key` ends: if an eviction passed over it while held, that eviction happens now."""
+        store = self.store
+        flag = f"deferred:{key}"
+        try:
+            if store.index.get_meta(flag) is None:
+                return  # no eviction waited on this entry: a release alone evicts nothing
+            with store.lock:
+                store.index.write(lambda con: con.execute("DELETE FROM meta WHERE name=?", (flag,)), soft=True)
+                evicted = self.evict(protect=set())
+        except Exception as exc:  # releasing must never fail because of housekeeping
+            logger.warning("eviction after a release failed: %s", exc)
+            return
+        self.notify(evicted)
+
+    def notify(self, entries: list[CacheEntry]) -> None:
+        """Tell the listeners handed down from above (the plugins' hook) and ``on_evicted``."""
+        if entries:
+            _wiring.notify_evicted(entries, self.on_evicted)

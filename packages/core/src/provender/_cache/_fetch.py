@@ -1,5 +1,10 @@
-"""Pulls into the shared cache: from the cache itself, else the remote tier, else the Hub (downloads
-done by huggingface_hub itself), with write-through of Hub downloads to the remote tier."""
+"""`Transfers`: pulls into the shared cache and pushes out of it.
+
+A pull is served from the cache itself, else the remote tier, else the Hub (downloads done by
+huggingface_hub itself), with write-through of Hub downloads to the remote tier; a push uploads
+an entry to the tier. The component holds what it moves entries between: the `Intake` (the store,
+its catalog and evictor) and the `RemoteTier`, or None.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,17 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from provender._cache import _hub
-from provender._cache._entry import PullOptions, PullResult
+from provender._cache._entry import PullOptions, PullResult, PushResult
 from provender._cache._fsops import fs_errors
 from provender._cache._locks import LeaseLock
-from provender._cache._names import check_name
-from provender._cache._sync import download_state
-from provender._cache._tier_push import write_through
-from provender._cache._tier_sync import (
-    check_repo_layout,
-    commit_hub,
-    count,
-    imported_key,
-    patterns_of,
-    pull_hub,
-    pull_imported,
-)
+from provender._cache._names import check_name, hub_key, imported_key
+from provender._cache._tier_push import push_entry, write_through
+from provender._cache._tier_sync import check_repo_layout, count, patterns_of, pull_hub, pull_imported
 from provender.errors import (
     CorruptBlobError,
     DiskFullError,
@@ -37,85 +34,236 @@ from provender.errors import (
 )
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
+    from provender._cache._intake import Intake
+    from provender._cache._remote import RemoteTier
 
 logger = logging.getLogger(__name__)
 
 
-def pull(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> PullResult:
-    """Get a repo (or an imported entry) into the cache: from the cache, else the remote tier (verified
-    against its sha256; offline too), else the Hub (written through to the tier unless read-only).
+class Transfers:
+    """Pull and push: moves entries between the Hub, the remote tier and the cache.
 
-    Options, each keyword-only and optional (`PullOptions`): ``revision``, ``repo_type``,
-    ``allow_patterns``, ``ignore_patterns``, ``progress`` (default True), ``endpoint``. Says where
-    the bytes came from (`PullResult`). A failing tier is a warning, never a failed pull.
+    Holds the `Intake` (the store, its catalog and its evictor: where pulled entries are committed)
+    and the remote tier (None: no tier).
     """
-    unknown = sorted(options.keys() - PullOptions.__annotations__.keys())
-    if unknown:
-        raise TypeError(f"pull() got an unexpected keyword argument {unknown[0]!r}")
-    revision, repo_type = options.get("revision"), options.get("repo_type", "model")
-    progress = options.get("progress", True)
-    plain = repo_type == "model" and revision is None and ":" not in repo_id
-    plain = plain and options.get("allow_patterns") is None and options.get("ignore_patterns") is None
-    if plain:  # an imported entry of that name is the model (a sideload overrides the download)
-        check_name(repo_id)
-        entry = cm.find(imported_key(repo_id))
-        if entry is not None:
-            return PullResult(entry, "cache")
-    if ":" in repo_id:  # org/repo-GGUF:Q4_K_M: that GGUF quantisation only (and its split parts)
-        from provender._cache._gguf import quant_request
 
-        repo_id, options["allow_patterns"] = quant_request(
-            cm,
-            repo_id,
-            revision=revision,
-            repo_type=repo_type,
-            allow_patterns=options.get("allow_patterns"),
-            endpoint=options.get("endpoint"),
-        )
-    check_name(repo_id)
-    if repo_type not in _hub.REPO_TYPES:
-        raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
-    patterns = patterns_of(options.get("allow_patterns"), options.get("ignore_patterns"))
-    repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
-    tier, warnings, corrupt, failed, asked = cm.remote, [], frozenset[str](), False, False
-    local = _hub.snapshot_path(repo_dir, revision) is not None and _hub.has_snapshot(repo_dir)
-    if local and tier is not None:  # a Hub download killed midway leaves a partial snapshot: the tier completes it
-        local = download_state(cm, cm.hub_key(repo_id, repo_type)) != "interrupted"
-    if tier is not None and not local:  # a miss: the remote tier before the Hub (offline too)
-        asked = True
+    def __init__(self, intake: Intake, tier: RemoteTier | None) -> None:
+        self.intake = intake
+        self.tier = tier
+
+    def push(self, name_or_key: str, *, progress: bool | Callable[[int], object] = False) -> PushResult:
+        """Upload an entry of this cache to the remote tier (blobs the tier holds already are skipped).
+
+        ``progress``: a callable is told the bytes of each blob as it is uploaded or found there.
+
+        Raises RemoteNotConfiguredError without a tier (or on a read-only one), RemoteTierError
+        if the tier fails.
+        """
+        return push_entry(self.tier, self.intake.catalog.get(name_or_key), progress=progress)
+
+    def write_through(self, entry: CacheEntry) -> None:
+        """After an import: push `entry` to a writable tier; a failure is a warning, never an error."""
+        if self.tier is not None and not self.tier.read_only:
+            write_through(self.tier, self.intake.store.index, entry)
+
+    def pull(self, repo_id: str, **options: Unpack[PullOptions]) -> PullResult:
+        """Get a repo (or an imported entry) into the cache: from the cache, else the remote tier (verified
+        against its sha256; offline too), else the Hub (written through to the tier unless read-only).
+
+        Options, each keyword-only and optional (`PullOptions`): ``revision``, ``repo_type``,
+        ``allow_patterns``, ``ignore_patterns``, ``progress`` (default True), ``endpoint``. Says where
+        the bytes came from (`PullResult`). A failing tier is a warning, never a failed pull.
+        """
+        unknown = sorted(options.keys() - PullOptions.__annotations__.keys())
+        if unknown:
+            raise TypeError(f"pull() got an unexpected keyword argument {unknown[0]!r}")
+        revision, repo_type = options.get("revision"), options.get("repo_type", "model")
+        progress = options.get("progress", True)
+        index = self.intake.store.index
+        plain = repo_type == "model" and revision is None and ":" not in repo_id
+        plain = plain and options.get("allow_patterns") is None and options.get("ignore_patterns") is None
+        if plain:  # an imported entry of that name is the model (a sideload overrides the download)
+            check_name(repo_id)
+            entry = self.intake.catalog.find(imported_key(repo_id))
+            if entry is not None:
+                return PullResult(entry, "cache")
+        if ":" in repo_id:  # org/repo-GGUF:Q4_K_M: that GGUF quantisation only (and its split parts)
+            from provender._cache._gguf import quant_request
+
+            repo_id, options["allow_patterns"] = quant_request(
+                self.intake.store,
+                repo_id,
+                revision=revision,
+                repo_type=repo_type,
+                allow_patterns=options.get("allow_patterns"),
+                endpoint=options.get("endpoint"),
+            )
+        check_name(repo_id)
+        if repo_type not in _hub.REPO_TYPES:
+            raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
+        patterns = patterns_of(options.get("allow_patterns"), options.get("ignore_patterns"))
+        repo_dir = self.intake.store.hub_dir / _hub.folder_name(repo_id, repo_type)
+        tier, warnings, corrupt, failed, asked = self.tier, [], frozenset[str](), False, False
+        local = _hub.snapshot_path(repo_dir, revision) is not None and _hub.has_snapshot(repo_dir)
+        if local and tier is not None:  # a Hub download killed midway leaves a partial snapshot: the tier completes it
+            local = self.intake.catalog.download_state(hub_key(repo_id, repo_type)) != "interrupted"
+        if tier is not None and not local:  # a miss: the remote tier before the Hub (offline too)
+            asked = True
+            try:
+                got = pull_imported(self.intake, tier, repo_id, progress) if plain else None
+                metadata = _row_metadata(revision, patterns)
+                got = got or pull_hub(self.intake, tier, repo_id, repo_type, revision, patterns, metadata, progress)
+            except RemoteTierError as exc:
+                count(index, remote_errors=1)
+                corrupt = frozenset({exc.sha256}) if isinstance(exc, CorruptBlobError) else corrupt
+                failed = not isinstance(exc, TierContentError)  # down or too slow: not asked again in this pull
+                warnings.append(f"{exc}; getting {repo_id} from the Hub instead")
+                logger.warning("%s", warnings[-1])
+            else:
+                if got is not None:
+                    count(index, remote_hits=1, bytes_from_remote=got[1])
+                    return PullResult(got[0], "remote", bytes_from_remote=got[1])
+                count(index, remote_misses=1)
+        before = _hub.repo_size(repo_dir)
         try:
-            got = pull_imported(cm, tier, repo_id, progress) if plain else None
-            metadata = _row_metadata(revision, patterns)
-            got = got or pull_hub(cm, tier, repo_id, repo_type, revision, patterns, metadata, progress)
-        except RemoteTierError as exc:
-            count(cm, remote_errors=1)
-            corrupt = frozenset({exc.sha256}) if isinstance(exc, CorruptBlobError) else corrupt
-            failed = not isinstance(exc, TierContentError)  # down or too slow: not asked again in this pull
-            warnings.append(f"{exc}; getting {repo_id} from the Hub instead")
-            logger.warning("%s", warnings[-1])
-        else:
-            if got is not None:
-                count(cm, remote_hits=1, bytes_from_remote=got[1])
-                return PullResult(got[0], "remote", bytes_from_remote=got[1])
-            count(cm, remote_misses=1)
-    before = _hub.repo_size(repo_dir)
-    try:
-        entry = fetch_repo(cm, repo_id, **options)
-    except ModelNotFoundError as exc:
-        if tier is None or not asked:
-            raise
-        said = str(exc).removeprefix(f"model {exc.model!r} not found: ")
-        where = f"the remote tier {tier.url} failed" if warnings else f"not in the remote tier {tier.url}"
-        raise ModelNotFoundError(exc.model, f"{where}; {said}") from None
-    from_hub = max(0, _hub.repo_size(repo_dir) - before)
-    pushed = False
-    if tier is not None and not tier.read_only and not failed and (from_hub or corrupt):
-        problem = write_through(cm, entry, revision=revision, patterns=patterns, force=corrupt)
-        pushed = problem is None
-        warnings += [problem] if problem else []
-    return PullResult(entry, "hub" if from_hub else "cache", 0, from_hub, pushed, tuple(warnings))
+            entry = self.fetch_repo(repo_id, **options)
+        except ModelNotFoundError as exc:
+            if tier is None or not asked:
+                raise
+            said = str(exc).removeprefix(f"model {exc.model!r} not found: ")
+            where = f"the remote tier {tier.url} failed" if warnings else f"not in the remote tier {tier.url}"
+            raise ModelNotFoundError(exc.model, f"{where}; {said}") from None
+        from_hub = max(0, _hub.repo_size(repo_dir) - before)
+        pushed = False
+        if tier is not None and not tier.read_only and not failed and (from_hub or corrupt):
+            problem = write_through(tier, index, entry, revision=revision, patterns=patterns, force=corrupt)
+            pushed = problem is None
+            warnings += [problem] if problem else []
+        return PullResult(entry, "hub" if from_hub else "cache", 0, from_hub, pushed, tuple(warnings))
+
+    def fetch(self, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
+        """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
+
+        Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or ``endpoint``, for a mirror). Files already cached are not
+        downloaded again. Marks the entry used and evicts others to fit ``max_size``. With a remote tier,
+        a miss is served from it first: this is ``pull(...).entry`` (the same options: `PullOptions`).
+        """
+        return self.pull(repo_id, **options).entry
+
+    def fetch_repo(self, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
+        """The Hub part of a pull (a GGUF quant request already resolved to patterns)."""
+        from huggingface_hub.utils import (  # type: ignore[attr-defined]
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
+
+        if options.get("progress", True):
+            return self._download(repo_id, **options)
+        was_disabled = are_progress_bars_disabled()
+        disable_progress_bars()
+        try:
+            return self._download(repo_id, **options)
+        finally:
+            if not was_disabled:
+                enable_progress_bars()
+
+    def _download(self, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
+        """Download with huggingface_hub into hub/ under the download marker and a lease, then index it."""
+        store, intake = self.intake.store, self.intake
+        revision, repo_type = options.get("revision"), options.get("repo_type", "model")
+        allow_patterns, ignore_patterns = options.get("allow_patterns"), options.get("ignore_patterns")
+        check_name(repo_id)
+        if repo_type not in _hub.REPO_TYPES:
+            raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        key = hub_key(repo_id, repo_type)
+        name = _hub.display_name(repo_id, repo_type)
+        kwargs = {
+            "repo_id": repo_id,
+            "repo_type": repo_type,
+            "revision": revision,
+            "cache_dir": str(store.hub_dir),
+            "allow_patterns": allow_patterns,
+            "ignore_patterns": ignore_patterns,
+            "endpoint": options.get("endpoint"),
+        }
+
+        repo_dir = store.hub_dir / _hub.folder_name(repo_id, repo_type)
+        check_repo_layout(store, repo_dir)  # huggingface_hub would write through a planted link: refuse first
+        if store.index.degraded is not None:  # a full disk: refuse before anything is downloaded
+            raise store.index.degraded
+        # Refuse before downloading what could never fit (needs the Hub; skipped offline).
+        if not constants.HF_HUB_OFFLINE:
+            try:
+                plan = snapshot_download(**kwargs, dry_run=True)  # type: ignore[call-overload]
+            except (RepositoryNotFoundError, GatedRepoError) as exc:
+                raise ModelNotFoundError(
+                    name, f"the Hub has no such {repo_type} repo, or it needs a token ({type(exc).__name__})"
+                ) from None
+            except RevisionNotFoundError:
+                raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
+            except Exception as exc:  # offline, Hub down: the real call below falls back to the cache
+                logger.info("could not plan the download of %s: %s", name, exc)
+            else:
+                total = sum(f.file_size or 0 for f in plan)
+                needed = sum(f.file_size or 0 for f in plan if f.will_download)
+                free = shutil.disk_usage(store.hub_dir).free
+                if total > store.max_size or needed > free:
+                    self.remove_empty_repo(repo_dir)  # the planning call may leave empty folders behind
+                    if total > store.max_size:
+                        raise EntryTooLargeError(name, total, store.max_size)
+                    raise DiskFullError(store.hub_dir, needed)
+
+        store.walls.check("pending", "locks", "hub")
+        pending = LeaseLock(store.pending_path(key))  # marks a download in progress (a flock, as filelock's)
+        lease = LeaseLock(store.lease_path(key), is_singleton=False)  # eviction must not take what we update
+        with fs_errors(store.cache_dir):
+            pending.acquire_write()
+        lease.acquire_read()
+        try:
+            try:
+                with fs_errors(store.hub_dir):
+                    snapshot_download(**kwargs)  # type: ignore[call-overload]
+            except LocalEntryNotFoundError:
+                raise ModelNotFoundError(
+                    name,
+                    "not in the cache, and the Hub cannot be reached (offline: HF_HUB_OFFLINE is set, or no network)",
+                ) from None
+            except (RepositoryNotFoundError, GatedRepoError):
+                raise ModelNotFoundError(name, f"the Hub has no such {repo_type} repo, or it needs a token") from None
+            except RevisionNotFoundError:
+                raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
+            except HfHubHTTPError as exc:
+                raise HubError(f"downloading {name} failed: {exc}") from None
+            folder = _hub.folder_name(repo_id, repo_type)
+            metadata = _row_metadata(revision, patterns_of(allow_patterns, ignore_patterns))
+            evicted = intake.commit_hub(key, folder, repo_type, repo_id, metadata, pending)
+        finally:
+            pending.release()  # a no-op if released already
+            lease.release()
+            lease.close()
+        intake.evictor.notify(evicted)
+        return intake.catalog.get(key)
+
+    def remove_empty_repo(self, repo_dir: Path) -> None:
+        """Take away the empty folders a refused plan left; never a file, so never a repo another process
+        downloaded meanwhile (rmdir fails on anything not empty), and nothing while a download runs."""
+        with self.intake.store.lock:
+            if self.intake.catalog.download_state(hub_key(*_parse(repo_dir))) == "running":
+                return
+            for root, _dirs, _files in sorted(os.walk(repo_dir), key=lambda t: -len(t[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)
 
 
 def _row_metadata(revision: str | None, patterns: dict[str, Any] | None) -> dict[str, Any]:
@@ -124,130 +272,6 @@ def _row_metadata(revision: str | None, patterns: dict[str, Any] | None) -> dict
     if patterns:
         meta.update(allow_patterns=patterns["allow"], ignore_patterns=patterns["ignore"])
     return meta
-
-
-def fetch(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
-    """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
-
-    Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or ``endpoint``, for a mirror). Files already cached are not
-    downloaded again. Marks the entry used and evicts others to fit ``max_size``. With a remote tier,
-    a miss is served from it first: this is ``pull(...).entry`` (the same options: `PullOptions`).
-    """
-    return pull(cm, repo_id, **options).entry
-
-
-def fetch_repo(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
-    """The Hub part of a pull (a GGUF quant request already resolved to patterns)."""
-    from huggingface_hub.utils import (  # type: ignore[attr-defined]
-        are_progress_bars_disabled,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
-
-    if options.get("progress", True):
-        return _fetch(cm, repo_id, **options)
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        return _fetch(cm, repo_id, **options)
-    finally:
-        if not was_disabled:
-            enable_progress_bars()
-
-
-def _fetch(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
-    revision, repo_type = options.get("revision"), options.get("repo_type", "model")
-    allow_patterns, ignore_patterns = options.get("allow_patterns"), options.get("ignore_patterns")
-    check_name(repo_id)
-    if repo_type not in _hub.REPO_TYPES:
-        raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    key = cm.hub_key(repo_id, repo_type)
-    name = _hub.display_name(repo_id, repo_type)
-    kwargs = {
-        "repo_id": repo_id,
-        "repo_type": repo_type,
-        "revision": revision,
-        "cache_dir": str(cm.hub_dir),
-        "allow_patterns": allow_patterns,
-        "ignore_patterns": ignore_patterns,
-        "endpoint": options.get("endpoint"),
-    }
-
-    repo_dir = cm.hub_dir / _hub.folder_name(repo_id, repo_type)
-    check_repo_layout(cm, repo_dir)  # huggingface_hub would write through a planted link: refuse first
-    if cm.index.degraded is not None:  # a full disk: refuse before anything is downloaded
-        raise cm.index.degraded
-    # Refuse before downloading what could never fit (needs the Hub; skipped offline).
-    if not constants.HF_HUB_OFFLINE:
-        try:
-            plan = snapshot_download(**kwargs, dry_run=True)  # type: ignore[call-overload]
-        except (RepositoryNotFoundError, GatedRepoError) as exc:
-            raise ModelNotFoundError(
-                name, f"the Hub has no such {repo_type} repo, or it needs a token ({type(exc).__name__})"
-            ) from None
-        except RevisionNotFoundError:
-            raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
-        except Exception as exc:  # offline, Hub down: the real call below falls back to the cache
-            logger.info("could not plan the download of %s: %s", name, exc)
-        else:
-            total = sum(f.file_size or 0 for f in plan)
-            needed = sum(f.file_size or 0 for f in plan if f.will_download)
-            free = shutil.disk_usage(cm.hub_dir).free
-            if total > cm.max_size or needed > free:
-                remove_empty_repo(cm, repo_dir)  # the planning call may leave empty folders behind
-                if total > cm.max_size:
-                    raise EntryTooLargeError(name, total, cm.max_size)
-                raise DiskFullError(cm.hub_dir, needed)
-
-    cm.walls.check("pending", "locks", "hub")
-    pending = LeaseLock(cm.pending_path(key))  # marks a download in progress (a flock, as filelock's)
-    lease = LeaseLock(cm.lease_path(key), is_singleton=False)  # eviction must not take what we update
-    with fs_errors(cm.cache_dir):
-        pending.acquire_write()
-    lease.acquire_read()
-    try:
-        try:
-            with fs_errors(cm.hub_dir):
-                snapshot_download(**kwargs)  # type: ignore[call-overload]
-        except LocalEntryNotFoundError:
-            raise ModelNotFoundError(
-                name, "not in the cache, and the Hub cannot be reached (offline: HF_HUB_OFFLINE is set, or no network)"
-            ) from None
-        except (RepositoryNotFoundError, GatedRepoError):
-            raise ModelNotFoundError(name, f"the Hub has no such {repo_type} repo, or it needs a token") from None
-        except RevisionNotFoundError:
-            raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
-        except HfHubHTTPError as exc:
-            raise HubError(f"downloading {name} failed: {exc}") from None
-        folder = _hub.folder_name(repo_id, repo_type)
-        metadata = _row_metadata(revision, patterns_of(allow_patterns, ignore_patterns))
-        evicted = commit_hub(cm, key, folder, repo_type, repo_id, metadata, pending)
-    finally:
-        pending.release()  # a no-op if released already
-        lease.release()
-        lease.close()
-    cm._notify_evicted(evicted)
-    return cm.get(key)
-
-
-def remove_empty_repo(cm: CacheCore, repo_dir: Path) -> None:
-    """Take away the empty folders a refused plan left; never a file, so never a repo another process
-    downloaded meanwhile (rmdir fails on anything not empty), and nothing while a download runs."""
-    with cm.lock:
-        if download_state(cm, cm.hub_key(*_parse(repo_dir))) == "running":
-            return
-        for root, _dirs, _files in sorted(os.walk(repo_dir), key=lambda t: -len(t[0])):
-            with contextlib.suppress(OSError):
-                os.rmdir(root)
 
 
 def _parse(repo_dir: Path) -> tuple[str, str]:

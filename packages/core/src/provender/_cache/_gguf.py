@@ -16,12 +16,11 @@ import re
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from provender.errors import GGUFFormatError, InvalidNameError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
 
 logger = logging.getLogger(__name__)
@@ -261,8 +260,15 @@ def describe_files(files: list[str]) -> str:
 # -- the Hub side: which files of a repo to download -----------------------------------------
 
 
+class HubFolder(Protocol):
+    """What `quant_request` reads of a cache: its Hub folder (a `CacheManager`, or the cache's `Store`)."""
+
+    @property
+    def hub_dir(self) -> Path: ...
+
+
 def quant_request(
-    cm: CacheCore,
+    cm: HubFolder,
     name: str,
     *,
     revision: str | None,
@@ -290,7 +296,7 @@ def quant_request(
 
 
 def _repo_files(
-    cm: CacheCore, repo_id: str, *, revision: str | None, repo_type: str, endpoint: str | None
+    cm: HubFolder, repo_id: str, *, revision: str | None, repo_type: str, endpoint: str | None
 ) -> list[str]:
     from huggingface_hub import HfApi, constants
 
@@ -316,7 +322,7 @@ def _repo_files(
     return cached
 
 
-def _cached_files(cm: CacheCore, repo_id: str, revision: str | None, repo_type: str) -> list[str]:
+def _cached_files(cm: HubFolder, repo_id: str, revision: str | None, repo_type: str) -> list[str]:
     from provender._cache import _hub
 
     snapshot = _hub.snapshot_path(cm.hub_dir / _hub.folder_name(repo_id, repo_type), revision)

@@ -7,18 +7,14 @@ side without waiting (`exclusive`): a live reader anywhere makes it fail at once
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from filelock import Timeout
 
 from provender._cache._entry import CacheEntry
 from provender._cache._locks import LeaseLock
-
-if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
 
 
 @contextmanager
@@ -51,12 +47,14 @@ class Lease:
     """A hold on an entry: while it is held, no process evicts or removes the entry.
 
     The hold is an OS file lock, so it ends when the process does, however it dies.
+    ``after_release(key)`` runs once the hold ends (the cache's `Evictor.after_release`: an
+    eviction that passed over the entry while it was held happens then).
     """
 
-    def __init__(self, entry: CacheEntry, lock: LeaseLock, manager: CacheCore | None = None) -> None:
+    def __init__(self, entry: CacheEntry, lock: LeaseLock, after_release: Callable[[str], None] | None = None) -> None:
         self.entry = entry
         self._lock: LeaseLock | None = lock
-        self._manager = manager
+        self._after_release = after_release
 
     @property
     def held(self) -> bool:
@@ -73,12 +71,12 @@ class Lease:
                 lock.release()
             with suppress(Exception):
                 lock.close()
-            if self._manager is not None:
-                self._manager._evict_if_over(self.entry.key)
+            if self._after_release is not None:
+                self._after_release(self.entry.key)
 
     def _drop(self) -> None:
         """Release without evicting (garbage collection, interpreter exit)."""
-        self._manager = None
+        self._after_release = None
         self.release()
 
     def __enter__(self) -> CacheEntry:

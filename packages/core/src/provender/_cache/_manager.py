@@ -23,34 +23,42 @@ plus leftovers in tmp/ or trash/ that the next start removes.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from provender import _wiring
-from provender._cache import _fetch, _store, _sync, _tier_push
-from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
-from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
+from provender._cache._entry import (
+    CacheEntry,
+    CacheStats,
+    PullOptions,
+    PullResult,
+    PushResult,
+    VerifyIssue,
+    model_path_of,
+)
+from provender._cache._eviction import REMOVE_IN_USE, EvictionPlan, Evictor, plan_removal, warn_if_over
+from provender._cache._fetch import Transfers
 from provender._cache._fsops import LinkMode, fs_errors
-from provender._cache._index import Index, IndexRow
-from provender._cache._layout import DIRS, Walls, check_file
-from provender._cache._leases import Lease, exclusive
-from provender._cache._locks import GuardedLock, LeaseLock
-from provender._cache._names import check_key, check_name, generate_cache_key
+from provender._cache._intake import Intake
+from provender._cache._leases import Lease
+from provender._cache._locks import LeaseLock
+from provender._cache._names import check_key, check_name, generate_cache_key, hub_key, imported_key
 from provender._cache._remote import RemoteTier, tier_from_settings
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
-from provender._cache._repair import read_or_repair, row_from_manifest
-from provender._cache._resolve import resolve
 from provender._cache._store import REPLACED_SUFFIX as REPLACED_SUFFIX
-from provender.errors import AmbiguousNameError, CacheNotWritableError, EntryInUseError, EntryNotFoundError
+from provender._cache._store import Store
+from provender._cache._sync import Catalog
+from provender.errors import EntryInUseError, EntryNotFoundError
+
+if TYPE_CHECKING:
+    from provender._cache._index import Index
+    from provender._cache._layout import Walls
+    from provender._cache._locks import GuardedLock
 
 __all__ = ["MANIFEST", "CacheManager", "Lease"]
 
-logger = logging.getLogger(__name__)
-
-SORT_KEYS = ("used", "size", "name")
 _FROM_SETTINGS: Any = object()  # `remote` not given: the [remote] settings decide
 
 
@@ -72,6 +80,11 @@ class CacheManager:
     The seed's names stay as documented aliases: `get_cached_model` (a lookup by key that
     counts a hit, returning the path), `cache_model` (`import_model` under a caller's key),
     `cleanup_old_models` (`prune`, returning what went).
+
+    The manager is a front over parts that each hold their own state (docs/architecture.md):
+    the `Store` (folders, lock, index, limit), the `Catalog` (the index synced with the disk),
+    the `Evictor` (eviction and removal plans carried out), the `Intake` (every add) and
+    `Transfers` (pull and push, holding the remote tier).
     """
 
     def __init__(
@@ -91,34 +104,29 @@ class CacheManager:
             max_size = default_size if max_size is None else max_size
         from provender._sizes import parse_size
 
-        self._on_evicted = on_evicted
-
         self.cache_dir = Path(cache_dir).expanduser().absolute()
         if self._remote is not None:  # a file:// tier must not be in the cache, nor the cache in it
             self._remote.check_apart(self.cache_dir)
-        self.max_size = parse_size(max_size)
         self.hub_dir = self.cache_dir / "hub"
         self.objects_dir = self.cache_dir / "objects"
-        self._pins_dir = self.cache_dir / "pins"
-        self._locks_dir = self.cache_dir / "locks"
-        self._pending_dir = self.cache_dir / "pending"
-        self._tmp_dir = self.cache_dir / "tmp"
-        self._trash_dir = self.cache_dir / "trash"
+        self._store = store = Store(self.cache_dir, parse_size(max_size))
+        self._index = store.index
+        self._catalog = catalog = Catalog(store)
+        self._evictor = evictor = Evictor(store, on_evicted)
+        self._intake = intake = Intake(store, catalog, evictor)
+        self._transfers = Transfers(intake, self._remote)
         with fs_errors(self.cache_dir):
-            self._walls = Walls(self.cache_dir)  # refuses a folder that is not a provender cache, and planted links
-            for d in (self.cache_dir, *(self.cache_dir / name for name in DIRS)):
-                if not os.access(d, os.W_OK):
-                    raise CacheNotWritableError(d, "permission denied")
-            if check_file(self.cache_dir / ".lock") and not os.access(self.cache_dir / ".lock", os.W_OK):
-                raise CacheNotWritableError(self.cache_dir / ".lock", "the cache's lock file belongs to another user")
-        self._lock = GuardedLock(self._walls)  # checks the walls, then locks
-        self._locks_dir = self._walls.here("locks")  # leases, markers and staging go where was checked
-        self._pending_dir = self._walls.here("pending")
-        self._tmp_dir = self._walls.here("tmp")
-        self._index = Index(self.cache_dir / "index.db", guard=self._walls.check)
-        with fs_errors(self.cache_dir):
-            self._open_index()
-            self._clean_leftovers()
+            catalog.open_index()
+            store.clean_leftovers()
+
+    @property
+    def max_size(self) -> int:
+        """The size limit in bytes (``cache.max_size``); may be set."""
+        return self._store.max_size
+
+    @max_size.setter
+    def max_size(self, value: int) -> None:
+        self._store.max_size = value
 
     # -- seed API ----------------------------------------------------------------------
 
@@ -134,19 +142,21 @@ class CacheManager:
         eviction by another process: hold `acquire(key)` while you read it.
         """
         check_key(cache_key)
+        index = self._index
         root = str(self.cache_dir)  # strings, not pathlib, on the hot path of a hit
-        found = self._index.hit(cache_key, lambda rel: os.path.exists(os.path.join(root, rel)))
+        found = index.hit(cache_key, lambda rel: os.path.exists(os.path.join(root, rel)))
         if found is None:  # not indexed (yet): it may be on disk, put there by another process or tool
-            row = self._discover_object(cache_key)
-            if row is None and self._hub_changed():
-                with self._lock:
-                    self._reconcile()
-                row = self._index.get(cache_key)
+            catalog = self._catalog
+            row = catalog.discover(cache_key)
+            if row is None and catalog.hub_changed():
+                with self._store.lock:
+                    catalog.reconcile()
+                row = index.get(cache_key)
             if row is not None:
-                found = self._index.hit(cache_key, lambda rel: os.path.exists(self.cache_dir / rel))
+                found = index.hit(cache_key, lambda rel: os.path.exists(self.cache_dir / rel))
         if found is None:
-            with self._index.transaction() as con:
-                self._index.add_stat(con, "misses")
+            with index.transaction() as con:
+                index.add_stat(con, "misses")
             return None
         kind, rel, metadata = found
         return model_path_of(self.cache_dir / rel, kind, metadata)
@@ -170,7 +180,7 @@ class CacheManager:
         same step, so no other process can evict it between the add and a `pin` call.
         """
         check_key(cache_key)
-        entry = self._store_local(
+        entry = self._intake.add_local(
             Path(model_path), cache_key, name=name, link_mode=link_mode, metadata=metadata, replace=True, pin=pin
         )
         return entry.model_path
@@ -189,17 +199,17 @@ class CacheManager:
     def plan_eviction(self, max_size: int | None = None) -> EvictionPlan:
         """What `prune` would evict now, and what it would keep and why; changes nothing."""
         limit = self.max_size if max_size is None else max_size
-        with self._lock:
-            self._reconcile()
-            return plan_eviction(lru_entries(self), limit, pinned=self._pinned_keys(), in_use=self._held)
+        with self._store.lock:
+            self._catalog.reconcile()
+            return self._evictor.plan(limit)
 
     def prune(self, max_size: int | None = None) -> EvictionPlan:
         """Evict least-recently-used entries down to `max_size` (default: the limit); returns what was done."""
         limit = self.max_size if max_size is None else max_size
-        with self._lock:
-            self._reconcile()
-            plan = carry_out(self, limit, protect=set())
-        self._notify_evicted(list(plan.evict))
+        with self._store.lock:
+            self._catalog.reconcile()
+            plan = self._evictor.carry_out(limit, protect=set())
+        self._evictor.notify(list(plan.evict))
         return plan
 
     # -- adding ------------------------------------------------------------------------
@@ -221,18 +231,16 @@ class CacheManager:
         With a remote tier (not read-only), the entry is written through to it.
         """
         check_name(name)
-        key = generate_cache_key(name, None, {"source": "import"})
-        entry = self._store_local(
+        entry = self._intake.add_local(
             Path(path),
-            key,
+            imported_key(name),
             name=name,
             link_mode=link_mode,
             metadata={**metadata, "source": "import"},
             replace=replace,
             pin=pin,
         )
-        if self._remote is not None and not self._remote.read_only:
-            _tier_push.write_through(self, entry)  # a failing tier is a warning, never a failed import
+        self._transfers.write_through(entry)  # a failing tier is a warning, never a failed import
         return entry
 
     @property
@@ -240,28 +248,40 @@ class CacheManager:
         """The shared remote tier this cache reads through (``remote.url``), or None."""
         return self._remote
 
-    # pull and fetch (their options: `PullOptions`), push: the bodies are in _fetch and _tier_push
-    pull = _fetch.pull
-    fetch = _fetch.fetch
-    push = _tier_push.push
+    def pull(self, repo_id: str, **options: Unpack[PullOptions]) -> PullResult:
+        """Get a repo (or an imported entry) into the cache: from the cache, else the remote tier (verified
+        against its sha256; offline too), else the Hub (written through to the tier unless read-only).
+
+        Options, each keyword-only and optional (`PullOptions`): ``revision``, ``repo_type``,
+        ``allow_patterns``, ``ignore_patterns``, ``progress`` (default True), ``endpoint``. Says where
+        the bytes came from (`PullResult`). A failing tier is a warning, never a failed pull.
+        """
+        return self._transfers.pull(repo_id, **options)
+
+    def fetch(self, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
+        """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
+
+        Honours ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` (or ``endpoint``, for a mirror). Files already cached are not
+        downloaded again. Marks the entry used and evicts others to fit ``max_size``. With a remote tier,
+        a miss is served from it first: this is ``pull(...).entry`` (the same options: `PullOptions`).
+        """
+        return self._transfers.pull(repo_id, **options).entry
+
+    def push(self, name_or_key: str, *, progress: bool | Callable[[int], object] = False) -> PushResult:
+        """Upload an entry of this cache to the remote tier (blobs the tier holds already are skipped).
+
+        ``progress``: a callable is told the bytes of each blob as it is uploaded or found there.
+
+        Raises RemoteNotConfiguredError without a tier (or on a read-only one), RemoteTierError
+        if the tier fails.
+        """
+        return self._transfers.push(name_or_key, progress=progress)
 
     # -- reading -----------------------------------------------------------------------
 
     def entries(self, sort: str = "used") -> list[CacheEntry]:
         """Every entry, after syncing the index with the disk. ``sort``: used (recent first), size, name."""
-        if sort not in SORT_KEYS:
-            raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
-        with self._lock:
-            self._reconcile()
-        pinned = self._pinned_keys()
-        entries = [self._entry(row, pinned=row["key"] in pinned) for row in self._index.all()]
-        if sort == "size":
-            entries.sort(key=lambda e: (-e.size, e.name))
-        elif sort == "name":
-            entries.sort(key=lambda e: (e.name.lower(), e.key))
-        else:
-            entries.sort(key=lambda e: -(e.last_used or e.created))
-        return entries
+        return self._catalog.entries(sort)
 
     def find(self, name_or_key: str) -> CacheEntry | None:
         """The entry with this key, else this name, else this unique key prefix (at least 4 hex digits).
@@ -269,32 +289,17 @@ class CacheManager:
         A name shared by an imported entry and a Hub repo means the imported one. A name or
         prefix that matches more entries raises AmbiguousNameError listing them.
         """
-        if not isinstance(name_or_key, str) or not name_or_key:
-            return None
-        try:
-            row = resolve(self._index, name_or_key)
-        except AmbiguousNameError:  # make sure no vanished entry is among the candidates
-            row = None
-        if row is None:
-            with self._lock:
-                self._reconcile()
-            row = resolve(self._index, name_or_key)
-        if row is None:
-            return None
-        entry = self._entry(row)
-        return entry if entry.path.exists() else None
+        return self._catalog.find(name_or_key)
 
     def get(self, name_or_key: str) -> CacheEntry:
         """Like `find`, but raises EntryNotFoundError."""
-        entry = self.find(name_or_key)
-        if entry is None:
-            raise EntryNotFoundError(name_or_key)
-        return entry
+        return self._catalog.get(name_or_key)
 
     def stats(self) -> CacheStats:
         """Persistent counters (hits, misses, evictions) and current totals."""
-        with self._lock:
-            self._reconcile()
+        store = self._store
+        with store.lock:
+            self._catalog.reconcile()
         counters = self._index.stats()
         entries = self._index.all()
         return CacheStats(
@@ -305,7 +310,7 @@ class CacheManager:
             entries=len(entries),
             size=sum(r["size"] for r in entries),
             max_size=self.max_size,
-            pinned=len(self._pinned_keys() & {r["key"] for r in entries}),
+            pinned=len(store.pinned_keys() & {r["key"] for r in entries}),
             cache_dir=self.cache_dir,
             remote_hits=counters["remote_hits"],
             remote_misses=counters["remote_misses"],
@@ -315,11 +320,7 @@ class CacheManager:
 
     def in_use(self, name_or_key: str) -> bool:
         """True if some live process holds a lease on the entry."""
-        return self._held(self.get(name_or_key).key)
-
-    def _held(self, key: str) -> bool:
-        with exclusive(self._lease_path(key)) as taken:
-            return not taken
+        return self._store.held(self.get(name_or_key).key)
 
     # -- holding -----------------------------------------------------------------------
 
@@ -329,164 +330,91 @@ class CacheManager:
         Marks the entry used and counts a hit (a miss if there is no such entry, which
         raises EntryNotFoundError). Use as ``with cm.acquire(name) as entry:``.
         """
-        entry = self.find(name_or_key)
+        store, index = self._store, self._index
+        entry = self._catalog.find(name_or_key)
         if entry is None:
-            with self._index.transaction() as con:
-                self._index.add_stat(con, "misses")
+            with index.transaction() as con:
+                index.add_stat(con, "misses")
             raise EntryNotFoundError(name_or_key)
-        lock = LeaseLock(self._lease_path(entry.key), is_singleton=False)
+        lock = LeaseLock(store.lease_path(entry.key), is_singleton=False)
         lock.acquire_read()
-        # Between `get` and the read lock an evictor may have removed it: check again.
-        row = self._index.get(entry.key)
-        if row is None or not self._entry(row).path.exists():
+        # Between `find` and the read lock an evictor may have removed it: check again.
+        row = index.get(entry.key)
+        if row is None or not store.entry(row).path.exists():
             lock.release()
             lock.close()
-            with self._index.transaction() as con:  # a miss like any other, for the stats
-                self._index.add_stat(con, "misses")
+            with index.transaction() as con:  # a miss like any other, for the stats
+                index.add_stat(con, "misses")
             raise EntryNotFoundError(name_or_key)
-        self._index.record_hit(entry.key)
-        return Lease(self._entry(row), lock, self)
+        index.record_hit(entry.key)
+        return Lease(store.entry(row), lock, self._evictor.after_release)
 
     # -- removing, pinning -------------------------------------------------------------
 
     def remove(self, name_or_key: str, *, dry_run: bool = False) -> CacheEntry:
         """Remove one entry. Refused (EntryInUseError) while it is pinned or held by a live process."""
-        with self._lock:
+        store = self._store
+        with store.lock:
             entry = self.get(name_or_key)
-            if entry.key in self._pinned_keys():
-                raise EntryInUseError(entry.name, "it is pinned (run `provender cache unpin` first)")
-            if not self._try_remove(entry, dry_run=dry_run):
-                raise EntryInUseError(entry.name, "a running process is using it")
+            plan = plan_removal(entry, pinned=store.pinned_keys())  # leases: asked as it is carried out
+            if plan.refused is not None:
+                raise EntryInUseError(entry.name, plan.refused)
+            if not self._evictor.remove(plan, dry_run=dry_run):
+                raise EntryInUseError(entry.name, REMOVE_IN_USE)
         if not dry_run:
-            self._notify_evicted([entry])
+            self._evictor.notify([entry])
         return entry
 
     def pin(self, name_or_key: str) -> CacheEntry:
         """Protect an entry from eviction (it can still be removed after `unpin`)."""
-        with self._lock:  # eviction holds it too: the entry cannot vanish between the lookup and the pin
+        with self._store.lock:  # eviction holds it too: the entry cannot vanish between the lookup and the pin
             entry = self.get(name_or_key)
             if self._index.degraded is not None:
                 raise self._index.degraded
-            with fs_errors(self.cache_dir):
-                self._walls.touch(self._pins_dir / entry.key)  # a planted link is refused, not followed
+            self._store.mark_pinned(entry.key)  # a planted link is refused, not followed
         return dataclasses.replace(entry, pinned=True)
 
     def unpin(self, name_or_key: str) -> CacheEntry:
         """Let an entry be evicted again; returns it as it was when unpinned."""
-        with self._lock:
+        with self._store.lock:
             entry = self.get(name_or_key)
-            self._walls.unlink(self._pins_dir / entry.key)
+            self._store.unmark_pinned(entry.key)
         return dataclasses.replace(entry, pinned=False)
 
     def verify(self, *, fix: bool = False, progress: Any = None) -> list[VerifyIssue]:
         """Re-hash content where a checksum is known; report (and with ``fix``, drop) what is corrupt."""
         from provender._cache._verify import verify_cache
 
-        return verify_cache(self, fix=fix, progress=progress)
+        return verify_cache(self._catalog, self.remove, fix=fix, progress=progress)
 
-    # -- the pieces the helper modules share (the `CacheCore` protocol of _core.py) -------
+    def hub_key(self, repo_id: str, repo_type: str = "model") -> str:
+        """The cache key of a Hub repo (deterministic, the same in every process)."""
+        return hub_key(repo_id, repo_type)
+
+    # -- the parts, for introspection (not part of the public API) ------------------------
 
     @property
     def index(self) -> Index:
-        """The SQLite index (for the cache's helper modules; not part of the public API)."""
+        """The SQLite index (the store's)."""
         return self._index
 
     @property
     def lock(self) -> GuardedLock:
-        """The cache-wide lock (for the cache's helper modules; not part of the public API)."""
-        return self._lock
+        """The cache-wide lock (the store's)."""
+        return self._store.lock
 
     @property
     def walls(self) -> Walls:
-        """The cache's folders, opened without following links (for the helper modules)."""
-        return self._walls
+        """The cache's folders, opened without following links (the store's)."""
+        return self._store.walls
 
     def lease_path(self, key: str) -> Path:
-        """The lease file of entry `key` (for the helper modules)."""
-        return self._lease_path(key)
+        """The lease file of entry `key` (the store's)."""
+        return self._store.lease_path(key)
 
     def pending_path(self, key: str) -> Path:
-        """The marker held while a Hub download of `key` runs (for the helper modules)."""
-        return self._pending_dir / f"{check_key(key)}.lock"
-
-    # -- internals ---------------------------------------------------------------------
-
-    def _lease_path(self, key: str) -> Path:
-        name = f"{check_key(key)}.lease"
-        self._walls.check("locks")  # not swapped, and no link where the folder belongs
-        check_file(self.cache_dir / "locks" / name)  # a planted link is refused (named as the user sees it)
-        return self._locks_dir / name
-
-    def _pinned_keys(self) -> set[str]:
-        return set(self._walls.listdir("pins"))
-
-    def _entry(self, row: IndexRow, pinned: bool | None = None) -> CacheEntry:
-        if pinned is None:
-            pinned = (self._pins_dir / row["key"]).exists()
-        return CacheEntry(
-            key=row["key"],
-            name=row["name"],
-            kind=row["kind"],
-            path=self.cache_dir / row["path"],
-            size=row["size"],
-            created=row["created"],
-            last_used=row["last_used"],
-            hits=row["hits"],
-            pinned=pinned,
-            metadata=row["metadata"],
-        )
-
-    # -- the pieces, one module each: syncing with the disk (_sync), adding and removing (_store)
-
-    _open_index = _sync.open_index
-    _rebuild_index = _sync.rebuild_index
-    _discover_object = _sync.discover_object
-    _hub_row = _sync.hub_row
-    _download_state = _sync.download_state
-    _hub_changed = _sync.hub_changed
-    _reconcile = _sync.reconcile
-    _clean_leftovers = _store.clean_leftovers
-    _staging = _store.staging
-    _store_local = _store.store_local
-    _commit_local = _store.commit_local
-    _swap_in = _store.swap_in
-    _write_row = _store.write_row
-    _to_trash = _store.to_trash
-    _try_remove = _store.try_remove
-    _row_from_manifest = staticmethod(row_from_manifest)
-
-    def _read_manifest(self, key: str) -> dict[str, Any] | None:
-        """The entry's manifest; a damaged one is rebuilt from the files, never deleted (call under the lock)."""
-        return read_or_repair(self, key)
-
-    def hub_key(self, repo_id: str, repo_type: str = "model") -> str:
-        """The cache key of a Hub repo (deterministic, the same in every process)."""
-        return generate_cache_key(repo_id, None, {"source": "hub", "repo_type": repo_type})
-
-    def _evict(self, limit: int, protect: set[str]) -> list[CacheEntry]:
-        """Evict LRU entries until the total fits `limit`. Call under the lock (after `_reconcile`)."""
-        plan = carry_out(self, limit, protect)
-        warn_if_over(plan)
-        return list(plan.evict)
-
-    def _evict_if_over(self, key: str) -> None:
-        """After a lease on `key` ends: if an eviction passed over it while held, that eviction happens now."""
-        flag = f"deferred:{key}"
-        try:
-            if self._index.get_meta(flag) is None:
-                return  # no eviction waited on this entry: a release alone evicts nothing
-            with self._lock:
-                self._index.write(lambda con: con.execute("DELETE FROM meta WHERE name=?", (flag,)), soft=True)
-                evicted = self._evict(self.max_size, protect=set())
-        except Exception as exc:  # releasing must never fail because of housekeeping
-            logger.warning("eviction after a release failed: %s", exc)
-            return
-        self._notify_evicted(evicted)
-
-    def _notify_evicted(self, entries: list[CacheEntry]) -> None:
-        """Tell the listeners handed down from above (the plugins' hook) and `on_evicted`."""
-        if entries:
-            _wiring.notify_evicted(entries, self._on_evicted)
+        """The marker held while a Hub download of `key` runs (the store's)."""
+        return self._store.pending_path(key)
 
     def __repr__(self) -> str:
         return f"CacheManager(cache_dir={str(self.cache_dir)!r}, max_size={self.max_size})"

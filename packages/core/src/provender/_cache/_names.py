@@ -31,6 +31,16 @@ def generate_cache_key(repo: str, filename: str | None = None, metadata: dict[st
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def hub_key(repo_id: str, repo_type: str = "model") -> str:
+    """The cache key of a Hub repo (deterministic, the same in every process)."""
+    return generate_cache_key(repo_id, None, {"source": "hub", "repo_type": repo_type})
+
+
+def imported_key(name: str) -> str:
+    """The cache key of an entry imported under `name` (``cache import ... --name``)."""
+    return generate_cache_key(name, None, {"source": "import"})
+
+
 def check_key(key: str) -> str:
     """Return `key` if it is a safe cache key, else raise InvalidNameError."""
     if not isinstance(key, str):

@@ -35,9 +35,9 @@ from provender.errors import (
 )
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
     from provender._cache._fsops import LinkMode
+    from provender._cache._manager import CacheManager
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def default_cache_name(found: OllamaModel) -> str:
 
 
 def import_from_ollama(
-    cm: CacheCore,
+    cm: CacheManager,
     name: str,
     *,
     as_name: str | None = None,

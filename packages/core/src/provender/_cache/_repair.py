@@ -26,8 +26,8 @@ from provender._cache._names import check_key
 from provender.errors import InvalidNameError
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
-    from provender._cache._index import IndexRow
+    from provender._cache._index import Index, IndexRow
+    from provender._cache._locks import GuardedLock
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ def rebuild_manifest(
 
 
 def repair_entry(
-    cm: CacheCore,
+    index: Index,
+    cache_dir: Path,
     entry_dir: Path,
     old: dict[str, Any] | None,
     problem: str,
@@ -207,7 +208,7 @@ def repair_entry(
     Nothing of the entry's content is moved or deleted. ``announce``: also warn now (`verify`,
     which reports the repair itself, does not).
     """
-    taken = {r["name"] for r in cm.index.all() if r["key"] != entry_dir.name} if row is None else set()
+    taken = {r["name"] for r in index.all() if r["key"] != entry_dir.name} if row is None else set()
     manifest = rebuild_manifest(entry_dir, old, row, taken)
     aside = _set_aside(entry_dir)
     write_manifest(entry_dir, manifest)
@@ -217,17 +218,17 @@ def repair_entry(
     logger.log(
         logging.WARNING if announce else logging.INFO, "cache entry %s (%s): %s", manifest["name"], entry_dir, done
     )
-    record(cm.cache_dir, key=entry_dir.name, name=manifest["name"], path=entry_dir, problem=done, fixed=True)
+    record(cache_dir, key=entry_dir.name, name=manifest["name"], path=entry_dir, problem=done, fixed=True)
     return manifest
 
 
-def read_or_repair(cm: CacheCore, key: str) -> dict[str, Any] | None:
+def read_or_repair(index: Index, cache_dir: Path, key: str) -> dict[str, Any] | None:
     """The manifest of ``objects/<key>``, rebuilt first if damaged; None if it is not an entry. Call under the lock.
 
     Never deletes content: only an empty directory is removed, and a directory whose name is
     not a cache key (not made by provender) is left in place and reported.
     """
-    entry_dir = cm.objects_dir / key
+    entry_dir = cache_dir / "objects" / key
     if not entry_dir.is_dir() or entry_dir.is_symlink():  # removed before the caller took the lock
         return None
     manifest, problem = load_manifest(entry_dir)
@@ -236,13 +237,13 @@ def read_or_repair(cm: CacheCore, key: str) -> dict[str, Any] | None:
     try:
         check_key(key)
     except InvalidNameError:
-        record(cm.cache_dir, key="", name=key, path=entry_dir, problem=NOT_A_KEY, fixed=False)
+        record(cache_dir, key="", name=key, path=entry_dir, problem=NOT_A_KEY, fixed=False)
         return None
     if not any(True for _ in os.scandir(entry_dir)):  # nothing to lose
         entry_dir.rmdir()
-        record(cm.cache_dir, key=key, name="", path=entry_dir, problem="an empty directory: removed", fixed=True)
+        record(cache_dir, key=key, name="", path=entry_dir, problem="an empty directory: removed", fixed=True)
         return None
-    return repair_entry(cm, entry_dir, manifest, problem or "manifest is not valid", cm.index.get(key))
+    return repair_entry(index, cache_dir, entry_dir, manifest, problem or "manifest is not valid", index.get(key))
 
 
 def record(cache_dir: Path, *, key: str, name: str, path: Path, problem: str, fixed: bool) -> None:
@@ -289,10 +290,10 @@ def _read(log: Path) -> list[dict[str, Any]]:
     return items
 
 
-def take_findings(cm: CacheCore) -> list[VerifyIssue]:
-    """What the cache found or changed on its own since the last `verify`; clears the log."""
-    log = cm.cache_dir / REPAIR_LOG
-    with cm.lock:
+def take_findings(cache_dir: Path, lock: GuardedLock) -> list[VerifyIssue]:
+    """What the cache found or changed on its own since the last `verify`; clears the log (under `lock`)."""
+    log = cache_dir / REPAIR_LOG
+    with lock:
         try:
             items = _read(log)
             log.unlink(missing_ok=True)

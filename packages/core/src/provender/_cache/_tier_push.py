@@ -1,5 +1,6 @@
 """Up, from the local cache to the remote tier: `push_entry` (``cm.push``) and `write_through` (after a Hub
-download or an import; a failure is a warning).
+download or an import; a failure is a warning). Both take the tier and the entry; `write_through` also
+the index, to count a failure.
 
 The entry's files are hashed (a local blob that does not match its Hub etag is refused, never
 uploaded), the blobs the tier lacks are uploaded a few at a time (content-addressed: a blob
@@ -19,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry, PushResult
-from provender._cache._remote import ref_name
+from provender._cache._remote import RemoteTier, ref_name
 from provender._cache._repair import scan_files
 from provender._cache._tier_sync import HEX64, count, patterns_of, run_all
 from provender.errors import CacheError, RemoteNotConfiguredError
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
+    from provender._cache._index import Index
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,7 @@ def _sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _hub_files(
-    cm: CacheCore, entry: CacheEntry, revision: str | None
-) -> tuple[str, list[dict[str, Any]], dict[str, Path]]:
+def _hub_files(entry: CacheEntry, revision: str | None) -> tuple[str, list[dict[str, Any]], dict[str, Path]]:
     """(commit, files, local blob of each sha256) of a Hub entry's snapshot."""
     snapshot = _hub.snapshot_path(entry.path, revision)
     if snapshot is None:
@@ -66,19 +65,8 @@ def _hub_files(
     return snapshot.name, sorted(files, key=lambda f: f["path"]), local
 
 
-def push(cm: CacheCore, name_or_key: str, *, progress: bool | Callable[[int], object] = False) -> PushResult:
-    """Upload an entry of this cache to the remote tier (blobs the tier holds already are skipped).
-
-    ``progress``: a callable is told the bytes of each blob as it is uploaded or found there.
-
-    Raises RemoteNotConfiguredError without a tier (or on a read-only one), RemoteTierError
-    if the tier fails.
-    """
-    return push_entry(cm, cm.get(name_or_key), progress=progress)
-
-
 def push_entry(
-    cm: CacheCore,
+    tier: RemoteTier | None,
     entry: CacheEntry,
     *,
     progress: bool | Callable[[int], object] = False,
@@ -91,7 +79,6 @@ def push_entry(
 
     ``progress``: a callable is told each blob's size once it is uploaded or found there already
     (a progress bar sized to the entry reaches its end); True logs each upload."""
-    tier = cm.remote
     if tier is None:
         raise RemoteNotConfiguredError()
     tier.check_writable()
@@ -100,7 +87,7 @@ def push_entry(
         revision = revision or meta.get("revision")
         if patterns is None:
             patterns = patterns_of(meta.get("allow_patterns"), meta.get("ignore_patterns"))
-        commit, files, local = _hub_files(cm, entry, revision)
+        commit, files, local = _hub_files(entry, revision)
         rev = revision or "main"
         manifest: dict[str, Any] = {
             "key": entry.key,
@@ -155,7 +142,8 @@ def push_entry(
 
 
 def write_through(
-    cm: CacheCore,
+    tier: RemoteTier,
+    index: Index,
     entry: CacheEntry,
     *,
     revision: str | None = None,
@@ -164,9 +152,9 @@ def write_through(
 ) -> str | None:
     """`push_entry`, where a failure is a warning (returned, and logged), never an error."""
     try:
-        result = push_entry(cm, entry, revision=revision, patterns=patterns, force=force)
+        result = push_entry(tier, entry, revision=revision, patterns=patterns, force=force)
     except (CacheError, OSError) as exc:
-        count(cm, remote_errors=1)
+        count(index, remote_errors=1)
         message = f"could not write {entry.name} through to the remote tier: {exc}"
         logger.warning("%s", message)
         return message

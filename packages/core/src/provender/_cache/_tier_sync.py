@@ -30,11 +30,9 @@ from provender._cache import _hub
 from provender._cache._entry import CacheEntry
 from provender._cache._fsops import fs_errors
 from provender._cache._layout import check_dir, link_error
-from provender._cache._names import check_name, generate_cache_key
+from provender._cache._names import check_name, hub_key, imported_key
 from provender._cache._remote import RemoteTier, ref_name
 from provender._cache._repair import scan_files, write_manifest
-from provender._cache._store import commit_local, staging, write_row
-from provender._cache._sync import hub_row, reconcile
 from provender.errors import (
     CacheError,
     CorruptBlobError,
@@ -45,8 +43,9 @@ from provender.errors import (
 )
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
-    from provender._cache._locks import LeaseLock
+    from provender._cache._index import Index
+    from provender._cache._intake import Intake
+    from provender._cache._store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +56,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def count(cm: CacheCore, **amounts: int) -> None:
+def count(index: Index, **amounts: int) -> None:
     """Add to the persistent stats (remote_hits, remote_misses, bytes_from_remote, remote_errors)."""
 
     def add(con: Any) -> None:
         for name, amount in amounts.items():
             if amount:
-                cm.index.add_stat(con, name, amount)
+                index.add_stat(con, name, amount)
 
     try:
-        cm.index.write(add, soft=True)
+        index.write(add, soft=True)
     except CacheError as exc:  # counting must never fail a pull
         logger.debug("could not count %s: %s", amounts, exc)
 
@@ -241,38 +240,22 @@ def find_manifest(
     return manifest
 
 
-def check_room(cm: CacheCore, needed: int) -> None:
+def check_room(cache_dir: Path, needed: int) -> None:
     """Refuse before a byte is moved what the cache's disk has no room for (DiskFullError), as a Hub download does."""
-    if needed > shutil.disk_usage(cm.cache_dir).free:
-        raise DiskFullError(cm.cache_dir, needed)
+    if needed > shutil.disk_usage(cache_dir).free:
+        raise DiskFullError(cache_dir, needed)
 
 
-def check_repo_layout(cm: CacheCore, repo_dir: Path) -> None:
+def check_repo_layout(store: Store, repo_dir: Path) -> None:
     """Before writing into a Hub repo folder (huggingface_hub or the tier): no link where it keeps its
     folders and files (hub/.locks, the repo folder, blobs, snapshots, refs, any blob or ref). Refused."""
-    cm.walls.check("hub")
-    for path in (cm.hub_dir / ".locks", cm.hub_dir / ".locks" / repo_dir.name, repo_dir):
+    store.walls.check("hub")
+    for path in (store.hub_dir / ".locks", store.hub_dir / ".locks" / repo_dir.name, repo_dir):
         if os.path.lexists(path):
             check_dir(path)
     if os.path.isdir(repo_dir):
         for path in _hub.planted_links(repo_dir):
             raise link_error(path, "folder or file")
-
-
-def commit_hub(
-    cm: CacheCore, key: str, folder: str, repo_type: str, repo_id: str, metadata: dict[str, Any], pending: LeaseLock
-) -> list[CacheEntry]:
-    """Index a Hub repo that just landed in hub/ (under the lock), end its download marker, evict to fit."""
-    row = hub_row(cm, folder, repo_type, repo_id, last_used=time.time(), metadata=metadata or None)
-    old = cm.index.get(key)
-    if old is not None:
-        row["created"] = old["created"]
-    with cm.lock:
-        write_row(cm, row)
-        pending.release()
-        cm.pending_path(key).unlink(missing_ok=True)
-        reconcile(cm)
-        return cm._evict(cm.max_size, protect={key})
 
 
 def _atomic_symlink(target: str, link: Path) -> None:
@@ -290,7 +273,7 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def pull_hub(
-    cm: CacheCore,
+    intake: Intake,
     tier: RemoteTier,
     repo_id: str,
     repo_type: str,
@@ -306,7 +289,8 @@ def pull_hub(
     """
     from provender._cache._locks import LeaseLock
 
-    key = cm.hub_key(repo_id, repo_type)
+    store = intake.store
+    key = hub_key(repo_id, repo_type)
     manifest = find_manifest(tier, key, revision, patterns)
     if manifest is None:
         return None
@@ -324,20 +308,20 @@ def pull_hub(
         return None
     name = _hub.display_name(repo_id, repo_type)
     total = sum(f["size"] for f in files)
-    if total > cm.max_size:
-        raise EntryTooLargeError(name, total, cm.max_size)
+    if total > store.max_size:
+        raise EntryTooLargeError(name, total, store.max_size)
     folder = _hub.folder_name(repo_id, repo_type)
-    repo_dir = cm.hub_dir / folder
-    check_repo_layout(cm, repo_dir)
-    cm.walls.check("pending", "locks", "hub", "tmp")
-    pending = LeaseLock(cm.pending_path(key))  # the same marker as a Hub download: not an entry until done
-    lease = LeaseLock(cm.lease_path(key), is_singleton=False)
-    with fs_errors(cm.cache_dir):
+    repo_dir = store.hub_dir / folder
+    check_repo_layout(store, repo_dir)
+    store.walls.check("pending", "locks", "hub", "tmp")
+    pending = LeaseLock(store.pending_path(key))  # the same marker as a Hub download: not an entry until done
+    lease = LeaseLock(store.lease_path(key), is_singleton=False)
+    with fs_errors(store.cache_dir):
         pending.acquire_write()
     lease.acquire_read()
     try:
         blobs = repo_dir / "blobs"
-        with staging(cm) as stage, fs_errors(cm.cache_dir, total):
+        with store.staging() as stage, fs_errors(store.cache_dir, total):
             stage.mkdir()
             staged: dict[str, Path] = {}
             jobs = []
@@ -347,7 +331,7 @@ def pull_hub(
                     continue  # this cache has the blob already (another revision, a partial pull)
                 staged[etag] = stage / etag
                 jobs.append((f, staged[etag]))
-            check_room(cm, sum(f["size"] for f, _dest in jobs))
+            check_room(store.cache_dir, sum(f["size"] for f, _dest in jobs))
             got = _download_all(tier, jobs, progress, f"{name} (remote tier)")
             # every file arrived intact: now, and only now, into the Hub layout (blobs, links, ref)
             snapshot = repo_dir / "snapshots" / commit
@@ -364,23 +348,20 @@ def pull_hub(
                 ref = repo_dir / "refs" / rev
                 ref.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_text(ref, commit)
-        evicted = commit_hub(cm, key, folder, repo_type, repo_id, metadata, pending)
+        evicted = intake.commit_hub(key, folder, repo_type, repo_id, metadata, pending)
     finally:
         pending.release()
         lease.release()
         lease.close()
-    cm._notify_evicted(evicted)
+    intake.evictor.notify(evicted)
     logger.info("%s: %d files (%d bytes) from the remote tier %s", name, len(files), got, tier.url)
-    return cm.get(key), got
+    return intake.catalog.get(key), got
 
 
-def imported_key(name: str) -> str:
-    return generate_cache_key(name, None, {"source": "import"})
-
-
-def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = False) -> tuple[CacheEntry, int] | None:
+def pull_imported(intake: Intake, tier: RemoteTier, name: str, progress: bool = False) -> tuple[CacheEntry, int] | None:
     """Bring an imported entry (``cache import ... --name``) from the tier into objects/; None if it lacks it."""
     check_name(name)
+    store = intake.store
     key = imported_key(name)
     manifest = tier.read_manifest(key, "latest")
     if manifest is None:
@@ -389,8 +370,8 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = F
         raise TierContentError(tier.url, f"the tier's manifest for {name} does not describe it; ignored")
     files = _checked_files(tier, manifest)
     total = sum(f["size"] for f in files)
-    if total > cm.max_size:
-        raise EntryTooLargeError(name, total, cm.max_size)
+    if total > store.max_size:
+        raise EntryTooLargeError(name, total, store.max_size)
     filename = manifest.get("filename")
     if filename is not None and (not isinstance(filename, str) or [f["path"] for f in files] != [filename]):
         raise TierContentError(tier.url, f"the tier's manifest for {name} is not valid; ignored")
@@ -398,12 +379,12 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = F
     metadata: dict[str, Any] = found if isinstance(found, dict) else {}
     evicted: list[CacheEntry] = []
     now = time.time()
-    with staging(cm) as stage, fs_errors(cm.cache_dir, total):
+    with store.staging() as stage, fs_errors(store.cache_dir, total):
         stage.mkdir()
         recorded: dict[str, dict[str, Any]] = {}
         for f in files:
             (stage / f["path"]).parent.mkdir(parents=True, exist_ok=True)
-        check_room(cm, total)
+        check_room(store.cache_dir, total)
         got = _download_all(tier, [(f, stage / f["path"]) for f in files], progress, f"{name} (remote tier)")
         sha_of = {f["path"]: f["sha256"] for f in files}  # a dict: an entry may have 100,000 files
         for rel, info in scan_files(stage).items():
@@ -419,8 +400,8 @@ def pull_imported(cm: CacheCore, tier: RemoteTier, name: str, progress: bool = F
         }
         write_manifest(stage, local)
         try:
-            _row, evicted = commit_local(cm, stage, local, key, name, False, now, False)
+            _row, evicted = intake.commit_local(stage, local, name, False, now, False)
         except EntryExistsError:  # another process of this machine brought it meanwhile
             pass
-    cm._notify_evicted(evicted)
-    return cm.get(key), got
+    intake.evictor.notify(evicted)
+    return intake.catalog.get(key), got

@@ -31,12 +31,11 @@ from provender._cache._repair import (
     take_findings,
     write_manifest,
 )
-from provender._cache._store import write_row
-from provender._cache._sync import reconcile
 
 if TYPE_CHECKING:
-    from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
+    from provender._cache._store import Store
+    from provender._cache._sync import Catalog
 
 logger = logging.getLogger(__name__)
 
@@ -58,25 +57,32 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_cache(cm: CacheCore, *, fix: bool, progress: Progress | None) -> list[VerifyIssue]:
-    """Check every entry; `progress(bytes)` is called as content is read."""
+def verify_cache(
+    catalog: Catalog, remove: Callable[[str], object], *, fix: bool, progress: Progress | None
+) -> list[VerifyIssue]:
+    """Check every entry of `catalog`; `progress(bytes)` is called as content is read.
+
+    With `fix`, a corrupt stored entry is dropped with `remove(key)` (the cache's own `remove`:
+    refused while pinned or in use)."""
+    store = catalog.store
     issues: list[VerifyIssue] = []
-    for entry in cm.entries(sort="name"):
-        with hold(cm, entry) as identity:  # no swap or removal while it is read (and its manifest written)
+    for entry in catalog.entries(sort="name"):
+        with hold(store, entry) as identity:  # no swap or removal while it is read (and its manifest written)
             if identity is None:
                 continue  # removed since the listing
-            found = _verify_hub(entry) if entry.kind == "hub" else _verify_local(cm, entry)
+            found = _verify_hub(entry) if entry.kind == "hub" else _verify_local(store, entry)
         if progress is not None:
             progress(entry.size)
         if not found:
             continue
         if fix:
-            found = _fix(cm, entry, found, identity)
+            found = _fix(store, remove, entry, found, identity)
         issues.extend(found)
     if fix:
-        with cm.lock:
-            reconcile(cm)
-    return take_findings(cm) + issues  # first what the cache repaired on its own (this run or earlier)
+        with store.lock:
+            catalog.reconcile()
+    # first what the cache repaired on its own (this run or earlier)
+    return take_findings(store.cache_dir, store.lock) + issues
 
 
 def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
@@ -84,10 +90,10 @@ def _verify_hub(entry: CacheEntry) -> list[VerifyIssue]:
     return [VerifyIssue(entry.key, entry.name, path, problem) for path, problem in verify_repo(entry.path)]
 
 
-def _verify_local(cm: CacheCore, entry: CacheEntry) -> list[VerifyIssue]:
+def _verify_local(store: Store, entry: CacheEntry) -> list[VerifyIssue]:
     manifest, problem = load_manifest(entry.path)
     if problem is not None or manifest is None:
-        manifest = _repair_manifest(cm, entry)
+        manifest = _repair_manifest(store, entry)
         if manifest is None:  # removed meanwhile
             return []
     issues = []
@@ -125,41 +131,44 @@ def _verify_local(cm: CacheCore, entry: CacheEntry) -> list[VerifyIssue]:
     return issues
 
 
-def _repair_manifest(cm: CacheCore, entry: CacheEntry) -> dict[str, Any] | None:
+def _repair_manifest(store: Store, entry: CacheEntry) -> dict[str, Any] | None:
     """Damaged metadata: rebuild the manifest from the files (content kept); None if the entry went meanwhile."""
-    with cm.lock:  # looked at again under the lock: a replacement or a removal may have been under way
+    with store.lock:  # looked at again under the lock: a replacement or a removal may have been under way
         if not entry.path.is_dir():
             return None
         manifest, problem = load_manifest(entry.path)
         if problem is None and manifest is not None:
             return manifest
-        row = cm.index.get(entry.key)
-        manifest = repair_entry(cm, entry.path, manifest, problem or "manifest is not valid", row, announce=False)
-        write_row(cm, row_from_manifest(manifest))
+        row = store.index.get(entry.key)
+        problem = problem or "manifest is not valid"
+        manifest = repair_entry(store.index, store.cache_dir, entry.path, manifest, problem, row, announce=False)
+        store.write_row(row_from_manifest(manifest))
     size = sum(f["size"] for f in manifest["files"].values())
     if size != entry.size:
         problem = f"the files on disk hold {size} bytes, the index recorded {entry.size}: content may be damaged"
-        record(cm.cache_dir, key=entry.key, name=entry.name, path=entry.path, problem=problem, fixed=False)
+        record(store.cache_dir, key=entry.key, name=entry.name, path=entry.path, problem=problem, fixed=False)
     return manifest
 
 
-def _fix(cm: CacheCore, entry: CacheEntry, issues: list[VerifyIssue], identity: object) -> list[VerifyIssue]:
+def _fix(
+    store: Store, remove: Callable[[str], object], entry: CacheEntry, issues: list[VerifyIssue], identity: object
+) -> list[VerifyIssue]:
     """Hub: delete corrupt blobs and dangling links (a later pull fetches them again).
     Local: there is no second copy, so the whole corrupt entry is dropped, only if it is still
     the one that was read (a replacement that landed since is left alone)."""
     if entry.kind == "local":
         try:
-            with cm.lock:
+            with store.lock:
                 if _identity(entry.path) != identity:
                     logger.warning("not dropping %s: it was replaced since it was verified", entry.name)
                     return issues
-                cm.remove(entry.key)
+                remove(entry.key)
         except Exception as exc:
             logger.warning("could not drop %s: %s", entry.name, exc)
             return issues
         return [VerifyIssue(i.key, i.name, i.path, i.problem, fixed=True) for i in issues]
-    with cm.lock:  # links and corrupt blobs are unlinked through folders opened without following links
-        fix_repo(cm.walls, entry.path, {i.path for i in issues})
+    with store.lock:  # links and corrupt blobs are unlinked through folders opened without following links
+        fix_repo(store.walls, entry.path, {i.path for i in issues})
     return [VerifyIssue(i.key, i.name, i.path, i.problem, fixed=True) for i in issues]
 
 
@@ -172,12 +181,12 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 @contextmanager
-def hold(cm: CacheCore, entry: CacheEntry) -> Iterator[tuple[int, int] | None]:
+def hold(store: Store, entry: CacheEntry) -> Iterator[tuple[int, int] | None]:
     """Hold `entry` (the read side of its lease, as a reader does) and yield its identity, None if it is gone."""
-    lock = LeaseLock(cm.lease_path(entry.key), is_singleton=False)
+    lock = LeaseLock(store.lease_path(entry.key), is_singleton=False)
     lock.acquire_read()
     try:
-        yield _identity(entry.path) if cm.index.get(entry.key) is not None else None
+        yield _identity(entry.path) if store.index.get(entry.key) is not None else None
     finally:
         lock.release()
         lock.close()

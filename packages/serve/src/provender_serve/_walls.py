@@ -213,9 +213,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 async def _refuse(send: Send, message: str, code: str, *, vary: bool = False) -> None:
-    body = json.dumps(
-        {"error": {"message": message, "type": "permission_error", "code": code, "param": None}}
-    ).encode()
+    body = json.dumps({"error": {"message": message, "type": "permission_error", "code": code, "param": None}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if vary:
         headers.append((b"vary", b"Origin"))

@@ -385,14 +385,22 @@ def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
 
     from provender._cache import CacheEntry, CacheManager
 
-    path = Path(name).expanduser()
     pathlike = looks_like_path(name)
-    if path.is_dir() or (pathlike and path.is_file()):
+    try:
+        path = Path(name).expanduser()
+        local = path.is_dir() or (pathlike and path.is_file())
+    except (OSError, RuntimeError):  # too long for a path (ENAMETOOLONG), ~nosuchuser: no such local path
+        local = False
+    if local:
         st = path.stat()
         size = 0 if path.is_dir() else st.st_size
         return CacheEntry(key="", name=name, kind="path", path=path.absolute(), size=size, created=st.st_mtime)
     if pathlike:
         raise ModelPathNotFoundError(name)
+    from provender._cache._names import MAX_NAME_LENGTH, check_name
+
+    if len(name) > MAX_NAME_LENGTH:  # no entry has such a name: InvalidNameError, the name cut short
+        check_name(name)
     cm = cache or CacheManager()
     entry = cm.find(name)
     if entry is None and ":" in name:  # org/repo-GGUF:Q4_K_M names a file of the repo's entry

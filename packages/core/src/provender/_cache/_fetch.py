@@ -25,6 +25,7 @@ from provender._cache._tier_sync import (
     patterns_of,
     pull_hub,
     pull_imported,
+    tier_files,
 )
 from provender.errors import (
     CorruptBlobError,
@@ -32,6 +33,7 @@ from provender.errors import (
     EntryTooLargeError,
     HubError,
     ModelNotFoundError,
+    ProvenderError,
     RemoteTierError,
     TierContentError,
 )
@@ -39,6 +41,7 @@ from provender.errors import (
 if TYPE_CHECKING:
     from provender._cache._core import CacheCore
     from provender._cache._entry import CacheEntry
+    from provender._cache._remote import RemoteTier
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +67,7 @@ def pull(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> PullRes
         if entry is not None:
             return PullResult(entry, "cache")
     if ":" in repo_id:  # org/repo-GGUF:Q4_K_M: that GGUF quantisation only (and its split parts)
-        from provender._cache._gguf import quant_request
-
-        repo_id, options["allow_patterns"] = quant_request(
-            cm,
-            repo_id,
-            revision=revision,
-            repo_type=repo_type,
-            allow_patterns=options.get("allow_patterns"),
-            endpoint=options.get("endpoint"),
-        )
+        repo_id, options["allow_patterns"] = _quant_files(cm, repo_id, options)
     check_name(repo_id)
     if repo_type not in _hub.REPO_TYPES:
         raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
@@ -86,9 +80,12 @@ def pull(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> PullRes
     if tier is not None and not local:  # a miss: the remote tier before the Hub (offline too)
         asked = True
         try:
-            got = pull_imported(cm, tier, repo_id, progress) if plain else None
-            metadata = _row_metadata(revision, patterns)
-            got = got or pull_hub(cm, tier, repo_id, repo_type, revision, patterns, metadata, progress)
+            try:
+                got = pull_imported(cm, tier, repo_id, progress) if plain else None
+                metadata = _row_metadata(revision, patterns)
+                got = got or pull_hub(cm, tier, repo_id, repo_type, revision, patterns, metadata, progress)
+            except Exception as exc:
+                raise tier_error(tier, repo_id, exc) from exc
         except RemoteTierError as exc:
             count(cm, remote_errors=1)
             corrupt = frozenset({exc.sha256}) if isinstance(exc, CorruptBlobError) else corrupt
@@ -116,6 +113,52 @@ def pull(cm: CacheCore, repo_id: str, **options: Unpack[PullOptions]) -> PullRes
         pushed = problem is None
         warnings += [problem] if problem else []
     return PullResult(entry, "hub" if from_hub else "cache", 0, from_hub, pushed, tuple(warnings))
+
+
+def _quant_files(cm: CacheCore, name: str, options: PullOptions) -> tuple[str, list[str] | str | None]:
+    """For ``org/repo-GGUF:QUANT``: the repo and the files of that quantisation, chosen from the Hub's
+    file list (offline: the cached snapshot's); failing that, from the remote tier's manifests of the repo,
+    so that a node offline gets from the tier the quantisation another node pulled."""
+    from provender._cache._gguf import quant_request, select_quant, split_tag
+
+    revision, repo_type = options.get("revision"), options.get("repo_type", "model")
+    try:
+        return quant_request(
+            cm,
+            name,
+            revision=revision,
+            repo_type=repo_type,
+            allow_patterns=options.get("allow_patterns"),
+            endpoint=options.get("endpoint"),
+        )
+    except ModelNotFoundError as exc:
+        tier = cm.remote
+        repo_id, quant = split_tag(name)
+        if tier is None or quant is None:
+            raise
+        try:
+            files = tier_files(cm, tier, repo_id, repo_type, revision)
+        except Exception as error:
+            failure = tier_error(tier, repo_id, error)
+            if not isinstance(failure, RemoteTierError):
+                raise failure from error
+            count(cm, remote_errors=1)
+            logger.warning("%s; cannot choose the files of %s from it", failure, name)
+            raise exc from None
+        if not files:
+            said = str(exc).removeprefix(f"model {exc.model!r} not found: ")
+            raise ModelNotFoundError(exc.model, f"not in the remote tier {tier.url}; {said}") from None
+        return repo_id, select_quant(files, quant, repo=repo_id)
+
+
+def tier_error(tier: RemoteTier, name: str, exc: Exception) -> Exception:
+    """What a failure while reading from the tier is: the cache's own errors (a full disk, a planted link)
+    as they are; any other (an OverflowError, an OSError that content of the tier caused) a tier error, so
+    that the pull warns once and asks the Hub instead of failing (the traceback is logged at debug level)."""
+    if isinstance(exc, ProvenderError):
+        return exc
+    logger.debug("reading %s from the remote tier %s failed", name, tier.url, exc_info=exc)
+    return TierContentError(tier.url, f"its copy of {name} could not be read ({type(exc).__name__}: {exc})"[:400])
 
 
 def _row_metadata(revision: str | None, patterns: dict[str, Any] | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 from provender import _wiring
 from provender._cache import _fetch, _store, _sync, _tier_push
 from provender._cache._entry import CacheEntry, CacheStats, VerifyIssue, model_path_of
-from provender._cache._eviction import EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
+from provender._cache._eviction import ORIGIN, EvictionPlan, carry_out, lru_entries, plan_eviction, warn_if_over
 from provender._cache._fsops import LinkMode, fs_errors
 from provender._cache._index import Index, IndexRow
 from provender._cache._layout import DIRS, Walls, check_file
@@ -218,16 +218,19 @@ class CacheManager:
 
         Zero-copy where the filesystem allows. Raises EntryExistsError if an imported
         entry has that name already, unless ``replace=True``. ``pin=True`` pins it as it lands.
+        Eviction never takes an entry that is the only copy of its model: moved in
+        (``link_mode="move"``), or whose source has gone since (see `only_copy`).
         With a remote tier (not read-only), the entry is written through to it.
         """
         check_name(name)
         key = generate_cache_key(name, None, {"source": "import"})
+        origin = {"path": str(Path(path).absolute()), "moved": link_mode == "move"}  # see `_eviction.only_copy`
         entry = self._store_local(
             Path(path),
             key,
             name=name,
             link_mode=link_mode,
-            metadata={**metadata, "source": "import"},
+            metadata={**metadata, "source": "import", ORIGIN: origin},
             replace=replace,
             pin=pin,
         )

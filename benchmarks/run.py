@@ -198,10 +198,33 @@ def provender_register_providers(register):
     register("shout", ShoutProvider)
 '''
 
+# A third-party plugin written as pluggy's docs show: its own marker made at module level
+# (issue 20 item 3; the plugin above uses provender.hookimpl).
+PLUGGY_PLUGIN = '''"""A plugin written as pluggy's docs show: ``pluggy.HookimplMarker`` at module level."""
+import pluggy
 
-def make_user_site(root: Path, n_dists: int = 100) -> Path:
+from provender import Provider
+
+hookimpl = pluggy.HookimplMarker("provender")
+
+
+class LoudProvider(Provider):
+    name = "loud"
+
+    def generate(self, prompt, **options):
+        return prompt.upper() + "!"
+
+
+@hookimpl
+def provender_register_providers(register):
+    register("loud", LoudProvider)
+'''
+
+
+def make_user_site(root: Path, n_dists: int = 100, style: str = "simple") -> Path:
     """A sys.path folder as a real user's environment has one: `n_dists` installed distributions
-    (a third with console scripts) and one provender plugin written in the simplest style."""
+    (a third with console scripts) and one provender plugin, written in the simplest style
+    (`style` "simple": ``provender.hookimpl``) or as pluggy's docs show ("pluggy")."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     for i in range(n_dists):
@@ -210,11 +233,12 @@ def make_user_site(root: Path, n_dists: int = 100) -> Path:
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakedist{i:03d}\nVersion: 1.0\n")
         if i % 3 == 0:
             (info / "entry_points.txt").write_text(f"[console_scripts]\nfake{i} = fake{i}:main\n")
-    (root / "provender_shout.py").write_text(SIMPLE_PLUGIN)
-    info = root / "provender_shout-1.0.dist-info"
+    name = "shout" if style == "simple" else "loud"
+    (root / f"provender_{name}.py").write_text(SIMPLE_PLUGIN if style == "simple" else PLUGGY_PLUGIN)
+    info = root / f"provender_{name}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: provender-shout\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[provender]\nshout = provender_shout\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: provender-{name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[provender]\n{name} = provender_{name}\n")
     return root
 
 
@@ -251,6 +275,11 @@ def bench_help(results: dict[str, object], runs: int) -> None:
     # level) among 100 more installed distributions, as a real user's environment looks.
     check = subprocess.run([provender, "plugins", "--json"], capture_output=True, text=True, env=user)
     assert '"shout"' in check.stdout and '"loaded"' in check.stdout, check.stdout + check.stderr
+    # and one written as pluggy's docs show (its own HookimplMarker at module level), likewise
+    loud = child_env(PYTHONPATH=str(make_user_site(WORK / "user-site-pluggy", style="pluggy")))
+    check = subprocess.run([provender, "plugins", "--json"], capture_output=True, text=True, env=loud)
+    status = {p["name"]: p["status"] for p in json.loads(check.stdout)}
+    assert status.get("loud") == "loaded", check.stdout + check.stderr
     med = interleaved(
         {
             "help": ([provender, "--help"], env),
@@ -258,6 +287,8 @@ def bench_help(results: dict[str, object], runs: int) -> None:
             "bare": ([sys.executable, "-c", "pass"], env),
             "help_user": ([provender, "--help"], user),
             "click_user": ([sys.executable, "-c", "import click"], user),
+            "help_pluggy": ([provender, "--help"], loud),
+            "click_pluggy": ([sys.executable, "-c", "import click"], loud),
         },
         runs,
     )
@@ -287,6 +318,20 @@ def bench_help(results: dict[str, object], runs: int) -> None:
     }
     print(
         f"--help with a simple-style plugin and 100 more distributions: {ours * 1000:.0f} ms, "
+        f"import click {click * 1000:.0f} ms ({ours / click:.2f}x; CPU {ours_cpu / click_cpu:.2f}x)",
+        flush=True,
+    )
+    (ours, ours_cpu), (click, click_cpu) = med["help_pluggy"], med["click_pluggy"]
+    results["help_pluggy_style_plugin_100_dists"] = {
+        "provender_help_s": ours,
+        "import_click_s": click,
+        "ratio": ours / click,
+        "provender_help_cpu_s": ours_cpu,
+        "import_click_cpu_s": click_cpu,
+        "ratio_cpu": ours_cpu / click_cpu,
+    }
+    print(
+        f"--help with a plugin written as pluggy's docs show and 100 more distributions: {ours * 1000:.0f} ms, "
         f"import click {click * 1000:.0f} ms ({ours / click:.2f}x; CPU {ours_cpu / click_cpu:.2f}x)",
         flush=True,
     )

@@ -393,3 +393,62 @@ def test_pin_on_add(cache_dir: Path, make_files) -> None:  # type: ignore[no-unt
     cm.cache_model(make_files("b", {"w": 600}), "b")
     assert cm.get("a").pinned and keys(cm) == {"a", "b"}  # a could not be evicted, b is the new one
     assert cm.import_model(make_files("c", {"w": 10}), "org/c", pin=True).pinned
+
+
+# -- an entry the cache cannot get back is never evicted (issue 19 item 10) ---------------------
+
+
+def test_an_entry_imported_with_move_survives_a_pull_that_would_evict_it(
+    cache_dir: Path, make_files, fake_hub: FakeHub, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    cm = CacheManager(cache_dir, max_size=10_000, remote=None)
+    src = make_files("finetune", {"w.bin": 6000})
+    weights = (src / "w.bin").read_bytes()
+    cm.import_model(src, "me/finetune", link_mode="move")  # the source is gone: its only copy
+    assert not src.exists()
+    fake_hub.add("org/tiny-tf", {"config.json": b"{}", "model.safetensors": b"t" * 6000})
+    with caplog.at_level("WARNING", logger="provender"):
+        got = cm.pull("org/tiny-tf", endpoint=fake_hub.endpoint, progress=False)  # it used to evict me/finetune
+    assert got.source == "hub" and cm.find("org/tiny-tf") is not None
+    assert (cm.get("me/finetune").path / "w.bin").read_bytes() == weights and cm.stats().evictions == 0
+    (said,) = [r.getMessage() for r in caplog.records if "over its limit" in r.getMessage()]
+    assert "me/finetune (the cache holds its only copy (imported with --move))" in said, said
+    plan = cm.plan_eviction(0)  # prune says the same, and evicts what can be got back
+    assert [e.name for e in plan.evict] == ["org/tiny-tf"]
+    assert [(e.name, why) for e, why in plan.kept] == [
+        ("me/finetune", "the cache holds its only copy (imported with --move)")
+    ]
+    cm.remove("me/finetune")  # asked for by name: removed
+    assert cm.find("me/finetune") is None
+
+
+def test_an_import_whose_source_has_gone_is_kept_one_whose_source_is_there_is_evicted(
+    cache_dir: Path, make_files
+) -> None:  # type: ignore[no-untyped-def]
+    cm = CacheManager(cache_dir, max_size=10_000, remote=None)
+    kept_src, gone_src = make_files("kept", {"w.bin": 4000}), make_files("gone", {"w.bin": 4000})
+    cm.import_model(gone_src, "me/gone")  # hard links or a clone: the source stays the other copy
+    cm.import_model(kept_src, "me/there")
+    import shutil
+
+    shutil.rmtree(gone_src)  # deleted after the import: the cache's hard links are all that is left
+    cm.import_model(make_files("new", {"w.bin": 4000}), "me/new")
+    assert {e.name for e in cm.entries()} == {"me/gone", "me/new"}  # not the oldest: me/there, whose source is there
+    plan = cm.plan_eviction(0)
+    assert [(e.name, why) for e, why in plan.kept if e.name == "me/gone"] == [
+        ("me/gone", f"the cache holds its only copy (its source {gone_src} no longer exists)")
+    ]
+
+
+def test_cli_import_move_says_it_is_kept_and_prune_names_what_stands_in_the_way(tmp_path: Path, make_files) -> None:  # type: ignore[no-untyped-def]
+    from helpers import run_cli
+
+    env = {"PROVENDER_CACHE__DIR": str(tmp_path / "c"), "PROVENDER_CACHE__MAX_SIZE": "10000"}
+    r = run_cli("cache", "import", str(make_files("ft", {"w.bin": 6000})), "--name", "me/finetune", "--move", env=env)
+    assert r.returncode == 0 and "only copy (imported with --move): it is never evicted" in r.stdout, r
+    r = run_cli("cache", "import", str(make_files("b", {"w.bin": 6000})), "--name", "me/other", env=env)
+    assert r.returncode == 0 and "me/finetune (the cache holds its only copy" in r.stderr, r  # it used to be evicted
+    r = run_cli("cache", "prune", "--max-size", "1000", "-y", env=env)
+    assert r.returncode == 0, r
+    assert "kept me/finetune (6.0 KB): the cache holds its only copy (imported with --move)" in r.stdout, r.stdout
+    assert "cache rm NAME` removes an only copy" in r.stderr

@@ -141,3 +141,22 @@ def test_fuzz_path_like_names(parts: list[str]) -> None:
     except InvalidNameError:
         return
     assert not name.startswith(("/", "\\", ".", "-", "_")) and ".." not in name and "\x00" not in name
+
+
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        ("a" * 300, "invalid name 'aaaa"),  # a name no entry can have: it was "unexpected OSError" (ENAMETOOLONG)
+        ("org/" + "b" * 300, "invalid name 'org/bbbb"),
+        ("./" + "c" * 300, "no such file or directory: './cccc"),  # a path too long for the filesystem
+        ("é" * 150, "not found"),  # 150 characters, 300 bytes: too long for a file name, short enough for a name
+    ],
+)
+def test_a_model_name_too_long_for_a_path_is_one_line_naming_it(cache_dir: Path, name: str, error: str) -> None:
+    from provender import ProvenderError
+    from provender._provider import resolve_provider
+
+    with pytest.raises(ProvenderError) as info:
+        resolve_provider(name, cache=CacheManager(cache_dir, max_size=10_000, remote=None))
+    message = str(info.value)
+    assert error in message and "\n" not in message and "Errno" not in message, message

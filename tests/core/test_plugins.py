@@ -143,3 +143,160 @@ def test_a_plugin_failing_in_a_hook_is_isolated(capsys: pytest.CaptureFixture[st
     assert "plugin 'bad-hooks' failed to add its commands" in capsys.readouterr().err
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0 and "cache" in result.stdout
+
+
+# -- issue 20 item 3: hooks are pluggy's, read and called one way --------------------------
+
+PLUGGY_STYLE = '''"""A plugin written as pluggy's docs show: its own marker at module level, a class instance
+as the plugin, a hook method decorated with functools.wraps."""
+import functools
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("provender")
+
+
+def logged(fn):
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return inner
+
+
+class Commands:
+    @hookimpl
+    @logged
+    def provender_register_commands(self, cli):
+        import click
+
+        @cli.command("wrapped-hello")
+        def hello():
+            click.echo("hello from a wrapped hook")
+
+        return "wrapped"
+
+
+plugin = Commands()
+'''
+
+CLASS_STYLE = '''"""A plugin that is a class (its hooks a classmethod and a staticmethod), and a marked
+callable instance, which pluggy does not take for a hook (it calls functions and methods)."""
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("provender")
+
+
+class Claimer:
+    def __call__(self, entry):
+        return "classy"
+
+
+class Plugin:
+    greeting = "hello from a class"
+
+    @hookimpl
+    @classmethod
+    def provender_register_commands(cls, cli):
+        import click
+
+        cli.add_command(click.Command("class-hello", callback=lambda: click.echo(cls.greeting)))
+
+    @hookimpl
+    @staticmethod
+    def provender_claim_model(entry):
+        return None
+
+    provender_cache_evicted = hookimpl(Claimer())
+'''
+
+
+def install_two(root: Path) -> dict[str, str]:
+    import os
+
+    root.mkdir(parents=True)
+    (root / "provender_pluggystyle.py").write_text(PLUGGY_STYLE)
+    (root / "provender_classy.py").write_text(CLASS_STYLE)
+    for dist, eps in (
+        ("provender_pluggystyle", "pluggystyle = provender_pluggystyle:plugin"),
+        ("provender_classy", "classy = provender_classy:Plugin"),
+    ):
+        info = root / f"{dist}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[provender]\n{eps}\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+
+
+def test_wrapped_class_and_callable_hooks_work_from_installed_plugins(tmp_path: Path) -> None:
+    env = {**install_two(tmp_path / "site"), "PROVENDER_QUIET_PLUGIN_ERRORS": "1"}
+    help_out = run_cli("--help", env=env)
+    assert help_out.returncode == 0 and "warning" not in help_out.stderr, help_out.stderr
+    assert "wrapped-hello" in help_out.stdout and "class-hello" in help_out.stdout
+    assert run_cli("wrapped-hello", env=env).stdout.strip() == "hello from a wrapped hook"
+    assert run_cli("class-hello", env=env).stdout.strip() == "hello from a class"
+    plugins = {p["name"]: p for p in json.loads(run_cli("plugins", "--json", env=env).stdout)}
+    assert plugins["pluggystyle"]["status"] == "loaded" and plugins["classy"]["status"] == "loaded"
+    assert plugins["pluggystyle"]["hooks"] == ["provender_register_commands"]
+    assert plugins["classy"]["hooks"] == ["provender_claim_model", "provender_register_commands"]  # not the instance
+
+
+def test_wrapped_and_class_hooks_give_the_same_results_through_call_each_and_pluggy() -> None:
+    """The `functools.wraps` method asking for ``(self, cli)``, a class as the plugin (classmethod
+    and staticmethod hooks) and a marked callable instance (not a hook, for pluggy): what the
+    CLI's isolated calls get is what pluggy's own hook call gets (once a shortcut gave ``[]``
+    for the first, and took the last for a hook that pluggy never calls)."""
+    import functools
+
+    import pluggy
+
+    from provender._plugins import PluginHost
+
+    marker = pluggy.HookimplMarker("provender")
+
+    def logged(fn):  # type: ignore[no-untyped-def]
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return fn(*args, **kwargs)
+
+        return inner
+
+    class Wrapped:
+        @marker
+        @logged
+        def provender_register_commands(self, cli):  # type: ignore[no-untyped-def]
+            cli.append("wrapped")
+            return "wrapped"
+
+    class Callable:
+        def __call__(self, cli: list[str]) -> str:
+            cli.append("callable")
+            return "callable"
+
+    class AsClass:
+        @marker
+        @classmethod
+        def provender_register_commands(cls, cli):  # type: ignore[no-untyped-def]
+            cli.append(cls.__name__)
+            return "classmethod"
+
+        @marker
+        @staticmethod
+        def provender_claim_model(entry):  # type: ignore[no-untyped-def]
+            return "static"
+
+    class WithCallable:
+        provender_register_commands = marker(Callable())
+
+    host = PluginHost()  # a fresh host: nothing called through pluggy yet
+    for name, plugin in (("wrapped", Wrapped()), ("class", AsClass), ("callable", WithCallable())):
+        host.register(plugin, name=name)
+    assert host.plugins["callable"].hooks == []  # pluggy does not take it for a hook, nor do we
+    first: list[str] = []
+    results = host.call_each("provender_register_commands", cli=first)
+    assert results == [("class", "classmethod"), ("wrapped", "wrapped")]
+    again: list[str] = []
+    assert host.pm.hook.provender_register_commands(cli=again) == [r for _, r in results]
+    assert first == again == ["AsClass", "wrapped"]
+    assert host.implementers("provender_register_commands") == ["class", "wrapped"]
+    assert host.claim(object()) == ["static"]  # type: ignore[arg-type]

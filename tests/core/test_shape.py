@@ -51,11 +51,10 @@ def test_core_commands_come_from_a_default_plugin_not_listed_as_installed() -> N
 
 def test_the_agent_adds_its_hook_spec_and_the_core_does_not_own_it() -> None:
     from provender import hookspecs
-    from provender._hooks import spec_argnames
 
     assert not hasattr(hookspecs, "provender_register_tools")
     host = provender.get_plugin_manager()
-    assert spec_argnames(host._spec_modules)["provender_register_tools"] == ("register",)
+    assert host.pm.hook.provender_register_tools.spec.argnames == ("register",)
     typo = types.SimpleNamespace(provender_register_tool=hookimpl(lambda register: None))
     with pytest.raises(PluginError, match=r"did you mean provender_register_tools\?"):
         host.register(typo, name="typo")
@@ -89,7 +88,7 @@ def test_a_plugin_adds_hooks_that_others_implement_through_pluggy_too() -> None:
     host.register(adder, name="adder")
     host.register(implementer, name="implementer")
     assert host.call_each("provender_custom", value=21) == [("implementer", 42)]
-    assert host._pm is None  # no pluggy needed so far
+    host.pm.check_pending()
     assert host.pm.hook.provender_custom(value=1) == [2]  # and pluggy agrees, check_pending passed
     assert host.has_implementations("provender_custom") and not host.has_implementations("provender_claim_model")
 
@@ -258,10 +257,10 @@ def test_the_core_on_the_help_path_imports_no_logging_pathlib_or_json() -> None:
         "import sys; import provender, provender._cli, provender._cli._builtin, provender._cli.core, "
         "provender._plugins, provender._provider; from provender import Provider, hookimpl; "
         "from provender._config_files import disabled_plugins_fast; disabled_plugins_fast(); "
-        "print([m for m in ('logging', 'pathlib', 'json', 'asyncio', 'pluggy') if m in sys.modules])"
+        "print([m for m in ('pathlib', 'json', 'asyncio') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[]"  # pluggy and logging do load (issue 20 item 3: measured, a few ms)
 
 
 def test_help_with_a_simple_plugin_among_100_distributions_does_not_load_logging(tmp_path: Path) -> None:
@@ -280,7 +279,7 @@ def test_help_with_a_simple_plugin_among_100_distributions_does_not_load_logging
     out = subprocess.run([sys.executable, "-c", HELP_MODULES], capture_output=True, text=True, env=env, check=True)
     modules = out.stderr.split()
     assert "Usage:" in out.stdout and "provender_shout" in modules
-    assert "logging" not in modules and "asyncio" not in modules
+    assert "asyncio" not in modules
     plugins = subprocess.run(
         [sys.executable, "-m", "provender", "plugins", "--json"], capture_output=True, text=True, env=env, check=True
     )

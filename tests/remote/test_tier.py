@@ -507,7 +507,7 @@ def test_a_missing_extra_says_how_to_install_it(tmp_path: Path) -> None:
 
 def test_snapshot_names_depend_on_content_only_and_paths_cannot_leave_their_folder() -> None:
     from provender._cache._remote import ref_name, snapshot_id
-    from provender._cache._tier_sync import _safe_path
+    from provender._cache._tier_content import safe_path as _safe_path
 
     files = [{"path": "a.json", "size": 2, "sha256": "0" * 64, "etag": "1" * 40}]
     one = {"key": "k", "kind": "hub", "repo_id": "o/m", "commit": "c" * 40, "files": files, "pushed_at": 1.0}
@@ -517,7 +517,8 @@ def test_snapshot_names_depend_on_content_only_and_paths_cannot_leave_their_fold
     assert ref_name("refs/pr/1") == "refs%2Fpr%2F1"
     patterns = {"allow": ["*.json"], "ignore": None}
     assert ref_name("main", patterns).startswith("main@") and ref_name("main", patterns) != ref_name("main")
-    for bad in ("../x", "/etc/passwd", "a/../../b", "a//b", "", "a\\b", "x\0y", ".provender-entry.json", "./a"):
+    long = "/".join(["d" * 200] * 6)  # every name fits, the whole path is longer than a filesystem takes
+    for bad in ("../x", "/etc/passwd", "a/../../b", "a//b", "", "a\\b", "x\0y", ".provender-entry.json", "./a", long):
         with pytest.raises(ValueError):
             _safe_path(bad)
     assert _safe_path("sub/dir/file.bin") == "sub/dir/file.bin"

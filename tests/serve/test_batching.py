@@ -160,3 +160,21 @@ def test_session_in_process_honours_stops_and_eos(tiny_model: Path) -> None:
     assert len(texts[sampled]) == 6
     with pytest.raises(UnsupportedError):
         Provider("m").batch_session()
+
+
+def test_the_server_touches_the_pool_entry_a_pooled_provider_loaded_with_arguments(tmp_path: Path) -> None:
+    """A provider built with load arguments (a device, a context size) keeps its model under a key
+    that carries them; the server's keep-alive must refresh that entry, not `name:model`."""
+    from provender import CacheManager, model_pool
+    from provender_echo.provider import EchoProvider
+    from provender_serve._models import _touch_pool, pool_key
+
+    provider = EchoProvider("upper", cache=CacheManager(tmp_path / "cache"), device="cpu")
+    assert provider.key == "echo:upper?device=cpu" and pool_key(provider) == provider.key
+    provider.generate("hello")
+    try:
+        _touch_pool(provider, 1234.0)
+        item = model_pool().peek(provider.key)
+        assert item is not None and item.keep_alive == 1234.0
+    finally:
+        provider.unload()

@@ -1,14 +1,17 @@
-"""EchoProvider: generation without a model, to show the Provider contract."""
+"""EchoProvider: generation without a model, to show the Provider contract on `PooledProvider`."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provender import Lease, ModelNotFoundError, Provider, check_generation_options
+from provender import LoadedModel, ModelNotFoundError, PooledProvider
+from provender._detect import read_json
+
+if TYPE_CHECKING:
+    from provender import CacheManager, Lease
 
 MODES: dict[str, Callable[[str], str]] = {
     "plain": lambda w: w,
@@ -18,47 +21,39 @@ MODES: dict[str, Callable[[str], str]] = {
 }
 
 
-class EchoProvider(Provider):
+class EchoProvider(PooledProvider):
     """Echoes the prompt word by word, transformed by the model's mode.
 
-    The model is a mode name (``upper``) or a directory whose ``echo.json`` names one.
-    ``max_tokens`` counts words; ``temperature > 0`` shuffles them (``seed`` makes it repeatable).
+    The model is a mode name (``upper``), or a directory or cached model whose ``echo.json``
+    names one; a cached one is leased while its mode is loaded in the pool, so no process
+    evicts it meanwhile. ``max_tokens`` counts words; ``temperature > 0`` shuffles them
+    (``seed`` makes it repeatable).
     """
 
     name = "echo"
 
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
-        self._lease: Lease | None = None
-        mode = model
-        config = Path(model).expanduser() / "echo.json"
-        if "/" in model and not config.is_file():
-            # A cached model: hold it while this provider lives, so no process evicts it under us
-            # (acquiring also marks it used and counts a cache hit).
-            from provender import CacheManager, EntryNotFoundError
+    def resolve(self) -> tuple[Path, Lease | None]:
+        return (Path(self.model), None) if self.model in MODES else super().resolve()
 
-            try:
-                self._lease = CacheManager().acquire(model)
-                config = self._lease.entry.model_path / "echo.json"
-            except EntryNotFoundError:
-                pass
-        if config.is_file():
-            mode = json.loads(config.read_text()).get("mode", "plain")
+    def fetch(self, cache: CacheManager) -> None:  # never downloads: a miss is an unknown model
+        raise ModelNotFoundError(self.model, f"echo models are {', '.join(sorted(MODES))}, or hold an echo.json")
+
+    def load_files(self, path: Path) -> LoadedModel:
+        config = read_json(path / "echo.json", {}) if path.is_dir() else {}
+        mode = config.get("mode", "plain") if isinstance(config, dict) and config else self.model
         if mode not in MODES:
-            self.close()
-            raise ModelNotFoundError(model, f"echo models are {', '.join(sorted(MODES))}")
-        self.mode = mode
+            raise ModelNotFoundError(self.model, f"echo models are {', '.join(sorted(MODES))}")
+        return LoadedModel(self.model, mode)
 
     def _words(self, prompt: str, options: dict[str, Any]) -> list[str]:
-        check_generation_options(options, provider=self.name, extra=("system_prompt",))
-        words = [MODES[self.mode](w) for w in prompt.split()]
-        if self.mode == "reverse":
-            words.reverse()
+        self.check_options(options)
+        with self.using("generation") as item:
+            words = [MODES[item.model](w) for w in self.check_text(prompt, "prompt").split()]
+            if item.model == "reverse":
+                words.reverse()
         if options.get("temperature"):
             random.Random(options.get("seed")).shuffle(words)
-        if options.get("max_tokens"):
-            words = words[: options["max_tokens"]]
-        text = " ".join(words)
+        text = " ".join(words[: options.get("max_tokens") or None])
         stops = options.get("stop") or []
         for stop in [stops] if isinstance(stops, str) else stops:
             text = text.split(stop)[0]
@@ -68,15 +63,11 @@ class EchoProvider(Provider):
         return " ".join(self._words(prompt, options))
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        words = self._words(prompt, options)
-        for i, word in enumerate(words):
+        for i, word in enumerate(self._words(prompt, options)):
             yield word if i == 0 else " " + word
 
-    def close(self) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
-
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
-        last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-        return self.generate(str(last), **options)
+        messages = self.conversation(messages, tools, None)
+        return self.generate(
+            str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")), **options
+        )

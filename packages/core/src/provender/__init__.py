@@ -41,6 +41,7 @@ __all__ = [
     "ModelPool",
     "NotACacheError",
     "PluginError",
+    "PooledProvider",
     "ProvenderError",
     "Provider",
     "PullResult",
@@ -60,7 +61,10 @@ __all__ = [
     "UnsupportedError",
     "VerifyIssue",
     "__version__",
+    "check_embed_input",
     "check_generation_options",
+    "check_messages",
+    "check_options",
     "cut_at_stops",
     "get_plugin_manager",
     "get_provider",
@@ -87,6 +91,10 @@ _LAZY = {
     "ModelPool": "provender._pool",
     "model_pool": "provender._pool",
     "Provider": "provender._provider",
+    "PooledProvider": "provender._pooled",
+    "check_embed_input": "provender._provider",
+    "check_messages": "provender._provider",
+    "check_options": "provender._provider",
     "BatchSession": "provender._provider",
     "check_generation_options": "provender._provider",
     "cut_at_stops": "provender._provider",
@@ -160,10 +168,14 @@ if TYPE_CHECKING:
     )
     from provender._plugins import get_plugin_manager, hookimpl
     from provender._pool import LoadedModel, ModelPool, model_pool
+    from provender._pooled import PooledProvider
     from provender._provider import (
         BatchSession,
         Provider,
+        check_embed_input,
         check_generation_options,
+        check_messages,
+        check_options,
         cut_at_stops,
         iterate_in_thread,
         parse_model_name,

@@ -1,8 +1,12 @@
-"""Plugin discovery and the process-wide plugin manager.
+"""Plugin discovery and the process-wide plugin manager, over pluggy.
 
 Entry points in the ``provender`` group are loaded one at a time: a plugin that
 fails to import or to register is logged, remembered with its error (shown by
 ``provender plugins``) and skipped, so a broken plugin never takes the tool down.
+
+Every hook is read and called by pluggy (its own reading of wrapped functions, classes,
+callable instances and ``self``; ``check_pending``): `PluginHost` only adds the isolation
+of one plugin from another and what ``provender plugins`` shows.
 """
 
 from __future__ import annotations
@@ -11,27 +15,22 @@ import threading
 import types
 from typing import TYPE_CHECKING, Any
 
+import pluggy
+
 from provender import hookspecs
 from provender._entrypoints import PluginInfo, find_entry_points
-from provender._hooks import (  # hookimpl: re-exported, `provender.hookimpl` is read from here
-    HookFunction,
-    HookimplMarker,
-    hook_functions,
-    hookimpl,
-    spec_argnames,
-)
+from provender._hooks import hookimpl  # re-exported: `provender.hookimpl` is read from here
 from provender._log import get_logger
 from provender.errors import PluginError, UnknownProviderError
 
 if TYPE_CHECKING:
-    import pluggy
-
     from provender._cache import CacheEntry
     from provender.hookspecs import ProviderFactory
 
-logger = get_logger(__name__)  # `provender --help` loads plugins and never needs logging
+logger = get_logger(__name__)
 
 PROJECT = "provender"
+HookimplMarker = pluggy.HookimplMarker
 __all__ = [
     "HookimplMarker",
     "PluginError",
@@ -58,14 +57,19 @@ class ProviderSpec:
         return f"ProviderSpec({self.name!r}, plugin={self.plugin!r})"
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 class PluginHost:
-    """provender's plugins: pluggy's manager, kept private, plus what provender remembers
-    about each plugin (`plugins`: name -> `PluginInfo`, shown by ``provender plugins``).
+    """provender's plugins: pluggy's manager (`pm`) plus what provender remembers about each
+    plugin (`plugins`: name -> `PluginInfo`, shown by ``provender plugins``).
 
     The command line and the libraries use its methods (`providers`, `claim`, `call_each`,
-    `implementers`, `has_implementations`, `register`); pluggy's own manager is built only
-    when a hook must go through it, so ``provender --help`` never imports pluggy. `pm` and
-    `hook` remain for tests and for code written against pluggy's API.
+    `implementers`, `has_implementations`, `register`), each a thin layer over pluggy's
+    own: a hook implementation is read by pluggy when it is registered and called by pluggy,
+    so a ``functools.wraps``-decorated function, a method, a class or a callable instance
+    behaves exactly as pluggy's documentation says. `pm` and `hook` are pluggy's.
 
     Known as ``PluginManager`` before; that name stays an alias.
     """
@@ -75,40 +79,14 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
         self._providers: dict[str, ProviderSpec] | None = None
         self._lock = threading.RLock()
-        self._registered: dict[str, object] = {}  # name -> plugin, in registration order
         self._spec_modules: list[types.ModuleType | type] = [hookspecs]  # the core's, then those plugins add
-        self._pm: pluggy.PluginManager | None = None
-
-    @property
-    def pm(self) -> pluggy.PluginManager:
-        """pluggy's manager, built on first use with every spec and plugin registered so far.
-
-        ``check_pending()`` runs once everything is registered: an implementation of a hook
-        nobody specifies is an error (provender reports it per plugin before that, see
-        `_check_hooks`, so this is the safety net).
-        """
-        with self._lock:
-            if self._pm is None:
-                import pluggy
-
-                pm = pluggy.PluginManager(PROJECT)
-                for module in self._spec_modules:
-                    pm.add_hookspecs(module)
-                for name in self.disabled:
-                    pm.set_blocked(name)
-                for name, plugin in list(self._registered.items()):
-                    try:
-                        pm.register(plugin, name=name)
-                    except Exception as exc:  # pluggy's own validation (e.g. an argument the spec lacks)
-                        self._registered.pop(name)
-                        self._fail(name, f"{type(exc).__name__}: {exc}")
-                        logger.warning("plugin %r failed to register and was skipped: %s", name, exc)
-                try:
-                    pm.check_pending()
-                except pluggy.PluginValidationError as exc:  # only a hook whose spec's package is absent
-                    logger.debug("pluggy: %s", exc)
-                self._pm = pm
-            return self._pm
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        for name in self.disabled:
+            self.pm.set_blocked(name)
+        # historic: each plugin's ``provender_addhooks`` is called as it registers (pytest's
+        # ``pytest_addhooks``), before its other hooks are checked
+        self.pm.hook.provender_addhooks.call_historic(kwargs={"pluginmanager": self})
 
     @property
     def hook(self) -> Any:
@@ -121,100 +99,143 @@ class PluginHost:
             if module in self._spec_modules:
                 return
             self._spec_modules.append(module)
-            if self._pm is not None:
-                self._pm.add_hookspecs(module)
+            self.pm.add_hookspecs(module)
 
     def load_entrypoints(self) -> None:
         """Import and register every installed plugin, one at a time.
 
-        All are imported and their ``provender_addhooks`` called first, so a plugin may
-        implement a hook that another plugin (loaded later) specifies.
+        Plugins that implement ``provender_addhooks`` register first, so a plugin may
+        implement a hook that another plugin (loaded later) specifies. Once all are in,
+        ``check_pending()`` finds no hook that nobody specifies (each plugin that has one
+        was reported and unregistered before, see `_check`).
         """
         loaded: list[tuple[str, object]] = []
         for ep in find_entry_points(PROJECT):
             info = PluginInfo(name=ep.name, module=ep.value, distribution=ep.distribution, version=ep.version)
             self.plugins[ep.name] = info
             if ep.name in self.disabled:
-                info.status = "disabled"  # blocked in pluggy too, when `pm` is built
+                info.status = "disabled"  # and blocked in pluggy
                 continue
             try:
-                plugin = ep.load()
-                self._add_hooks_of(plugin)
-                loaded.append((ep.name, plugin))
+                loaded.append((ep.name, ep.load()))
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                self._fail(ep.name, str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}")
-                logger.warning("plugin %r failed to load and was skipped: %s", ep.name, self.plugins[ep.name].error)
-        for name, plugin in loaded:
+                self._fail(ep.name, exc)
+        adds_hooks = [(n, p) for n, p in loaded if self.pm.parse_hookimpl_opts(p, "provender_addhooks") is not None]
+        for name, plugin in adds_hooks + [item for item in loaded if item not in adds_hooks]:
             try:
-                self.plugins[name].hooks = self._check_hooks(plugin, name)
-                self._add(plugin, name)
+                self._register(plugin, name)
             except Exception as exc:
-                self._fail(name, str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}")
-                logger.warning("plugin %r failed to load and was skipped: %s", name, self.plugins[name].error)
+                self._fail(name, exc)
+        for name, plugin in loaded:
+            if self.pm.is_registered(plugin):
+                try:
+                    self.plugins[name].hooks = self._check(plugin, name)
+                except PluginError as exc:
+                    self.pm.unregister(plugin)
+                    self._fail(name, exc)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:  # only a hook whose spec's package is absent
+            logger.debug("pluggy: %s", exc)
 
-    def _fail(self, name: str, error: str) -> None:
+    def _fail(self, name: str, exc: BaseException | str) -> None:
+        error = (
+            exc
+            if isinstance(exc, str)
+            else str(exc)
+            if isinstance(exc, PluginError)
+            else f"{type(exc).__name__}: {_one_line(exc)}"
+        )
         info = self.plugins.get(name)
         if info is not None:
             info.status = "failed"
             info.error = error
+        logger.warning("plugin %r failed to load and was skipped: %s", name, error)
 
-    def _add_hooks_of(self, plugin: object) -> None:
-        """Call the plugin's ``provender_addhooks(pluginmanager)``, as pytest does ``pytest_addhooks``."""
-        for impl in hook_functions(plugin):
-            if impl.hook == "provender_addhooks":
-                impl.function(*(dict(pluginmanager=self)[a] for a in impl.argnames))
-
-    def _add(self, plugin: object, name: str) -> None:
+    def _register(self, plugin: object, name: str) -> None:
+        """``pm.register``, with its validation errors as one `PluginError` line and nothing left half-registered."""
         with self._lock:
-            if name in self._registered or any(p is plugin for p in self._registered.values()):
-                raise ValueError(f"plugin {name!r} is already registered")
-            if self._pm is not None:
-                self._pm.register(plugin, name=name)
-            self._registered[name] = plugin
+            if self.pm.has_plugin(name) or self.pm.is_registered(plugin):
+                raise PluginError(f"plugin {name!r} is already registered")
+            try:
+                self.pm.register(plugin, name=name)
+            except Exception as exc:
+                if self.pm.has_plugin(name):
+                    self.pm.unregister(name=name)
+                if isinstance(exc, pluggy.PluginValidationError):
+                    raise PluginError(self._explain(plugin, name) or f"plugin {name!r}: {_one_line(exc)}") from None
+                raise
             self._providers = None
 
-    def _check_hooks(self, plugin: object, name: str) -> list[str]:
-        """The hooks `plugin` implements; PluginError for one that does not exist (a misspelled
-        name would never be called) or that asks for an argument its hook does not pass.
+    def _impls_of(self, plugin: object, name: str) -> list[tuple[str, pluggy.HookImpl]]:
+        """(hook name, implementation) as pluggy reads them in `plugin` (its own parsing; not registered)."""
+        found = []
+        for attr in dir(plugin):
+            opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is not None:
+                found.append((opts.get("specname") or attr, pluggy.HookImpl(plugin, name, getattr(plugin, attr), opts)))
+        return found
 
-        pluggy's ``check_pending()`` finds unknown hooks for the whole manager; this does it
-        for one plugin, before it is registered, so only that plugin is reported as failed.
-        A hook whose spec belongs to a provender package that is not installed (see
-        `SPECS_ELSEWHERE`) is accepted: nothing calls it.
-        """
-        specs = spec_argnames(self._spec_modules)
+    def _explain(self, plugin: object, name: str) -> str | None:
+        """One line for what pluggy refused (an argument the hook does not pass), if that was it."""
         problems = []
-        for impl in hook_functions(plugin):
-            if impl.hook in specs:
-                extra = [a for a in impl.argnames if a not in specs[impl.hook]]
+        for hookname, impl in self._impls_of(plugin, name):
+            caller = getattr(self.pm.hook, hookname, None)
+            spec = getattr(caller, "spec", None)
+            if spec is not None:
+                extra = [a for a in impl.argnames if a not in spec.argnames]
                 if extra:
-                    problems.append(f"{impl.hook} asks for {', '.join(extra)}, which the hook does not pass")
-            elif not impl.opts.get("optionalhook") and impl.hook not in SPECS_ELSEWHERE:
-                import difflib
+                    problems.append(f"{hookname} asks for {', '.join(extra)}, which the hook does not pass")
+        return f"plugin {name!r}: {'; '.join(problems)}" if problems else None
 
-                close = difflib.get_close_matches(impl.hook, list(specs), n=1)
-                problems.append(f"unknown hook {impl.hook}" + (f" (did you mean {close[0]}?)" if close else ""))
+    def _check(self, plugin: object, name: str) -> list[str]:
+        """The hooks registered `plugin` implements; PluginError for one nobody specifies (a
+        misspelled name would never be called).
+
+        pluggy's ``check_pending()`` finds such hooks for the whole manager; this does it
+        for one plugin, so only that plugin is reported as failed. A hook whose spec belongs
+        to a provender package that is not installed (see `SPECS_ELSEWHERE`) is accepted, as
+        is one marked ``optionalhook``: nothing calls it.
+        """
+        callers = self.pm.get_hookcallers(plugin) or []
+        problems = []
+        for caller in callers:
+            if caller.spec is not None or caller.name in SPECS_ELSEWHERE:
+                continue
+            if all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin):
+                continue
+            import difflib
+
+            specs = [c.name for c in self._callers() if c.spec is not None]
+            close = difflib.get_close_matches(caller.name, specs, n=1)
+            problems.append(f"unknown hook {caller.name}" + (f" (did you mean {close[0]}?)" if close else ""))
         if problems:
-            raise PluginError(
-                f"plugin {name!r}: {'; '.join(problems)}; provender's hooks are {', '.join(sorted(specs))}"
-            )
-        return sorted({impl.hook for impl in hook_functions(plugin)})
+            specs = sorted(c.name for c in self._callers() if c.spec is not None)
+            raise PluginError(f"plugin {name!r}: {'; '.join(problems)}; provender's hooks are {', '.join(specs)}")
+        return sorted(caller.name for caller in callers)
+
+    def _callers(self) -> list[pluggy.HookCaller]:
+        return [c for c in vars(self.pm.hook).values() if isinstance(c, pluggy.HookCaller)]
 
     def register(self, plugin: object, name: str, *, default: bool = False) -> None:
         """Register an in-process plugin (tests, applications embedding provender).
 
-        Raises PluginError for a hook that does not exist (see `_check_hooks`). A `default`
-        plugin is provender's own (the core commands): registering it again moves it to
-        the end (called first), and ``provender plugins`` does not list it.
+        Raises PluginError for a hook that does not exist or that asks for an argument its
+        hook does not pass; nothing is left registered then. A `default` plugin is
+        provender's own (the core commands): registering it again moves it to the end
+        (called first), and ``provender plugins`` does not list it.
         """
         with self._lock:
-            if default and name in self._registered:
+            if default and self.pm.has_plugin(name):
                 self.unregister(name)  # registered again: last, so that it is called first
-            self._add_hooks_of(plugin)
-            hooks = self._check_hooks(plugin, name)
-            self._add(plugin, name)
+            self._register(plugin, name)
+            try:
+                hooks = self._check(plugin, name)
+            except PluginError:
+                self.pm.unregister(plugin)
+                raise
             if not default:
                 module = getattr(plugin, "__name__", repr(plugin))
                 self.plugins[name] = PluginInfo(name=name, module=module, hooks=hooks)
@@ -222,30 +243,33 @@ class PluginHost:
     def unregister(self, name: str) -> None:
         """Forget the plugin registered as `name`."""
         with self._lock:
-            plugin = self._registered.pop(name, None)
-            if self._pm is not None and plugin is not None:
-                self._pm.unregister(name=name)
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
             self.plugins.pop(name, None)
             self._providers = None
 
+    def _hookimpls(self, hook: str) -> list[pluggy.HookImpl]:
+        """pluggy's implementations of `hook` in the order pluggy calls them (latest registered first)."""
+        caller = getattr(self.pm.hook, hook, None)  # None: nobody specifies or implements it
+        return list(reversed(caller.get_hookimpls())) if isinstance(caller, pluggy.HookCaller) else []
+
     def implementers(self, hook: str) -> list[str]:
         """Names of the registered plugins that implement `hook`, in calling order."""
-        return [name for name, impl in self._impls(hook)]
+        return [self.pm.get_name(impl.plugin) or "?" for impl in self._hookimpls(hook)]
 
     def has_implementations(self, hook: str) -> bool:
-        """Whether any registered plugin implements `hook` (without loading pluggy)."""
-        return bool(self._impls(hook))
+        """Whether any registered plugin implements `hook`."""
+        return bool(self._hookimpls(hook))
 
-    def _impls(self, hook: str) -> list[tuple[str, HookFunction]]:
-        """(plugin name, implementation) of `hook`, in the order pluggy calls them (latest registered first)."""
-        with self._lock:
-            registered = list(self._registered.items())
-        return [
-            (name, impl)
-            for name, plugin in reversed(registered)
-            for impl in hook_functions(plugin)
-            if impl.hook == hook
-        ]
+    def _call_one(self, hook: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        """Call `impl` alone, with the hook's wrappers, as pluggy calls a hook (the same executor:
+        ``pm.hook.<hook>(...)`` runs ``pm._hookexec`` over all the implementations at once)."""
+        caller = self.pm.hook.__dict__[hook]
+        spec = caller.spec
+        wrappers = [i for i in caller.get_hookimpls() if i.wrapper or i.hookwrapper]
+        firstresult = bool(spec is not None and spec.opts.get("firstresult"))
+        result: Any = self.pm._hookexec(hook, [impl, *wrappers], kwargs, firstresult)
+        return result if firstresult else (result[0] if result else None)
 
     def unknown_provider(self, name: str) -> UnknownProviderError:
         """The error for a provider name nobody registered, saying why when a plugin that
@@ -279,7 +303,9 @@ class PluginHost:
                 return self._providers
             found: dict[str, ProviderSpec] = {}
             # pluggy calls the latest registered first; go oldest first so the first registration wins.
-            for impl in reversed(self.pm.hook.provender_register_providers.get_hookimpls()):
+            for impl in reversed(self._hookimpls("provender_register_providers")):
+                if impl.wrapper or impl.hookwrapper:
+                    continue
                 plugin_name = self.pm.get_name(impl.plugin) or "?"
 
                 def register(
@@ -298,7 +324,7 @@ class PluginHost:
                     found[name] = ProviderSpec(name, factory, _plugin, description)
 
                 try:
-                    call_impl(impl, register=register)
+                    self._call_one("provender_register_providers", impl, {"register": register})
                 except Exception as exc:
                     info = self.plugins.get(plugin_name)
                     if info is not None:
@@ -313,26 +339,22 @@ class PluginHost:
 
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of `hook` in pluggy's order (the latest registered first),
-        each in isolation.
+        each in isolation, through pluggy (a plugin's wrappers of the hook wrap each call).
 
         Returns ``(plugin name, result)`` pairs. A plugin that raises is logged and left
         out; it never stops the others (unlike ``pm.hook.<name>(...)``, where one failing
         implementation aborts the call).
         """
+        return self._isolated(hook, kwargs, self._hookimpls(hook))
+
+    def _isolated(self, hook: str, kwargs: dict[str, Any], impls: list[pluggy.HookImpl]) -> list[tuple[str, Any]]:
         results: list[tuple[str, Any]] = []
-        impls = self._impls(hook)
-        if self._pm is None and all(impl.simple for _, impl in impls):  # no need to load pluggy
-            for name, found in impls:
-                try:
-                    results.append((name, found.function(*(kwargs[a] for a in found.argnames))))
-                except Exception as exc:
-                    logger.warning("plugin %r failed in %s: %s", name, hook, exc)
-            return results
-        caller = getattr(self.pm.hook, hook, None)  # None: nobody specifies or implements it
-        for impl in reversed(caller.get_hookimpls() if caller is not None else []):
+        for impl in impls:
+            if impl.wrapper or impl.hookwrapper:
+                continue
             name = self.pm.get_name(impl.plugin) or "?"
             try:
-                results.append((name, call_impl(impl, **kwargs)))
+                results.append((name, self._call_one(hook, impl, kwargs)))
             except Exception as exc:
                 logger.warning("plugin %r failed in %s: %s", name, hook, exc)
         return results
@@ -340,20 +362,11 @@ class PluginHost:
     def claim(self, entry: CacheEntry) -> list[str]:
         """Provider names that claim a cache entry, first registered first; never raises."""
         claims: list[str] = []
-        for impl in reversed(self.pm.hook.provender_claim_model.get_hookimpls()):
-            try:
-                result = call_impl(impl, entry=entry)
-            except Exception as exc:
-                logger.warning("plugin %r failed to claim %s: %s", self.pm.get_name(impl.plugin), entry.name, exc)
-                continue
+        hook = "provender_claim_model"
+        for _, result in self._isolated(hook, {"entry": entry}, list(reversed(self._hookimpls(hook)))):
             if isinstance(result, str) and result not in claims:
                 claims.append(result)
         return claims
-
-
-def call_impl(impl: Any, **kwargs: Any) -> Any:
-    """Call one hook implementation with the arguments it asks for (as pluggy does)."""
-    return impl.function(*(kwargs[name] for name in impl.argnames))
 
 
 PluginManager = PluginHost
@@ -393,10 +406,7 @@ def tell_plugins_evicted(entry: CacheEntry) -> None:
     manager = _manager
     if manager is None:
         return
-    try:
-        manager.hook.provender_cache_evicted(entry=entry)
-    except Exception as exc:
-        logger.warning("a plugin failed on provender_cache_evicted(%s): %s", entry.name, exc)
+    manager.call_each("provender_cache_evicted", entry=entry)  # one plugin failing never stops the others
 
 
 def reset_plugin_manager() -> None:

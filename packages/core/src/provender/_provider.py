@@ -28,6 +28,7 @@ logger = get_logger(__name__)
 T = TypeVar("T")
 
 GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "seed", "stop")
+DEFAULT_MAX_TOKENS = 256  # what providers generate when max_tokens is not given
 
 
 class Provider:
@@ -331,27 +332,48 @@ def prefer_order(claims: list[str], prefer: list[str] | None = None) -> list[str
     return sorted(claims, key=lambda name: rank.get(name, len(rank)))  # stable: ties keep their order
 
 
+class StopCut:
+    """Streamed text, cut before the first stop string, fed one piece at a time: holds back
+    only what could be the start of a stop string, so streaming stays as prompt as it can."""
+
+    def __init__(self, stops: str | list[str] | tuple[str, ...] | None) -> None:
+        self.stops = [stops] if isinstance(stops, str) else [s for s in (stops or []) if s]
+        self.held = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """(text to pass on now, whether a stop string was reached)."""
+        if not self.stops:
+            return piece, False
+        self.held += piece
+        hits = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.held = self.held[: min(hits)], ""
+            return out, True
+        keep = max((n for s in self.stops for n in range(1, len(s)) if self.held.endswith(s[:n])), default=0)
+        out = self.held[: len(self.held) - keep]
+        self.held = self.held[len(self.held) - keep :]
+        return out, False
+
+    def flush(self) -> str:
+        """What is still held back, at the end of the text."""
+        out, self.held = self.held, ""
+        return out
+
+
 def cut_at_stops(pieces: Iterable[str], stops: str | list[str] | tuple[str, ...] | None) -> Iterator[str]:
-    """Pass streamed text through, ending it before the first stop string. Holds back only what
-    could be the start of a stop string, so streaming stays as prompt as it can."""
-    stops = [stops] if isinstance(stops, str) else [s for s in (stops or []) if s]
-    if not stops:
+    """Pass streamed text through, ending it before the first stop string (`StopCut`)."""
+    cut = StopCut(stops)
+    if not cut.stops:
         yield from pieces
         return
-    held = ""
     for piece in pieces:
-        held += piece
-        hits = [i for i in (held.find(s) for s in stops) if i >= 0]
-        if hits:
-            if min(hits):
-                yield held[: min(hits)]
+        text, stopped = cut.feed(piece)
+        if text:
+            yield text
+        if stopped:
             return
-        keep = max((n for s in stops for n in range(1, len(s)) if held.endswith(s[:n])), default=0)
-        if len(held) > keep:
-            yield held[: len(held) - keep]
-            held = held[len(held) - keep :]
-    if held:
-        yield held
+    if tail := cut.flush():
+        yield tail
 
 
 def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
@@ -363,14 +385,22 @@ def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
 
     from provender._cache import CacheEntry, CacheManager
 
-    path = Path(name).expanduser()
     pathlike = looks_like_path(name)
-    if path.is_dir() or (pathlike and path.is_file()):
+    try:
+        path = Path(name).expanduser()
+        local = path.is_dir() or (pathlike and path.is_file())
+    except (OSError, RuntimeError):  # too long for a path (ENAMETOOLONG), ~nosuchuser: no such local path
+        local = False
+    if local:
         st = path.stat()
         size = 0 if path.is_dir() else st.st_size
         return CacheEntry(key="", name=name, kind="path", path=path.absolute(), size=size, created=st.st_mtime)
     if pathlike:
         raise ModelPathNotFoundError(name)
+    from provender._cache._names import MAX_NAME_LENGTH, check_name
+
+    if len(name) > MAX_NAME_LENGTH:  # no entry has such a name: InvalidNameError, the name cut short
+        check_name(name)
     cm = cache or CacheManager()
     entry = cm.find(name)
     if entry is None and ":" in name:  # org/repo-GGUF:Q4_K_M names a file of the repo's entry

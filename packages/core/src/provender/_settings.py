@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
@@ -86,6 +86,27 @@ class ServerSettings(_Section):
     port: int = Field(11435, ge=1, le=65535, description="Port of `provender serve`.")
     api_key: SecretStr = Field(SecretStr(""), description="Bearer token clients must send; empty: none required.")
     models: NameList = Field(default_factory=list, description="Models the server may load; empty: any cached.")
+    # The server's walls (docs/serve.md, "Security"); read only by provender_serve.
+    origins: NameList = Field(
+        default_factory=list,
+        description="Web-page origins allowed besides the server's own and app://, file://, tauri://, "
+        "vscode-webview:// ones (https://app.example, * wildcards).",
+    )
+    allowed_hosts: NameList = Field(
+        default_factory=list,
+        description="Host header names allowed besides the server's addresses, localhost and this machine's name "
+        "(name or name:port; *: any, behind a proxy).",
+    )
+    pull: Literal["never", "without-origin", "always"] = Field(
+        "without-origin",
+        description="Which requests may download a model they name: never, without-origin (not web pages), always.",
+    )
+    header_timeout: Seconds = Field(
+        10.0, gt=0, description="Seconds a connection has to send a complete request head before it is closed."
+    )
+    max_connections: int = Field(
+        0, ge=0, description="Open connections at most; 0: half the file-descriptor limit, 16 to 1024."
+    )
 
 
 class LlamaCppSettings(_Section):

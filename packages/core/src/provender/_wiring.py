@@ -24,7 +24,7 @@ from typing import Any
 
 from provender._log import get_logger
 
-logger = get_logger(__name__)  # `import provender` does not import logging
+logger = get_logger(__name__)
 
 CacheDefaults = Callable[[], "tuple[str | os.PathLike[str], int | str]"]
 EvictionListener = Callable[[Any], None]  # called with a provender.CacheEntry

@@ -14,8 +14,9 @@ libraries (mlx, torch, numpy) inside the provider, not at module level.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
+
+import pluggy
 
 if TYPE_CHECKING:
     import click
@@ -23,16 +24,9 @@ if TYPE_CHECKING:
     from provender._cache._entry import CacheEntry
     from provender._provider import Provider
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def hookspec(function: _F) -> _F:
-    """Mark a hook specification as ``pluggy.HookspecMarker("provender")`` does (the same
-    ``provender_spec`` options), without importing pluggy: `provender --help` imports this
-    module, and pluggy loads only when a hook is called through it."""
-    opts = {"firstresult": False, "historic": False, "warn_on_impl": None, "warn_on_impl_args": None}
-    setattr(function, "provender_spec", opts)  # noqa: B010  (the attribute pluggy reads)
-    return function
+hookspec = pluggy.HookspecMarker("provender")
+"""Marks a hook specification (``pluggy.HookspecMarker("provender")``): a package adding hooks
+of its own through ``provender_addhooks`` marks them with it."""
 
 
 class ProviderFactory(Protocol):
@@ -49,7 +43,7 @@ class HookHost(Protocol):
     def add_hookspecs(self, module: types.ModuleType | type) -> None: ...
 
 
-@hookspec
+@hookspec(historic=True)
 def provender_addhooks(pluginmanager: HookHost) -> None:
     """Add hook specs of your own, as pytest's ``pytest_addhooks`` does.
 

@@ -1,7 +1,6 @@
-"""A reusable pytest suite that checks a provider keeps the `provender.Provider` contract.
+"""Testing a provider: the contract suite, and a toolkit for building tiny real models on the spot.
 
-Plugin authors subclass `ProviderContract` in their own tests and say what their
-provider can do; every test then runs against it::
+`ProviderContract` (needs pytest) is a reusable suite a plugin's tests subclass::
 
     from provender.testing import ProviderContract
 
@@ -10,164 +9,114 @@ provider can do; every test then runs against it::
         model = "some-model"             # a model your tests can load
         capabilities = {"generate", "stream", "chat"}
 
-The provider is resolved through the real plugin manager (``mine:some-model``),
-so the suite also proves the plugin is installed and registered. Override
-`make_provider` to build it another way. Requires pytest.
+No model can be downloaded in CI, so providers' tests build tiny random-weight models with
+their runtime's own classes. What those models share lives here: a byte-level BPE tokenizer
+trained on a small corpus by the `tokenizers` library (`train_bpe`), saved in the Hugging
+Face format with a ChatML chat template that renders tools (`save_tokenizer`), and its
+vocabulary as GGUF wants it (`bpe_vocabulary`). Importing this module imports neither
+pytest nor tokenizers.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pytest
+if TYPE_CHECKING:
+    from provender._contract import ALL_CAPABILITIES, ProviderContract
 
-from provender._provider import Provider
-from provender.errors import InvalidOptionError, ProvenderError, UnsupportedError
+__all__ = [
+    "ALL_CAPABILITIES",
+    "CHATML",
+    "CHAT_TEMPLATE",
+    "CORPUS",
+    "SPECIAL_TOKENS",
+    "ProviderContract",
+    "bpe_vocabulary",
+    "save_tokenizer",
+    "train_bpe",
+    "train_tokenizer",
+]
 
-ALL_CAPABILITIES = frozenset({"generate", "stream", "chat", "embed"})
+CORPUS = """\
+The shared cache keeps models on disk so that every process finds them.
+A provider loads a model once and keeps it in memory while it is used.
+Hello world, hello cache, hello provider. Models are large; downloads are slow.
+The quick brown fox jumps over the lazy dog. Tools are called by the agent.
+Local models run on the machine they are on: no data leaves it.
+"""
+
+#: ChatML: ``<|im_start|>role\ncontent<|im_end|>`` per message, then the assistant's turn
+CHATML = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+#: ChatML with a system turn naming the tools (``Tools: get_weather``) when tools are given
+CHAT_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools:{% for tool in tools %} {{ tool['function']['name'] }}"
+    "{% endfor %}<|im_end|>\n{% endif %}" + CHATML
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-class ProviderContract:
-    """Subclass, set the class attributes, and pytest collects the contract tests."""
+def train_bpe(vocab_size: int = 300, special_tokens: list[str] | None = None) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `CORPUS` (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    provider_name: ClassVar[str] = ""
-    model: ClassVar[str] = ""
-    capabilities: ClassVar[set[str]] = {"generate", "stream"}
-    #: options that make generation deterministic (greedy) and short
-    deterministic_options: ClassVar[dict[str, Any]] = {"temperature": 0.0, "max_tokens": 8}
-    prompt: ClassVar[str] = "Hello, world"
-
-    def make_provider(self) -> Provider:
-        from provender._provider import resolve_provider
-
-        return resolve_provider(f"{self.provider_name}:{self.model}")
-
-    @pytest.fixture
-    def provider(self) -> Iterator[Provider]:
-        provider = self.make_provider()
-        yield provider
-        provider.close()
-
-    def _requires(self, capability: str) -> None:
-        if capability not in self.capabilities:
-            pytest.skip(f"{self.provider_name} does not declare {capability!r}")
-
-    # -- identity --------------------------------------------------------------------
-
-    def test_is_a_provider(self, provider: Provider) -> None:
-        assert isinstance(provider, Provider)
-        assert isinstance(provider.name, str) and provider.name == self.provider_name
-        assert isinstance(provider.model, str) and provider.model
-
-    def test_declared_capabilities_are_known(self) -> None:
-        assert set(self.capabilities) <= ALL_CAPABILITIES, set(self.capabilities) - ALL_CAPABILITIES
-
-    # -- generation ------------------------------------------------------------------
-
-    def test_greedy_generation_is_repeatable(self, provider: Provider) -> None:
-        self._requires("generate")
-        first = provider.generate(self.prompt, **self.deterministic_options)
-        assert provider.generate(self.prompt, **self.deterministic_options) == first
-
-    def test_stream_concatenates_to_generate(self, provider: Provider) -> None:
-        self._requires("stream")
-        chunks = list(provider.stream(self.prompt, **self.deterministic_options))
-        assert all(isinstance(c, str) for c in chunks)
-        assert "".join(chunks) == provider.generate(self.prompt, **self.deterministic_options)
-
-    def test_seed_makes_sampling_repeatable(self, provider: Provider) -> None:
-        self._requires("generate")
-        options = {**self.deterministic_options, "temperature": 1.0, "seed": 1234}
-        assert provider.generate(self.prompt, **options) == provider.generate(self.prompt, **options)
-
-    @pytest.mark.parametrize(
-        ("option", "value"), [("temperature", -1.0), ("max_tokens", 0), ("top_p", 0.0), ("top_p", 1.5), ("seed", -3)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens or SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    def test_bad_options_are_rejected(self, provider: Provider, option: str, value: object) -> None:
-        self._requires("generate")
-        with pytest.raises(InvalidOptionError) as info:
-            provider.generate(self.prompt, **{**self.deterministic_options, option: value})
-        assert option in str(info.value)
+    tokenizer.train_from_iterator(CORPUS.splitlines() * 4, trainer=trainer)
+    return tokenizer
 
-    def test_stop_is_accepted(self, provider: Provider) -> None:
-        self._requires("generate")
-        out = provider.generate(self.prompt, **self.deterministic_options, stop=["\n\n"])
-        assert isinstance(out, str) and "\n\n" not in out
 
-    def test_agenerate_does_not_block_the_loop(self, provider: Provider) -> None:
-        self._requires("generate")
+def save_tokenizer(tokenizer: Any, path: Path, chat_template: str = CHAT_TEMPLATE) -> tuple[int, int]:
+    """Save `tokenizer` in `path` as Hugging Face does (``tokenizer.json``, its config with the
+    chat template, the special tokens map). Returns (vocabulary size, id of ``<|im_end|>``)."""
+    tokenizer.save(str(path / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "chat_template": chat_template,
+        "model_max_length": 2048,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+    eos_id = tokenizer.token_to_id("<|im_end|>")
+    assert eos_id is not None, "the end-of-turn token is one of the special tokens"
+    return int(tokenizer.get_vocab_size()), int(eos_id)
 
-        async def main() -> tuple[str, int]:
-            ticks = 0
 
-            async def ticker() -> None:
-                nonlocal ticks
-                while True:
-                    ticks += 1
-                    await asyncio.sleep(0)
+def train_tokenizer(
+    path: Path, vocab_size: int = 300, special_tokens: list[str] | None = None, chat_template: str = CHAT_TEMPLATE
+) -> tuple[int, int]:
+    """`train_bpe`, then `save_tokenizer` in `path`: (vocabulary size, id of ``<|im_end|>``)."""
+    return save_tokenizer(train_bpe(vocab_size, special_tokens), path, chat_template)
 
-            task = asyncio.create_task(ticker())
-            out = await provider.agenerate(self.prompt, **self.deterministic_options)
-            task.cancel()
-            return out, ticks
 
-        out, ticks = asyncio.run(main())
-        assert out == provider.generate(self.prompt, **self.deterministic_options)
-        assert ticks > 0
+def bpe_vocabulary(tokenizer: Any) -> tuple[list[str], list[str]]:
+    """(tokens in id order, merges as ``"a b"``) of a BPE tokenizer: what a GGUF stores."""
+    model = json.loads(tokenizer.to_str())["model"]
+    vocab: dict[str, int] = model["vocab"]
+    tokens = [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    return tokens, [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
 
-    def test_astream_matches_stream(self, provider: Provider) -> None:
-        self._requires("stream")
 
-        async def collect() -> list[str]:
-            return [c async for c in provider.astream(self.prompt, **self.deterministic_options)]
+def __getattr__(name: str) -> Any:
+    if name in ("ProviderContract", "ALL_CAPABILITIES"):  # the suite imports pytest: only when asked for
+        from provender import _contract
 
-        assert "".join(asyncio.run(collect())) == "".join(provider.stream(self.prompt, **self.deterministic_options))
-
-    # -- each capability: works if declared, UnsupportedError if not ---------------------
-
-    def _check(self, capability: str, call: Callable[[], object], accept: Callable[[Any], bool]) -> None:
-        declared = capability in self.capabilities or (capability == "stream" and "generate" in self.capabilities)
-        if declared:
-            result = call()
-            assert accept(result), f"{capability} returned {result!r}"
-        else:
-            with pytest.raises(UnsupportedError):
-                call()
-
-    def test_capability_generate(self, provider: Provider) -> None:
-        self._check(
-            "generate",
-            lambda: provider.generate(self.prompt, **self.deterministic_options),
-            lambda out: isinstance(out, str),
-        )
-
-    def test_capability_stream(self, provider: Provider) -> None:
-        self._check(
-            "stream",
-            lambda: list(provider.stream(self.prompt, **self.deterministic_options)),
-            lambda chunks: all(isinstance(c, str) for c in chunks),
-        )
-
-    def test_capability_chat(self, provider: Provider) -> None:
-        messages = [{"role": "user", "content": self.prompt}]
-        self._check(
-            "chat", lambda: provider.chat(messages, **self.deterministic_options), lambda out: isinstance(out, str)
-        )
-
-    def test_capability_embed(self, provider: Provider) -> None:
-        self._check(
-            "embed",
-            lambda: provider.embed(["one text", "another, longer text"]),
-            lambda v: v.ndim == 2 and v.shape[0] == 2 and v.shape[1] > 0,
-        )
-
-    def test_close_is_idempotent(self, provider: Provider) -> None:
-        provider.close()
-        provider.close()
-
-    def test_unknown_option_is_an_error(self, provider: Provider) -> None:
-        self._requires("generate")
-        with pytest.raises(ProvenderError):
-            provider.generate(self.prompt, **self.deterministic_options, no_such_option=1)
+        return getattr(_contract, name)
+    raise AttributeError(f"module 'provender.testing' has no attribute {name!r}")

@@ -24,6 +24,7 @@ from provender._cache._gguf import (
     select_quant,
     split_tag,
 )
+from provender._detect import sentence_transformers_config
 
 if TYPE_CHECKING:
     from provender import CacheManager, Lease
@@ -55,25 +56,42 @@ class GGUFInfo:
     embedding: bool  # an embedding model (pooled vectors), not a text generator
     chat_template: bool  # carries tokenizer.chat_template
     context_length: int  # the model's training context (0 if the file does not say)
+    max_seq_length: int | None = None  # an embedding model's sentence-transformers limit, where known
 
 
-def inspect_gguf(path: Path) -> GGUFInfo:
-    """Read a GGUF header (not its tensors) and classify the model."""
+MAX_SEQ_LENGTH_KEY = "sentence_transformers.max_seq_length"  # recorded by convert_bert; llama.cpp ignores it
+
+
+def inspect_gguf(path: Path, root: Path | None = None) -> GGUFInfo:
+    """Read a GGUF header (not its tensors) and classify the model.
+
+    An embedding model's sentence-transformers ``max_seq_length`` comes from the header
+    (`MAX_SEQ_LENGTH_KEY`) or from a ``sentence_bert_config.json`` beside the file, or in a
+    folder above it up to `root` (a Hub snapshot, an imported directory).
+    """
     try:
         meta = read_gguf_metadata(path)
-    except (OSError, GGUFFormatError) as exc:
+    except GGUFFormatError as exc:  # its message names the file and what is wrong with its header
+        raise ModelNotFoundError(str(path), str(exc)) from None
+    except OSError as exc:
         raise ModelNotFoundError(str(path), f"not a readable GGUF file: {exc}") from None
     arch = str(meta.get("general.architecture", ""))
     pooling = meta.get(f"{arch}.pooling_type")
     causal = meta.get(f"{arch}.attention.causal", True)
     embedding = arch in ENCODER_ARCHS or (isinstance(pooling, int) and pooling > 0) or causal is False
     ctx = meta.get(f"{arch}.context_length", 0)
+    limit = meta.get(MAX_SEQ_LENGTH_KEY)
+    if embedding and not isinstance(limit, int):
+        folders = [path.parent, *(p for p in path.parent.parents if root is not None and root in (p, *p.parents))]
+        found = (sentence_transformers_config(d) for d in folders)
+        limit = next((c.max_seq_length for c in found if c is not None and c.max_seq_length), None)
     return GGUFInfo(
         path=path,
         architecture=arch,
         embedding=embedding,
         chat_template=isinstance(meta.get("tokenizer.chat_template"), str),
         context_length=int(ctx) if isinstance(ctx, int) else 0,
+        max_seq_length=limit if isinstance(limit, int) and limit > 1 else None,
     )
 
 

@@ -35,8 +35,5 @@ def provender_claim_model(entry: CacheEntry) -> str | None:
 
 @hookimpl
 def provender_cache_evicted(entry: CacheEntry) -> None:
-    if "provender_llamacpp.provider" not in sys.modules:  # nothing was ever loaded in this process
-        return
-    from provender import model_pool
-
-    model_pool().unload_entry(entry)
+    if "provender._pool" in sys.modules:  # else nothing was ever loaded in this process
+        sys.modules["provender._pool"].model_pool().unload_entry(entry)

@@ -5,44 +5,21 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provender import (
-    InvalidOptionError,
-    LoadedModel,
-    ModelNotFoundError,
-    Provider,
-    UnsupportedError,
-    check_generation_options,
-    model_pool,
-)
+from provender import LoadedModel, PooledProvider, UnsupportedError
+from provender._provider import DEFAULT_MAX_TOKENS
 from provender_llamacpp._load import inspect_gguf, load_llama, require_llama_cpp, resolve_gguf
 
 if TYPE_CHECKING:
     import numpy
 
-    from provender import CacheManager
+    from provender import CacheManager, Lease
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS = 256
-EXTRA_OPTIONS = ("system_prompt", "top_k", "min_p", "repeat_penalty")
-
-
-def _check_extra(options: dict[str, Any]) -> None:
-    top_k = options.get("top_k")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise InvalidOptionError("top_k", top_k, "an integer >= 0 (0: no limit)")
-    min_p = options.get("min_p")
-    if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0 <= min_p <= 1):
-        raise InvalidOptionError("min_p", min_p, "a number in [0, 1]")
-    rp = options.get("repeat_penalty")
-    if rp is not None and (isinstance(rp, bool) or not isinstance(rp, (int, float)) or rp <= 0):
-        raise InvalidOptionError("repeat_penalty", rp, "a number > 0 (1: none)")
-    system = options.get("system_prompt")
-    if system is not None and not isinstance(system, str):
-        raise InvalidOptionError("system_prompt", system, "a string")
+Messages = list[dict[str, Any]]
 
 
 def sampling_kwargs(options: dict[str, Any]) -> dict[str, Any]:
@@ -66,12 +43,7 @@ def sampling_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _check_messages(messages: Any) -> None:
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-        raise InvalidOptionError("messages", type(messages).__name__, "a list of {'role': ..., 'content': ...} dicts")
-
-
-class LlamaCppProvider(Provider):
+class LlamaCppProvider(PooledProvider):
     """Runs GGUF models with llama.cpp. ``model``: a ``.gguf`` path, a cached model's name, or a
     Hub repo id with an optional quantisation tag (``org/repo-GGUF:Q4_K_M``, pulled on first use).
 
@@ -85,6 +57,9 @@ class LlamaCppProvider(Provider):
     """
 
     name = "llamacpp"
+    extra_options = ("system_prompt", "top_k", "min_p", "repeat_penalty")
+    embed_options = ("normalize", "max_length")
+    embed_hint = "embeddings need an embedding GGUF"
 
     def __init__(
         self,
@@ -96,65 +71,33 @@ class LlamaCppProvider(Provider):
         threads: int | None = None,
         n_gpu_layers: int | None = None,
     ) -> None:
-        super().__init__(model)
-        if not isinstance(model, str) or not model.strip():
-            raise ModelNotFoundError(str(model), "a model name cannot be empty")
-        self._cache = cache
-        self._progress = progress
-        self._overrides = {"n_ctx": n_ctx, "threads": threads, "n_gpu_layers": n_gpu_layers}
+        super().__init__(model, cache=cache, progress=progress, n_ctx=n_ctx, threads=threads, n_gpu_layers=n_gpu_layers)
+        self._root: Path | None = None
 
     # -- loading -----------------------------------------------------------------------
 
-    @property
-    def pool_key(self) -> str:
-        """This model's key in the shared pool (with the settings given as arguments, if any)."""
-        given = ",".join(f"{k}={v}" for k, v in self._overrides.items() if v is not None)
-        return f"{self.name}:{self.model}" + (f"?{given}" if given else "")
-
-    def _load(self) -> LoadedModel:
+    def require(self) -> None:
         require_llama_cpp()
-        path, lease = resolve_gguf(self.model, self._cache, progress=self._progress)
-        try:
-            info = inspect_gguf(path)
-            from provender import load_settings
 
-            settings = load_settings().llamacpp
-            params = {k: v if v is not None else getattr(settings, k) for k, v in self._overrides.items()}
-            llm = load_llama(info, **params)
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
+    def resolve(self) -> tuple[Path, Lease | None]:
+        path, lease = resolve_gguf(self.model, self._cache, progress=self._progress)
+        self._root = lease.entry.model_path if lease is not None else None
+        return path, lease
+
+    def load_files(self, path: Path) -> LoadedModel:
+        from provender import load_settings
+
+        info = inspect_gguf(path, self._root)
+        settings = load_settings().llamacpp
+        llm = load_llama(info, **{k: v if v is not None else getattr(settings, k) for k, v in self.given.items()})
         logger.info("loaded %s (%s, %s) from %s", self.model, info.architecture, "embedding" * info.embedding, path)
         return LoadedModel(
-            name=self.model,
-            model=llm,
-            tokenizer=info,
-            path=str(path),
-            lease=lease,
-            kind="embedding" if info.embedding else "generation",
-            provider=self.name,
-            on_unload=llm.close,
+            self.model, llm, info, kind="embedding" if info.embedding else "generation", on_unload=llm.close
         )
-
-    @contextmanager
-    def _using(self, kind: str | None = None) -> Iterator[LoadedModel]:
-        """The loaded model, its lock held: one call at a time per model, and no unload under it."""
-        with model_pool().use(self.pool_key, self._load) as item:
-            if kind is not None and item.kind != kind:
-                if kind == "generation":
-                    raise UnsupportedError(
-                        self.name, "text generation", f"{self.model!r} is an embedding model; use embed()"
-                    )
-                raise UnsupportedError(
-                    self.name, "embed", f"{self.model!r} is a text-generation GGUF; embeddings need an embedding GGUF"
-                )
-            yield item
 
     def load_model(self) -> Any:
         """The `llama_cpp.Llama` serving this model (loaded into the pool if it is not)."""
-        with self._using() as item:
-            return item.model
+        return super().load_model()[0]
 
     # -- generation --------------------------------------------------------------------
 
@@ -166,7 +109,7 @@ class LlamaCppProvider(Provider):
         kwargs, messages = self._prepare_completion(prompt, options)
         if messages is not None:
             return self.chat(messages, **options)
-        with self._using("generation") as item:
+        with self.using("generation") as item:
             out = item.model.create_completion(prompt, stream=False, **kwargs)
         return str(out["choices"][0]["text"])
 
@@ -177,89 +120,74 @@ class LlamaCppProvider(Provider):
             return self.stream_chat(messages, **options)
 
         def run() -> Iterator[str]:
-            with self._using("generation") as item:
+            with self.using("generation") as item:
                 for chunk in item.model.create_completion(prompt, stream=True, **kwargs):
-                    text = chunk["choices"][0]["text"]
-                    if text:
+                    if text := chunk["choices"][0]["text"]:
                         yield text
 
         return run()
 
-    def _prepare_completion(
-        self, prompt: str, options: dict[str, Any]
-    ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    def _prepare_completion(self, prompt: str, options: dict[str, Any]) -> tuple[dict[str, Any], Messages | None]:
         """Check the options (before anything loads); with ``system_prompt`` (popped from `options`),
         the conversation to render instead of a plain prompt."""
-        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
-        _check_extra(options)
-        if not isinstance(prompt, str):
-            raise InvalidOptionError("prompt", type(prompt).__name__, "a string")
+        self.check_options(options)
+        self.check_text(prompt, "prompt")
         system = options.pop("system_prompt", None)
         if system is not None:
-            return {}, [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+            return {}, self.prompt_conversation(prompt, system)
         return sampling_kwargs(options), None
 
-    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
+    def chat(self, messages: Messages, tools: Messages | None = None, **options: Any) -> str:
         """Answer a conversation with the chat template stored in the GGUF; tools are passed to the template.
 
         Returns the assistant's raw text, tool calls included as the model wrote them.
         """
         messages, kwargs = self._prepare_chat(messages, tools, options)
-        with self._using("generation") as item:
+        with self.using("generation") as item:
             self._check_template(item)
             out = item.model.create_chat_completion(messages=messages, tools=tools, stream=False, **kwargs)
         return str(out["choices"][0]["message"].get("content") or "")
 
-    def stream_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
-    ) -> Iterator[str]:
+    def stream_chat(self, messages: Messages, tools: Messages | None = None, **options: Any) -> Iterator[str]:
         """`chat`, chunk by chunk."""
         messages, kwargs = self._prepare_chat(messages, tools, options)
 
         def run() -> Iterator[str]:
-            with self._using("generation") as item:
+            with self.using("generation") as item:
                 self._check_template(item)
                 chunks = item.model.create_chat_completion(messages=messages, tools=tools, stream=True, **kwargs)
                 for chunk in chunks:
-                    text = chunk["choices"][0]["delta"].get("content")
-                    if text:
+                    if text := chunk["choices"][0]["delta"].get("content"):
                         yield text
 
         return run()
 
     def _prepare_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
-        _check_extra(options)
-        _check_messages(messages)
-        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-            raise InvalidOptionError("tools", type(tools).__name__, "a list of OpenAI-style tool dicts")
-        system = options.pop("system_prompt", None)
-        if system is not None and not (messages and messages[0].get("role") == "system"):
-            messages = [{"role": "system", "content": system}, *messages]
+        self, messages: Messages, tools: Messages | None, options: dict[str, Any]
+    ) -> tuple[Messages, dict[str, Any]]:
+        self.check_options(options)
+        messages = self.conversation(messages, tools, options.pop("system_prompt", None))
         return messages, sampling_kwargs(options)
 
     def _check_template(self, item: LoadedModel) -> None:
         if not item.tokenizer.chat_template:
             raise UnsupportedError(
-                self.name, "chat", f"{self.model!r} carries no chat template; use generate() with a prompt"
+                self.name, "chat", f"{self.model!r} has no chat template; use generate() with a prompt"
             )
 
-    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def chat_prompt(self, messages: Messages, tools: Messages | None = None) -> str:
         """The prompt `chat` sends to the model: the conversation rendered by the GGUF's template."""
-        _check_messages(messages)
-        with self._using("generation") as item:
-            template = item.model.metadata.get("tokenizer.chat_template")
-            if not template:
-                raise UnsupportedError(self.name, "chat", f"{self.model!r} carries no chat template")
+        self.conversation(messages, tools, None)
+        with self.using("generation") as item:
+            self._check_template(item)
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            eos, bos = item.model.token_eos(), item.model.token_bos()
+            llm = item.model
+            eos, bos = llm.token_eos(), llm.token_bos()
             formatter: Any = Jinja2ChatFormatter(  # the formatter llama-cpp-python builds from the GGUF
-                template=template,
-                eos_token=item.model._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=item.model._model.token_get_text(bos) if bos != -1 else "",
+                template=llm.metadata["tokenizer.chat_template"],
+                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
             )
             return str(formatter(messages=messages, tools=tools).prompt)
 
@@ -269,64 +197,32 @@ class LlamaCppProvider(Provider):
         """Embeddings of `texts`, float32 (len(texts), dimension), pooled as the GGUF says (mean, CLS, last).
 
         Options: ``normalize`` (default False: the pooled vectors as they are; provender-embedding's
-        `Embedder` normalises), ``max_length`` (tokens per text, special tokens included; default:
-        the model's context). A longer text is truncated keeping its closing separator, as
-        sentence-transformers does (all-MiniLM-L6-v2 uses ``max_length=256`` there).
+        `Embedder` normalises), ``max_length`` (tokens per text, special tokens included). By default
+        a text is truncated where sentence-transformers truncates it, where that is known (the
+        ``max_seq_length`` of its sentence-transformers config: 256 for all-MiniLM-L6-v2), else at
+        the model's context; a longer text keeps its closing separator, as sentence-transformers does.
         """
         import numpy as np
 
         from provender_llamacpp._embed import embed_texts
 
-        unknown = set(options) - {"normalize", "max_length"}
-        if unknown:
-            raise UnsupportedError(
-                self.name, f"embedding option(s) {', '.join(sorted(unknown))}", "known: normalize, max_length"
-            )
-        if isinstance(texts, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise InvalidOptionError("texts", type(texts).__name__, "a list of strings")
-        max_length = options.get("max_length")
-        if max_length is not None and (
-            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2
-        ):
-            raise InvalidOptionError("max_length", max_length, "an integer >= 2")
-        with self._using("embedding") as item:
+        self.check_embed(texts, options)
+        with self.using("embedding") as item:
             if not texts:
                 return np.zeros((0, int(item.model.n_embd())), dtype=np.float32)
+            limit = options.get("max_length") or item.tokenizer.max_seq_length or int(item.model.n_ctx())
             vectors: numpy.ndarray = embed_texts(
-                item.model,
-                texts,
-                max_length=max_length or int(item.model.n_ctx()),
-                normalize=bool(options.get("normalize", False)),
+                item.model, texts, max_length=limit, normalize=bool(options.get("normalize", False))
             )
         return vectors
 
     def dimension(self) -> int:
         """Length of this model's embeddings (loads the model)."""
-        with self._using("embedding") as item:
+        with self.using("embedding") as item:
             return int(item.model.n_embd())
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as this model's tokenizer splits it (special tokens parsed, no BOS added)."""
-        if not isinstance(text, str):
-            raise InvalidOptionError("text", type(text).__name__, "a string")
-        with self._using() as item:
+        self.check_text(text)
+        with self.using() as item:
             return len(item.model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-    # -- memory ------------------------------------------------------------------------
-
-    def unload(self) -> None:
-        """Unload this model from the process's memory now (the disk cache is untouched)."""
-        model_pool().unload(self.pool_key)
-
-    @staticmethod
-    def clear_model_cache(model_name: str | None = None) -> list[str]:
-        """Unload one model (or every llama.cpp model) from memory; returns the pool keys unloaded."""
-        pool = model_pool()
-        if model_name is None:
-            return pool.clear(provider=LlamaCppProvider.name)
-        key = f"{LlamaCppProvider.name}:{model_name}"
-        keys = [k for k in pool.keys(LlamaCppProvider.name) if k == key or k.startswith(f"{key}?")]
-        return [k for k in keys if pool.unload(k)]
-
-    def close(self) -> None:
-        """Nothing to release per instance: loaded models are shared through the pool."""

@@ -3,9 +3,9 @@
 No model can be downloaded in CI, so the tests build their own:
 
 - `build_tiny_llama`: a random-weight llama (a few hundred thousand parameters) with a
-  byte-level BPE vocabulary trained here by the ``tokenizers`` library (GPT-2's
-  pre-tokenizer, which llama.cpp names ``gpt-2``) and a ChatML chat template that
-  also renders tools. Its output is nonsense, but deterministic, printable ASCII, and it
+  byte-level BPE vocabulary (`provender.testing`'s, trained by the ``tokenizers`` library:
+  GPT-2's pre-tokenizer, which llama.cpp names ``gpt-2``) and its ChatML chat template
+  that also renders tools. Its output is nonsense, but deterministic, printable ASCII, and it
   exercises exactly the code paths of a real model: tokenizer, sampler, chat template.
 - `convert_bert`: a sentence-transformers BERT model (all-MiniLM-L6-v2) converted to a
   GGUF embedding model the way llama.cpp's ``convert_hf_to_gguf.py`` does it (same keys,
@@ -22,23 +22,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
-CORPUS = """\
-The shared cache keeps models on disk so that every process finds them.
-A provider loads a model once and keeps it in memory while it is used.
-Hello world, hello cache, hello provider. Models are large; downloads are slow.
-The quick brown fox jumps over the lazy dog. Tools are called by the agent.
-Local models run on the machine they are on: no data leaves it.
-"""
+from provender._detect import sentence_transformers_config
+from provender.testing import CHAT_TEMPLATE, SPECIAL_TOKENS, bpe_vocabulary, train_bpe
+from provender_llamacpp._load import MAX_SEQ_LENGTH_KEY
 
-CHAT_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTools:{% for tool in tools %} {{ tool['function']['name'] }}"
-    "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QUANT_TYPES = ("F32", "F16", "Q8_0")  # what build_tiny_llama can write (gguf's numpy quantisers)
 
 
@@ -49,26 +36,6 @@ def _require() -> Any:
     except ImportError as exc:  # pragma: no cover - a missing test extra
         raise ImportError('building test GGUFs needs gguf and numpy: pip install "provender-llamacpp[test]"') from exc
     return gguf
-
-
-def _train_bpe(vocab_size: int) -> tuple[list[str], list[str]]:
-    """A byte-level BPE vocabulary and its merges, trained on CORPUS (tokens in id order)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS.splitlines() * 4, trainer=trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    vocab: dict[str, int] = model["vocab"]
-    tokens = [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    return tokens, merges
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -110,7 +77,7 @@ def build_tiny_llama(
         raise ValueError(f"quant must be one of {', '.join(QUANT_TYPES)}, not {quant!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokens, merges = _train_bpe(vocab_size)
+    tokens, merges = bpe_vocabulary(train_bpe(vocab_size))
     n_vocab, n_head, n_head_kv, n_ff = len(tokens), 4, 2, n_embd * 2
     head_dim = n_embd // n_head
     rng = np.random.default_rng(seed)
@@ -214,13 +181,18 @@ def read_safetensors(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def convert_bert(model_dir: str | Path, out: str | Path, *, outtype: str = "F32") -> Path:
+def convert_bert(
+    model_dir: str | Path, out: str | Path, *, outtype: str = "F32", record_max_seq_length: bool = True
+) -> Path:
     """Convert a sentence-transformers BERT model (``config.json``, ``vocab.txt``, ``model.safetensors``,
     ``1_Pooling/config.json``) to a GGUF embedding model llama.cpp runs; returns `out`.
 
     Mirrors ``convert_hf_to_gguf.py``'s BertModel: WordPiece vocabulary in "phantom space" form,
     special tokens from the tokenizer config, pooling from the sentence-transformers config.
-    ``outtype``: ``F32`` or ``F16`` (2-D weights).
+    ``outtype``: ``F32`` or ``F16`` (2-D weights). With `record_max_seq_length`, the one key
+    ``convert_hf_to_gguf.py`` does not write: sentence-transformers' ``max_seq_length``
+    (``sentence_transformers.max_seq_length``, which llama.cpp ignores and provender
+    truncates at).
     """
     gguf = _require()
     import numpy as np
@@ -286,6 +258,9 @@ def convert_bert(model_dir: str | Path, out: str | Path, *, outtype: str = "F32"
     writer.add_add_eos_token(True)
     writer.add_add_sep_token(False)
     writer.add_bool("tokenizer.ggml.normalizer.lowercase", bool(tok_config.get("do_lower_case", True)))
+    st = sentence_transformers_config(model_dir)
+    if record_max_seq_length and st is not None and st.max_seq_length:
+        writer.add_uint32(MAX_SEQ_LENGTH_KEY, st.max_seq_length)
     skip = ("embeddings.position_ids", "pooler.", "cls.")
     for hf_name, data in weights.items():
         name = hf_name.removeprefix("bert.")

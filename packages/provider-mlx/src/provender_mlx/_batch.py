@@ -8,43 +8,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from provender import BatchSession, ProvenderError, UnsupportedError, check_generation_options
+from provender import BatchSession, ProvenderError, UnsupportedError
+from provender._provider import DEFAULT_MAX_TOKENS, StopCut
 
 if TYPE_CHECKING:
-    from provender_mlx._memory import LoadedModel
+    from provender import LoadedModel
     from provender_mlx.provider import MLXProvider
 
 logger = logging.getLogger(__name__)
 
 Sampler = Callable[[Any], Any]
-
-
-class StopCut:
-    """`provender.cut_at_stops`, fed one piece at a time: text before the first stop string,
-    holding back only what could be the start of one."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """(text to pass on now, whether a stop string was reached)."""
-        if not self.stops:
-            return piece, False
-        self.held += piece
-        hits = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.held = self.held[: min(hits)], ""
-            return out, True
-        keep = max((n for s in self.stops for n in range(1, len(s)) if self.held.endswith(s[:n])), default=0)
-        out = self.held[: len(self.held) - keep]
-        self.held = self.held[len(self.held) - keep :]
-        return out, False
-
-    def flush(self) -> str:
-        """What is still held back, at the end of the text."""
-        out, self.held = self.held, ""
-        return out
 
 
 @dataclass
@@ -93,11 +66,9 @@ class MLXBatchSession(BatchSession):
         tools: list[dict[str, Any]] | None = None,
         **options: Any,
     ) -> int:
-        from provender_mlx.provider import DEFAULT_MAX_TOKENS, EXTRA_OPTIONS
-
         if self._closed:
             raise ProvenderError("this batch session is closed")
-        check_generation_options(options, provider="mlx", extra=EXTRA_OPTIONS)
+        self._provider.check_options(options)
         if options.get("seed") is not None:
             raise UnsupportedError("mlx", "seed in a batch", "a batch shares one random state; generate it alone")
         text = self._provider.render_prompt(self._item, prompt, messages, tools, options.get("system_prompt"))
@@ -106,8 +77,6 @@ class MLXBatchSession(BatchSession):
         tokens = tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
         if not tokens:
             raise ProvenderError("the prompt is empty after tokenization")
-        stops = options.get("stop") or []
-        stops = [stops] if isinstance(stops, str) else list(stops)
         with self._item.lock:
             (uid,) = self._generator.insert(
                 [list(tokens)],
@@ -115,7 +84,7 @@ class MLXBatchSession(BatchSession):
                 samplers=[self._sampler(options)],
                 stop_sequences=[self._eos],
             )
-        self._sequences[int(uid)] = _Sequence(tokenizer.detokenizer, StopCut(stops))
+        self._sequences[int(uid)] = _Sequence(tokenizer.detokenizer, StopCut(options.get("stop")))
         return int(uid)
 
     def _sampler(self, options: dict[str, Any]) -> Sampler:

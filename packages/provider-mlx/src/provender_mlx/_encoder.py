@@ -23,6 +23,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from provender._detect import sentence_transformers_config
+
 
 @dataclass
 class EncoderConfig:
@@ -223,18 +225,12 @@ def load_sentence_encoder(model_dir: Path) -> SentenceEncoder:
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
 
-    modules = _read_json(model_dir / "modules.json", [])
-    pooling_dir = next((m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), "1_Pooling")
-    pool_cfg = _read_json(model_dir / (pooling_dir or "1_Pooling") / "config.json", {})
-    pooling = Pooling(
-        cls=bool(pool_cfg.get("pooling_mode_cls_token", False)),
-        mean=bool(pool_cfg.get("pooling_mode_mean_tokens", not pool_cfg)),
-        max=bool(pool_cfg.get("pooling_mode_max_tokens", False)),
-        mean_sqrt_len=bool(pool_cfg.get("pooling_mode_mean_sqrt_len_tokens", False)),
+    st = sentence_transformers_config(model_dir)
+    pooling = Pooling(**st.pooling) if st is not None else Pooling()
+    normalize = st is not None and st.normalize
+    max_len = int(
+        st.max_seq_length if st and st.max_seq_length else min(config.get("max_position_embeddings", 512), 512)
     )
-    normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
-    st_config = _read_json(model_dir / "sentence_bert_config.json", {})
-    max_len = int(st_config.get("max_seq_length") or min(config.get("max_position_embeddings", 512), 512))
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=max_len)
@@ -249,10 +245,3 @@ def load_sentence_encoder(model_dir: Path) -> SentenceEncoder:
         max_seq_length=max_len,
         dimension=int(config["hidden_size"]) * max(parts, 1),
     )
-
-
-def _read_json(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default

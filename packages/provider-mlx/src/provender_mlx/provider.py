@@ -1,38 +1,24 @@
-"""`MLXProvider`: text generation with mlx-lm, models resolved through provender's shared cache."""
+"""`MLXProvider`: text generation and embeddings with MLX, models resolved through provender's shared cache."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from provender import (
-    BatchSession,
-    InvalidOptionError,
-    ModelNotFoundError,
-    ProvenderError,
-    Provider,
-    UnsupportedError,
-    check_generation_options,
-    cut_at_stops,
-    resolve_model_files,
-)
+from provender import BatchSession, LoadedModel, ModelNotFoundError, PooledProvider, cut_at_stops
+from provender._pooled import LoadedModels
+from provender._provider import DEFAULT_MAX_TOKENS
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
-from provender_mlx._memory import PROVIDER, LoadedModel, LoadedModels, pool_key
 
 if TYPE_CHECKING:
     import numpy
 
-    from provender import CacheManager, Lease
-
-logger = logging.getLogger(__name__)
+    from provender import CacheManager
 
 INSTALL_HINT = 'pip install "provender[mlx]"'
-DEFAULT_MAX_TOKENS = 256
-EXTRA_OPTIONS = ("system_prompt",)
+LOAD_ERRORS = (ValueError, FileNotFoundError, KeyError, OSError)
 
 
 def require_mlx(*, lm: bool = False) -> None:
@@ -54,8 +40,9 @@ def require_mlx(*, lm: bool = False) -> None:
         ) from exc
 
 
-class MLXProvider(Provider):
-    """Generates text with mlx-lm. ``model`` is a Hub repo id, a cached model's name, or a directory.
+class MLXProvider(PooledProvider):
+    """Generates text with mlx-lm, and embeds with BERT-family sentence-transformers models.
+    ``model`` is a Hub repo id, a cached model's name, or a directory.
 
     A Hub repo id is downloaded once into the shared cache (`provender pull` does the
     same); later runs, by any process, find it there. Loaded models stay in the
@@ -71,74 +58,29 @@ class MLXProvider(Provider):
 
     name = "mlx"
     supports_batching = True
-    _model_cache: ClassVar[LoadedModels] = LoadedModels()
+    embed_hint = "embeddings need a BERT-family sentence-transformers model"
+    _model_cache: ClassVar[LoadedModels] = LoadedModels("mlx")
 
     def __init__(self, model: str, *, cache: CacheManager | None = None, progress: bool = True) -> None:
-        super().__init__(model)
-        if not isinstance(model, str) or not model.strip():
-            raise ModelNotFoundError(str(model), "a model name cannot be empty")
-        self._cache = cache
-        self._progress = progress
+        super().__init__(model, cache=cache, progress=progress)
 
-    # -- loading -----------------------------------------------------------------------
-
-    def load_model(self) -> tuple[Any, Any]:
-        """(model, tokenizer), from `_model_cache` if loaded, else resolved and loaded."""
-        item = self._loaded()
-        return item.model, item.tokenizer
-
-    def _loaded(self) -> LoadedModel:
-        """The loaded model from the shared pool (two threads asking for one model load it once)."""
-        return self._model_cache.pool.load(pool_key(self.model), self._load_now)
-
-    @contextmanager
-    def _using(self, kind: str | None = None) -> Iterator[LoadedModel]:
-        """The loaded model, its lock held for the block (MLX models are not re-entrant:
-        one generation at a time per model; nor can it be unloaded meanwhile)."""
-        with self._model_cache.pool.use(pool_key(self.model), self._load_now) as item:
-            if kind is not None:
-                self._check_kind(item, kind)
-            yield item
-
-    def _load_now(self) -> LoadedModel:
+    def require(self) -> None:
         require_mlx()
-        path, lease = self._resolve()
-        try:
-            return self._load(path, lease)
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
 
-    def _resolve(self) -> tuple[Path, Lease | None]:
-        """A directory as it is; otherwise a cache entry (downloaded first if it is a Hub repo id)."""
+    def fetch(self, cache: CacheManager) -> None:
+        from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
 
-        def fetch(cm: CacheManager) -> None:
-            from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+        cache.fetch(self.model, allow_patterns=list(DEFAULT_ALLOW_PATTERNS), progress=self._progress)
 
-            cm.fetch(self.model, allow_patterns=list(DEFAULT_ALLOW_PATTERNS), progress=self._progress)
-
-        return resolve_model_files(self.model, cache=self._cache, fetch=fetch)
-
-    def _load(self, path: Path, lease: Lease | None) -> LoadedModel:
-        key = lease.entry.key if lease is not None else None
+    def load_files(self, path: Path) -> LoadedModel:
         if encoder_evidence(path):
             from provender_mlx._encoder import load_sentence_encoder
 
             try:
                 encoder = load_sentence_encoder(path)
-            except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+            except LOAD_ERRORS as exc:
                 raise ModelNotFoundError(self.model, f"could not load the encoder in {path}: {exc}") from None
-            return LoadedModel(
-                name=self.model,
-                model=encoder,
-                tokenizer=encoder.tokenizer,
-                path=str(path),
-                lease=lease,
-                entry_key=key,
-                kind="embedding",
-                provider=PROVIDER,
-            )
+            return LoadedModel(self.model, encoder, encoder.tokenizer, kind="embedding")
         require_mlx(lm=True)
         problem = looks_loadable(path)
         if problem:
@@ -146,19 +88,10 @@ class MLXProvider(Provider):
         from mlx_lm import load
 
         try:
-            loaded = load(str(path))
-            model, tokenizer = loaded[0], loaded[1]
-        except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+            model, tokenizer = load(str(path))[:2]
+        except LOAD_ERRORS as exc:
             raise ModelNotFoundError(self.model, f"mlx-lm could not load {path}: {exc}") from None
-        return LoadedModel(
-            name=self.model,
-            model=model,
-            tokenizer=tokenizer,
-            path=str(path),
-            lease=lease,
-            entry_key=key,
-            provider=PROVIDER,
-        )
+        return LoadedModel(self.model, model, tokenizer)
 
     # -- generation --------------------------------------------------------------------
 
@@ -166,13 +99,9 @@ class MLXProvider(Provider):
         return "".join(self.stream(prompt, **options))
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
-        system = options.get("system_prompt")
-        text: str = prompt
-        with self._using("generation") as item:
-            if system is not None:
-                messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-                text = self._template(item, messages)
+        self.check_options(options)
+        with self.using("generation") as item:
+            text = self.render_prompt(item, prompt, None, None, options.get("system_prompt"))
         return self._generate(text, options)
 
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
@@ -182,14 +111,10 @@ class MLXProvider(Provider):
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
     ) -> Iterator[str]:
         """`chat`, chunk by chunk: the conversation rendered with the model's own chat template."""
-        check_generation_options(options, provider=self.name, extra=EXTRA_OPTIONS)
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-            raise ProvenderError("messages must be a list of {'role': ..., 'content': ...} dicts")
-        system = options.get("system_prompt")
-        if system is not None and not (messages and messages[0].get("role") == "system"):
-            messages = [{"role": "system", "content": system}, *messages]
-        with self._using("generation") as item:
-            text = self._template(item, messages, tools)
+        self.check_options(options)
+        messages = self.conversation(messages, tools, options.get("system_prompt"))
+        with self.using("generation") as item:
+            text = self.template(item, messages, tools)
         return self._generate(text, options)
 
     def batch_session(self) -> BatchSession:
@@ -197,7 +122,7 @@ class MLXProvider(Provider):
         from provender_mlx._batch import MLXBatchSession
 
         require_mlx(lm=True)
-        with self._using("generation") as item:
+        with self.using("generation") as item:
             return MLXBatchSession(self, item)
 
     def render_prompt(
@@ -210,77 +135,11 @@ class MLXProvider(Provider):
     ) -> str:
         """The text `stream` (a `prompt`) or `stream_chat` (`messages`) generates from."""
         if messages is None:
-            if not isinstance(prompt, str):
-                raise InvalidOptionError("prompt", type(prompt).__name__, "a string")
+            prompt = self.check_text(prompt, "prompt")
             if system is None:
                 return prompt
-            messages, tools = [{"role": "system", "content": system}, {"role": "user", "content": prompt}], None
-        elif not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-            raise ProvenderError("messages must be a list of {'role': ..., 'content': ...} dicts")
-        elif system is not None and not (messages and messages[0].get("role") == "system"):
-            messages = [{"role": "system", "content": system}, *messages]
-        return self._template(item, messages, tools)
-
-    def _check_kind(self, item: LoadedModel, kind: str) -> None:
-        if item.kind == kind:
-            return
-        if kind == "generation":
-            raise UnsupportedError(self.name, "text generation", f"{self.model!r} is an embedding model; use embed()")
-        raise UnsupportedError(
-            self.name,
-            "embed",
-            f"{self.model!r} is a text-generation model; embeddings need a BERT-family sentence-transformers model",
-        )
-
-    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
-        """Sentence embeddings, float32 (len(texts), dimension), for BERT-family sentence-transformers models.
-
-        Options: ``normalize`` (default: as the model's modules.json says), ``batch_size`` (32).
-        Texts longer than the model's max_seq_length are truncated, as sentence-transformers does.
-        """
-        unknown = set(options) - {"normalize", "batch_size"}
-        if unknown:
-            raise UnsupportedError(
-                self.name, f"embedding option(s) {', '.join(sorted(unknown))}", "known: normalize, batch_size"
-            )
-        if isinstance(texts, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise InvalidOptionError("texts", type(texts).__name__, "a list of strings")
-        batch_size = options.get("batch_size", 32)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidOptionError("batch_size", batch_size, "an integer >= 1")
-        with self._using("embedding") as item:
-            vectors: numpy.ndarray = item.model.encode(texts, normalize=options.get("normalize"), batch_size=batch_size)
-        return vectors
-
-    def dimension(self) -> int:
-        """Length of this model's embeddings (loads the model)."""
-        with self._using("embedding") as item:
-            return int(item.model.dimension)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens in `text` as this model sees it (a generation prompt: with the BOS token
-        its tokenizer adds; an embedding model: with its special tokens, before truncation)."""
-        if not isinstance(text, str):
-            raise InvalidOptionError("text", type(text).__name__, "a string")
-        with self._using() as item:
-            if item.kind == "embedding":
-                return len(item.tokenizer.encode(text).ids)
-            return len(item.tokenizer.encode(text))
-
-    def unload(self) -> None:
-        """Unload this model from the process's memory now (the disk cache is untouched)."""
-        self._model_cache.pop(self.model)
-
-    def _template(
-        self, item: LoadedModel, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-    ) -> str:
-        tokenizer = item.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise ProvenderError(f"model {self.model!r} has no chat template; use generate() with a plain prompt")
-        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
-        if tools:
-            kwargs["tools"] = tools
-        return str(tokenizer.apply_chat_template(messages, **kwargs))
+            messages, tools = self.prompt_conversation(prompt, system), None
+        return self.template(item, self.conversation(messages, tools, system), tools)
 
     def _generate(self, prompt: str, options: dict[str, Any]) -> Iterator[str]:
         import mlx.core as mx
@@ -288,21 +147,44 @@ class MLXProvider(Provider):
         from mlx_lm.sample_utils import make_sampler
 
         sampler = make_sampler(temp=float(options.get("temperature") or 0.0), top_p=float(options.get("top_p") or 0.0))
-        stops = options.get("stop") or []
-        stops = [stops] if isinstance(stops, str) else list(stops)
         max_tokens = options.get("max_tokens") or DEFAULT_MAX_TOKENS
 
         def run() -> Iterator[str]:
-            with self._using("generation") as item:
+            with self.using("generation") as item:
                 if options.get("seed") is not None:
                     mx.random.seed(int(options["seed"]))
-                pieces = (
-                    r.text
-                    for r in stream_generate(item.model, item.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler)
-                )
-                yield from cut_at_stops(pieces, stops)
+                steps = stream_generate(item.model, item.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler)
+                yield from cut_at_stops((r.text for r in steps), options.get("stop"))
 
         return run()
+
+    # -- embeddings, tokens -------------------------------------------------------------
+
+    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
+        """Sentence embeddings, float32 (len(texts), dimension), for BERT-family sentence-transformers models.
+
+        Options: ``normalize`` (default: as the model's modules.json says), ``batch_size`` (32).
+        Texts longer than the model's max_seq_length are truncated, as sentence-transformers does.
+        """
+        self.check_embed(texts, options)
+        with self.using("embedding") as item:
+            vectors: numpy.ndarray = item.model.encode(
+                texts, normalize=options.get("normalize"), batch_size=options.get("batch_size") or 32
+            )
+        return vectors
+
+    def dimension(self) -> int:
+        """Length of this model's embeddings (loads the model)."""
+        with self.using("embedding") as item:
+            return int(item.model.dimension)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as this model sees it (a generation prompt: with the BOS token
+        its tokenizer adds; an embedding model: with its special tokens, before truncation)."""
+        self.check_text(text)
+        with self.using() as item:
+            ids = item.tokenizer.encode(text)
+            return len(ids.ids if item.kind == "embedding" else ids)
 
     # -- the seed's static API -----------------------------------------------------------
 
@@ -312,38 +194,20 @@ class MLXProvider(Provider):
         or safetensors written by MLX), with ``name``, ``size``, ``last_used``, ``implementation``."""
         from provender import CacheManager
 
-        cm = CacheManager(cache_dir=cache_dir) if cache_dir is not None else CacheManager()
         rows = []
-        for entry in cm.entries(sort="name"):
+        for entry in CacheManager(cache_dir=cache_dir).entries(sort="name"):
             evidence = mlx_evidence(entry.model_path)
-            if evidence is None:
-                continue
-            last = entry.last_used
-            rows.append(
-                {
-                    "name": entry.name,
-                    "size": entry.size,
-                    "implementation": "mlx",
-                    "last_used": datetime.fromtimestamp(last, tz=UTC).isoformat() if last else None,
-                    "path": str(entry.model_path),
-                    "key": entry.key,
-                    "evidence": evidence,
-                }
-            )
+            if evidence is not None:
+                last = datetime.fromtimestamp(entry.last_used, tz=UTC).isoformat() if entry.last_used else None
+                rows.append(
+                    {
+                        "name": entry.name,
+                        "size": entry.size,
+                        "implementation": "mlx",
+                        "last_used": last,
+                        "path": str(entry.model_path),
+                        "key": entry.key,
+                        "evidence": evidence,
+                    }
+                )
         return rows
-
-    @staticmethod
-    def clear_model_cache(model_name: str | None = None) -> list[str]:
-        """Unload one model (or all) from memory; returns the names unloaded.
-
-        The disk cache is untouched (that is `provender cache rm`'s job).
-        """
-        if model_name is None:
-            return MLXProvider._model_cache.clear()
-        return [model_name] if MLXProvider._model_cache.pop(model_name) is not None else []
-
-    def close(self) -> None:
-        """Nothing to release per instance: loaded models are shared through `_model_cache`."""
-
-
-_cut_at_stops = cut_at_stops  # the name this module used before the helper moved to the core

@@ -6,39 +6,16 @@ in the installed transformers (found on disk; transformers is not imported).
 from __future__ import annotations
 
 import importlib.util
-import json
-import struct
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from provender._detect import mlx_weights, read_config, safetensors_metadata
+
 Kind = Literal["generation", "embedding"]
 
-MAX_HEADER = 100 * 1024 * 1024  # a safetensors header is JSON; a larger claim is not a header
 GENERATION_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 ENCODER_SUFFIXES = ("Model", "ForMaskedLM")
-
-
-def read_config(model_dir: Path) -> dict[str, Any] | None:
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def safetensors_metadata(path: Path) -> dict[str, Any] | None:
-    """The ``__metadata__`` of a safetensors file, or None if it is not one."""
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if not 0 < size <= MAX_HEADER:
-                return None
-            header = json.loads(f.read(size))
-    except (OSError, struct.error, ValueError):
-        return None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return meta if isinstance(meta, dict) else {}
 
 
 @cache
@@ -71,20 +48,12 @@ def model_kind(model_dir: Path, config: dict[str, Any] | None = None) -> Kind | 
 
 def weights_problem(model_dir: Path, config: dict[str, Any]) -> str | None:
     """None if transformers can read the weights, else why not."""
-    quant = config.get("quantization")
-    if isinstance(quant, dict) and {"group_size", "bits"} <= set(quant):
-        return "MLX-quantized weights (serve it with mlx)"
+    if mlx_weights(model_dir, config):
+        return "MLX weights (serve it with mlx)"
     tensors = sorted(model_dir.glob("*.safetensors"))
     if tensors:
-        meta = safetensors_metadata(tensors[0])
-        if meta is None:
-            return f"{tensors[0].name} is not a safetensors file"
-        if meta.get("format") == "mlx":
-            return "weights written by MLX (serve it with mlx)"
-        return None
-    if any(model_dir.glob("pytorch_model*.bin")):
-        return None
-    return "no .safetensors or pytorch_model.bin weights"
+        return None if safetensors_metadata(tensors[0]) is not None else f"{tensors[0].name} is not a safetensors file"
+    return None if any(model_dir.glob("pytorch_model*.bin")) else "no .safetensors or pytorch_model.bin weights"
 
 
 def transformers_evidence(model_dir: Path) -> str | None:

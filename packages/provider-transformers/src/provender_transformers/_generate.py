@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from provender import cut_at_stops
-
-DEFAULT_MAX_TOKENS = 256
+from provender._provider import DEFAULT_MAX_TOKENS
 
 
 def generate_kwargs(options: dict[str, Any], tokenizer: Any) -> dict[str, Any]:

@@ -33,7 +33,5 @@ def provender_claim_model(entry: CacheEntry) -> str | None:
 
 @hookimpl
 def provender_cache_evicted(entry: CacheEntry) -> None:
-    pool = sys.modules.get("provender._pool")
-    if pool is None:  # nothing was ever loaded in this process
-        return
-    pool.model_pool().unload_entry(entry)
+    if "provender._pool" in sys.modules:  # else nothing was ever loaded in this process
+        sys.modules["provender._pool"].model_pool().unload_entry(entry)

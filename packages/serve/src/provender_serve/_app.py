@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -35,9 +36,11 @@ from provender_serve._schemas import (
     CompletionRequest,
     EmbeddingRequest,
     UnloadRequest,
+    check_text,
     parse,
     parse_keep_alive,
 )
+from provender_serve._walls import Pull, Walls, may_pull, needs_download, pull_refused
 from provender_serve.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,12 @@ class ServerOptions:
     queue_size: int = 16
     max_body: int = 8 * 2**20
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
+    #: origins (``scheme://host[:port]``, ``*`` wildcards) allowed besides the server's own (server.origins)
+    origins: list[str] = field(default_factory=list)
+    #: Host names (``name`` or ``name:port``; ``*``: any) allowed besides the server's addresses
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: which requests may download a model they name (server.pull)
+    pull: Pull = "without-origin"
 
 
 @contextlib.contextmanager
@@ -215,7 +224,10 @@ class Server:
         if not key:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        # headers arrive as bytes (Starlette decodes them as latin-1): compare the client's bytes
+        # with the key's UTF-8, so a non-ASCII key works from clients that send UTF-8
+        sent = token.strip().encode("latin-1", "replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, key.encode("utf-8", "surrogatepass")):
             raise APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'", "invalid_api_key")
 
     async def _json(self, request: Request) -> Any:
@@ -233,9 +245,19 @@ class Server:
             raise ValueError(f"{name} is not a JSON number")
 
         try:
-            return json.loads(bytes(data), parse_constant=constant)
+            value = json.loads(bytes(data), parse_constant=constant)
         except (ValueError, RecursionError) as exc:
             raise APIError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
+        check_text(value)
+        return value
+
+    async def _check_pull(self, request: Request, model: str) -> None:
+        """Refuse (403) a request that would download `model` when server.pull does not let it."""
+        origin = request.headers.get("origin")
+        if may_pull(self.options.pull, origin) or model in self.registry.names():
+            return
+        if await run_in_thread(lambda: needs_download(model)):
+            raise pull_refused(self.options.pull, origin, model)
 
     # -- endpoints ---------------------------------------------------------------------
 
@@ -255,6 +277,7 @@ class Server:
     async def chat(self, request: Request) -> Response:
         req: ChatRequest = parse(ChatRequest, await self._json(request), max_tokens_limit=self.options.max_tokens_limit)
         keep_alive = parse_keep_alive(req.keep_alive)
+        await self._check_pull(request, req.model)
         messages = [m.to_provider() for m in req.messages]
         tools, options = req.tool_dicts(), req.options()
         cid = oai.new_id("chatcmpl")
@@ -343,6 +366,7 @@ class Server:
         limit = self.options.max_tokens_limit
         req: CompletionRequest = parse(CompletionRequest, await self._json(request), max_tokens_limit=limit)
         keep_alive = parse_keep_alive(req.keep_alive)
+        await self._check_pull(request, req.model)
         prompt, options = req.text(), req.options()
         if req.system_prompt is not None:
             options["system_prompt"] = req.system_prompt
@@ -406,6 +430,7 @@ class Server:
     async def embeddings(self, request: Request) -> Response:
         req: EmbeddingRequest = parse(EmbeddingRequest, await self._json(request))
         keep_alive = parse_keep_alive(req.keep_alive)
+        await self._check_pull(request, req.model)
         texts = req.texts()
 
         def work(slot: Slot) -> dict[str, Any]:
@@ -482,9 +507,15 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
+        guard = getattr(app.state, "guard", None)  # `provender serve`'s connection guard (_protocol.Guard)
+        if guard is not None:
+            guard.install(asyncio.get_running_loop())
         yield
         await asyncio.to_thread(server.registry.close)  # unload everything, releasing every lease
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    walls = Middleware(Walls, origins=server.options.origins, allowed_hosts=server.options.allowed_hosts)
+    app = Starlette(
+        routes=routes, middleware=[walls], exception_handlers={HTTPException: http_error}, lifespan=lifespan
+    )
     app.state.server = server
     return app

@@ -21,15 +21,23 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether `host` is reachable from this machine only."""
-    import ipaddress
+    """Whether the address `host` (an IP literal, as a bound socket reports it, or ``localhost``)
+    is reachable from this machine only: all of 127.0.0.0/8, ::1, and IPv4-mapped loopback."""
+    from provender_serve._walls import is_loopback_address
 
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_address(host)
+
+
+def listening_on(address: str, port: int) -> str:
+    """What the banner says: the address the socket is bound to, and for a wildcard bind
+    (0.0.0.0, ::) the URL this machine reaches it at."""
+    from provender._client import server_url
+
+    shown = f"[{address}]" if ":" in address else address
+    if address in ("0.0.0.0", "::"):
+        which = "every IPv4 address" if address == "0.0.0.0" else "every address"
+        return f"http://{shown}:{port} ({which} of this machine; from here: {server_url(address, port)})"
+    return f"http://{shown}:{port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,10 +109,13 @@ def serve(
         from provender_serve._app import ServerOptions, create_app
     except ImportError as exc:
         _fail(f'{exc}; install the server with: pip install "provender[serve]"')
+    from provender_serve._protocol import Guard
+
     settings = load_settings()
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     api_key = settings.server.api_key.get_secret_value()
+    server_settings = settings.server
     try:
         options = ServerOptions(
             api_key=api_key,
@@ -114,29 +125,37 @@ def serve(
             queue_size=queue_size,
             max_body=parse_size(max_body),
             max_tokens_limit=max_tokens_limit,
+            origins=list(server_settings.origins),
+            allowed_hosts=list(server_settings.allowed_hosts),
+            pull=server_settings.pull,
         )
+        guard = Guard(server_settings.header_timeout, server_settings.max_connections)
+        app = create_app(options)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if not is_loopback(host) and not api_key:
+    sock = _bind(host, port)
+    address, bound = sock.getsockname()[:2]
+    if not is_loopback(address) and not api_key:  # the address bound, not the name: 127.1 is loopback
         click.secho(
-            f"warning: listening on {host}, reachable from other machines, without an API key: "
+            f"warning: listening on {address} ({host}), reachable from other machines, without an API key: "
             "anyone who can connect can run models here (set server.api_key)",
             fg="yellow",
             err=True,
         )
-    sock = _bind(host, port)
-    bound = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(options),
+        app,
+        http=guard.protocol(),  # h11 with a header timeout and a connection cap (provender_serve._protocol)
+        ws="none",
+        backlog=guard.backlog,  # also the accept burst: kept within the file limit
         log_level="info" if log_requests else "warning",
         access_log=log_requests,
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    from provender._client import server_url
+    app.state.guard = guard  # the lifespan installs its flood log on the server's loop
 
     only = f", models: {', '.join(options.allowed)}" if options.allowed else ""
-    click.echo(f"provender serve: listening on {server_url(host, bound)}{only} (Ctrl-C to stop)", err=True)
+    click.echo(f"provender serve: listening on {listening_on(address, bound)}{only} (Ctrl-C to stop)", err=True)
     uvicorn.Server(config).run(sockets=[sock])
 
 

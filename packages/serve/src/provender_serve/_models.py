@@ -285,8 +285,10 @@ class ModelRegistry:
 
 
 def pool_key(provider: Provider) -> str:
-    """The key a provider keeps its model under in the core pool, by its convention."""
-    return f"{provider.name}:{provider.model}"
+    """The key a provider keeps its model under in the core pool (a `PooledProvider`'s own `key`,
+    which carries its load arguments, else the ``name:model`` convention)."""
+    key = getattr(provider, "key", None)
+    return key if isinstance(key, str) else f"{provider.name}:{provider.model}"
 
 
 def _touch_pool(provider: Provider, keep_alive: float) -> None:

@@ -167,6 +167,35 @@ class UnloadRequest(_Strict):
     model: str | None = None
 
 
+def check_text(data: Any) -> None:
+    """Refuse (400) a decoded body holding a string that is not Unicode text: JSON allows a lone
+    surrogate escape (``"\\ud800"``), which no model, tokenizer or UTF-8 answer can take."""
+    stack: list[tuple[Any, str]] = [(data, "body")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            strings = [value]
+        elif isinstance(value, dict):
+            strings = [k for k in value if isinstance(k, str)]
+            stack.extend((v, f"{where}.{k}" if where != "body" else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}.{i}" if where != "body" else str(i)) for i, v in enumerate(value))
+            continue
+        else:
+            continue
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = text[exc.start]
+                raise APIError(
+                    400,
+                    f"{where}: the string holds a lone surrogate ({ascii(bad)[1:-1]}), which is not Unicode text",
+                    "invalid_text",
+                    where,
+                ) from None
+
+
 def parse(model: type[_Strict], data: Any, *, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> Any:
     """Validate a decoded JSON body against `model`; raises a 400 `APIError` naming the field."""
     if not isinstance(data, dict):

@@ -24,7 +24,9 @@ import ipaddress
 import json
 import socket
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import Any, Literal
+
+from provender_serve.errors import APIError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,6 +39,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DEFAULT_ORIGINS = ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
 ALLOW_METHODS = "GET, POST, OPTIONS"
 PREFLIGHT_MAX_AGE = "600"
+#: server.pull: which requests may download a model they name
+Pull = Literal["never", "without-origin", "always"]
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -177,10 +181,7 @@ class Walls:
             # a browser's request without an Origin (a no-cors GET from another site's page)
             await _refuse(send, "cross-site requests from web pages are not allowed (server.origins)", "cross_origin")
             return
-        if origin is None:
-            await self.app(scope, receive, send)
-            return
-        if not self.origin_allowed(origin, server):
+        if origin is not None and not self.origin_allowed(origin, server):
             await _refuse(
                 send,
                 f"requests from web pages at {origin[:100]!r} are not allowed; add the origin to server.origins "
@@ -189,14 +190,16 @@ class Walls:
                 vary=True,
             )
             return
-        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+        if origin is not None and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             await _preflight(send, origin, headers.get("access-control-request-headers"))
             return
-        scope.setdefault("state", {})["origin"] = origin
+        extra = [(b"vary", b"Origin")]  # the answer depends on the Origin: caches must key on it
+        if origin is not None:
+            scope.setdefault("state", {})["origin"] = origin
+            extra.append((b"access-control-allow-origin", origin.encode("latin-1")))
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -213,9 +216,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 async def _refuse(send: Send, message: str, code: str, *, vary: bool = False) -> None:
-    body = json.dumps(
-        {"error": {"message": message, "type": "permission_error", "code": code, "param": None}}
-    ).encode()
+    body = json.dumps({"error": {"message": message, "type": "permission_error", "code": code, "param": None}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if vary:
         headers.append((b"vary", b"Origin"))
@@ -236,3 +237,43 @@ async def _preflight(send: Send, origin: str, requested: str | None) -> None:
         headers.append((b"access-control-allow-headers", names.encode("latin-1")))
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
+
+
+# -- downloads (server.pull) -------------------------------------------------------------
+
+
+def may_pull(pull: Pull, origin: str | None) -> bool:
+    """Whether a request (with this Origin, or None) may download a model under `pull`."""
+    return pull == "always" or (pull == "without-origin" and origin is None)
+
+
+def pull_refused(pull: Pull, origin: str | None, model: str) -> APIError:
+    who = f"a request from a web page ({origin[:100]!r})" if origin is not None else "a request"
+    return APIError(
+        403,
+        f"model {model!r} is not in the cache and {who} may not download it (server.pull = {pull!r}); "
+        f"pull it first: provender pull {model.partition(':')[2] or model}",
+        "pull_not_allowed",
+        "model",
+    )
+
+
+def needs_download(model: str) -> bool:
+    """Whether serving ``PROVIDER:NAME`` would download NAME: it is not a local path, not in the
+    cache, and has the shape of a Hub repo id (``owner/name``). A bare name never downloads (it
+    must be cached); ``echo:upper`` and other names of a provider's own are not repo ids."""
+    from pathlib import Path
+
+    from provender import CacheManager, ProvenderError, parse_model_name
+
+    provider, bare = parse_model_name(model)
+    if provider is None or "/" not in bare or bare.startswith(("/", "./", "../", "~", "\\")):
+        return False
+    try:
+        if Path(bare).expanduser().exists():
+            return False
+        cache = CacheManager()
+        candidates = [bare, bare.rsplit(":", 1)[0]] if ":" in bare else [bare]  # org/x-GGUF:Q4_K_M
+        return all(cache.find(name) is None for name in candidates)
+    except (ProvenderError, OSError, ValueError):
+        return False  # the provider reports what is wrong with the name or the cache

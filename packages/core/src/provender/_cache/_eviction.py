@@ -11,6 +11,7 @@ evicted, kept or left over the limit.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +27,28 @@ logger = logging.getLogger(__name__)
 BEING_ADDED = "being added"
 PINNED = "pinned"
 IN_USE = "in use by a running process"
+ONLY_COPY = "the cache holds its only copy"
+ORIGIN = "origin"  # an imported entry's metadata: where it came from ({"path": ..., "moved": bool})
+
+
+def only_copy(entry: CacheEntry) -> str | None:
+    """Why the cache cannot get `entry` back once evicted, or None if it can.
+
+    An imported entry (``cache import``) whose files were moved in (``--move``), or whose source no
+    longer exists (deleted, or a drive not mounted), is the only copy there is: eviction passes over
+    it (`plan_eviction`), as over a pinned one; `remove` still removes it. A Hub repo can be
+    downloaded again, an entry pulled from the remote tier pulled again, and an entry stored with
+    `cache_model` is a cache of what its caller can make again: none of those is kept.
+    """
+    origin = entry.metadata.get(ORIGIN) if entry.kind == "local" else None
+    if not isinstance(origin, dict):
+        return None
+    if origin.get("moved"):
+        return f"{ONLY_COPY} (imported with --move)"
+    source = origin.get("path")
+    if isinstance(source, str) and source and not os.path.lexists(source):
+        return f"{ONLY_COPY} (its source {source} no longer exists)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,9 +95,10 @@ def plan_eviction(
 ) -> EvictionPlan:
     """Plan LRU eviction of ``entries`` (least recently used first) down to ``limit`` bytes.
 
-    Entries whose key is in ``protected`` (the one being added) or ``pinned``, or for which
-    ``in_use(key)`` is true, are kept; ``in_use`` is asked only about entries that would
-    otherwise go. Nothing is touched: the plan only says what would happen.
+    Entries whose key is in ``protected`` (the one being added) or ``pinned``, the cache's only
+    copy of a model (`only_copy`), and entries for which ``in_use(key)`` is true are kept;
+    ``in_use`` is asked only about entries that would otherwise go. Nothing is touched: the
+    plan only says what would happen.
     """
     if limit < 0:
         raise ValueError(f"a size limit cannot be negative: {limit}")
@@ -90,6 +114,8 @@ def plan_eviction(
             kept.append((entry, BEING_ADDED))
         elif entry.key in pinned:
             kept.append((entry, PINNED))
+        elif (why := only_copy(entry)) is not None:
+            kept.append((entry, why))
         elif held(entry.key):
             kept.append((entry, IN_USE))
         else:
@@ -99,13 +125,25 @@ def plan_eviction(
 
 
 def warn_if_over(plan: EvictionPlan) -> None:
-    """Log that the cache stays over its limit after `plan` (once, by whoever carried it out)."""
+    """Log that the cache stays over its limit after `plan`, naming what stands in the way (once, by
+    whoever carried it out: a pull, an import, the server's loads)."""
     if not plan.fits:
         logger.warning(
-            "cache is over its limit after eviction (%d > %d bytes): the rest is pinned or in use",
-            plan.after,
-            plan.limit,
+            "cache is over its limit after eviction (%d > %d bytes): %s", plan.after, plan.limit, kept_line(plan)
         )
+
+
+def kept_line(plan: EvictionPlan, most: int = 3) -> str:
+    """What eviction passed over, and why, in one line: ``kept me/ft (the cache holds its only copy ...)``."""
+    kept = [(e, why) for e, why in plan.kept if why != BEING_ADDED]
+    if not kept:
+        return "nothing else can go"
+    said = "; ".join(f"{e.name} ({why})" for e, why in kept[:most])
+    more = f"; and {len(kept) - most} more" if len(kept) > most else ""
+    hint = ""
+    if any(why.startswith(ONLY_COPY) for _e, why in kept):
+        hint = " (`provender cache rm NAME` removes an only copy; or raise cache.max_size)"
+    return f"kept {said}{more}{hint}"
 
 
 REMOVE_PINNED = "it is pinned (run `provender cache unpin` first)"

@@ -22,13 +22,14 @@ from provender._cache._fsops import fs_errors
 from provender._cache._locks import LeaseLock
 from provender._cache._names import check_name, hub_key, imported_key
 from provender._cache._tier_push import push_entry, write_through
-from provender._cache._tier_sync import check_repo_layout, count, patterns_of, pull_hub, pull_imported
+from provender._cache._tier_sync import check_repo_layout, count, patterns_of, pull_hub, pull_imported, tier_files
 from provender.errors import (
     CorruptBlobError,
     DiskFullError,
     EntryTooLargeError,
     HubError,
     ModelNotFoundError,
+    ProvenderError,
     RemoteTierError,
     TierContentError,
 )
@@ -89,16 +90,7 @@ class Transfers:
             if entry is not None:
                 return PullResult(entry, "cache")
         if ":" in repo_id:  # org/repo-GGUF:Q4_K_M: that GGUF quantisation only (and its split parts)
-            from provender._cache._gguf import quant_request
-
-            repo_id, options["allow_patterns"] = quant_request(
-                self.intake.store,
-                repo_id,
-                revision=revision,
-                repo_type=repo_type,
-                allow_patterns=options.get("allow_patterns"),
-                endpoint=options.get("endpoint"),
-            )
+            repo_id, options["allow_patterns"] = self._quant_files(repo_id, options)
         check_name(repo_id)
         if repo_type not in _hub.REPO_TYPES:
             raise HubError(f"repo_type must be one of {', '.join(_hub.REPO_TYPES)}, not {repo_type!r}")
@@ -111,9 +103,12 @@ class Transfers:
         if tier is not None and not local:  # a miss: the remote tier before the Hub (offline too)
             asked = True
             try:
-                got = pull_imported(self.intake, tier, repo_id, progress) if plain else None
-                metadata = _row_metadata(revision, patterns)
-                got = got or pull_hub(self.intake, tier, repo_id, repo_type, revision, patterns, metadata, progress)
+                try:
+                    got = pull_imported(self.intake, tier, repo_id, progress) if plain else None
+                    metadata = _row_metadata(revision, patterns)
+                    got = got or pull_hub(self.intake, tier, repo_id, repo_type, revision, patterns, metadata, progress)
+                except Exception as exc:
+                    raise tier_error(tier, repo_id, exc) from exc
             except RemoteTierError as exc:
                 count(index, remote_errors=1)
                 corrupt = frozenset({exc.sha256}) if isinstance(exc, CorruptBlobError) else corrupt
@@ -141,6 +136,41 @@ class Transfers:
             pushed = problem is None
             warnings += [problem] if problem else []
         return PullResult(entry, "hub" if from_hub else "cache", 0, from_hub, pushed, tuple(warnings))
+
+    def _quant_files(self, name: str, options: PullOptions) -> tuple[str, list[str] | str | None]:
+        """For ``org/repo-GGUF:QUANT``: the repo and the files of that quantisation, chosen from the Hub's
+        file list (offline: the cached snapshot's); failing that, from the remote tier's manifests of the repo,
+        so that a node offline gets from the tier the quantisation another node pulled."""
+        from provender._cache._gguf import quant_request, select_quant, split_tag
+
+        revision, repo_type = options.get("revision"), options.get("repo_type", "model")
+        try:
+            return quant_request(
+                self.intake.store,
+                name,
+                revision=revision,
+                repo_type=repo_type,
+                allow_patterns=options.get("allow_patterns"),
+                endpoint=options.get("endpoint"),
+            )
+        except ModelNotFoundError as exc:
+            tier = self.tier
+            repo_id, quant = split_tag(name)
+            if tier is None or quant is None:
+                raise
+            try:
+                files = tier_files(tier, repo_id, repo_type, revision)
+            except Exception as error:
+                failure = tier_error(tier, repo_id, error)
+                if not isinstance(failure, RemoteTierError):
+                    raise failure from error
+                count(self.intake.store.index, remote_errors=1)
+                logger.warning("%s; cannot choose the files of %s from it", failure, name)
+                raise exc from None
+            if not files:
+                said = str(exc).removeprefix(f"model {exc.model!r} not found: ")
+                raise ModelNotFoundError(exc.model, f"not in the remote tier {tier.url}; {said}") from None
+            return repo_id, select_quant(files, quant, repo=repo_id)
 
     def fetch(self, repo_id: str, **options: Unpack[PullOptions]) -> CacheEntry:
         """Download a Hub repo into ``<cache.dir>/hub`` with huggingface_hub (resumable, shared with `hf`).
@@ -264,6 +294,16 @@ class Transfers:
             for root, _dirs, _files in sorted(os.walk(repo_dir), key=lambda t: -len(t[0])):
                 with contextlib.suppress(OSError):
                     os.rmdir(root)
+
+
+def tier_error(tier: RemoteTier, name: str, exc: Exception) -> Exception:
+    """What a failure while reading from the tier is: the cache's own errors (a full disk, a planted link)
+    as they are; any other (an OverflowError, an OSError that content of the tier caused) a tier error, so
+    that the pull warns once and asks the Hub instead of failing (the traceback is logged at debug level)."""
+    if isinstance(exc, ProvenderError):
+        return exc
+    logger.debug("reading %s from the remote tier %s failed", name, tier.url, exc_info=exc)
+    return TierContentError(tier.url, f"its copy of {name} could not be read ({type(exc).__name__}: {exc})"[:400])
 
 
 def _row_metadata(revision: str | None, patterns: dict[str, Any] | None) -> dict[str, Any]:

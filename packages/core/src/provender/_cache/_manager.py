@@ -38,7 +38,7 @@ from provender._cache._entry import (
     VerifyIssue,
     model_path_of,
 )
-from provender._cache._eviction import REMOVE_IN_USE, EvictionPlan, Evictor, plan_removal, warn_if_over
+from provender._cache._eviction import ORIGIN, REMOVE_IN_USE, EvictionPlan, Evictor, plan_removal, warn_if_over
 from provender._cache._fetch import Transfers
 from provender._cache._fsops import LinkMode, fs_errors
 from provender._cache._intake import Intake
@@ -228,15 +228,18 @@ class CacheManager:
 
         Zero-copy where the filesystem allows. Raises EntryExistsError if an imported
         entry has that name already, unless ``replace=True``. ``pin=True`` pins it as it lands.
+        Eviction never takes an entry that is the only copy of its model: moved in
+        (``link_mode="move"``), or whose source has gone since (see `only_copy`).
         With a remote tier (not read-only), the entry is written through to it.
         """
         check_name(name)
+        origin = {"path": str(Path(path).absolute()), "moved": link_mode == "move"}  # see `_eviction.only_copy`
         entry = self._intake.add_local(
             Path(path),
             imported_key(name),
             name=name,
             link_mode=link_mode,
-            metadata={**metadata, "source": "import"},
+            metadata={**metadata, "source": "import", ORIGIN: origin},
             replace=replace,
             pin=pin,
         )

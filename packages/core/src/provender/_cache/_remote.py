@@ -23,7 +23,6 @@ ever deleted from the tier by provender. fsspec and s3fs are imported only when 
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import hashlib
 import json
@@ -35,10 +34,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import IO, Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
+from provender._cache._tier_content import RemoteEntry as RemoteEntry  # where callers look for it
+from provender._cache._tier_content import listed_entry, rank
 from provender.errors import ConfigError, RemoteTierError
 
 logger = logging.getLogger(__name__)
@@ -67,35 +67,6 @@ def check_url(url: str, setting: str = "remote.url") -> str:
             value=url,
         )
     return url
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat()
-
-
-@dataclass(frozen=True)
-class RemoteEntry:
-    """One entry the tier holds (its newest snapshot): what `provender remote ls` lists."""
-
-    key: str
-    name: str
-    kind: str
-    revision: str | None
-    files: int
-    size: int
-    pushed_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON row of `provender remote ls --json` (``pushed_at`` in ISO 8601)."""
-        return {
-            "key": self.key,
-            "name": self.name,
-            "kind": self.kind,
-            "revision": self.revision,
-            "files": self.files,
-            "size": self.size,
-            "pushed_at": _iso(self.pushed_at),
-        }
 
 
 def snapshot_id(manifest: dict[str, Any]) -> str:
@@ -135,13 +106,6 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # blocked (sys.modules[name] = None) or broken
         return False
-
-
-def _rank(entry: RemoteEntry) -> tuple[float, bool, bool]:
-    """Which ref of an entry `entries` shows: the newest snapshot; then a whole one before a partial
-    one, a branch or tag (``main``) before a commit hash."""
-    revision = entry.revision or ""
-    return entry.pushed_at, "@" not in revision, not re.fullmatch(r"[0-9a-f]{40}", revision)
 
 
 class RemoteTier:
@@ -397,28 +361,47 @@ class RemoteTier:
         return snap
 
     def read_manifest(self, key: str, ref: str) -> dict[str, Any] | None:
-        """The manifest a ref points at, or None (no such ref, or a manifest that is not readable)."""
+        """The manifest a ref points at, or None (no such ref, or no manifest where it points).
+
+        A damaged ref or manifest (not JSON, another entry's, no file list) is a `TierContentError`:
+        the tier answered with content that is not valid."""
+        from provender.errors import TierContentError
+
         self.check_format()
         raw = self._read_bytes(self.path("entries", key, "refs", ref))
         if raw is None:
             return None
         snap = raw.decode(errors="replace").strip()
         if not _HEX64.fullmatch(snap):
-            logger.warning("remote tier %s: ref %s/%s is damaged; ignored", self.url, key, ref)
-            return None
-        return self._parse_manifest(key, snap, self._read_bytes(self.path("entries", key, f"{snap}.json")))
+            raise TierContentError(self.url, f"ref {key}/{ref} is damaged; ignored")
+        try:
+            return self._parse_manifest(key, self._read_bytes(self.path("entries", key, f"{snap}.json")))
+        except ValueError as exc:
+            raise TierContentError(self.url, f"manifest {key}/{snap} is {exc}; ignored") from None
 
-    def _parse_manifest(self, key: str, snap: str, body: bytes | None) -> dict[str, Any] | None:
+    def refs(self, key: str) -> list[str]:
+        """The names of an entry's refs (``main``, ``main@<patterns hash>``...), none if it has none."""
+        self.check_format()
+        with self._errors():
+            try:
+                found = self.fs.ls(self.path("entries", key, "refs"), detail=False)
+            except FileNotFoundError as exc:
+                if _no_bucket(exc):
+                    raise
+                return []
+        return sorted(n for n in (str(p).rstrip("/").rsplit("/", 1)[-1] for p in found) if TMP_PREFIX not in n)
+
+    @staticmethod
+    def _parse_manifest(key: str, body: bytes | None) -> dict[str, Any] | None:
+        """The manifest in `body` (None: no body); ValueError saying why if it is damaged or not valid."""
         if body is None:
             return None
         try:
             manifest = json.loads(body)
-        except ValueError:
-            logger.warning("remote tier %s: manifest %s/%s is damaged; ignored", self.url, key, snap)
-            return None
+        except (ValueError, RecursionError):  # not JSON, an integer of 5000 digits, or nested 10,000 deep
+            raise ValueError("damaged (not JSON)") from None
         if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), list):
-            logger.warning("remote tier %s: manifest %s/%s is not valid; ignored", self.url, key, snap)
-            return None
+            raise ValueError("not valid (another entry's, or no file list)")
         return manifest
 
     # -- listing -----------------------------------------------------------------------
@@ -438,27 +421,23 @@ class RemoteTier:
             wanted = {f"{p.rsplit('/refs/', 1)[0]}/{snap}.json" for p, snap in snaps.items() if _HEX64.fullmatch(snap)}
             bodies = self._cat_all(sorted(wanted))
         newest: dict[str, RemoteEntry] = {}
+        skipped: set[str] = set()
         for ref_path, snap in snaps.items():
             key, ref = ref_path[len(base) + 1 :].split("/")[0], ref_path.rsplit("/", 1)[1]
-            manifest = self._parse_manifest(key, snap, bodies.get(f"{ref_path.rsplit('/refs/', 1)[0]}/{snap}.json"))
-            if manifest is None:
+            if snap in skipped:  # said once, however many refs name it
                 continue
-            files = manifest["files"]
+            body = bodies.get(f"{ref_path.rsplit('/refs/', 1)[0]}/{snap}.json")
             try:  # a shared tier's content is not trusted: one damaged manifest is skipped, not the listing
-                entry = RemoteEntry(
-                    key=key,
-                    name=str(manifest.get("name") or key),
-                    kind=str(manifest.get("kind", "hub")),
-                    revision=None if manifest.get("kind") == "local" else unquote(ref),
-                    files=len(files),
-                    size=sum(int(f.get("size", 0)) for f in files),
-                    pushed_at=float(manifest.get("pushed_at", 0.0)),
-                )
-            except (AttributeError, TypeError, ValueError) as exc:
+                manifest = self._parse_manifest(key, body)
+                entry = None if manifest is None else listed_entry(key, ref, manifest)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
                 logger.warning("remote tier %s: manifest %s/%s is not valid (%s); ignored", self.url, key, snap, exc)
+                entry = None
+            if entry is None:  # missing (a ref written before its manifest), damaged (said): skipped
+                skipped.add(snap)
                 continue
             old = newest.get(key)
-            if old is None or _rank(entry) > _rank(old):
+            if old is None or rank(entry) > rank(old):
                 newest[key] = entry
         return sorted(newest.values(), key=lambda e: (e.name.lower(), e.key))
 

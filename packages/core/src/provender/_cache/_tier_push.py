@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry, PushResult
+from provender._cache._eviction import ORIGIN
 from provender._cache._remote import RemoteTier, ref_name
 from provender._cache._repair import scan_files
 from provender._cache._tier_sync import HEX64, count, patterns_of, run_all
@@ -113,7 +114,7 @@ def push_entry(
             "name": entry.name,
             "kind": "local",
             "filename": entry.metadata.get("filename"),
-            "metadata": {k: v for k, v in entry.metadata.items() if k != "filename"},
+            "metadata": {k: v for k, v in entry.metadata.items() if k not in ("filename", ORIGIN)},  # not a local path
             "files": files,
         }
         refs = ["latest"]

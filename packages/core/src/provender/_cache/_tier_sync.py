@@ -28,17 +28,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from provender._cache import _hub
 from provender._cache._entry import CacheEntry
+from provender._cache._eviction import ORIGIN
 from provender._cache._fsops import fs_errors
 from provender._cache._layout import check_dir, link_error
 from provender._cache._names import check_name, hub_key, imported_key
 from provender._cache._remote import RemoteTier, ref_name
 from provender._cache._repair import scan_files, write_manifest
+from provender._cache._tier_content import file_size, safe_path
 from provender.errors import (
     CacheError,
     CorruptBlobError,
     DiskFullError,
     EntryExistsError,
-    EntryTooLargeError,
     TierContentError,
 )
 
@@ -93,36 +94,26 @@ def _filter(files: list[dict[str, Any]], patterns: dict[str, Any] | None) -> lis
     )
 
 
-def _safe_path(rel: object) -> str:
-    """A file path from a tier manifest, refused unless it stays inside its folder."""
-    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
-        raise ValueError(f"bad path {rel!r}")
-    parts = rel.split("/")  # not PurePosixPath: it would quietly drop "." and empty parts
-    if any(p in ("", ".", "..") or len(p.encode()) > 255 for p in parts) or parts[0].startswith(".provender-entry"):
-        raise ValueError(f"bad path {rel!r}")  # 255 bytes: the longest name a filesystem takes
-    return rel
-
-
 def _checked_files(tier: RemoteTier, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifest's file list, every field checked (the tier is shared: its content is not trusted)."""
     out = []
     try:
         for f in manifest["files"]:
-            size, sha, etag = f["size"], f["sha256"], f.get("etag")
-            if not isinstance(size, int) or size < 0 or not HEX64.fullmatch(str(sha)):
-                raise ValueError(f"bad size or sha256 for {f.get('path')!r}")
+            size, sha, etag = file_size(f["size"]), f["sha256"], f.get("etag")
+            if not HEX64.fullmatch(str(sha)):
+                raise ValueError(f"bad sha256 for {str(f.get('path'))[:80]!r}")
             if etag is not None and not (_HEX40.fullmatch(str(etag)) or HEX64.fullmatch(str(etag))):
-                raise ValueError(f"bad etag {etag!r}")
-            out.append({"path": _safe_path(f["path"]), "size": size, "sha256": sha, "etag": etag})
+                raise ValueError(f"bad etag {repr(etag)[:80]}")
+            out.append({"path": safe_path(f["path"]), "size": size, "sha256": sha, "etag": etag})
         paths = {f["path"] for f in out}
         if len(paths) != len(out):
             raise ValueError("a path listed twice")
         folders = {p.rsplit("/", i)[0] for p in paths for i in range(1, p.count("/") + 1)}
         if paths & folders:
             raise ValueError(f"{sorted(paths & folders)[0]!r} listed as a file and as a folder")
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise TierContentError(
-            tier.url, f"manifest of {manifest.get('name')!r} is not valid ({exc}); ignored"
+            tier.url, f"manifest of {str(manifest.get('name'))[:80]!r} is not valid ({exc}); ignored"
         ) from None
     return out
 
@@ -240,6 +231,33 @@ def find_manifest(
     return manifest
 
 
+def tier_files(tier: RemoteTier, repo_id: str, repo_type: str, revision: str | None) -> list[str]:
+    """The files the tier holds of a Hub repo's revision: its whole snapshot's, else those of every partial
+    one (``org/repo-GGUF:Q8_0`` pulled by another node); empty if it holds none. Enough to choose a GGUF."""
+    key, rev = hub_key(repo_id, repo_type), revision or "main"
+    whole = tier.read_manifest(key, ref_name(rev))
+    refs = [ref_name(rev)] if whole is not None else [r for r in tier.refs(key) if r.startswith(ref_name(rev) + "@")]
+    found: set[str] = set()
+    for ref in refs:
+        manifest = whole if whole is not None else tier.read_manifest(key, ref)
+        if manifest is not None and manifest.get("kind") == "hub" and manifest.get("repo_id") == repo_id:
+            found.update(f["path"] for f in _checked_files(tier, manifest))
+    return sorted(found)
+
+
+def check_fits(max_size: int, tier: RemoteTier, name: str, total: int) -> None:
+    """A tier's copy larger than the cache limit is refused as tier content: the pull asks the Hub, which
+    refuses what is truly too large (EntryTooLargeError) and serves what the tier's manifest misstated."""
+    if total > max_size:
+        from provender._sizes import format_size
+
+        raise TierContentError(
+            tier.url,
+            f"its copy of {name} says {format_size(total)}, larger than the cache limit cache.max_size="
+            f"{format_size(max_size)}; ignored",
+        )
+
+
 def check_room(cache_dir: Path, needed: int) -> None:
     """Refuse before a byte is moved what the cache's disk has no room for (DiskFullError), as a Hub download does."""
     if needed > shutil.disk_usage(cache_dir).free:
@@ -308,8 +326,7 @@ def pull_hub(
         return None
     name = _hub.display_name(repo_id, repo_type)
     total = sum(f["size"] for f in files)
-    if total > store.max_size:
-        raise EntryTooLargeError(name, total, store.max_size)
+    check_fits(store.max_size, tier, name, total)
     folder = _hub.folder_name(repo_id, repo_type)
     repo_dir = store.hub_dir / folder
     check_repo_layout(store, repo_dir)
@@ -370,13 +387,13 @@ def pull_imported(intake: Intake, tier: RemoteTier, name: str, progress: bool = 
         raise TierContentError(tier.url, f"the tier's manifest for {name} does not describe it; ignored")
     files = _checked_files(tier, manifest)
     total = sum(f["size"] for f in files)
-    if total > store.max_size:
-        raise EntryTooLargeError(name, total, store.max_size)
+    check_fits(store.max_size, tier, name, total)
     filename = manifest.get("filename")
     if filename is not None and (not isinstance(filename, str) or [f["path"] for f in files] != [filename]):
         raise TierContentError(tier.url, f"the tier's manifest for {name} is not valid; ignored")
     found = manifest.get("metadata")
     metadata: dict[str, Any] = found if isinstance(found, dict) else {}
+    metadata = {k: v for k, v in metadata.items() if k != ORIGIN}  # another machine's: the tier has a copy
     evicted: list[CacheEntry] = []
     now = time.time()
     with store.staging() as stage, fs_errors(store.cache_dir, total):

@@ -142,6 +142,7 @@ def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
 
 def _show_plan(plan: EvictionPlan, dry_run: bool) -> None:
     """The plan, then one line on what stays over the limit (the only over-limit warning prune prints)."""
+    from provender._cache._eviction import ONLY_COPY
     from provender._sizes import format_size
 
     if not plan.evict:
@@ -165,9 +166,11 @@ def _show_plan(plan: EvictionPlan, dry_run: bool) -> None:
         if not plan.fits:
             click.echo(
                 f"warning: the cache {'would stay' if dry_run else 'will stay'} {format_size(plan.over)} over "
-                "its limit: the rest is pinned or in use",
+                "its limit: the rest is kept (above)",
                 err=True,
             )
+    if any(why.startswith(ONLY_COPY) for _e, why in plan.kept):
+        click.echo("(`provender cache rm NAME` removes an only copy; or raise cache.max_size)", err=True)
 
 
 @cache.command()
@@ -175,7 +178,8 @@ def _show_plan(plan: EvictionPlan, dry_run: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be evicted and what kept, evict nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def prune(max_size: str | None, dry_run: bool, yes: bool) -> None:
-    """Evict least-recently-used entries until the cache fits its size limit (never pinned or in-use ones)."""
+    """Evict least-recently-used entries until the cache fits its size limit (never pinned or in-use ones,
+    nor an imported model's only copy: moved in with --move, or whose source has gone)."""
     from provender._sizes import format_size
 
     cm = get_cache()
@@ -309,7 +313,11 @@ def unpin(name: str) -> None:
     help="Import a model Ollama has pulled (OLLAMA_MODELS or ~/.ollama/models): its GGUF blob, sha256-checked.",
 )
 @click.option("--copy", "copy_", is_flag=True, help="Copy the bytes (default: clone or hard link, no copy).")
-@click.option("--move", is_flag=True, help="Move the files into the cache (the source goes once the entry is in).")
+@click.option(
+    "--move",
+    is_flag=True,
+    help="Move the files into the cache (the source goes once the entry is in; that only copy is never evicted).",
+)
 @click.option("--replace", is_flag=True, help="Replace an imported entry with the same name.")
 @click.option("--pin", is_flag=True, help="Pin it as it lands (never evicted until unpinned).")
 @json_option
@@ -342,10 +350,18 @@ def import_(
         raise click.UsageError("give PATH and --name ORG/NAME (or --from-ollama NAME[:TAG])")
     else:
         entry = get_cache().import_model(path, name, link_mode=mode or "auto", replace=replace, pin=pin)  # type: ignore[arg-type]
+    from provender._cache._eviction import only_copy
+
+    kept = only_copy(entry)
     if as_json:
-        echo_json(entry.to_dict())
+        echo_json({**entry.to_dict(), "only_copy": kept is not None})
     else:
         click.echo(f"imported {entry.name} ({format_size(entry.size)}) as {entry.key[:12]}")
+        if kept is not None and not entry.pinned:
+            click.echo(
+                f"{kept[0].upper()}{kept[1:]}: it is never evicted to make room "
+                f"(`provender cache rm {entry.name}` removes it)"
+            )
 
 
 @cache.command()

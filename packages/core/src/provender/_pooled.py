@@ -1,0 +1,230 @@
+"""`PooledProvider`: the base of providers that load a model into the process's shared pool.
+
+A subclass says how to load the files of its model (`PooledProvider.load_files`); the base
+does the rest: it finds the files (a directory, or a cache entry held by a `Lease` while
+the model is loaded, downloaded first on a miss), loads them once per process under the
+provider's `key` in `provender.model_pool()` (LRU, ``memory.max_models``,
+``memory.keep_alive``), hands the loaded model out with its lock held (`using`), checks
+that it is the right kind of model for the call, validates options, and unloads::
+
+    class MyProvider(PooledProvider):
+        name = "mine"
+
+        def load_files(self, path):
+            return LoadedModel(self.model, load_weights(path), kind="generation")
+
+        def generate(self, prompt, **options):
+            self.check_options(options)
+            with self.using("generation") as item:
+                return item.model.complete(prompt, **options)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from provender._pool import LoadedModel, ModelPool, model_pool
+from provender._provider import (
+    Provider,
+    check_embed_input,
+    check_generation_options,
+    check_messages,
+    resolve_model_files,
+)
+from provender.errors import InvalidOptionError, ModelNotFoundError, UnsupportedError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from provender._cache import CacheManager, Lease
+
+Messages = list[dict[str, Any]]
+
+
+class PooledProvider(Provider):
+    """A provider whose model lives in the shared pool, holding its cache entry while loaded.
+
+    Subclasses set ``name`` and implement `load_files`; they may override `require` (import
+    the runtime, or say how to install it), `fetch` (which files a Hub download takes) and
+    `resolve` (how a name becomes files). Keyword arguments given to ``__init__`` beyond
+    ``cache`` and ``progress`` (a device, a context size) become part of `key`, so the same
+    model loaded two ways is two pool entries.
+    """
+
+    #: generation options taken beyond the common ones (checked by `provender.OPTION_CHECKS`)
+    extra_options: ClassVar[tuple[str, ...]] = ("system_prompt",)
+    #: options `embed` takes
+    embed_options: ClassVar[tuple[str, ...]] = ("normalize", "batch_size")
+    #: said when a text-generation model is asked to embed: which models do
+    embed_hint: ClassVar[str] = "embeddings need an embedding model"
+
+    def __init__(self, model: str, *, cache: CacheManager | None = None, progress: bool = True, **given: Any) -> None:
+        super().__init__(model)
+        if not isinstance(model, str) or not model.strip():
+            raise ModelNotFoundError(str(model), "a model name cannot be empty")
+        self._cache, self._progress, self.given = cache, progress, given
+        args = ",".join(f"{k}={v}" for k, v in given.items() if v is not None)
+        self.key = f"{self.name}:{model}" + (f"?{args}" if args else "")  # this model's key in the pool
+
+    # -- loading: what a subclass provides ----------------------------------------------
+
+    def require(self) -> None:
+        """Raise ImportError, saying how to install it, if the runtime is missing (default: nothing)."""
+
+    def fetch(self, cache: CacheManager) -> None:
+        """Download `model` into `cache` on a miss (default: the whole Hub repo)."""
+        cache.fetch(self.model, progress=self._progress)
+
+    def resolve(self) -> tuple[Path, Lease | None]:
+        """The model's files: a directory as it is, else a cache entry and its lease (fetched on a miss)."""
+        return resolve_model_files(self.model, cache=self._cache, fetch=self.fetch)
+
+    def load_files(self, path: Path) -> LoadedModel:
+        """Load the model at `path`: ``LoadedModel(self.model, model, tokenizer, kind=...)``
+        (``on_unload`` for what dropping the references does not free). The base fills in
+        the path, the lease and the provider."""
+        raise NotImplementedError(f"{type(self).__name__}.load_files")
+
+    # -- loading: the base ---------------------------------------------------------------
+
+    def _load(self) -> LoadedModel:
+        """The pool's loader: resolve, load, and hand the lease to the loaded model (released on failure)."""
+        self.require()
+        path, lease = self.resolve()
+        try:
+            item = self.load_files(path)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        item.path, item.lease, item.provider = item.path or str(path), lease, self.name
+        if lease is not None and item.entry_key is None:
+            item.entry_key = lease.entry.key
+        return item
+
+    @contextmanager
+    def using(self, kind: str | None = None) -> Iterator[LoadedModel]:
+        """The loaded model (loaded now if it is not), its lock held for the block: one call
+        at a time per model, never unloaded meanwhile. With `kind` (``"generation"`` or
+        ``"embedding"``), another kind of model raises UnsupportedError."""
+        with model_pool().use(self.key, self._load) as item:
+            if kind is not None and item.kind != kind:
+                if kind == "generation":
+                    raise UnsupportedError(
+                        self.name, "text generation", f"{self.model!r} is an embedding model; use embed()"
+                    )
+                raise UnsupportedError(
+                    self.name, "embed", f"{self.model!r} is a text-generation model; {self.embed_hint}"
+                )
+            yield item
+
+    def load_model(self) -> tuple[Any, Any]:
+        """(model, tokenizer), from the pool if loaded, else resolved and loaded."""
+        item = model_pool().load(self.key, self._load)
+        return item.model, item.tokenizer
+
+    def unload(self) -> None:
+        """Unload this model from the process's memory now (the disk cache is untouched)."""
+        model_pool().unload(self.key)
+
+    def close(self) -> None:
+        """Nothing to release per instance: loaded models are shared through the pool."""
+
+    @classmethod
+    def clear_model_cache(cls, model_name: str | None = None) -> list[str]:
+        """Unload one model (however it was loaded) or all of this provider's; returns their names."""
+        return LoadedModels(cls.name).clear(model_name)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate generation options (the common ones and `extra_options`)."""
+        return check_generation_options(options, provider=self.name, extra=self.extra_options)
+
+    def check_embed(self, texts: list[str], options: dict[str, Any]) -> None:
+        """Validate `embed`'s texts and options (`embed_options`)."""
+        check_embed_input(texts, options, self.embed_options, provider=self.name)
+
+    def conversation(self, messages: Messages, tools: Messages | None, system: str | None) -> Messages:
+        """Checked `messages`, the ``system_prompt`` option first unless they start with a system message."""
+        check_messages(messages, tools)
+        if system is not None and not (messages and messages[0].get("role") == "system"):
+            return [{"role": "system", "content": system}, *messages]
+        return messages
+
+    @staticmethod
+    def prompt_conversation(prompt: str, system: str) -> Messages:
+        """A plain prompt with a ``system_prompt``, as a conversation for the chat template."""
+        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+
+    @staticmethod
+    def check_text(text: Any, name: str = "text") -> str:
+        if not isinstance(text, str):
+            raise InvalidOptionError(name, type(text).__name__, "a string")
+        return text
+
+    def template(self, item: LoadedModel, messages: Messages, tools: Messages | None = None) -> str:
+        """The conversation rendered by the tokenizer's chat template (Hugging Face tokenizers)."""
+        tokenizer = item.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise UnsupportedError(
+                self.name, "chat", f"{self.model!r} has no chat template; use generate() with a prompt"
+            )
+        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
+        if tools:
+            kwargs["tools"] = tools
+        return str(tokenizer.apply_chat_template(messages, **kwargs))
+
+
+class LoadedModels:
+    """One provider's models in the shared pool, by model name, least recently used first
+    (`MLXProvider._model_cache` is MLX's)."""
+
+    def __init__(self, provider: str, pool: ModelPool | None = None) -> None:
+        self.provider = provider
+        self._pool = pool
+
+    @property
+    def pool(self) -> ModelPool:
+        """The pool this view looks into (the process's, unless one was given)."""
+        return self._pool if self._pool is not None else model_pool()
+
+    def configure(self, max_models: int | None = None, keep_alive: float | None = None) -> None:
+        """Set the pool's limits (None: from the settings) and apply them now. The pool is
+        shared, so this sets them for every provider in the process."""
+        self.pool.configure(max_models=max_models, keep_alive=keep_alive)
+
+    def _keys(self, name: str | None = None) -> list[str]:
+        prefix = f"{self.provider}:{name}"
+        keys = self.pool.keys(provider=self.provider)
+        return keys if name is None else [k for k in keys if k == prefix or k.startswith(f"{prefix}?")]
+
+    def get(self, name: str) -> LoadedModel | None:
+        return self.pool.get(f"{self.provider}:{name}")
+
+    def put(self, item: LoadedModel) -> None:
+        item.provider = self.provider
+        self.pool.put(f"{self.provider}:{item.name}", item)
+
+    def pop(self, name: str) -> LoadedModel | None:
+        return self.pool.pop(f"{self.provider}:{name}")
+
+    def clear(self, name: str | None = None) -> list[str]:
+        """Unload every model (or every copy of `name`); returns their names."""
+        items = [self.pool.pop(k) for k in self._keys(name)]
+        return list(dict.fromkeys(item.name for item in items if item is not None))
+
+    def names(self) -> list[str]:
+        items = [self.pool.peek(k) for k in self._keys()]
+        return list(dict.fromkeys(item.name for item in items if item is not None))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self._keys(name))
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

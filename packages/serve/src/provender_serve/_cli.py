@@ -110,16 +110,17 @@ def serve(
     except ImportError as exc:
         _fail(f'{exc}; install the server with: pip install "provender[serve]"')
     from provender_serve._protocol import Guard
+    from provender_serve.settings import ServerSettings
 
     settings = load_settings()
-    host = host or settings.server.host
-    port = settings.server.port if port is None else port
-    api_key = settings.server.api_key.get_secret_value()
-    server_settings = settings.server
+    server_settings = settings.section("server", ServerSettings)
+    host = host or server_settings.host
+    port = server_settings.port if port is None else port
+    api_key = server_settings.api_key.get_secret_value()
     try:
         options = ServerOptions(
             api_key=api_key,
-            allowed=list(models) or list(settings.server.models),
+            allowed=list(models) or list(server_settings.models),
             max_models=max_models or settings.memory.max_models,
             keep_alive=settings.memory.keep_alive if keep_alive is None else parse_duration(keep_alive),
             queue_size=queue_size,

@@ -415,3 +415,15 @@ def test_providers_declare_a_priority_and_prefer_lists_come_first() -> None:
     assert prefer_order(["slow", "plain", "fast"], []) == ["fast", "plain", "slow"]
     assert prefer_order(["slow", "plain", "fast"], ["slow"]) == ["slow", "fast", "plain"]
     assert load_settings().providers.prefer == []  # the core names no plugin
+
+
+def test_cache_manager_imports_neither_the_plugin_layer_nor_pluggy(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, provender; provender.CacheManager({str(tmp_path / 'c')!r}); provender.CacheManager(); "
+        "print([m for m in ('provender._plugins', 'pluggy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

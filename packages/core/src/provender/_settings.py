@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -210,6 +211,8 @@ class _TomlSource(TomlConfigSettingsSource):
 def plugin_sections(load: bool = False) -> dict[str, tuple[type[BaseModel], str]] | None:
     """Section name -> (model, plugin) of the plugins' registered sections; None when the plugins
     are not loaded in this process and `load` is false (building the settings never loads them)."""
+    if not load and "provender._plugins" not in sys.modules:  # nothing loaded plugins (nor pluggy) here
+        return None
     from provender._plugins import get_plugin_manager, plugin_manager_if_loaded
 
     host = get_plugin_manager() if load else plugin_manager_if_loaded()

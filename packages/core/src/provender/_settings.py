@@ -83,7 +83,9 @@ class MemorySettings(_Section):
     """``[memory]``: models loaded in a process's memory."""
 
     max_models: int = Field(2, ge=1, description="Loaded models kept per process (LRU).")
-    keep_alive: Seconds = Field(300.0, description="Idle seconds before a loaded model is unloaded; <0 = never.")
+    keep_alive: Seconds = Field(
+        300.0, description='Idle time before a loaded model is unloaded (at most 3650d); -1 or "forever" = never.'
+    )
 
 
 class PluginSettings(_Section):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,97 @@ def test_pull_with_progress_and_offline(env: dict[str, str], fake_hub: FakeHub) 
 def test_debug_shows_traceback(env: dict[str, str]) -> None:
     out = run_cli("--debug", "cache", "rm", "-y", "org/ghost", env=env)
     assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+# -- a reader that closes the pipe early (issue 19 item 8): quiet, exit 141, in every command --------
+
+
+def run_into_closed_pipe(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`provender ARGS` writing into a pipe whose reader is already gone: every write meets EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["config"],
+        ["config", "--json"],
+        ["cache", "ls"],
+        ["cache", "ls", "--json"],
+        ["cache", "stats"],
+        ["plugins"],
+        ["plugins", "--json"],
+        ["models", "--json"],
+        ["echo-modes"],  # a plugin's command (examples/provender-echo)
+        ["generate", "-m", "echo:plain", "--stream", "one two three"],
+        ["--help"],
+        ["cache", "--help"],
+        ["--version"],
+    ],
+)
+def test_a_closed_pipe_ends_every_command_quietly(env: dict[str, str], make_files: Any, args: list[str]) -> None:
+    ok("cache", "import", str(make_files("m", {"w.bin": 100})), "--name", "me/m", env=env)
+    out = run_into_closed_pipe("-m", "provender", *args, env=env)
+    assert (out.returncode, out.stderr) == (141, ""), out  # was 1 and "Error: unexpected BrokenPipeError"
+
+
+def test_a_shell_pipeline_cut_short_is_quiet(env: dict[str, str], tmp_path: Path) -> None:
+    """As a user types it: `provender config | head -1`, and a long stream cut by `head -c`."""
+    prog = f"{sys.executable} -m provender"
+    (tmp_path / "prompt.txt").write_text("word " * 50_000)
+    script = (
+        f"{prog} config | head -1; echo status=$?; "
+        f"set -o pipefail; {prog} generate -m echo:plain --stream < {tmp_path / 'prompt.txt'} | head -c 20; "
+        "s=$?; echo; echo status=$s"
+    )
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("config file:") and lines[1] == "status=0"
+    assert lines[2] == "word word word word " and lines[3] == "status=141"  # with pipefail: as git and ls
+    assert out.stderr == "", out.stderr
+
+
+PIPE_SCRIPT = """
+import socket, sys
+from provender._cli import cli, main
+
+@cli.command("buffered")
+def buffered():
+    print("x" * 100)  # not flushed by the command: the interpreter's final flush meets the closed pipe
+
+@cli.command("hangup")
+def hangup():
+    mine, peer = socket.socketpair()
+    peer.close()
+    mine.sendall(b"x" * 1000)  # a BrokenPipeError of the command's own: a failure, not a closed output
+
+main()
+"""
+
+
+def test_buffered_output_and_a_socket_broken_pipe(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "pipe_cli.py"
+    script.write_text(PIPE_SCRIPT)
+    out = run_into_closed_pipe(str(script), "buffered", env=env)
+    assert (out.returncode, out.stderr) == (141, ""), out  # was 1 and "Error: unexpected BrokenPipeError"
+    fine = subprocess.run(
+        [sys.executable, str(script), "buffered"], capture_output=True, text=True, env={**os.environ, **env}
+    )
+    assert (fine.returncode, fine.stdout) == (0, "x" * 100 + "\n")
+    failed = subprocess.run(
+        [sys.executable, str(script), "hangup"], capture_output=True, text=True, env={**os.environ, **env}
+    )
+    assert failed.returncode == 1 and failed.stderr.startswith("Error: unexpected BrokenPipeError"), failed
+    assert len(failed.stderr.splitlines()) == 1

@@ -119,6 +119,53 @@ def test_a_failing_loader_adds_nothing_and_the_next_call_retries(cm: CacheManage
         pool.load("test:b", lambda: "nope")  # type: ignore[arg-type,return-value]
 
 
+def test_a_failing_check_runs_before_room_is_made_and_unloads_nothing(cm: CacheManager, pools: list[ModelPool]) -> None:
+    """Issue 19 item 3: with one model allowed, a load refused by its check (a truncated file)
+    must not push out the model already loaded, nor hold a lease of its own."""
+    pool = new_pool(pools, max_models=1, keep_alive=-1)
+    good = pool.load("test:a", loader(cm, "test/a"))
+    calls: list[str] = []
+
+    def truncated() -> None:
+        raise provender.ModelNotFoundError("test/b", "weights.bin is incomplete")
+
+    for attempt in (pool.load, pool.use):
+        with pytest.raises(provender.ModelNotFoundError, match="incomplete"):
+            if attempt is pool.load:
+                pool.load("test:b", loader(cm, "test/b", calls), check=truncated)
+            else:
+                with pool.use("test:b", loader(cm, "test/b", calls), check=truncated):
+                    pass
+    assert calls == [] and pool.keys() == ["test:a"] and good.loaded
+    assert cm.in_use("test/a") and not cm.in_use("test/b")
+    checks: list[str] = []
+    pool.load("test:b", loader(cm, "test/b", calls), check=lambda: checks.append("b"))
+    assert checks == ["b"] and calls == ["test/b"] and pool.keys() == ["test:b"] and not good.loaded
+    pool.load("test:b", loader(cm, "test/b", calls), check=lambda: checks.append("again"))
+    assert checks == ["b"]  # a loaded model is not checked again
+
+
+def test_a_keep_alive_no_clock_can_show_is_refused_and_never_breaks_a_listing(
+    cm: CacheManager, pools: list[ModelPool]
+) -> None:
+    """Issue 19 item 2: a huge keep-alive made `snapshot` (so /api/ps and `provender ps`) raise."""
+    pool = new_pool(pools, max_models=2, keep_alive=60)
+    pool.load("test:a", loader(cm, "test/a"))
+    for bad in (1e300, float("inf"), float("nan"), 10.0**10):
+        with pytest.raises(ValueError, match="keep_alive"):
+            pool.touch("test:a", bad)
+        with pytest.raises(ValueError, match="keep_alive"):
+            pool.configure(max_models=2, keep_alive=bad)
+        with pytest.raises(ValueError, match="keep_alive"):
+            pool.load("test:a", loader(cm, "test/a"), keep_alive=bad)
+    assert pool.touch("test:a", -7) and pool.snapshot()[0]["keep_alive"] == -1.0  # every negative is forever
+    item = pool.peek("test:a")
+    assert item is not None
+    item.keep_alive = 1e300  # set by hand, past every check: the listing still answers
+    row = pool.snapshot()[0]
+    assert row["until"] is None and row["since"]
+
+
 # -- limits --------------------------------------------------------------------------------
 
 

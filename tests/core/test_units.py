@@ -27,6 +27,8 @@ from provender._cache._hub import (
 )
 from provender._cache._names import MAX_NAME_LENGTH, check_key, check_name, generate_cache_key, within
 from provender._sizes import (
+    FOREVER,
+    MAX_DURATION,
     format_ago,
     format_duration,
     format_size,
@@ -367,6 +369,92 @@ def test_parse_duration(text: object, seconds: float) -> None:
 def test_parse_duration_refuses(value: object) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(value)
+
+
+@pytest.mark.parametrize("value", ["forever", " Forever ", -1, -5, "-30m", -(10**400), "-" + "9" * 400, -1e300])
+def test_forever_and_every_negative_duration_are_one_value(value: object) -> None:
+    assert parse_duration(value) == FOREVER == -1.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["99999999999999999h", 1e300, 10**400, "9" * 400, 3650 * 86400 + 1, "3651d", float(MAX_DURATION) * 2],
+)
+def test_a_duration_no_clock_can_show_is_refused_and_says_forever(value: object) -> None:
+    with pytest.raises(ValueError, match=r'longer than the longest duration, 3650d \(ten years\); .*"forever"') as info:
+        parse_duration(value)
+    assert len(str(info.value)) < 160  # a 400-digit value is not echoed whole
+
+
+def test_the_longest_duration_is_accepted() -> None:
+    assert parse_duration("3650d") == parse_duration(3650 * 86400) == MAX_DURATION
+
+
+@given(st.one_of(st.floats(allow_nan=False), st.integers(), st.from_regex(r"\A-?[0-9]{1,30}(\.[0-9]{1,5})?[smhd]?\Z")))
+def test_every_accepted_duration_is_a_timestamp_a_listing_can_show(value: object) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        return
+    assert seconds == FOREVER or 0 <= seconds <= MAX_DURATION
+    if seconds >= 0:
+        datetime.fromtimestamp(time.time() + seconds, tz=UTC).isoformat()  # what /api/ps does: never raises
+
+
+def _safetensors(path: Path, tensors: int, cut: int = 0) -> Path:
+    import json
+    import struct
+
+    header = {f"t{i}": {"dtype": "F32", "shape": [4], "data_offsets": [16 * i, 16 * (i + 1)]} for i in range(tensors)}
+    header["__metadata__"] = {"format": "pt"}  # type: ignore[assignment]
+    raw = json.dumps(header).encode()
+    data = struct.pack("<Q", len(raw)) + raw + bytes(16 * tensors)
+    path.write_bytes(data[: len(data) - cut])
+    return path
+
+
+def _gguf(path: Path, cut: int = 0, ggml_type: int = 0) -> Path:
+    """A minimal GGUF v3: one metadata key, two F32 (type 0) tensors of 8 elements, 32-byte aligned data."""
+    import struct
+
+    def s(text: str) -> bytes:
+        return struct.pack("<Q", len(text)) + text.encode()
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, 2, 1) + s("general.architecture") + struct.pack("<I", 8) + s("llama")
+    for i, name in enumerate(("a", "b")):
+        head += s(name) + struct.pack("<I", 1) + struct.pack("<Q", 8) + struct.pack("<IQ", ggml_type, 32 * i)
+    head += bytes(-len(head) % 32)
+    data = head + bytes(64)
+    path.write_bytes(data[: len(data) - cut])
+    return path
+
+
+def test_incomplete_weights_finds_files_cut_short_and_passes_whole_ones(tmp_path: Path) -> None:
+    from provender._cache._complete import incomplete_weights
+
+    model = tmp_path / "model"
+    model.mkdir()
+    _safetensors(model / "model-00001-of-00002.safetensors", 3)
+    _safetensors(model / "model-00002-of-00002.safetensors", 3)
+    assert incomplete_weights(model) is None
+    _safetensors(model / "model-00002-of-00002.safetensors", 3, cut=1)
+    problem = incomplete_weights(model)
+    assert problem is not None and problem.startswith(
+        "model-00002-of-00002.safetensors is incomplete: its tensors need"
+    )
+    assert incomplete_weights(_gguf(tmp_path / "whole.gguf")) is None
+    assert incomplete_weights(_gguf(tmp_path / "whole-q.gguf", ggml_type=14)) is None  # a layout checked by offset
+    cut = incomplete_weights(_gguf(tmp_path / "cut.gguf", cut=1))
+    assert cut is not None and cut.startswith("cut.gguf is incomplete: tensor 'b' needs")
+    header_cut = incomplete_weights(_gguf(tmp_path / "head.gguf", cut=150))  # into the tensor table
+    assert header_cut is not None and "header cannot be read" in header_cut
+    assert incomplete_weights(_gguf(tmp_path / "named-oddly", cut=1)) is not None  # a GGUF by its magic
+    (tmp_path / "notes.txt").write_text("not weights")
+    assert incomplete_weights(tmp_path / "notes.txt") is None
+    assert incomplete_weights(tmp_path / "missing") is None  # the loader says what is missing
 
 
 def test_duration_and_age_formatting() -> None:

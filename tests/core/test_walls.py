@@ -428,10 +428,10 @@ def test_a_full_disk_still_lists_and_frees(tiny_fs: Path) -> None:
     cache_dir = tiny_fs / "cache"
     cm = CacheManager(cache_dir, max_size=10**9)
     for name in ("org/a", "org/b", "org/c"):
-        src = tiny_fs / "src"
+        src = tiny_fs / f"src-{name[-1]}"  # kept: an import whose source still exists can be evicted
         src.mkdir()
         (src / "w.bin").write_bytes(os.urandom(100_000))
-        cm.import_model(src, name, link_mode="move")
+        cm.import_model(src, name)  # hard-linked (zero-copy) on the same filesystem
     del cm
     env = {"PROVENDER_CACHE__DIR": str(cache_dir)}
     fill(tiny_fs)

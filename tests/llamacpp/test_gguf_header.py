@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
 
+from helpers import run_cli
 from provender._cache._gguf import gguf_architecture, is_gguf, read_gguf_metadata
 from provender.errors import GGUFFormatError
 
@@ -44,3 +46,30 @@ def test_not_a_gguf(tiny_gguf: Path, tmp_path: Path) -> None:
     other.write_bytes(b"GGML" + b"\0" * 100)
     assert not is_gguf(other) and gguf_architecture(other) is None
     assert not is_gguf(tmp_path / "missing.gguf") and not is_gguf(tmp_path)
+
+
+def _hostile_gguf(path: Path) -> Path:
+    """A GGUF header whose first key nests arrays 100,000 deep (the reader recursed once per level)."""
+    key = b"evil.nested"
+    nested = struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 99_999 + struct.pack("<IQI", 4, 1, 7)
+    arch = struct.pack("<Q", 20) + b"general.architecture" + struct.pack("<IQ", 8, 5) + b"llama"
+    body = struct.pack("<Q", len(key)) + key + nested + arch
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + body)
+    return path
+
+
+def test_a_hostile_header_is_one_clear_error_everywhere(tmp_path: Path) -> None:
+    """Issue 19 item 8: the claim, the provider and the CLI each say what is wrong, naming the file."""
+    from provender import ModelNotFoundError
+    from provender_llamacpp import LlamaCppProvider
+
+    evil = _hostile_gguf(tmp_path / "evil.gguf")
+    with pytest.raises(ModelNotFoundError, match="arrays nested more than"):  # the server answers 404 with it
+        LlamaCppProvider(str(evil)).generate("hi", max_tokens=1)
+    env = {"PROVENDER_CACHE__DIR": str(tmp_path / "cache"), "PROVENDER_QUIET_PLUGIN_ERRORS": "1"}
+    assert run_cli("cache", "import", str(evil), "--name", "me/evil", env=env).returncode == 0
+    listed = run_cli("models", "--json", env=env)  # the claim hook reads the header: was "unexpected RecursionError"
+    assert listed.returncode == 0 and listed.stderr == "", listed
+    out = run_cli("generate", "-m", f"llamacpp:{evil}", "hi", "--no-server", env=env)
+    assert out.returncode == 1 and f"{evil} is not a readable GGUF file: arrays nested" in out.stderr, out
+    assert len(out.stderr.splitlines()) == 1 and "unexpected" not in out.stderr

@@ -95,11 +95,15 @@ def test_default_preference_is_the_fastest_here(monkeypatch: pytest.MonkeyPatch)
     import platform
 
     from provender import load_settings
+    from provender._provider import prefer_order
 
     apple = platform.system() == "Darwin" and platform.machine() == "arm64"
-    assert load_settings().providers.prefer[0] == ("mlx" if apple else "transformers")
-    monkeypatch.setenv("PROVENDER_PROVIDERS__PREFER", "")
+    # the core names no plugin: the providers declare their priority when they register (issue 20)
     assert load_settings().providers.prefer == []
+    assert prefer_order(["mlx", "transformers"])[0] == ("mlx" if apple else "transformers")
+    assert prefer_order(["transformers", "mlx"])[0] == ("mlx" if apple else "transformers")
+    monkeypatch.setenv("PROVENDER_PROVIDERS__PREFER", "mlx")
+    assert prefer_order(["transformers", "mlx"])[0] == "mlx"
 
 
 def test_claims_by_content_not_by_name(tiny_llama: Path, tmp_path: Path, cache_dir: Path) -> None:

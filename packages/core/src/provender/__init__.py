@@ -50,6 +50,7 @@ __all__ = [
     "RemoteNotConfiguredError",
     "RemoteTier",
     "RemoteTierError",
+    "Section",
     "ServerError",
     "ServerRequestError",
     "Settings",
@@ -102,6 +103,7 @@ _LAZY = {
     "resolve_model_files": "provender._provider",
     "iterate_in_thread": "provender._provider",
     "parse_model_name": "provender._provider",
+    "Section": "provender._settings",
     "Settings": "provender._settings",
     "load_settings": "provender._settings",
     "hookimpl": "provender._plugins",
@@ -182,7 +184,7 @@ if TYPE_CHECKING:
         prefer_order,
         resolve_model_files,
     )
-    from provender._settings import Settings, load_settings
+    from provender._settings import Section, Settings, load_settings
     from provender.errors import (
         AmbiguousNameError,
         BlobMismatchError,

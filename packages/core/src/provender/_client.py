@@ -1,6 +1,7 @@
 """Talking to a running ``provender serve`` from the command line and the libraries (stdlib only).
 
-When a server answers at the configured address (``server.host``/``server.port``),
+When a server answers at the configured address (``server.host``/``server.port``, the
+``[server]`` section provender-serve registers; its defaults are `DEFAULT_HOST`/`DEFAULT_PORT` here),
 `provender generate`, `chat` and `embed` send their work to it, so a second call
 loads nothing. `find_server` looks for one (a refused connection costs microseconds);
 `RemoteProvider` is a `provender.Provider` whose calls go over HTTP, so the embedding
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# The one place of the server's default address: provender-serve's ``[server]`` section
+# (`provender_serve.settings.ServerSettings`) takes its defaults from here.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 NO_SERVER_ENV = "PROVENDER_NO_SERVER"

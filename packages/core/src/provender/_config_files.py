@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
+CORE_SECTIONS = ("cache", "memory", "plugins", "data", "providers", "remote")
+"""The core's settings sections; a plugin's section may not take one of these names."""
+
 ENV_PREFIX = "PROVENDER_"
 ENV_NESTED_DELIMITER = "__"
 CONFIG_ENV_VAR = "PROVENDER_CONFIG"

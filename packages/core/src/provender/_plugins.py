@@ -11,6 +11,7 @@ of one plugin from another and what ``provender plugins`` shows.
 
 from __future__ import annotations
 
+import re
 import threading
 import types
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from provender import hookspecs
 from provender._entrypoints import PluginInfo, find_entry_points
 from provender._hooks import hookimpl  # re-exported: `provender.hookimpl` is read from here
 from provender._log import get_logger
-from provender.errors import PluginError, UnknownProviderError
+from provender.errors import ConfigError, PluginError, UnknownProviderError
 
 if TYPE_CHECKING:
     from provender._cache import CacheEntry
@@ -43,18 +44,36 @@ __all__ = [
 
 
 class ProviderSpec:
-    """A registered provider: its name, factory, the plugin that brought it and a description."""
+    """A registered provider: its name, factory, the plugin that brought it, a description and
+    its priority (higher: preferred when several claim a model and ``providers.prefer`` does not say)."""
 
-    __slots__ = ("description", "factory", "name", "plugin")
+    __slots__ = ("description", "factory", "name", "plugin", "priority")
 
-    def __init__(self, name: str, factory: ProviderFactory, plugin: str, description: str = "") -> None:
+    def __init__(
+        self, name: str, factory: ProviderFactory, plugin: str, description: str = "", priority: int = 0
+    ) -> None:
         self.name = name
         self.factory = factory
         self.plugin = plugin
         self.description = description
+        self.priority = priority
 
     def __repr__(self) -> str:
         return f"ProviderSpec({self.name!r}, plugin={self.plugin!r})"
+
+
+class SectionSpec:
+    """A registered settings section: its name, pydantic model and the plugin that brought it."""
+
+    __slots__ = ("model", "name", "plugin")
+
+    def __init__(self, name: str, model: type[Any], plugin: str) -> None:
+        self.name = name
+        self.model = model
+        self.plugin = plugin
+
+    def __repr__(self) -> str:
+        return f"SectionSpec({self.name!r}, {self.model.__name__}, plugin={self.plugin!r})"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -78,6 +97,8 @@ class PluginHost:
         self.disabled = set(disabled or [])
         self.plugins: dict[str, PluginInfo] = {}
         self._providers: dict[str, ProviderSpec] | None = None
+        self._sections: dict[str, SectionSpec] | None = None
+        self._section_conflict = ""
         self._lock = threading.RLock()
         self._spec_modules: list[types.ModuleType | type] = [hookspecs]  # the core's, then those plugins add
         self.pm = pluggy.PluginManager(PROJECT)
@@ -167,7 +188,7 @@ class PluginHost:
                 if isinstance(exc, pluggy.PluginValidationError):
                     raise PluginError(self._explain(plugin, name) or f"plugin {name!r}: {_one_line(exc)}") from None
                 raise
-            self._providers = None
+            self._providers = self._sections = None
 
     def _impls_of(self, plugin: object, name: str) -> list[tuple[str, pluggy.HookImpl]]:
         """(hook name, implementation) as pluggy reads them in `plugin` (its own parsing; not registered)."""
@@ -246,7 +267,7 @@ class PluginHost:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
             self.plugins.pop(name, None)
-            self._providers = None
+            self._providers = self._sections = None
 
     def _hookimpls(self, hook: str) -> list[pluggy.HookImpl]:
         """pluggy's implementations of `hook` in the order pluggy calls them (latest registered first)."""
@@ -309,7 +330,12 @@ class PluginHost:
                 plugin_name = self.pm.get_name(impl.plugin) or "?"
 
                 def register(
-                    name: str, factory: ProviderFactory, *, description: str = "", _plugin: str = plugin_name
+                    name: str,
+                    factory: ProviderFactory,
+                    *,
+                    description: str = "",
+                    priority: int = 0,
+                    _plugin: str = plugin_name,
                 ) -> None:
                     if not isinstance(name, str) or not name or ":" in name:
                         raise PluginError(f"plugin {_plugin!r} registered an invalid provider name {name!r}")
@@ -321,7 +347,11 @@ class PluginHost:
                             found[name].plugin,
                         )
                         return
-                    found[name] = ProviderSpec(name, factory, _plugin, description)
+                    if not isinstance(priority, int) or isinstance(priority, bool):
+                        raise PluginError(
+                            f"plugin {_plugin!r} gave provider {name!r} a priority that is not an integer"
+                        )
+                    found[name] = ProviderSpec(name, factory, _plugin, description, priority)
 
                 try:
                     self._call_one("provender_register_providers", impl, {"register": register})
@@ -336,6 +366,58 @@ class PluginHost:
                     self.plugins[spec.plugin].providers.append(spec.name)
             self._providers = found
             return found
+
+    def settings_sections(self) -> dict[str, SectionSpec]:
+        """Section name -> spec, collecting ``provender_register_settings`` once.
+
+        Raises ConfigError, naming both, for a section registered by two plugins or named
+        like a core section; a plugin whose hook raises is marked failed and skipped.
+        """
+        with self._lock:
+            if self._sections is None:
+                self._sections, self._section_conflict = self._collect_sections()
+            if self._section_conflict:
+                raise ConfigError(self._section_conflict)
+            return self._sections
+
+    def _collect_sections(self) -> tuple[dict[str, SectionSpec], str]:
+        from pydantic import BaseModel
+
+        from provender._config_files import CORE_SECTIONS
+
+        found: dict[str, SectionSpec] = {}
+        conflicts: list[str] = []
+        for impl in reversed(self._hookimpls("provender_register_settings")):  # the first registered first
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            plugin_name = self.pm.get_name(impl.plugin) or "?"
+
+            def register(name: str, model: type[BaseModel], _plugin: str = plugin_name) -> None:
+                if not isinstance(name, str) or not _SECTION_NAME.fullmatch(name) or "__" in name:
+                    raise PluginError(
+                        f"plugin {_plugin!r} registered an invalid settings section name {name!r} "
+                        "(lowercase letters, digits and single underscores, starting with a letter)"
+                    )
+                if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                    raise PluginError(f"plugin {_plugin!r}: settings section {name!r} is not a pydantic model")
+                if name in CORE_SECTIONS or name.startswith("model_") or name == "section":
+                    conflicts.append(
+                        f"plugin {_plugin!r} registers the settings section {name!r}, a name of provender's "
+                        "own (core) settings; the plugin must choose another"
+                    )
+                elif name in found:
+                    conflicts.append(
+                        f"settings section {name!r} is registered by two plugins, {found[name].plugin!r} and "
+                        f"{_plugin!r}; disable one of them (plugins.disabled)"
+                    )
+                else:
+                    found[name] = SectionSpec(name, model, _plugin)
+
+            try:
+                self._call_one("provender_register_settings", impl, {"register": register})
+            except Exception as exc:
+                self._fail(plugin_name, f"provender_register_settings raised {type(exc).__name__}: {exc}")
+        return found, "; ".join(conflicts)
 
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of `hook` in pluggy's order (the latest registered first),
@@ -376,6 +458,8 @@ PluginManager = PluginHost
 # is not installed is not an error (pytest's ``optionalhook``), since nothing calls it.
 SPECS_ELSEWHERE = {"provender_register_tools": "provender-agent"}
 
+_SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
 _manager: PluginHost | None = None
 _manager_lock = threading.Lock()
 
@@ -396,6 +480,11 @@ def get_plugin_manager() -> PluginHost:
 def plugin_manager_if_loaded() -> PluginHost | None:
     """The manager if something in this process already loaded plugins (no import cost otherwise)."""
     return _manager
+
+
+def provider_priorities() -> dict[str, int]:
+    """Provider name -> the priority it declared when it registered (loads the plugins if needed)."""
+    return {name: spec.priority for name, spec in get_plugin_manager().providers().items()}
 
 
 def tell_plugins_evicted(entry: CacheEntry) -> None:

@@ -184,6 +184,7 @@ class ModelPool:
         """Set the limits (None: from the settings, read again on next use) and apply them now."""
         if max_models is not None and max_models < 1:
             raise ValueError(f"max_models must be >= 1, got {max_models}")
+        keep_alive = _seconds(keep_alive)
         with self._lock:
             self._max_models, self._keep_alive = max_models, keep_alive
             victims = self._plan(room=0)
@@ -192,16 +193,33 @@ class ModelPool:
 
     # -- loading and lookup ------------------------------------------------------------
 
-    def load(self, key: str, loader: Callable[[], LoadedModel], *, keep_alive: float | None = None) -> LoadedModel:
+    def load(
+        self,
+        key: str,
+        loader: Callable[[], LoadedModel],
+        *,
+        keep_alive: float | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> LoadedModel:
         """The model under `key`, or ``loader()``'s, put in the pool. Concurrent callers of one
         key call `loader` once; the others wait and get its result. Room is made (the least
         recently used idle models unloaded) before loading, so memory never holds more than
-        ``max_models``. An exception from `loader` propagates and nothing is added."""
-        return self._load(key, loader, keep_alive, reserve=False)
+        ``max_models``. An exception from `loader` propagates and nothing is added.
+
+        `check` (optional) runs first, before room is made: a cheap test that the load can
+        work (the files are whole). An exception from it propagates with nothing unloaded."""
+        return self._load(key, loader, keep_alive, reserve=False, check=check)
 
     def _load(
-        self, key: str, loader: Callable[[], LoadedModel], keep_alive: float | None, *, reserve: bool
+        self,
+        key: str,
+        loader: Callable[[], LoadedModel],
+        keep_alive: float | None,
+        *,
+        reserve: bool,
+        check: Callable[[], None] | None = None,
     ) -> LoadedModel:
+        keep_alive = _seconds(keep_alive)
         item = self._get(key, reserve=reserve, keep_alive=keep_alive)
         if item is None:
             with self._lock:
@@ -209,6 +227,8 @@ class ModelPool:
             with lock:
                 item = self._get(key, reserve=reserve, keep_alive=keep_alive)
                 if item is None:
+                    if check is not None:
+                        check()  # before anything is unloaded for it
                     with self._lock:
                         victims = self._plan(room=1, protect=key)
                     self._unload_all(victims)
@@ -220,12 +240,18 @@ class ModelPool:
 
     @contextmanager
     def use(
-        self, key: str, loader: Callable[[], LoadedModel], *, keep_alive: float | None = None
+        self,
+        key: str,
+        loader: Callable[[], LoadedModel],
+        *,
+        keep_alive: float | None = None,
+        check: Callable[[], None] | None = None,
     ) -> Iterator[LoadedModel]:
         """`load`, then hold the model's lock for the ``with`` block: the model cannot be
         unloaded between loading and using it (a keep-alive of 0 included)."""
         while True:
-            item = self._load(key, loader, keep_alive, reserve=True)  # reserved: not unloaded before the lock
+            # reserved: not unloaded before the lock
+            item = self._load(key, loader, keep_alive, reserve=True, check=check)
             try:
                 item.lock.acquire()
             finally:
@@ -288,7 +314,9 @@ class ModelPool:
 
     def touch(self, key: str, keep_alive: float | None = None) -> bool:
         """Mark `key` used now; with `keep_alive` (seconds; -1 forever; 0 unload once idle),
-        that model's keep-alive from now on. False if it is not loaded."""
+        that model's keep-alive from now on. False if it is not loaded. A keep-alive past
+        ten years (`provender._sizes.MAX_DURATION`) raises ValueError: -1 is forever."""
+        keep_alive = _seconds(keep_alive)
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -358,7 +386,7 @@ class ModelPool:
                         "provider": item.provider,
                         "kind": item.kind,
                         "path": item.path,
-                        "since": _iso(item.since),
+                        "since": _iso(item.since) or "",
                         "until": until,
                         "busy": busy,
                         "keep_alive": keep,
@@ -468,8 +496,26 @@ def _from_entry(item: LoadedModel, key: str | None, root: Path | str | None) -> 
     return Path(item.path) == Path(root) or Path(root) in Path(item.path).parents
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+def _iso(ts: float) -> str | None:
+    """`ts` in ISO 8601 (UTC); None past what a datetime can hold (a keep-alive given as a
+    huge number by a caller that skipped `_seconds`): such a model is, in effect, kept forever."""
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _seconds(keep_alive: float | None) -> float | None:
+    """A keep-alive checked as a setting is (`parse_duration`): negative is `FOREVER`; over
+    ten years, NaN or infinite raise ValueError. None stays None (the pool's default)."""
+    if keep_alive is None:
+        return None
+    from provender._sizes import parse_duration
+
+    try:
+        return parse_duration(keep_alive)
+    except ValueError as exc:
+        raise ValueError(f"keep_alive: {exc}") from None
 
 
 _POOL: ModelPool | None = None

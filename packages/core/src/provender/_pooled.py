@@ -104,12 +104,27 @@ class PooledProvider(Provider):
             item.entry_key = lease.entry.key
         return item
 
+    def check_files(self) -> None:
+        """Refuse, before the pool unloads anything to make room, a model whose weights file is
+        cut short (a safetensors or GGUF header promising more bytes than the file has)."""
+        from provender._cache._complete import incomplete_weights
+
+        self.require()
+        path, lease = self.resolve()
+        try:
+            problem = incomplete_weights(path)
+        finally:
+            if lease is not None:
+                lease.release()
+        if problem is not None:
+            raise ModelNotFoundError(self.model, f"{problem}; pull or import it again")
+
     @contextmanager
     def using(self, kind: str | None = None) -> Iterator[LoadedModel]:
         """The loaded model (loaded now if it is not), its lock held for the block: one call
         at a time per model, never unloaded meanwhile. With `kind` (``"generation"`` or
         ``"embedding"``), another kind of model raises UnsupportedError."""
-        with model_pool().use(self.key, self._load) as item:
+        with model_pool().use(self.key, self._load, check=self.check_files) as item:
             if kind is not None and item.kind != kind:
                 if kind == "generation":
                     raise UnsupportedError(
@@ -122,7 +137,7 @@ class PooledProvider(Provider):
 
     def load_model(self) -> tuple[Any, Any]:
         """(model, tokenizer), from the pool if loaded, else resolved and loaded."""
-        item = model_pool().load(self.key, self._load)
+        item = model_pool().load(self.key, self._load, check=self.check_files)
         return item.model, item.tokenizer
 
     def unload(self) -> None:

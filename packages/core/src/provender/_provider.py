@@ -323,13 +323,18 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
 
 def prefer_order(claims: list[str], prefer: list[str] | None = None) -> list[str]:
     """`claims` (provider names) ordered by `prefer` (default: the ``providers.prefer`` setting);
-    names it does not list keep their order, after those it lists. The first one serves."""
+    names it does not list follow, highest declared priority first (`ProviderSpec.priority`),
+    ties in their order. The first one serves."""
     if prefer is None:
         from provender._settings import load_settings
 
         prefer = load_settings().providers.prefer
+    from provender._plugins import provider_priorities
+
     rank = {name: i for i, name in enumerate(prefer)}
-    return sorted(claims, key=lambda name: rank.get(name, len(rank)))  # stable: ties keep their order
+    priority = provider_priorities()  # what each provider declared when it registered
+    # stable: ties keep their order
+    return sorted(claims, key=lambda name: (rank.get(name, len(rank)), -priority.get(name, 0)))
 
 
 class StopCut:

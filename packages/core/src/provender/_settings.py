@@ -1,13 +1,24 @@
-"""The one settings object: defaults < TOML file < ``PROVENDER_*`` environment < arguments."""
+"""The one settings object: defaults < TOML file < ``PROVENDER_*`` environment < arguments.
+
+The core's sections are fields of `Settings`; a plugin's (``[server]``, ``[llamacpp]``,
+``[acme]``...) are registered with ``provender_register_settings(register)`` and become
+fields of a subclass built for the registered set (`settings_class`), read from the same
+sources with the same precedence and errors. Building the settings never loads the
+plugins: sections of plugins already loaded in this process are included, and a section
+read by attribute (``load_settings().acme``) loads them if needed; ``section(name, Model)``
+reads one with a model given, loading nothing.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar
 
 import platformdirs
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -18,6 +29,7 @@ from pydantic_settings import (
 )
 
 from provender._config_files import (
+    CORE_SECTIONS,
     ENV_NESTED_DELIMITER,
     ENV_PREFIX,
     check_directory,
@@ -49,8 +61,15 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("provender", appauthor=False))
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A base for a settings section: unknown keys are errors (a typo never passes silently)
+    and defaults are validated. A plugin's section may use it or any pydantic model."""
+
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+_Section = Section
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class CacheSettings(_Section):
@@ -64,7 +83,9 @@ class MemorySettings(_Section):
     """``[memory]``: models loaded in a process's memory."""
 
     max_models: int = Field(2, ge=1, description="Loaded models kept per process (LRU).")
-    keep_alive: Seconds = Field(300.0, description="Idle seconds before a loaded model is unloaded; <0 = never.")
+    keep_alive: Seconds = Field(
+        300.0, description='Idle time before a loaded model is unloaded (at most 3650d); -1 or "forever" = never.'
+    )
 
 
 class PluginSettings(_Section):
@@ -77,44 +98,6 @@ class DataSettings(_Section):
     """``[data]``: state that is not a cache (embedding collections, agent sessions)."""
 
     dir: Directory = Field(default_factory=default_data_dir, description="Root of provender's data.")
-
-
-class ServerSettings(_Section):
-    """``[server]``: where `provender serve` listens and what it may load."""
-
-    host: str = Field("127.0.0.1", min_length=1, description="Address `provender serve` binds (127.0.0.1: local only).")
-    port: int = Field(11435, ge=1, le=65535, description="Port of `provender serve`.")
-    api_key: SecretStr = Field(SecretStr(""), description="Bearer token clients must send; empty: none required.")
-    models: NameList = Field(default_factory=list, description="Models the server may load; empty: any cached.")
-    # The server's walls (docs/serve.md, "Security"); read only by provender_serve.
-    origins: NameList = Field(
-        default_factory=list,
-        description="Web-page origins allowed besides the server's own and app://, file://, tauri://, "
-        "vscode-webview:// ones (https://app.example, * wildcards).",
-    )
-    allowed_hosts: NameList = Field(
-        default_factory=list,
-        description="Host header names allowed besides the server's addresses, localhost and this machine's name "
-        "(name or name:port; *: any, behind a proxy).",
-    )
-    pull: Literal["never", "without-origin", "always"] = Field(
-        "without-origin",
-        description="Which requests may download a model they name: never, without-origin (not web pages), always.",
-    )
-    header_timeout: Seconds = Field(
-        10.0, gt=0, description="Seconds a connection has to send a complete request head before it is closed."
-    )
-    max_connections: int = Field(
-        0, ge=0, description="Open connections at most; 0: half the file-descriptor limit, 16 to 1024."
-    )
-
-
-class LlamaCppSettings(_Section):
-    """``[llamacpp]``: how provender-llamacpp runs GGUF models with llama.cpp."""
-
-    n_ctx: int = Field(4096, ge=0, description="Context size in tokens; 0: the model's own training context.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for generation; unset: llama.cpp's default.")
-    n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-1: all; 0: CPU only).")
 
 
 def _check_remote_url(value: Any) -> Any:
@@ -145,48 +128,29 @@ class RemoteSettings(_Section):
     timeout: Seconds = Field(30.0, gt=0, description="Seconds each request to the tier may take before it is given up.")
 
 
-def default_prefer() -> list[str]:
-    """The provider fastest on this platform first: MLX on Apple silicon, transformers elsewhere
-    (measured in benchmarks/README.md); providers not listed follow in registration order."""
-    import platform
-
-    if platform.system() == "Darwin" and platform.machine() == "arm64":
-        return ["mlx", "transformers"]
-    return ["transformers", "mlx"]
-
-
 class ProvidersSettings(_Section):
     """``[providers]``: which provider serves a model that several claim."""
 
     prefer: NameList = Field(
-        default_factory=default_prefer,
-        description="Providers in order of preference when several claim a model (`provider:model` always wins).",
+        default_factory=list,
+        description="Providers in order of preference when several claim a model (`provider:model` always wins); "
+        "those it does not list follow by the priority each declares (the fastest on this platform first).",
     )
-
-
-class TransformersSettings(_Section):
-    """``[transformers]``: how provender-transformers runs models with PyTorch."""
-
-    device: str = Field(
-        "auto",
-        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-        description="auto (CUDA, then Apple MPS, then CPU), cpu, mps, cuda or cuda:N.",
-    )
-    dtype: str = Field(
-        "auto",
-        pattern=r"^(auto|float32|float16|bfloat16)$",
-        description="auto (float32 on CPU, the checkpoint's dtype on a GPU), float32, float16 or bfloat16.",
-    )
-    threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch; unset: PyTorch's default.")
 
 
 class Settings(BaseSettings):
-    """All of provender's settings. Build it with `load_settings()` for friendly errors."""
+    """All of provender's settings. Build it with `load_settings()` for friendly errors.
+
+    The core's sections are fields; a plugin's registered section is a field of the
+    subclass `load_settings` builds when that plugin is loaded, and is read by attribute
+    either way (``settings.server``: loads the plugins if they are not loaded yet) or,
+    typed, with `section`.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=ENV_NESTED_DELIMITER,
-        extra="forbid",
+        extra="ignore",  # sections no field names are checked by `check_sections`, with their plugins in mind
         validate_default=True,
     )
 
@@ -194,11 +158,11 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=lambda: MemorySettings())
     plugins: PluginSettings = Field(default_factory=lambda: PluginSettings())
     data: DataSettings = Field(default_factory=lambda: DataSettings())
-    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
-    llamacpp: LlamaCppSettings = Field(default_factory=lambda: LlamaCppSettings())
     providers: ProvidersSettings = Field(default_factory=lambda: ProvidersSettings())
-    transformers: TransformersSettings = Field(default_factory=lambda: TransformersSettings())
     remote: RemoteSettings = Field(default_factory=lambda: RemoteSettings())
+
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _more: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -213,6 +177,31 @@ class Settings(BaseSettings):
         read_config_file(path)  # raises a clear ConfigError for a malformed file
         return init_settings, env_settings, _TomlSource(settings_cls, toml_file=path)
 
+    def section(self, name: str, model: type[_M]) -> _M:
+        """The section `name`, validated as `model` (typed: ``section("acme", AcmeSettings).greeting``).
+
+        Read from the same sources with the same precedence and errors as every section,
+        without loading the plugins (the model is given). TypeError if the section is
+        known as another model (a core section, or another plugin's).
+        """
+        value = self.__dict__.get(name) if name in type(self).model_fields else self._more.get(name)
+        if value is None:
+            value = getattr(_build(settings_class({name: model}), self._overrides), name)
+            self._more[name] = value
+        if not isinstance(value, model):
+            raise TypeError(f"settings section {name!r} is a {type(value).__name__}, not a {model.__name__}")
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        """A plugin's section not built into this object: the plugins are loaded to find its model."""
+        if name.startswith("_"):
+            return super().__getattr__(name)  # type: ignore[misc]  # pydantic's private attributes
+        sections = plugin_sections(load=True) or {}
+        if name in sections:
+            return self.section(name, sections[name][0])
+        known = ", ".join([*type(self).model_fields, *(n for n in sections if n not in type(self).model_fields)])
+        raise AttributeError(f"no settings section {name!r} (known: {known}); is the plugin that owns it installed?")
+
 
 class _TomlSource(TomlConfigSettingsSource):
     """pydantic-settings' TOML source, reading the file as `read_config_file` does (a BOM is fine)."""
@@ -221,14 +210,39 @@ class _TomlSource(TomlConfigSettingsSource):
         return read_config_file(Path(file_path))
 
 
-def _leaf_settings(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:
+def plugin_sections(load: bool = False) -> dict[str, tuple[type[BaseModel], str]] | None:
+    """Section name -> (model, plugin) of the plugins' registered sections; None when the plugins
+    are not loaded in this process and `load` is false (building the settings never loads them)."""
+    if not load and "provender._plugins" not in sys.modules:  # nothing loaded plugins (nor pluggy) here
+        return None
+    from provender._plugins import get_plugin_manager, plugin_manager_if_loaded
+
+    host = get_plugin_manager() if load else plugin_manager_if_loaded()
+    if host is None:
+        return None
+    return {name: (spec.model, spec.plugin) for name, spec in host.settings_sections().items()}
+
+
+def settings_class(sections: dict[str, type[BaseModel]]) -> type[Settings]:
+    """`Settings` with the plugin sections `sections` as fields (one class per set, kept)."""
+    return _settings_class(tuple(sorted(sections.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _settings_class(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[Settings]:
+    if not sections:
+        return Settings
+    fields: dict[str, Any] = {name: (model, Field(default_factory=model)) for name, model in sections}
+    return create_model("Settings", __base__=Settings, __module__=__name__, **fields)
+
+
+def _leaf_settings(model: type[BaseModel] = Settings) -> list[str]:
+    """``section.key`` of every setting of `model`'s sections."""
     names: list[str] = []
     for name, field in model.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            names.extend(_leaf_settings(ann, f"{prefix}{name}."))
-        else:
-            names.append(prefix + name)
+            names.extend(f"{name}.{key}" for key in ann.model_fields)
     return names
 
 
@@ -264,8 +278,8 @@ def _describe_source(source: str, setting: str = "") -> str:
     return source
 
 
-def _known(loc: list[str]) -> str:
-    model: type[BaseModel] = Settings
+def _known(loc: list[str], cls: type[BaseModel] = Settings) -> str:
+    model: type[BaseModel] = cls
     for part in loc[:-1]:
         field = model.model_fields.get(part)
         ann = field.annotation if field is not None else None
@@ -280,10 +294,22 @@ def load_settings(**overrides: Any) -> Settings:
 
     ``overrides`` are init arguments (highest precedence), e.g. ``cache={"max_size": "1GB"}``.
     The error names the setting, its source (the environment variable, or the config file
-    and line) and the value.
+    and line) and the value. The sections of the plugins loaded in this process are part
+    of it (an override of a plugin's section loads the plugins); a section nobody
+    registers is reported by `check_sections`.
     """
+    registered = plugin_sections(load=any(name not in CORE_SECTIONS for name in overrides))
+    cls = settings_class({name: model for name, (model, _) in (registered or {}).items()})
+    settings = _build(cls, overrides)
+    from provender._settings_check import check_sections
+
+    check_sections(cls, overrides, complete=registered is not None)
+    return settings
+
+
+def _build(cls: type[Settings], overrides: dict[str, Any]) -> Settings:
     try:
-        return Settings(**overrides)
+        settings = cls(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [str(part) for part in err["loc"]][:2]
@@ -292,7 +318,7 @@ def load_settings(**overrides: Any) -> Settings:
         where = _describe_source(source, setting)
         if err["type"] == "extra_forbidden":
             kind = "setting section" if len(loc) == 1 else "setting"
-            message = f"unknown {kind} {setting!r} in {where} (known: {_known(loc)})"
+            message = f"unknown {kind} {setting!r} in {where} (known: {_known(loc, cls)})"
         else:
             reason = str(err.get("ctx", {}).get("error", "")) or err["msg"]
             message = f"invalid setting {setting} from {where}: {reason} (got {err.get('input')!r})"
@@ -309,6 +335,8 @@ def load_settings(**overrides: Any) -> Settings:
                 value=found[1],
             ) from None
         raise ConfigError(f"invalid settings: {exc}") from None
+    settings._overrides = dict(overrides)
+    return settings
 
 
 def cache_defaults() -> tuple[Path, int]:
@@ -331,10 +359,10 @@ def remote_defaults() -> dict[str, Any] | None:
     }
 
 
-def display_value(setting: str, value: Any) -> str:
+def display_value(setting: str, value: Any, cls: type[BaseModel] = Settings) -> str:
     """A setting's value as a person would write it: ``50 GB``, ``5m``, ``a, b``, ``(none)``."""
     section, _, key = setting.partition(".")
-    section_field = Settings.model_fields.get(section)
+    section_field = cls.model_fields.get(section)
     model = section_field.annotation if section_field is not None else None
     field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
     parsers = {getattr(m, "func", None) for m in (field.metadata if field is not None else [])}
@@ -346,24 +374,40 @@ def display_value(setting: str, value: Any) -> str:
         return ", ".join(str(v) for v in value) or "(none)"
     if value is None or value == "":
         return "(none)"
+    if isinstance(value, dict):
+        import json
+
+        return json.dumps(value)
     return str(value)
 
 
 def effective_settings(settings: Settings, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every leaf setting with its value, env var name and source (for `provender config`)."""
+    """Every leaf setting with its value, env var name, source and the plugin owning its section
+    (None: the core's) -- what `provender config` shows."""
     from provender._config_files import env_var_name
 
+    cls = type(settings)
+    registered = plugin_sections()  # None: the plugins are not loaded in this process
+    owners = {name: plugin for name, (_, plugin) in (registered or {}).items()}
     rows = []
     dumped = settings.model_dump(mode="json")
-    for name in _leaf_settings():
-        section, key = name.split(".")
+    for name in _leaf_settings(cls):
+        section, key = name.split(".", 1)
+        display = display_value(name, dumped[section][key], cls)
+        if name == "providers.prefer" and not dumped[section][key] and registered is not None:
+            from provender._plugins import provider_priorities
+
+            priority = provider_priorities()
+            order = sorted(priority, key=lambda provider: -priority[provider])  # stable: registration order
+            display = f"(none: by priority, {', '.join(order)})" if order else display
         rows.append(
             {
                 "setting": name,
                 "value": dumped[section][key],
-                "display": display_value(name, dumped[section][key]),
+                "display": display,
                 "env": env_var_name(name),
-                "source": setting_source(name, overrides),
+                "source": setting_source(name, overrides if overrides is not None else settings._overrides),
+                "plugin": owners.get(section),
             }
         )
     return rows

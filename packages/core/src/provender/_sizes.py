@@ -35,7 +35,9 @@ _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 SIZE_HINT = "a size such as 50GB, 500MiB, 1.5TB or a number of bytes"
-DURATION_HINT = "a duration such as 30s, 5m, 1h, 0 (unload at once) or -1 (keep forever)"
+DURATION_HINT = 'a duration such as 30s, 5m, 1h, 0 (unload at once) or -1 or "forever" (keep forever)'
+FOREVER = -1.0
+MAX_DURATION = 3650 * 86400.0  # ten years: longer is "forever"; every timestamp it makes can be shown
 
 
 def parse_size(value: object) -> int:
@@ -81,19 +83,48 @@ def parse_limit(value: object) -> int:
 
 
 def parse_duration(value: object) -> float:
-    """Parse ``30s``, ``5m``, ``1h``, ``2d`` or a number of seconds; negative means forever."""
+    """Parse ``30s``, ``5m``, ``1h``, ``2d``, a number of seconds, or ``forever``.
+
+    Any negative value, and ``forever``, is `FOREVER` (-1.0: never unloaded, Ollama's
+    negative keep_alive). A duration past `MAX_DURATION` (ten years) is refused rather than
+    carried into timestamps no clock can show: "forever" says what such a number means.
+    """
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not {DURATION_HINT}")
-    if isinstance(value, (int, float)):
+    seconds: float | None = None
+    if isinstance(value, int):
+        seconds = -1.0 if value < 0 else float(min(value, 2 * int(MAX_DURATION)))  # 10**400 included
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{value!r} is not {DURATION_HINT}")
-        return float(value)
-    if isinstance(value, str):
+        seconds = value
+    elif isinstance(value, str):
+        if value.strip().lower() == "forever":
+            return FOREVER
         match = _DURATION_RE.match(value)
         if match:
             number, unit = match.groups()
-            return float(number) * _DURATION_UNITS[unit]
-    raise ValueError(f"{value!r} is not {DURATION_HINT}")
+            seconds = float(number) * _DURATION_UNITS[unit]
+    if seconds is None:
+        raise ValueError(f"{value!r} is not {DURATION_HINT}")
+    if seconds < 0:
+        return FOREVER
+    if seconds > MAX_DURATION:  # an overflowing string ("1" and 400 zeros) included: inf
+        shown = _shown_number(value)
+        raise ValueError(
+            f"{shown} is longer than the longest duration, {format_duration(MAX_DURATION)} (ten years); "
+            'for no limit give -1 or "forever"'
+        )
+    return seconds
+
+
+def _shown_number(value: object) -> str:
+    """A value for an error message, kept short (a 400-digit string, a huge int)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:36]) + "..."
+    if isinstance(value, int):
+        return str(value) if value < 10**40 else "a number over 10**40"
+    return f"{value:g}"
 
 
 def format_size(n: int | float) -> str:

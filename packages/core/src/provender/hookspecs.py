@@ -20,6 +20,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+    from pydantic import BaseModel
 
     from provender._cache._entry import CacheEntry
     from provender._provider import Provider
@@ -34,7 +35,11 @@ class ProviderFactory(Protocol):
 
 
 class RegisterProvider(Protocol):
-    def __call__(self, name: str, factory: ProviderFactory, *, description: str = "") -> None: ...
+    def __call__(self, name: str, factory: ProviderFactory, *, description: str = "", priority: int = 0) -> None: ...
+
+
+class RegisterSettings(Protocol):
+    def __call__(self, name: str, model: type[BaseModel]) -> None: ...
 
 
 class HookHost(Protocol):
@@ -63,7 +68,27 @@ def provender_register_providers(register: RegisterProvider) -> None:
     `provender plugins`, `provender models`). Call ``register(name, factory)`` for each
     provider; ``factory(model)`` must return a `provender.Provider` bound to that model.
     It is called lazily, only when that provider is used, so importing the runtime
-    (mlx, torch...) belongs inside the factory. Returns nothing.
+    (mlx, torch...) belongs inside the factory. ``priority`` (default 0) says how good a
+    choice the provider is on this machine when several claim a model and the setting
+    ``providers.prefer`` does not decide: the highest serves (provender-mlx declares 20 on
+    Apple silicon, provender-transformers 10). Returns nothing.
+    """
+
+
+@hookspec
+def provender_register_settings(register: RegisterSettings) -> None:
+    """Register this plugin's settings sections.
+
+    Call ``register("acme", AcmeSettings)`` with a pydantic model (`provender.Section` is
+    a base that makes unknown keys errors): the section is then read like the core's,
+    ``provender.load_settings().acme.greeting`` (typed:
+    ``load_settings().section("acme", AcmeSettings)``), from ``[acme]`` in the config file
+    and ``PROVENDER_ACME__GREETING``, with the same precedence and errors, and shown by
+    ``provender config``. A name is lowercase letters, digits and single underscores; a
+    core section's name (cache, memory, plugins, data, providers, remote) or one another
+    plugin registered is an error naming both. Called once per process, the first time
+    settings need the plugins' sections; import the model's module inside the hook.
+    Returns nothing.
     """
 
 

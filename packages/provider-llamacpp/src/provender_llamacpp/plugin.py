@@ -12,7 +12,7 @@ from provender import hookimpl
 
 if TYPE_CHECKING:
     from provender import CacheEntry
-    from provender.hookspecs import RegisterProvider
+    from provender.hookspecs import RegisterProvider, RegisterSettings
 
 
 @hookimpl
@@ -37,3 +37,10 @@ def provender_claim_model(entry: CacheEntry) -> str | None:
 def provender_cache_evicted(entry: CacheEntry) -> None:
     if "provender._pool" in sys.modules:  # else nothing was ever loaded in this process
         sys.modules["provender._pool"].model_pool().unload_entry(entry)
+
+
+@hookimpl
+def provender_register_settings(register: RegisterSettings) -> None:
+    from provender_llamacpp.settings import LlamaCppSettings
+
+    register("llamacpp", LlamaCppSettings)

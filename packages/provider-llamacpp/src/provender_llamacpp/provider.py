@@ -86,9 +86,10 @@ class LlamaCppProvider(PooledProvider):
 
     def load_files(self, path: Path) -> LoadedModel:
         from provender import load_settings
+        from provender_llamacpp.settings import LlamaCppSettings
 
         info = inspect_gguf(path, self._root)
-        settings = load_settings().llamacpp
+        settings = load_settings().section("llamacpp", LlamaCppSettings)
         llm = load_llama(info, **{k: v if v is not None else getattr(settings, k) for k, v in self.given.items()})
         logger.info("loaded %s (%s, %s) from %s", self.model, info.architecture, "embedding" * info.embedding, path)
         return LoadedModel(

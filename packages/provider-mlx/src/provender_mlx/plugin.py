@@ -17,7 +17,13 @@ def provender_register_providers(register: RegisterProvider) -> None:
     from provender_mlx.provider import MLXProvider, require_mlx
 
     require_mlx()  # on a machine without a usable MLX, `provender plugins` shows why
-    register("mlx", MLXProvider, description="mlx-lm: Apple silicon (Metal), Linux CPU, CUDA")
+    import platform
+
+    # the fastest provider on Apple silicon (benchmarks/README.md); elsewhere others go first
+    apple = platform.system() == "Darwin" and platform.machine() == "arm64"
+    register(
+        "mlx", MLXProvider, description="mlx-lm: Apple silicon (Metal), Linux CPU, CUDA", priority=20 if apple else 0
+    )
 
 
 @hookimpl

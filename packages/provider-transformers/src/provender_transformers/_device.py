@@ -63,8 +63,9 @@ def pick_dtype(requested: str, device: str) -> Any:
 def placement(device: str | None = None, dtype: str | None = None) -> Placement:
     """The placement for a model: the arguments, else the settings; applies ``transformers.threads``."""
     from provender import load_settings
+    from provender_transformers.settings import TransformersSettings
 
-    settings = load_settings().transformers
+    settings = load_settings().section("transformers", TransformersSettings)
     apply_threads(settings.threads)
     chosen = pick_device(device or settings.device)
     return Placement(device=chosen, dtype=pick_dtype(dtype or settings.dtype, chosen))

@@ -10,7 +10,7 @@ from provender import hookimpl
 
 if TYPE_CHECKING:
     from provender import CacheEntry
-    from provender.hookspecs import RegisterProvider
+    from provender.hookspecs import RegisterProvider, RegisterSettings
 
 
 @hookimpl
@@ -21,7 +21,10 @@ def provender_register_providers(register: RegisterProvider) -> None:
     missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(f"{' and '.join(missing)} not installed; install with: {INSTALL_HINT}")
-    register("transformers", TransformersProvider, description="PyTorch: transformers, sentence-transformers")
+    # the fastest provider off Apple silicon (benchmarks/README.md)
+    register(
+        "transformers", TransformersProvider, description="PyTorch: transformers, sentence-transformers", priority=10
+    )
 
 
 @hookimpl
@@ -35,3 +38,10 @@ def provender_claim_model(entry: CacheEntry) -> str | None:
 def provender_cache_evicted(entry: CacheEntry) -> None:
     if "provender._pool" in sys.modules:  # else nothing was ever loaded in this process
         sys.modules["provender._pool"].model_pool().unload_entry(entry)
+
+
+@hookimpl
+def provender_register_settings(register: RegisterSettings) -> None:
+    from provender_transformers.settings import TransformersSettings
+
+    register("transformers", TransformersSettings)

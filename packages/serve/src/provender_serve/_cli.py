@@ -60,12 +60,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _duration(value: str | None) -> float | None:
+    """A duration option, parsed as the settings parse durations (too long: a usage error naming it)."""
+    if value is None:
+        return None
+    from provender._sizes import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option("--host", help="Address to listen on (default: server.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default: server.port; 0 picks a free one).")
 @click.option("--model", "models", multiple=True, help="Only serve this model (repeatable; default: server.models).")
 @click.option("--max-models", type=click.IntRange(min=1), help="Models kept loaded (default: memory.max_models).")
-@click.option("--keep-alive", help="Idle time before a model is unloaded, e.g. 5m; -1 = never (memory.keep_alive).")
+@click.option(
+    "--keep-alive",
+    callback=lambda ctx, param, value: _duration(value),
+    help='Idle time before a model is unloaded, e.g. 5m, at most 3650d; -1 or "forever" = never (memory.keep_alive).',
+)
 @click.option(
     "--queue-size",
     type=click.IntRange(min=0),
@@ -87,7 +103,7 @@ def serve(
     port: int | None,
     models: tuple[str, ...],
     max_models: int | None,
-    keep_alive: str | None,
+    keep_alive: float | None,
     queue_size: int,
     max_body: str,
     max_tokens_limit: int,
@@ -101,7 +117,7 @@ def serve(
     While it runs, `provender generate`, `chat` and `embed` send their work to it.
     """
     from provender import load_settings
-    from provender._sizes import parse_duration, parse_size
+    from provender._sizes import parse_size
 
     try:
         import uvicorn
@@ -110,18 +126,19 @@ def serve(
     except ImportError as exc:
         _fail(f'{exc}; install the server with: pip install "provender[serve]"')
     from provender_serve._protocol import Guard
+    from provender_serve.settings import ServerSettings
 
     settings = load_settings()
-    host = host or settings.server.host
-    port = settings.server.port if port is None else port
-    api_key = settings.server.api_key.get_secret_value()
-    server_settings = settings.server
+    server_settings = settings.section("server", ServerSettings)
+    host = host or server_settings.host
+    port = server_settings.port if port is None else port
+    api_key = server_settings.api_key.get_secret_value()
     try:
         options = ServerOptions(
             api_key=api_key,
-            allowed=list(models) or list(settings.server.models),
+            allowed=list(models) or list(server_settings.models),
             max_models=max_models or settings.memory.max_models,
-            keep_alive=settings.memory.keep_alive if keep_alive is None else parse_duration(keep_alive),
+            keep_alive=settings.memory.keep_alive if keep_alive is None else keep_alive,
             queue_size=queue_size,
             max_body=parse_size(max_body),
             max_tokens_limit=max_tokens_limit,

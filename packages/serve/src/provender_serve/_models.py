@@ -79,7 +79,7 @@ class Slot:
             "model": self.name,
             "provider": self.provider.name,
             "kind": self.kind,
-            "since": _iso(self.since),
+            "since": _iso(self.since) or "",
             "until": _iso(until) if until is not None else None,
             "keep_alive": self.keep_alive,
             "busy": self.admitted > 0,
@@ -90,8 +90,13 @@ class Slot:
         }
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+def _iso(ts: float) -> str | None:
+    """`ts` in ISO 8601 (UTC); None past what a datetime can hold (in effect, forever): a
+    keep-alive is checked where it is parsed, and a listing must never fail on one anyway."""
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def check_name(name: str, allowed: list[str]) -> None:
@@ -205,13 +210,36 @@ class ModelRegistry:
                 if slot is not None:
                     slot.admitted += 1
                     return slot
-            provider, lease = self._create(name)
-            slot = Slot(name=name, provider=provider, keep_alive=self.keep_alive, lease=lease, admitted=1)
-            with self._guard:
-                self._slots[name] = slot
-                self._loading.pop(name, None)
-        logger.info("loaded %s (provider %s)", name, provider.name)
-        self._enforce_max()
+            try:
+                slot = self._load(name)
+            finally:
+                with self._guard:
+                    self._loading.pop(name, None)
+        logger.info("loaded %s (provider %s)", name, slot.provider.name)
+        self._enforce_max()  # only now, the load having worked: a failed one pushes nothing out
+        return slot
+
+    def _load(self, name: str) -> Slot:
+        """A new slot for `name`, its weights loaded (on the model's own thread) before it is
+        registered: a load that fails leaves no slot and no lease, and has evicted nothing."""
+        provider, lease = self._create(name)
+        slot = Slot(name=name, provider=provider, keep_alive=self.keep_alive, lease=lease, admitted=1)
+        # providers of the core's pool load now; others on use. With a keep-alive of 0 the pool
+        # would unload a preloaded model before its request took it: it loads on use then.
+        preload = getattr(provider, "load_model", None) if self.keep_alive != 0 else None
+        try:
+            if callable(preload):
+                slot.worker.submit(preload).result()
+        except BaseException:
+            slot.worker.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                provider.close()
+            if slot.lease is not None:
+                slot.lease.release()
+                slot.lease = None
+            raise
+        with self._guard:
+            self._slots[name] = slot
         return slot
 
     def _create(self, name: str) -> tuple[Provider, Any]:

@@ -220,7 +220,8 @@ def parse(model: type[_Strict], data: Any, *, max_tokens_limit: int = DEFAULT_MA
 
 
 def parse_keep_alive(value: KeepAlive) -> float | None:
-    """Ollama's keep_alive: seconds, or a duration string ("5m", "1h"); negative = forever; None = default."""
+    """Ollama's keep_alive: seconds, or a duration string ("5m", "1h"), at most ten years; negative or
+    "forever" = forever (-1); None = the server's default. Anything else is a 400 naming keep_alive."""
     if value is None:
         return None
     from provender._sizes import parse_duration

@@ -1,10 +1,11 @@
-"""provender-serve's hook: the `serve`, `ps` and `stop` commands."""
+"""provender-serve's hooks: the `serve`, `ps` and `stop` commands, and the ``[server]`` settings section."""
 
 from __future__ import annotations
 
 import click
 
 from provender import hookimpl
+from provender.hookspecs import RegisterSettings
 
 
 @hookimpl
@@ -13,3 +14,10 @@ def provender_register_commands(cli: click.Group) -> None:
 
     for command in (serve, ps, stop):
         cli.add_command(command)
+
+
+@hookimpl
+def provender_register_settings(register: RegisterSettings) -> None:
+    from provender_serve.settings import ServerSettings
+
+    register("server", ServerSettings)

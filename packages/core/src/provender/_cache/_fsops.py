@@ -94,6 +94,74 @@ def place_file(src: str, dst: str, mode: LinkMode) -> str:
 _NO_LINK_HERE = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
 
 
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """True if two stat results are of one file (one inode on one device)."""
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def place_open_file(
+    fd: int, src: str, dst: str, mode: Literal["auto", "copy"]
+) -> Literal["clone", "link", "copy", "changed"]:
+    """Put the file open as `fd` (found at `src`) at `dst`, a new name: its bytes, never another file's.
+
+    For a source that was checked through `fd` (hashed, say) while someone else may change
+    what `src` names: ``auto`` makes a copy-on-write clone of the open file, else a hard link
+    of `src` that is then checked to be that very file (same st_dev and st_ino; a `src`
+    swapped for another file or for a link in between gives ``"changed"``, and nothing is
+    left at `dst`), else a byte copy from `fd`. ``copy``: the byte copy. Returns how it was done.
+    """
+    st = os.fstat(fd)
+    if mode == "auto":
+        if _clone_fd(fd, dst):
+            return "clone"
+        if _hard_link(src, dst, follow_symlinks=False):  # a link planted at `src` is linked as a link: caught below
+            if same_file(os.lstat(dst), st):
+                return "link"
+            os.unlink(dst)
+            return "changed"
+    with open(dst, "xb") as out:  # O_EXCL: never through a link someone planted at `dst`
+        _copy_fd(fd, out.fileno(), st.st_size)
+    return "copy"
+
+
+def _clone_fd(fd: int, dst: str) -> bool:
+    """Copy-on-write clone of the open file `fd` at `dst`; False (nothing left at `dst`) where the filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    with open(dst, "xb") as out:  # O_EXCL: never through a link someone planted at `dst`
+        try:
+            fcntl.ioctl(out.fileno(), FICLONE, fd)
+            return True
+        except OSError:
+            pass
+    os.unlink(dst)
+    return False
+
+
+def _copy_fd(src: int, dst: int, size: int) -> None:
+    """The first `size` bytes of the open file `src` into `dst` (what was checked, even if it grew since)."""
+    offset = 0
+    sendfile = getattr(os, "sendfile", None) if sys.platform.startswith("linux") else None
+    while sendfile is not None and offset < size:
+        try:
+            sent = sendfile(dst, src, offset, min(size - offset, 1 << 30))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            break
+        if sent == 0:
+            break
+        offset += sent
+    os.lseek(src, offset, os.SEEK_SET)
+    while offset < size and (chunk := os.read(src, min(1 << 20, size - offset))):  # no sendfile here
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        offset += len(chunk)
+
+
 def _hard_link(src: str, dst: str, *, follow_symlinks: bool) -> bool:
     """Hard-link `src` at `dst`; False where this filesystem or this file cannot be linked (a copy will do)."""
     try:

@@ -48,41 +48,87 @@ def is_gguf(path: str | os.PathLike[str]) -> bool:
     return len(head) == 8 and head[:4] == GGUF_MAGIC and struct.unpack("<I", head[4:])[0] in (1, 2, 3)
 
 
-def _read(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise GGUFFormatError("truncated GGUF header")
-    return data
+_MAX_DEPTH = 8  # arrays of arrays: real files nest one level; a hostile one a million (RecursionError)
 
 
-def _read_string(f: BinaryIO, version: int) -> str:
-    (n,) = struct.unpack("<I" if version == 1 else "<Q", _read(f, 4 if version == 1 else 8))
-    if n > _MAX_STRING:
-        raise GGUFFormatError(f"a string of {n} bytes in a GGUF header")
-    return _read(f, n).decode("utf-8", errors="replace")
+class _Header:
+    """A GGUF header being read: the file, its version and size, and the checks every count must pass."""
 
+    def __init__(self, f: BinaryIO, max_array: int) -> None:
+        self.f = f
+        self.max_array = max_array
+        self.version = 3
+        try:
+            self.size = os.fstat(f.fileno()).st_size
+        except (OSError, ValueError):
+            self.size = 1 << 62
 
-def _read_value(f: BinaryIO, vtype: int, version: int, max_array: int) -> Any:
-    if vtype in _FIXED:
-        return struct.unpack(_FORMATS[vtype], _read(f, _FIXED[vtype]))[0]
-    if vtype == _STRING:
-        return _read_string(f, version)
-    if vtype == _ARRAY:
-        (etype,) = struct.unpack("<I", _read(f, 4))
-        (count,) = struct.unpack("<I" if version == 1 else "<Q", _read(f, 4 if version == 1 else 8))
-        if count > max_array:  # a large array (the vocabulary, token types, merges): skip it
-            if etype in _FIXED:
-                f.seek(count * _FIXED[etype], os.SEEK_CUR)
-            elif etype == _STRING:
-                width, fmt = (4, "<I") if version == 1 else (8, "<Q")
-                for _ in range(count):
-                    f.seek(struct.unpack(fmt, _read(f, width))[0], os.SEEK_CUR)
-            else:
-                for _ in range(count):
-                    _read_value(f, etype, version, max_array)
-            return f"<array of {count}>"
-        return [_read_value(f, etype, version, max_array) for _ in range(count)]
-    raise GGUFFormatError(f"unknown GGUF value type {vtype}")
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise GGUFFormatError("truncated GGUF header")
+        return data
+
+    def min_item(self, etype: int) -> int:
+        """The fewest bytes one array item of type `etype` takes: a count needing more than is left is a lie."""
+        width = 4 if self.version == 1 else 8
+        if etype == _STRING:
+            return width  # its length; an empty string has no bytes after it
+        if etype == _ARRAY:
+            return 4 + width  # its element type and count
+        if etype in _FIXED:
+            return _FIXED[etype]
+        raise GGUFFormatError(f"unknown GGUF value type {etype} in an array")
+
+    def length(self) -> int:
+        """A count or a string length (32 bits in version 1, 64 after)."""
+        return int(struct.unpack("<I" if self.version == 1 else "<Q", self.read(4 if self.version == 1 else 8))[0])
+
+    def check_fits(self, count: int, item: int, what: str) -> None:
+        """Refuse a count of items that cannot fit in the rest of the file (before looping or seeking on it)."""
+        left = self.size - self.f.tell()
+        if count * item > left:
+            raise GGUFFormatError(f"{what} of {count} items, {item} or more bytes each, runs past the end of the file")
+
+    def skip(self, n: int, what: str) -> None:
+        """Seek `n` bytes on, refusing offsets past the end of the file (an overflowing seek included)."""
+        if n > self.size - self.f.tell():
+            raise GGUFFormatError(f"{what} of {n} bytes runs past the end of the file")
+        self.f.seek(n, os.SEEK_CUR)
+
+    def string(self) -> str:
+        n = self.length()
+        if n > _MAX_STRING:
+            raise GGUFFormatError(f"a string of {n} bytes in a GGUF header")
+        if n > self.size - self.f.tell():
+            raise GGUFFormatError(f"a string of {n} bytes runs past the end of the file")
+        return self.read(n).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, depth: int = 0) -> Any:
+        if vtype in _FIXED:
+            return struct.unpack(_FORMATS[vtype], self.read(_FIXED[vtype]))[0]
+        if vtype == _STRING:
+            return self.string()
+        if vtype != _ARRAY:
+            raise GGUFFormatError(f"unknown GGUF value type {vtype}")
+        if depth >= _MAX_DEPTH:
+            raise GGUFFormatError(f"arrays nested more than {_MAX_DEPTH} deep")
+        (etype,) = struct.unpack("<I", self.read(4))
+        item = self.min_item(etype)
+        count = self.length()
+        self.check_fits(count, item, "an array")
+        if count <= self.max_array:
+            return [self.value(etype, depth + 1) for _ in range(count)]
+        # a large array (the vocabulary, token types, merges): skipped, not kept
+        if etype in _FIXED:
+            self.skip(count * _FIXED[etype], "an array")
+        elif etype == _STRING:
+            for _ in range(count):
+                self.skip(self.length(), "a string")
+        else:
+            for _ in range(count):
+                self.value(etype, depth + 1)
+        return f"<array of {count}>"
 
 
 def read_gguf_metadata(
@@ -93,24 +139,30 @@ def read_gguf_metadata(
     Arrays longer than `max_array` (the vocabulary) are summarised as ``"<array of N>"``.
     With `until`, reading stops after that key (``general.architecture`` comes first in
     files written by llama.cpp's tools, so a claim reads a few hundred bytes).
-    Raises GGUFFormatError (a ValueError) if the file is not a readable GGUF.
+    Raises GGUFFormatError (a ValueError) naming the file if it is not a readable GGUF: a
+    hostile header (arrays nested without end, counts and lengths past the end of the file,
+    offsets that overflow a seek) included.
     """
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise GGUFFormatError(f"{path} is not a GGUF file (no GGUF magic)")
-        (version,) = struct.unpack("<I", _read(f, 4))
-        if version not in (1, 2, 3):
-            raise GGUFFormatError(f"{path}: unsupported GGUF version {version}")
-        fmt, size = ("<I", 4) if version == 1 else ("<Q", 8)
-        (_tensors,) = struct.unpack(fmt, _read(f, size))
-        (count,) = struct.unpack(fmt, _read(f, size))
-        meta: dict[str, Any] = {"GGUF.version": version}
-        for _ in range(count):
-            key = _read_string(f, version)
-            (vtype,) = struct.unpack("<I", _read(f, 4))
-            meta[key] = _read_value(f, vtype, version, max_array)
-            if key == until:
-                break
+        header = _Header(f, max_array)
+        try:
+            (version,) = struct.unpack("<I", header.read(4))
+            if version not in (1, 2, 3):
+                raise GGUFFormatError(f"unsupported GGUF version {version}")
+            header.version = version
+            _tensors = header.length()
+            count = header.length()  # each pair read reads bytes: a count past the end stops at the end
+            meta: dict[str, Any] = {"GGUF.version": version}
+            for _ in range(count):
+                key = header.string()
+                (vtype,) = struct.unpack("<I", header.read(4))
+                meta[key] = header.value(vtype)
+                if key == until:
+                    break
+        except (GGUFFormatError, struct.error, OverflowError) as exc:
+            raise GGUFFormatError(f"{path} is not a readable GGUF file: {exc}") from None
     return meta
 
 
@@ -120,7 +172,7 @@ def gguf_architecture(path: str | os.PathLike[str]) -> str | None:
         return None
     try:
         arch = read_gguf_metadata(path, until="general.architecture").get("general.architecture")
-    except (OSError, GGUFFormatError, struct.error) as exc:
+    except (OSError, GGUFFormatError) as exc:
         logger.debug("unreadable GGUF header in %s: %s", path, exc)
         return None
     return arch if isinstance(arch, str) and arch else None

@@ -10,6 +10,11 @@ llama.cpp runs. `import_from_ollama` checks that blob against the manifest (size
 sha256: a corrupted blob is refused before anything is written), then places it in a new
 entry without copying: a hard link to the same inode (a copy-on-write clone on
 filesystems that have them; a copy only across filesystems, or when asked).
+
+The blob is opened once, and what is hashed is what is placed: the clone and the copy are
+made from that open file, and a hard link made by name is checked to be that same inode.
+A blob swapped for another file or a link in between is refused, and so is a blob whose
+real path leaves Ollama's models dir (a link to a file elsewhere).
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import json
 import logging
 import os
 import re
-import tempfile
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provender._cache._gguf import is_gguf
+from provender._cache._gguf import GGUF_MAGIC
 from provender.errors import (
     BlobMismatchError,
     CacheError,
@@ -93,6 +99,7 @@ class OllamaModel:
     digest: str  # hex sha256, from the manifest
     size: int  # bytes, from the manifest
     layers: tuple[str, ...]  # every layer's media type
+    store: Path | None = None  # Ollama's models dir it was found in (default: two levels above the blob)
 
     @property
     def model(self) -> str:
@@ -119,6 +126,8 @@ def find_ollama_model(name: str, models_dir: str | os.PathLike[str] | None = Non
         layers = manifest["layers"]
         if not isinstance(layers, list) or not all(isinstance(item, dict) for item in layers):
             raise ValueError("layers is not a list of objects")
+    except RecursionError:  # JSON nested thousands deep: no manifest Ollama writes
+        raise CacheError(f"Ollama manifest {manifest_path} is unreadable: its JSON is nested too deeply") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CacheError(f"Ollama manifest {manifest_path} is unreadable: {exc}") from None
     models = [item for item in layers if item.get("mediaType") == MODEL_MEDIA_TYPE]
@@ -127,13 +136,15 @@ def find_ollama_model(name: str, models_dir: str | os.PathLike[str] | None = Non
             f"Ollama manifest {manifest_path} has {len(models)} model layers ({MODEL_MEDIA_TYPE}); expected one"
         )
     layer = models[0]
-    match = _DIGEST.fullmatch(str(layer.get("digest", "")))
+    digest_field = layer.get("digest")
+    match = _DIGEST.fullmatch(digest_field) if isinstance(digest_field, str) else None
     size = layer.get("size")
     if match is None or not isinstance(size, int) or size < 0:
         raise CacheError(f"Ollama manifest {manifest_path}: the model layer has no valid sha256 digest and size")
     digest = match.group(1)
     blobs = store / "blobs"
-    blob = next((p for p in (blobs / f"sha256-{digest}", blobs / f"sha256:{digest}") if p.exists()), None)
+    # lexists: a link, dangling or leading out of the store, is found here and refused by name when opened
+    blob = next((p for p in (blobs / f"sha256-{digest}", blobs / f"sha256:{digest}") if os.path.lexists(p)), None)
     if blob is None:
         raise SourceNotFoundError(blobs / f"sha256-{digest}")
     return OllamaModel(
@@ -142,25 +153,84 @@ def find_ollama_model(name: str, models_dir: str | os.PathLike[str] | None = Non
         blob=blob,
         digest=digest,
         size=size,
-        layers=tuple(str(item.get("mediaType")) for item in layers),
+        layers=tuple(t if isinstance(t := item.get("mediaType"), str) else "?" for item in layers),
+        store=store,
     )
 
 
-def check_blob(found: OllamaModel, path: Path | None = None) -> None:
-    """Refuse a blob whose size or sha256 differ from the manifest's, or that is not a GGUF file.
+def _within(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
-    `path` is the file to hash (default: the blob itself; a link to it or a copy of it).
+
+def _opened_path(fd: int) -> str | None:
+    """Where the open file `fd` really is (Linux /proc, macOS F_GETPATH); None where the system cannot say."""
+    if sys.platform.startswith("linux"):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+    if sys.platform == "darwin":
+        import fcntl
+
+        try:
+            raw = fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024))  # type: ignore[attr-defined,unused-ignore]
+        except (OSError, AttributeError):
+            return None
+        return os.fsdecode(raw.split(b"\0", 1)[0])
+    return None
+
+
+def open_blob(found: OllamaModel) -> tuple[int, str]:
+    """Open the model blob once, for everything that follows: (file descriptor, its real path).
+
+    Refused (BlobMismatchError): a blob whose real path leaves Ollama's models dir (a link to
+    a file elsewhere; the store and its blobs folder may themselves be links, as the user set
+    them up), a blob that is not a regular file, and a blob swapped for a link between being
+    located and being opened.
     """
-    path = path or found.blob
-    if path.is_symlink() or not path.is_file():
-        raise BlobMismatchError(f"{found.blob} is not a regular file; refusing to import {found.name}")
-    actual_size = path.stat().st_size
+    store = found.store if found.store is not None else found.blob.parent.parent
+    roots = {os.path.realpath(store), os.path.realpath(store / "blobs")}
+    try:
+        real = os.path.realpath(found.blob)
+    except OSError as exc:  # the name changed from a link to a file while it was being resolved
+        raise BlobMismatchError(
+            f"{found.blob} changed while it was being located ({exc.strerror}): refusing to import {found.name}"
+        ) from None
+    outside = f"{found.blob} leads outside Ollama's models dir {store} (to {{}}): refusing to import {found.name}"
+    if not any(_within(root, real) for root in roots):
+        raise BlobMismatchError(outside.format(real))
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise SourceNotFoundError(found.blob) from None
+    except OSError as exc:  # ELOOP: swapped for a link since it was resolved
+        raise BlobMismatchError(
+            f"{found.blob} cannot be opened as a file ({exc.strerror}): refusing to import {found.name}"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device: O_NONBLOCK kept the open from hanging
+            raise BlobMismatchError(f"{found.blob} is not a regular file; refusing to import {found.name}")
+        where = _opened_path(fd)
+        if where is not None and not any(_within(root, where) for root in roots):  # a folder swapped meanwhile
+            raise BlobMismatchError(outside.format(where))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, real
+
+
+def check_open_blob(found: OllamaModel, fd: int) -> None:
+    """Refuse the open blob if its size or sha256 differ from the manifest's, or if it is not a GGUF file."""
+    actual_size = os.fstat(fd).st_size
     if actual_size != found.size:
         raise BlobMismatchError(
             f"Ollama blob {found.blob} is {actual_size} bytes, its manifest says {found.size}: "
             f"refusing to import a corrupted model (run `ollama pull {found.name}` again)"
         )
-    with open(path, "rb") as f:
+    os.lseek(fd, 0, os.SEEK_SET)
+    with open(fd, "rb", closefd=False) as f:
+        head = f.read(8)
+        f.seek(0)
         actual = hashlib.file_digest(f, "sha256").hexdigest()
     if actual != found.digest:
         raise BlobMismatchError(
@@ -168,8 +238,17 @@ def check_blob(found: OllamaModel, path: Path | None = None) -> None:
             f"expected {found.digest[:12]}...): refusing to import a corrupted model "
             f"(run `ollama pull {found.name}` again)"
         )
-    if not is_gguf(path):
+    if head[:4] != GGUF_MAGIC or int.from_bytes(head[4:8], "little") not in (1, 2, 3):
         raise BlobMismatchError(f"the model layer of {found.name} ({found.blob}) is not a GGUF file")
+
+
+def check_blob(found: OllamaModel) -> None:
+    """Refuse a blob that leaves the store, is not a regular file, or differs from its manifest (see `open_blob`)."""
+    fd, _real = open_blob(found)
+    try:
+        check_open_blob(found, fd)
+    finally:
+        os.close(fd)
 
 
 def default_cache_name(found: OllamaModel) -> str:
@@ -199,20 +278,35 @@ def import_from_ollama(
         raise EntryTooLargeError(as_name or found.name, found.size, cm.max_size)
     target = as_name or default_cache_name(found)
     filename = f"{found.model}-{found.tag}.gguf"
-    check_blob(found)  # refused before anything is written
-    with tempfile.TemporaryDirectory(prefix="provender-ollama-") as tmp:
-        # A directory holding a link named MODEL-TAG.gguf: the cache follows such links to the
-        # file itself and hard-links that (or clones it), so the entry shares the blob's bytes.
-        os.symlink(found.blob.resolve(), Path(tmp) / filename)
-        entry = cm.import_model(
-            Path(tmp),
-            target,
-            link_mode=link_mode,
-            replace=replace,
-            pin=pin,
-            ollama_model=found.name,
-            ollama_digest=f"sha256:{found.digest}",
-        )
+    from provender._cache._fsops import fs_errors, place_open_file
+    from provender._cache._store import staging
+
+    fd, real = open_blob(found)  # opened once: what is checked is what is placed
+    try:
+        check_open_blob(found, fd)  # refused before anything is written
+        # A staging folder of the cache's own (crash-safe, cleaned up) holding MODEL-TAG.gguf:
+        # the blob's inode linked there (or a clone or copy of the open file), then imported from
+        # there, hard-linked again on the same filesystem, so the entry shares the blob's bytes.
+        with staging(cm) as stage:
+            stage.mkdir()
+            with fs_errors(cm.cache_dir, found.size):
+                how = place_open_file(fd, real, str(stage / filename), "copy" if link_mode == "copy" else "auto")
+            if how == "changed":
+                raise BlobMismatchError(
+                    f"Ollama blob {found.blob} was replaced while it was being imported (by another file or a "
+                    f"link): refusing to import {found.name}; nothing was imported"
+                )
+            entry = cm.import_model(
+                stage,
+                target,
+                link_mode="auto",
+                replace=replace,
+                pin=pin,
+                ollama_model=found.name,
+                ollama_digest=f"sha256:{found.digest}",
+            )
+    finally:
+        os.close(fd)
     _record_digest(entry, filename, found.digest)
     logger.info("imported %s from Ollama as %s (%s)", found.name, entry.name, entry.model_path)
     return entry

@@ -3,7 +3,9 @@
 Only click and the plugin manager load before a command runs, so ``provender --help``
 stays fast; each command imports what it needs. Errors become one line on stderr
 with exit code 2 (usage or configuration) or 1 (failure), never a traceback unless
-``--debug`` asks for it.
+``--debug`` asks for it. A reader that closes the pipe early (``provender config | head -1``)
+ends any command, a plugin's included, quietly: no message, exit 141 (128 + SIGPIPE, as a
+shell reports for ``git log | head -1``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,20 @@ from typing import Any
 import click
 
 from provender import __version__, _log
-from provender._cli._common import EXIT_FAILURE, EXIT_USAGE, is_usage_error
+from provender._cli._common import EXIT_FAILURE, EXIT_USAGE, is_usage_error, output_closed, quit_on_closed_pipe
 
 
 class ProvenderGroup(click.Group):
     """Turns provender's errors into one clear line and the right exit code."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        """`provender --help | head -1`: the help is printed here, before any command runs."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            if output_closed():
+                quit_on_closed_pipe()
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         from provender.errors import ProvenderError
@@ -43,6 +54,8 @@ class ProvenderGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EXIT_FAILURE)
         except Exception as exc:  # a bug, or a plugin's: still no traceback unless asked
+            if isinstance(exc, BrokenPipeError) and output_closed():  # the reader is gone, not an error
+                quit_on_closed_pipe()
             if ctx.meta.get("provender.debug"):
                 raise
             click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
@@ -98,7 +111,24 @@ def main(argv: list[str] | None = None) -> None:
     # Until the options are parsed, library log records are summarised by _build, not printed
     # (without importing logging: `provender --help` never needs it).
     _log.hold_back()
-    _build().main(args=argv, prog_name="provender")
+    try:
+        _build().main(args=argv, prog_name="provender")
+    except BrokenPipeError:  # a warning or an error line written to a closed stderr, outside any command
+        if not output_closed():
+            raise
+        quit_on_closed_pipe()
+    finally:  # what print() left buffered is written now, while a closed pipe can still end us quietly
+        _flush_output()
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            quit_on_closed_pipe()
+        except (AttributeError, ValueError, OSError):  # closed, or not a real stream
+            continue
 
 
 __all__ = ["cli", "main"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -17,6 +18,7 @@ logger = get_logger("provender")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `git log | head -1` or `ls | head -1`
 
 
 def is_usage_error(exc: BaseException) -> bool:
@@ -39,6 +41,52 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     """Print one line to stderr and exit."""
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
+
+
+def output_closed() -> bool:
+    """True if stdout or stderr is a pipe (or socket) whose reader has gone (`provender config | head -1`).
+
+    This tells a closed output apart from a BrokenPipeError of the command's own (a socket to a
+    server that hung up): only the first ends a command quietly.
+    """
+    fds = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fds.append(stream.fileno())
+        except (AttributeError, ValueError, OSError):  # None, closed, or an in-memory stream (CliRunner)
+            continue
+    if not fds:
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+    except (ImportError, AttributeError):  # no poll() (Windows): EPIPE there comes from the output
+        return True
+    for fd in set(fds):
+        poller.register(fd, select.POLLOUT)
+    return any(mask & (select.POLLERR | select.POLLHUP) for _fd, mask in poller.poll(0))
+
+
+def quit_on_closed_pipe() -> NoReturn:
+    """End the process quietly because its reader closed the pipe: no message, exit 141 (see docs/cli.md).
+
+    As Python's documentation on SIGPIPE recommends, stdout (and stderr) are pointed at
+    devnull first, so the interpreter's final flush of what is still buffered cannot print
+    "Exception ignored ... BrokenPipeError" on the way out.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        devnull = -1
+    if devnull >= 0:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, ValueError, OSError):
+                continue
+        os.close(devnull)
+    raise SystemExit(EXIT_PIPE)
 
 
 def echo_json(data: Any) -> None:

@@ -397,6 +397,11 @@ class CacheManager:
     # -- the parts, for introspection (not part of the public API) ------------------------
 
     @property
+    def store(self) -> Store:
+        """The `Store`: the cache's folders, lock and index (the Ollama import stages through it)."""
+        return self._store
+
+    @property
     def index(self) -> Index:
         """The SQLite index (the store's)."""
         return self._index

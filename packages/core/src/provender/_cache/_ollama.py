@@ -279,7 +279,6 @@ def import_from_ollama(
     target = as_name or default_cache_name(found)
     filename = f"{found.model}-{found.tag}.gguf"
     from provender._cache._fsops import fs_errors, place_open_file
-    from provender._cache._store import staging
 
     fd, real = open_blob(found)  # opened once: what is checked is what is placed
     try:
@@ -287,7 +286,7 @@ def import_from_ollama(
         # A staging folder of the cache's own (crash-safe, cleaned up) holding MODEL-TAG.gguf:
         # the blob's inode linked there (or a clone or copy of the open file), then imported from
         # there, hard-linked again on the same filesystem, so the entry shares the blob's bytes.
-        with staging(cm) as stage:
+        with cm.store.staging() as stage:
             stage.mkdir()
             with fs_errors(cm.cache_dir, found.size):
                 how = place_open_file(fd, real, str(stage / filename), "copy" if link_mode == "copy" else "auto")

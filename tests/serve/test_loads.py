@@ -149,3 +149,55 @@ def test_a_load_that_fails_past_the_check_leaves_no_slot_and_no_lease(start_serv
     assert server.raw("POST", "/v1/chat/completions", _chat("test/good"))[0] == 200
     status, answer = server.raw("POST", "/v1/chat/completions", _chat("test/broken"))
     _after_a_failed_load(server, status, answer)
+
+
+# -- models named by a path (item 9) -----------------------------------------------------------
+
+
+def _ask(server: Any, model: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    status, answer = server.raw("POST", "/v1/chat/completions", _chat(model), headers)
+    return status, answer
+
+
+def test_with_a_key_paths_are_refused_with_one_answer_whether_they_exist_or_not(
+    start_server: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    server = start_server(env={"PROVENDER_SERVER__API_KEY": "k"})
+    names = {
+        str(tiny_model): True,  # a model directory the server can read
+        str(tmp_path / "nothing-here"): False,
+        "mlx:/etc": True,
+        "mlx:/no/such/dir": False,
+        "~/": True,
+        "./nowhere": False,
+    }
+    here = [p.name for p in Path.cwd().iterdir() if p.is_dir() and p.name.isidentifier()]
+    if here:
+        names[here[0]] = True  # relative to the server's working directory (the test's)
+    answers = []
+    for name in names:
+        status, answer = _ask(server, name, "k")
+        assert status == 403, (name, answer)
+        answers.append((answer["error"]["code"], answer["error"]["message"].replace(repr(name), "NAME")))
+    assert len(set(answers)) == 1, answers  # nothing tells what exists on the server's disk
+    code, message = answers[0]
+    assert code == "path_not_allowed" and "server.local_paths" in message
+    assert _ask(server, "echo:upper", "k")[0] == 200  # names that are not paths still work
+    assert server.healthy()
+
+
+def test_paths_follow_server_local_paths(start_server: Any, tiny_model: Path, tmp_path: Path) -> None:
+    missing = str(tmp_path / "nothing-here")
+    local = start_server()  # loopback, no key: "auto" allows paths, as before
+    assert _ask(local, str(tiny_model))[0] == 200
+    status, answer = _ask(local, missing)
+    assert status == 404 and answer["error"]["code"] == "model_not_found", answer
+    refused = start_server(env={"PROVENDER_SERVER__LOCAL_PATHS": "refuse"})
+    assert [_ask(refused, name)[0] for name in (str(tiny_model), missing)] == [403, 403]
+    allowed = start_server(env={"PROVENDER_SERVER__API_KEY": "k", "PROVENDER_SERVER__LOCAL_PATHS": "allow"})
+    assert _ask(allowed, str(tiny_model), "k")[0] == 200
+    listed = start_server("--model", str(tiny_model), env={"PROVENDER_SERVER__API_KEY": "k"})
+    assert _ask(listed, str(tiny_model), "k")[0] == 200  # a path the operator listed in server.models
+    out = run_cli("serve", "--port", "0", env={"PROVENDER_SERVER__LOCAL_PATHS": "sometimes"})
+    assert out.returncode == 2 and "server.local_paths" in out.stderr and "Traceback" not in out.stderr, out.stderr

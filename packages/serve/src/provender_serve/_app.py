@@ -65,6 +65,8 @@ class ServerOptions:
     allowed_hosts: list[str] = field(default_factory=list)
     #: which requests may download a model they name (server.pull)
     pull: Pull = "without-origin"
+    #: whether a request may name a model by a local path (server.local_paths, "auto" resolved)
+    local_paths: bool = True
 
 
 @contextlib.contextmanager
@@ -193,6 +195,7 @@ class Server:
         self.options = options
         self.registry = ModelRegistry(
             allowed=options.allowed,
+            local_paths=options.local_paths,
             max_models=options.max_models,
             keep_alive=options.keep_alive,
             queue_size=options.queue_size,

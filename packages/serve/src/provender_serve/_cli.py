@@ -60,6 +60,22 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _local_paths(setting: str, host: str, port: int, api_key: str) -> bool:
+    """``server.local_paths`` resolved: "auto" allows paths only without an API key on a
+    loopback address (the address `_bind` will bind: the first `host` resolves to)."""
+    if setting != "auto":
+        return setting == "allow"
+    if api_key:
+        return False
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # `_bind` says why
+    return is_loopback(str(infos[0][4][0]))
+
+
 def _duration(value: str | None) -> float | None:
     """A duration option, parsed as the settings parse durations (too long: a usage error naming it)."""
     if value is None:
@@ -145,6 +161,7 @@ def serve(
             origins=list(server_settings.origins),
             allowed_hosts=list(server_settings.allowed_hosts),
             pull=server_settings.pull,
+            local_paths=_local_paths(server_settings.local_paths, host, port, api_key),
         )
         guard = Guard(server_settings.header_timeout, server_settings.max_connections)
         app = create_app(options)

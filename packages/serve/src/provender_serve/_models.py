@@ -99,17 +99,41 @@ def _iso(ts: float) -> str | None:
         return None
 
 
-def check_name(name: str, allowed: list[str]) -> None:
-    """Refuse names that climb out of a directory and, with an allow-list, names not on it."""
+def check_name(name: str, allowed: list[str], *, local_paths: bool = True) -> None:
+    """Refuse names that climb out of a directory, with an allow-list names not on it, and
+    without `local_paths` names that are paths on the server's disk (``server.local_paths``)."""
     if any(ord(c) < 32 for c in name):
         raise APIError(400, "model: control characters are not allowed in a model name", "invalid_model", "model")
     _, bare = parse_model_name(name) if name.strip() else (None, name)
     if ".." in bare.replace("\\", "/").split("/"):
         raise APIError(400, f"model {name!r}: '..' is not allowed in a model name", "invalid_model", "model")
+    if not local_paths and name not in allowed and bare not in allowed and _is_local_path(bare):
+        # one answer whether the path exists or not: a refusal must not tell what is on the disk
+        raise APIError(
+            403,
+            f"model {name!r}: this server does not load models by path; name a cached model (server.local_paths)",
+            "path_not_allowed",
+            "model",
+        )
     if allowed and name not in allowed and bare not in allowed:
         raise APIError(
             403, f"model {name!r} is not one this server may load (server.models)", "model_not_allowed", "model"
         )
+
+
+def _is_local_path(bare: str) -> bool:
+    """A name a provider would read from the disk: one only a path can mean (``/m``, ``./m``,
+    ``~/m``), or a relative name that exists from the server's working directory."""
+    from pathlib import Path
+
+    from provender._provider import looks_like_path
+
+    if looks_like_path(bare):
+        return True
+    try:
+        return Path(bare).exists()
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte
+        return False
 
 
 def api_error(exc: BaseException) -> APIError:
@@ -137,11 +161,13 @@ class ModelRegistry:
         self,
         *,
         allowed: list[str] | None = None,
+        local_paths: bool = True,
         max_models: int = 2,
         keep_alive: float = 300.0,
         queue_size: int = 16,
     ) -> None:
         self.allowed = list(allowed or [])
+        self.local_paths = local_paths
         self.max_models = max_models
         self.keep_alive = keep_alive
         self.queue_size = queue_size
@@ -159,7 +185,7 @@ class ModelRegistry:
 
         Every admitted slot must then be `hold`-ed exactly once, which ends the admission.
         """
-        check_name(name, self.allowed)
+        check_name(name, self.allowed, local_paths=self.local_paths)
         return self._admit(name)
 
     @contextlib.contextmanager

@@ -42,6 +42,11 @@ class ServerSettings(Section):
         "without-origin",
         description="Which requests may download a model they name: never, without-origin (not web pages), always.",
     )
+    local_paths: Literal["auto", "allow", "refuse"] = Field(
+        "auto",
+        description="Whether a request may name a model by a path on the server's disk (/models/m, ./m, ~/m): "
+        "allow, refuse, or auto (refuse with an API key or off loopback, else allow).",
+    )
     header_timeout: Seconds = Field(
         10.0, gt=0, description="Seconds a connection has to send a complete request head before it is closed."
     )

@@ -110,7 +110,7 @@ class Soak:
 
         def limit() -> None:
             # the soft limit (`ulimit -Sn 256`): mlx_lm raises it to 2048 when it is imported, and fails
-            # to import under a hard limit below 4096 (tests/serve/test_walls.py covers a hard 256)
+            # to import under a hard limit below 4096 (tests/serve/test_server_walls.py covers a hard 256)
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, hard))
 

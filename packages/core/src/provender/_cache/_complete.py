@@ -32,6 +32,9 @@ _GGML_SIZES |= {28: (1, 8), 30: (1, 2)}
 _MAX_FILES = 256
 
 
+UNREADABLE = "not a readable GGUF file: "  # the GGUF reader's own words for a header it cannot read
+
+
 def incomplete_weights(path: str | os.PathLike[str]) -> str | None:
     """Why the weights at `path` (a file or a model directory) are not whole, or None.
 
@@ -43,6 +46,8 @@ def incomplete_weights(path: str | os.PathLike[str]) -> str | None:
             problem = _check_file(file)
         except OSError:
             continue  # unreadable: the loader says so in its own words
+        if problem is not None and problem.startswith(UNREADABLE):  # hostile or damaged, as the GGUF reader says
+            return f"{file} is {problem}"
         if problem is not None:
             return f"{file.name} is incomplete: {problem}"
     return None
@@ -105,9 +110,9 @@ def _check_gguf(file: Path) -> str | None:
         try:
             return _check_gguf_header(header)
         except GGUFFormatError as exc:
-            return f"its header cannot be read ({exc})"
+            return f"{UNREADABLE}{exc}"
         except (struct.error, OverflowError, ValueError) as exc:
-            return f"its header cannot be read ({type(exc).__name__})"
+            return f"{UNREADABLE}{type(exc).__name__}"
 
 
 def _check_gguf_header(header: _Header) -> str | None:

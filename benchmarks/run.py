@@ -307,34 +307,25 @@ def bench_help(results: dict[str, object], runs: int) -> None:
         f"{ours_cpu / click_cpu:.2f}x), python {med['bare'][0] * 1000:.0f} ms",
         flush=True,
     )
-    (ours, ours_cpu), (click, click_cpu) = med["help_user"], med["click_user"]
-    results["help_simple_plugin_100_dists"] = {
-        "provender_help_s": ours,
-        "import_click_s": click,
-        "ratio": ours / click,
-        "provender_help_cpu_s": ours_cpu,
-        "import_click_cpu_s": click_cpu,
-        "ratio_cpu": ours_cpu / click_cpu,
-    }
-    print(
-        f"--help with a simple-style plugin and 100 more distributions: {ours * 1000:.0f} ms, "
-        f"import click {click * 1000:.0f} ms ({ours / click:.2f}x; CPU {ours_cpu / click_cpu:.2f}x)",
-        flush=True,
-    )
-    (ours, ours_cpu), (click, click_cpu) = med["help_pluggy"], med["click_pluggy"]
-    results["help_pluggy_style_plugin_100_dists"] = {
-        "provender_help_s": ours,
-        "import_click_s": click,
-        "ratio": ours / click,
-        "provender_help_cpu_s": ours_cpu,
-        "import_click_cpu_s": click_cpu,
-        "ratio_cpu": ours_cpu / click_cpu,
-    }
-    print(
-        f"--help with a plugin written as pluggy's docs show and 100 more distributions: {ours * 1000:.0f} ms, "
-        f"import click {click * 1000:.0f} ms ({ours / click:.2f}x; CPU {ours_cpu / click_cpu:.2f}x)",
-        flush=True,
-    )
+    rows = [
+        ("help_simple_plugin_100_dists", "help_user", "click_user", "a simple-style plugin"),
+        ("help_pluggy_style_plugin_100_dists", "help_pluggy", "click_pluggy", "a plugin written as pluggy's docs show"),
+    ]
+    for name, ours_key, click_key, what in rows:
+        (ours, ours_cpu), (click, click_cpu) = med[ours_key], med[click_key]
+        results[name] = {
+            "provender_help_s": ours,
+            "import_click_s": click,
+            "ratio": ours / click,
+            "provender_help_cpu_s": ours_cpu,
+            "import_click_cpu_s": click_cpu,
+            "ratio_cpu": ours_cpu / click_cpu,
+        }
+        print(
+            f"--help with {what} and 100 more distributions: {ours * 1000:.0f} ms, "
+            f"import click {click * 1000:.0f} ms ({ours / click:.2f}x; CPU {ours_cpu / click_cpu:.2f}x)",
+            flush=True,
+        )
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -145,6 +145,37 @@ def test_a_failing_check_runs_before_room_is_made_and_unloads_nothing(cm: CacheM
     assert checks == ["b"]  # a loaded model is not checked again
 
 
+def test_a_load_that_fails_past_its_check_reloads_what_it_pushed_out(cm: CacheManager, pools: list[ModelPool]) -> None:
+    """Issue 19 item 3, for failures no check can see (a config that does not fit the weights):
+    room was made, the load failed, and the model pushed out comes back from its own files."""
+    pool = new_pool(pools, max_models=1, keep_alive=-1)
+    calls: list[str] = []
+    first = loader(cm, "test/a", calls)
+
+    def load_a() -> LoadedModel:
+        item = first()
+        item.reload = first  # as PooledProvider sets it: the same files again, no download
+        return item
+
+    good = pool.load("test:a", load_a)
+
+    def unknown_architecture() -> LoadedModel:
+        calls.append("test/b")
+        raise ValueError("model type 'nonsense' is not supported")
+
+    with pytest.raises(ValueError, match="nonsense"):
+        pool.load("test:b", unknown_architecture)
+    assert calls == ["test/a", "test/b", "test/a"]  # pushed out to make room, then loaded back
+    assert not good.loaded and pool.keys() == ["test:a"] and pool.peek("test:a") is not good
+    assert cm.in_use("test/a") and not cm.in_use("test/b")
+    # a model that cannot reload (no `reload`) stays out; the failed load's error is what is raised
+    pool.clear()
+    pool.load("test:c", loader(cm, "test/c"))
+    with pytest.raises(ValueError, match="nonsense"):
+        pool.load("test:b", unknown_architecture)
+    assert pool.keys() == [] and not cm.in_use("test/c")
+
+
 def test_a_keep_alive_no_clock_can_show_is_refused_and_never_breaks_a_listing(
     cm: CacheManager, pools: list[ModelPool]
 ) -> None:

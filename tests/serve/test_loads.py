@@ -148,6 +148,8 @@ def test_a_load_that_fails_past_the_check_leaves_no_slot_and_no_lease(start_serv
     server = start_server("--max-models", "1")
     assert server.raw("POST", "/v1/chat/completions", _chat("test/good"))[0] == 200
     status, answer = server.raw("POST", "/v1/chat/completions", _chat("test/broken"))
+    _, ps = server.raw("GET", "/api/ps")
+    assert [r["key"] for r in ps["pool"]] == ["mlx:test/good"], ps  # pushed out for it, then loaded back
     _after_a_failed_load(server, status, answer)
 
 

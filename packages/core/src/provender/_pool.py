@@ -101,6 +101,9 @@ class LoadedModel:
     provider: str = ""
     entry_key: str | None = None  # the cache entry's key (taken from the lease when not given)
     on_unload: Callable[[], None] | None = None
+    # loads this model again from the same local files (never downloading), so that a model
+    # pushed out for a load that then failed can come back; None: it cannot
+    reload: Callable[[], LoadedModel] | None = field(default=None, repr=False)
     key: str = ""  # set by the pool
     keep_alive: float | None = None  # per-model keep-alive (seconds, -1 forever); None: the pool's
     since: float = field(default_factory=time.time)  # wall clock, when it was loaded
@@ -230,9 +233,14 @@ class ModelPool:
                     if check is not None:
                         check()  # before anything is unloaded for it
                     with self._lock:
-                        victims = self._plan(room=1, protect=key)
-                    self._unload_all(victims)
-                    item = loader()
+                        expired = self._expired(protect=key)
+                        pushed_out = self._plan(room=1, protect=key)
+                    self._unload_all(expired + pushed_out)
+                    try:
+                        item = loader()
+                    except BaseException:
+                        self._restore(pushed_out)
+                        raise
                     if not isinstance(item, LoadedModel):
                         raise TypeError(f"the loader for {key!r} returned {type(item).__name__}, not a LoadedModel")
                     self._put(key, item, reserve=reserve, keep_alive=keep_alive)
@@ -437,6 +445,22 @@ class ModelPool:
             logger.info("unloading %s (memory.max_models=%d)", key, max_models)
             victims.append(self._items.pop(key))
         return victims
+
+    def _restore(self, pushed_out: list[LoadedModel]) -> None:
+        """Load back the models unloaded to make room for a load that then failed, so that a
+        failed load evicts nothing (a check cannot see every failure: an unknown architecture,
+        a config that does not fit the weights). Only what was unloaded now and can reload
+        from its own files comes back; a model in use was not unloaded and stays as it is."""
+        for item in pushed_out:
+            reload = item.reload
+            if reload is None or item.loaded or item.key in self:
+                continue
+            try:
+                self._load(item.key, reload, item.keep_alive, reserve=False)
+            except Exception as exc:  # the failed load's own error is the one the caller sees
+                logger.warning("could not reload %s after a failed load: %s", item.key, exc)
+            else:
+                logger.info("reloaded %s: the load it made room for failed", item.key)
 
     def _unload_all(self, items: list[LoadedModel]) -> None:
         """Unload now what is idle; what is in use, as soon as its user lets go (on a thread),

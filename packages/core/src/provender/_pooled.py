@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender._pool import LoadedModel, ModelPool, model_pool
@@ -100,9 +101,18 @@ class PooledProvider(Provider):
                 lease.release()
             raise
         item.path, item.lease, item.provider = item.path or str(path), lease, self.name
+        item.reload = partial(self._reload, item.path)
         if lease is not None and item.entry_key is None:
             item.entry_key = lease.entry.key
         return item
+
+    def _reload(self, path: str) -> LoadedModel:
+        """`_load` again while the files it loaded from are on disk: never a download."""
+        from pathlib import Path
+
+        if not Path(path).exists():
+            raise ModelNotFoundError(self.model, f"{path} is no longer on disk")
+        return self._load()
 
     def check_files(self) -> None:
         """Refuse, before the pool unloads anything to make room, a model whose weights file is

@@ -64,9 +64,14 @@ class Constraint(BaseModel):
 
     @classmethod
     def json_schema(cls, schema: Any) -> Constraint:
-        """A JSON value fitting ``schema``: a JSON Schema dict, or a pydantic model class."""
+        """A JSON value fitting ``schema``: a JSON Schema dict, or a pydantic model class.
+
+        A model class's objects are closed (``additionalProperties: false`` where the model does
+        not allow extras), as OpenAI's strict structured outputs are: the reply has the declared
+        fields only, and a finite model has a finite reply.
+        """
         if isinstance(schema, type) and issubclass(schema, BaseModel):
-            schema = schema.model_json_schema()
+            schema = _closed(schema.model_json_schema())
         return cls._make("json_schema", schema)
 
     @classmethod
@@ -92,6 +97,22 @@ class Constraint(BaseModel):
     def key(self) -> str:
         """Stable JSON naming this constraint (sorted keys): equal constraints have equal keys."""
         return json.dumps({"kind": self.kind, "value": self.value}, sort_keys=True, separators=(",", ":"))
+
+
+def _closed(schema: Any) -> Any:
+    """`schema` with ``additionalProperties: false`` on every object schema that does not say."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    named = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+    out = {
+        k: {name: _closed(sub) for name, sub in v.items()} if k in named and isinstance(v, dict) else _closed(v)
+        for k, v in schema.items()
+    }
+    if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def _problem(kind: str, value: Any) -> tuple[str, str] | None:

@@ -174,9 +174,6 @@ def test_with_a_key_paths_are_refused_with_one_answer_whether_they_exist_or_not(
         "~/": True,
         "./nowhere": False,
     }
-    here = [p.name for p in Path.cwd().iterdir() if p.is_dir() and p.name.isidentifier()]
-    if here:
-        names[here[0]] = True  # relative to the server's working directory (the test's)
     answers = []
     for name in names:
         status, answer = _ask(server, name, "k")
@@ -187,6 +184,26 @@ def test_with_a_key_paths_are_refused_with_one_answer_whether_they_exist_or_not(
     assert code == "path_not_allowed" and "server.local_paths" in message
     assert _ask(server, "echo:upper", "k")[0] == 200  # names that are not paths still work
     assert server.healthy()
+
+
+def test_without_local_paths_a_relative_name_is_never_read_from_the_working_directory(
+    start_server: Any, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative name that exists from the server's working directory (here: a whole model)
+    answers as one that does not: both are looked up in the cache, and neither is loaded."""
+    workdir = tmp_path / "cwd"
+    shutil.copytree(tiny_model, workdir / "org" / "here")
+    monkeypatch.chdir(workdir)
+    server = start_server(env={"PROVENDER_SERVER__API_KEY": "k", "HF_HUB_OFFLINE": "1"})
+    answers = []
+    for name in ("org/here", "org/elsewhere", "mlx:org/here", "mlx:org/elsewhere"):
+        status, answer = _ask(server, name, "k")
+        message = answer["error"]["message"].replace(name, "NAME").replace(name.removeprefix("mlx:"), "NAME")
+        answers.append((status, answer["error"]["code"], message))
+    assert answers[0] == answers[1] and answers[2] == answers[3], answers
+    assert answers[0][0] == 404, answers
+    _, ps = server.raw("GET", "/api/ps", headers={"Authorization": "Bearer k"})
+    assert ps["pool"] == [], ps  # the model in the working directory was never loaded
 
 
 def test_paths_follow_server_local_paths(start_server: Any, tiny_model: Path, tmp_path: Path) -> None:

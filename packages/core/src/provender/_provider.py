@@ -393,7 +393,7 @@ def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
     pathlike = looks_like_path(name)
     try:
         path = Path(name).expanduser()
-        local = path.is_dir() or (pathlike and path.is_file())
+        local = may_read_path(name) and (path.is_dir() or (pathlike and path.is_file()))
     except (OSError, RuntimeError):  # too long for a path (ENAMETOOLONG), ~nosuchuser: no such local path
         local = False
     if local:
@@ -414,6 +414,23 @@ def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:
         base, tag = split_tag(name)
         entry = cm.find(base) if tag else None
     return entry
+
+
+_readable_paths: frozenset[str] | None = None  # None: any name may be read as a local path
+
+
+def confine_local_paths(allowed: Iterable[str] | None) -> None:
+    """In this process, read a model name as a path on the local disk only when it is one of
+    `allowed` (None, the default: any name). ``provender serve`` calls it for
+    ``server.local_paths``: a relative name is then looked up in the cache whatever the
+    working directory holds, so an answer never tells what is on the server's disk."""
+    global _readable_paths
+    _readable_paths = None if allowed is None else frozenset(allowed)
+
+
+def may_read_path(name: str) -> bool:
+    """Whether `name` may be read as a local path (see `confine_local_paths`)."""
+    return _readable_paths is None or name in _readable_paths
 
 
 def looks_like_path(name: str) -> bool:
@@ -442,7 +459,7 @@ def resolve_model_files(
     from provender.errors import EntryNotFoundError, InvalidNameError
 
     local = Path(model).expanduser()
-    if local.is_dir():
+    if may_read_path(model) and local.is_dir():
         return local, None
     cm = cache or CacheManager()
     try:

@@ -25,6 +25,7 @@ from provender._cache._gguf import (
     split_tag,
 )
 from provender._detect import sentence_transformers_config
+from provender._provider import may_read_path
 
 if TYPE_CHECKING:
     from provender import CacheManager, Lease
@@ -115,7 +116,7 @@ def resolve_gguf(model: str, cache: CacheManager | None = None, *, progress: boo
     is pulled first: only the chosen file (and its split parts).
     """
     local = Path(model).expanduser()
-    if local.exists():
+    if may_read_path(model) and local.exists():
         return _pick(local, None, model), None
     base, quant = split_tag(model)
     from provender import CacheManager

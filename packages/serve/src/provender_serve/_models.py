@@ -122,18 +122,13 @@ def check_name(name: str, allowed: list[str], *, local_paths: bool = True) -> No
 
 
 def _is_local_path(bare: str) -> bool:
-    """A name a provider would read from the disk: one only a path can mean (``/m``, ``./m``,
-    ``~/m``), or a relative name that exists from the server's working directory."""
-    from pathlib import Path
-
+    """A name only a path can mean (``/m``, ``./m``, ``~/m``). A relative name (``org/m``) is
+    not looked at on the disk: without local paths the process reads no name as a path but
+    those listed (`provender._provider.confine_local_paths`), so it is a cache entry or Hub repo id
+    whatever the server's working directory holds."""
     from provender._provider import looks_like_path
 
-    if looks_like_path(bare):
-        return True
-    try:
-        return Path(bare).exists()
-    except (OSError, ValueError):  # a name too long for a path, a NUL byte
-        return False
+    return looks_like_path(bare)
 
 
 def api_error(exc: BaseException) -> APIError:
@@ -168,6 +163,10 @@ class ModelRegistry:
     ) -> None:
         self.allowed = list(allowed or [])
         self.local_paths = local_paths
+        if not local_paths:  # the names listed in server.models stay readable as paths
+            from provender._provider import confine_local_paths, parse_model_name
+
+            confine_local_paths({n for name in self.allowed for n in (name, parse_model_name(name)[1])})
         self.max_models = max_models
         self.keep_alive = keep_alive
         self.queue_size = queue_size

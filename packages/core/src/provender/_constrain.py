@@ -41,6 +41,7 @@ __all__ = [
     "ConstraintViolation",
     "Matcher",
     "TokenizerInfo",
+    "check_constraint",
     "compile_constraint",
     "tokenizer_info",
 ]
@@ -253,9 +254,13 @@ def _quoted(value: Any) -> str:
 
 def _one_line(message: str) -> str:
     """The first line of an engine error, without llguidance's position prefix (``at 1(8): ``)."""
-    line = next((ln.strip() for ln in message.splitlines() if ln.strip()), "invalid")
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    line = lines[0] if lines else "invalid"
     if line.startswith("at ") and "): " in line:
         line = line.split("): ", 1)[1]
+    detail = next((ln[len("error: ") :] for ln in lines[1:] if ln.startswith("error: ")), None)
+    if line.endswith(":") and detail:  # the regex parser says what is wrong on a later line
+        line = f"{line} {detail}"
     return line
 
 
@@ -279,19 +284,38 @@ def _grammar(llg: Any, constraint: Constraint) -> str:
     raise InvalidOptionError("constraint", kind, "json_schema, json_object, regex, choice or grammar")
 
 
+_WHAT = {
+    "json_schema": "a JSON Schema llguidance supports",
+    "json_object": "a JSON object",
+    "regex": "a valid regular expression",
+    "choice": "a non-empty list of non-empty strings",
+    "grammar": "a valid Lark grammar (llguidance's dialect)",
+}
+
+
+def _validate(llg: Any, constraint: Constraint, grammar: str, ll: Any) -> None:
+    error = llg.LLMatcher.validate_grammar(grammar, ll)
+    if error:
+        raise InvalidOptionError(
+            _option_name(constraint), _quoted(constraint.value), f"{_WHAT[constraint.kind]} ({_one_line(error)})"
+        )
+
+
+def check_constraint(constraint: Constraint) -> None:
+    """Raise `InvalidOptionError` (one line) if `constraint` cannot compile, without a tokenizer.
+
+    For early checks (the command line, a server's request): a schema, regex or grammar with an
+    error is refused before any model loads.
+    """
+    llg = _engine()
+    _validate(llg, constraint, _grammar(llg, constraint), None)
+
+
 def _compile(constraint: Constraint, info: TokenizerInfo) -> CompiledConstraint:
     llg = _engine()
     grammar = _grammar(llg, constraint)
-    what = {
-        "json_schema": "a JSON Schema llguidance supports",
-        "json_object": "a JSON object",
-        "regex": "a valid regular expression",
-        "choice": "a non-empty list of non-empty strings",
-        "grammar": "a valid Lark grammar (llguidance's dialect)",
-    }[constraint.kind]
-    error = llg.LLMatcher.validate_grammar(grammar, info.ll)
-    if error:
-        raise InvalidOptionError(_option_name(constraint), _quoted(constraint.value), f"{what} ({_one_line(error)})")
+    what = _WHAT[constraint.kind]
+    _validate(llg, constraint, grammar, info.ll)
     template = llg.LLMatcher(info.ll, grammar, log_level=0)
     if template.is_error():  # pragma: no cover - validate_grammar said it was fine
         raise InvalidOptionError(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from provender._cli._common import echo_json, echo_table, fail, get_cache, json_option
+from provender._cli._structured import constraint_flags, constraint_option, for_provider
 
 if TYPE_CHECKING:
     from provender._cache._entry import PullResult
@@ -180,6 +182,7 @@ def _read_prompt(prompt: str | None) -> str:
 @click.option("-s", "--system", "system_prompt", help="System prompt (providers that take one).")
 @click.option("--stream/--no-stream", default=False, help="Print tokens as they come.")
 @click.option("--no-server", is_flag=True, help="Run in this process even when `provender serve` is running.")
+@constraint_flags
 def generate(
     model: str,
     prompt: str | None,
@@ -191,6 +194,10 @@ def generate(
     system_prompt: str | None,
     stream: bool,
     no_server: bool,
+    schema: str | None,
+    choice: str | None,
+    regex: str | None,
+    grammar: Path | None,
 ) -> None:
     """Generate text from PROMPT (or stdin) with MODEL (on a running `provender serve` if one answers)."""
     from provender._client import provider_for
@@ -208,7 +215,9 @@ def generate(
         }.items()
         if v is not None
     }
+    options.update(constraint_option(schema, choice, regex, grammar))
     provider = provider_for(model, use_server=not no_server)
+    options = for_provider(provider, options)
     try:
         if stream:
             for chunk in provider.stream(text, **options):

@@ -189,12 +189,27 @@ def embed(
 @click.argument("collection")
 @click.argument("query")
 @click.option("-n", "--number", "n", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--where",
+    "where_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only items whose metadata KEY is VALUE (a string, or the number, true, false or null it spells); repeatable.",
+)
+@click.option("--approximate", is_flag=True, help="Search the HNSW index (needs provender-embedding[ann]).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def similar(collection: str, query: str, n: int, as_json: bool) -> None:
+def similar(
+    collection: str, query: str, n: int, where_pairs: tuple[str, ...], approximate: bool, as_json: bool
+) -> None:
     """The N items of COLLECTION most similar to QUERY (cosine)."""
     from provender_embedding import Collection
+    from provender_embedding._filters import parse_where
 
-    hits = Collection(collection).similar(query, n)
+    try:
+        where = parse_where(where_pairs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--where") from None
+    hits = Collection(collection).similar(query, n, where=where, approximate=approximate)
     if as_json:
         import json
 

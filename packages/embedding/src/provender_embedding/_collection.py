@@ -1,61 +1,59 @@
-"""Collections: embeddings stored in SQLite, with content hashes and cosine similarity search.
+"""Collections: texts and their embeddings, kept on disk, searched by cosine similarity.
 
-One database (default ``<data.dir>/embeddings.db``) holds any number of named collections.
-Each collection is tied to the model that embedded it. Unchanged texts (same sha256 of
-the content) are not embedded again. Search is exact: the collection's vectors are
-loaded into one float32 matrix and compared with a matrix-vector product.
+One database (default ``<data.dir>/embeddings.db``) holds any number of named collections,
+each tied to the model that embedded it. SQLite keeps the items (id, content, sha256,
+metadata); each collection's vectors are one float32 matrix file beside it, memory-mapped
+by every process that searches (`provender_embedding._store` says how writes stay
+crash-safe). Search is exact by default (one matrix-vector product over the mapped file);
+``approximate=True`` uses an HNSW index (the ``ann`` extra). Unchanged texts (same sha256)
+are not embedded again.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from provender_embedding._embedder import Embedder
+from provender_embedding._filters import Where, where_sql
+from provender_embedding._items import (
+    AddResult,
+    Hit,
+    Item,
+    check_embeddings,
+    check_n,
+    check_vector_dimensions,
+    content_hash,
+    content_id,
+    normalise_item,
+    top_k,
+    unit_vector,
+)
+from provender_embedding._store import MatrixFile, MatrixView, connect, matrix_path, rewrite, select_in, vectors_dir
 from provender_embedding.errors import CollectionError, CollectionNotFoundError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS collections (
-    name TEXT PRIMARY KEY, model TEXT NOT NULL, dimension INTEGER, created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS items (
-    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
-    id TEXT NOT NULL, content TEXT, content_hash TEXT NOT NULL, metadata TEXT,
-    embedding BLOB NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (collection, id)
-);
-"""
+__all__ = ["AddResult", "Collection", "Hit", "content_hash", "content_id", "default_db_path"]
+
+PRECOMPUTED_CHUNK = 8192  # items given with their vectors: written this many per transaction
 
 
 @dataclass(frozen=True)
-class Hit:
-    """One result of `Collection.similar`: cosine ``score`` in [-1, 1], higher is closer."""
-
-    id: str
-    score: float
-    content: str | None
-    metadata: dict[str, Any] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "content": self.content, "metadata": self.metadata}
-
-
-@dataclass
-class AddResult:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    ids: list[str] = field(default_factory=list)
+class _State:
+    store: str
+    generation: int
+    slots: int
+    dead: int
+    dimension: int | None
 
 
 def default_db_path() -> Path:
@@ -64,35 +62,13 @@ def default_db_path() -> Path:
     return load_settings().data.dir / "embeddings.db"
 
 
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def content_id(digest: str, known: dict[str, str]) -> str:
-    """The id of an item given without one: the first 16 hex digits of its content's sha256.
-
-    The same text always gets the same id (stored once), and a different text never takes
-    an existing item's id: if the short id is taken by other content, the whole hash is used.
-    """
-    short = digest[:16]
-    return short if known.get(short, digest) == digest else digest
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=60.0, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA foreign_keys=ON")
-    con.executescript(_SCHEMA)
-    return con
-
-
 class Collection:
-    """A named, persistent set of embedded texts.
+    """A named, persistent set of embedded texts (or of vectors given precomputed).
 
     ``Collection(name, model)`` opens or creates it; a new collection needs a model, and
     an existing one keeps its own (naming another is an error, as vectors of two models
-    do not compare).
+    do not compare). ``Collection(name, dimension=384)`` creates one without a model, for
+    vectors given precomputed (searched with `similar_by_vector`).
     """
 
     def __init__(
@@ -102,130 +78,184 @@ class Collection:
         *,
         db_path: str | Path | None = None,
         embedder: Embedder | None = None,
+        dimension: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise CollectionError(f"invalid collection name {name!r}")
+        if dimension is not None and (isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1):
+            raise CollectionError(f"dimension must be an integer >= 1, not {dimension!r}")
         self.name = name
         self.db_path = Path(db_path) if db_path is not None else default_db_path()
-        self._con = _connect(self.db_path)
-        row = self._con.execute("SELECT model FROM collections WHERE name=?", (name,)).fetchone()
+        self._con = connect(self.db_path)
+        row = self._con.execute("SELECT model, dimension FROM collections WHERE name=?", (name,)).fetchone()
         if row is None:
-            if model is None and embedder is None:
+            if model is None and embedder is None and dimension is None:
                 raise CollectionNotFoundError(name)
-            self.model = model or (embedder.model if embedder else "")
-            self._con.execute("INSERT INTO collections VALUES (?, ?, NULL, ?)", (name, self.model, time.time()))
-        else:
-            self.model = row[0]
-            if model is not None and model != self.model:
-                raise CollectionError(
-                    f"collection {name!r} was embedded with {self.model!r}, not {model!r}; "
-                    "use that model or a new collection"
-                )
+            self._con.execute(
+                "INSERT OR IGNORE INTO collections (name, model, dimension, created, store) VALUES (?, ?, ?, ?, ?)",
+                (name, model or (embedder.model if embedder else ""), dimension, time.time(), uuid.uuid4().hex),
+            )
+            row = self._con.execute("SELECT model, dimension FROM collections WHERE name=?", (name,)).fetchone()
+        self.model: str = row[0]
+        if model is not None and model != self.model:
+            raise CollectionError(
+                f"collection {name!r} was embedded with {self.model!r}, not {model!r}; "
+                "use that model or a new collection"
+            )
+        if dimension is not None and row[1] is not None and row[1] != dimension:
+            raise CollectionError(f"collection {name!r} holds {row[1]}-dimensional vectors, not {dimension}")
         self._embedder = embedder
-        self._matrix: tuple[tuple[int, float], list[str], np.ndarray] | None = None
+        self._view = MatrixView()
+        self._ann: Any = None
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
+            if not self.model:
+                raise CollectionError(
+                    f"collection {self.name!r} has no model (its vectors were given precomputed): "
+                    "add items with embedding= and query with similar_by_vector"
+                )
             self._embedder = Embedder(self.model)
         return self._embedder
 
     # -- writing -------------------------------------------------------------------------
 
-    def add(self, id: str, text: str, metadata: dict[str, Any] | None = None, *, store_content: bool = True) -> bool:
-        """Embed and store one text; False if it was already stored unchanged."""
-        result = self.add_many([(id, text, metadata)], store_content=store_content)
-        return result.unchanged == 0
+    def add(
+        self,
+        id: str,
+        text: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        embedding: Sequence[float] | np.ndarray | None = None,
+        store_content: bool = True,
+    ) -> bool:
+        """Store one item, embedding `text` unless `embedding` is given; False if already stored unchanged."""
+        item = {"id": id, "text": text, "metadata": metadata, "embedding": embedding}
+        return self.add_many([item], store_content=store_content).unchanged == 0
 
     def add_many(
         self,
         items: Iterable[Any],
         *,
+        embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
         batch_size: int = 32,
         store_content: bool = True,
         progress: Callable[[int], None] | None = None,
     ) -> AddResult:
-        """Store many items: a text, ``(id, text)``, ``(id, text, metadata)`` or ``{"id", "text", "metadata"}``.
+        """Store many items: a text, ``(id, text)``, ``(id, text, metadata)`` or a dict
+        ``{"id", "text", "metadata", "embedding"}``.
 
-        An item without an id (a bare text, ``id`` None or absent) gets one from its content
-        (`content_id`): it never replaces another item, and the same text is stored once. An
-        existing item is updated only when the caller names its id. Every item is checked
-        before anything is embedded or written; texts whose content is unchanged are skipped.
-        Writes happen one batch per transaction, so an interruption keeps every batch
-        already written and loses nothing stored before.
+        Vectors given (a dict's ``embedding``, or ``embeddings=``: one row per item) are
+        stored as given, normalised to unit length, and must have the collection's dimension;
+        the others are embedded with the collection's model. An item without an id gets one
+        from its content (`content_id`): it never replaces another item, and the same content
+        is stored once. An existing item is updated only when the caller names its id. Every
+        item is checked before anything is embedded or written; unchanged items are skipped.
+        Each batch is one transaction: an interruption keeps every batch already written and
+        loses nothing stored before.
         """
-        known = dict(self._con.execute("SELECT id, content_hash FROM items WHERE collection=?", (self.name,)))
+        items = list(items)
+        rows = check_embeddings(embeddings, len(items))
+        given = [
+            normalise_item(item, n, None if rows is None else rows[n], checked=True) for n, item in enumerate(items)
+        ]
+        check_vector_dimensions(given, self._state().dimension, self.name)
+        wanted = {i.id for i in given if i.id is not None} | {i.digest[:16] for i in given if i.id is None}
+        known = self._hashes(wanted)
         result = AddResult()
         seen: dict[str, str] = {}
-        todo = []
-        for n, item in enumerate(items):
-            item_id, text, meta = _normalise_item(item, n)
-            digest = content_hash(text)
-            if item_id is None:
-                item_id = content_id(digest, known)
-                if seen.get(item_id) == digest:  # the same text twice, without ids: stored once
-                    result.ids.append(item_id)
+        todo: list[Item] = []
+        for item in given:
+            if item.id is None:  # from the content's hash (the text's, or the text's and the vector's)
+                item.id = content_id(item.digest, known)
+                if seen.get(item.id) == item.digest:  # the same content twice, without ids: stored once
+                    result.ids.append(item.id)
                     result.unchanged += 1
                     continue
-            if item_id in seen:
-                raise CollectionError(f"id {item_id!r} appears twice in the input")
-            seen[item_id] = digest
-            result.ids.append(item_id)
-            if known.get(item_id) == digest:
+            if item.id in seen:
+                raise CollectionError(f"id {item.id!r} appears twice in the input")
+            seen[item.id] = item.digest
+            result.ids.append(item.id)
+            if known.get(item.id) == item.digest:
                 result.unchanged += 1
             else:
-                todo.append((item_id, text, meta))
+                todo.append(item)
         if progress is not None and result.unchanged:
             progress(result.unchanged)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            vectors = self.embedder.embed([t for _, t, _ in batch], batch_size=batch_size)
-            self._check_dimension(vectors.shape[1])
-            now = time.time()
-            with self._transaction() as con:
-                for (item_id, text, meta), vector in zip(batch, vectors, strict=True):
-                    existed = item_id in known
-                    con.execute(
-                        "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            self.name,
-                            item_id,
-                            text if store_content else None,
-                            content_hash(text),
-                            json.dumps(meta) if meta is not None else None,
-                            vector.astype(np.float32).tobytes(),
-                            now,
-                        ),
-                    )
-                    if existed:
-                        result.updated += 1
-                    else:
-                        result.added += 1
+        ready = [i for i in todo if i.vector is not None]
+        for start in range(0, len(ready), PRECOMPUTED_CHUNK):
+            batch = ready[start : start + PRECOMPUTED_CHUNK]
+            vectors = np.stack([i.vector for i in batch if i.vector is not None])
+            self._write(batch, vectors, store_content, known, result, "given")
             if progress is not None:
                 progress(len(batch))
-        self._matrix = None
+        texts = [i for i in todo if i.vector is None]
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            vectors = self.embedder.embed([i.text or "" for i in batch], batch_size=batch_size)
+            self._write(batch, vectors, store_content, known, result, f"model {self.model!r} gave")
+            if progress is not None:
+                progress(len(batch))
         return result
 
     def delete(self, id: str) -> bool:
-        cur = self._con.execute("DELETE FROM items WHERE collection=? AND id=?", (self.name, id))
-        self._matrix = None
-        return cur.rowcount > 0
+        """Delete one item; False if there was none with this id."""
+        return self.delete_many([id]) == 1
+
+    def delete_many(self, ids: Iterable[str]) -> int:
+        """Delete these items (one transaction); the number that existed."""
+        ids = list(dict.fromkeys(ids))
+        with self._transaction() as con:
+            state = self._state()
+            slots = self._slots_of(ids)
+            select_in(con, "DELETE FROM items WHERE collection=? AND id", self.name, ids)
+            con.execute("UPDATE collections SET dead = dead + ? WHERE name=?", (len(slots), self.name))
+        self._zero(state, list(slots.values()))
+        return len(slots)
 
     def drop(self) -> None:
-        """Delete the collection and everything in it."""
+        """Delete the collection and everything in it (its vectors files too)."""
         with self._transaction() as con:
+            state = self._state()
             con.execute("DELETE FROM items WHERE collection=?", (self.name,))
             con.execute("DELETE FROM collections WHERE name=?", (self.name,))
-        self._matrix = None
+        self._view.release()
+        self._ann = None
+        for path in vectors_dir(self.db_path).glob(f"{state.store}.*"):
+            path.unlink(missing_ok=True)
+
+    def compact(self) -> None:
+        """Rewrite the vectors file without the rows of deleted and replaced items.
+
+        The live rows go to a new file (the next generation), fsynced before one transaction
+        renumbers the items and switches to it; the old file is removed after. Runs by itself
+        when over half the rows of a large collection are dead.
+        """
+        with self._transaction() as con:
+            state = self._state()
+            rewrite(con, self.db_path, self.name, state.store, state.generation, self._matrix(state))
+        self._view.release()
+        for path in vectors_dir(self.db_path).glob(f"{state.store}.{state.generation}.*"):
+            path.unlink(missing_ok=True)
 
     # -- reading -------------------------------------------------------------------------
 
     def count(self) -> int:
         return int(self._con.execute("SELECT COUNT(*) FROM items WHERE collection=?", (self.name,)).fetchone()[0])
 
+    @property
+    def dimension(self) -> int | None:
+        """The length of the collection's vectors (None until the first is stored)."""
+        return self._state().dimension
+
     def get(self, id: str) -> dict[str, Any] | None:
+        with self._snapshot():
+            return self._get(id)
+
+    def _get(self, id: str) -> dict[str, Any] | None:
         row = self._con.execute(
-            "SELECT content, metadata, embedding FROM items WHERE collection=? AND id=?", (self.name, id)
+            "SELECT content, metadata, slot FROM items WHERE collection=? AND id=?", (self.name, id)
         ).fetchone()
         if row is None:
             return None
@@ -233,74 +263,203 @@ class Collection:
             "id": id,
             "content": row[0],
             "metadata": json.loads(row[1]) if row[1] else None,
-            "embedding": np.frombuffer(row[2], dtype=np.float32),
+            "embedding": np.array(self._matrix()[row[2]]),
         }
 
-    def similar(self, query: str, n: int = 5) -> list[Hit]:
-        """The `n` stored items closest to `query` by cosine similarity, closest first."""
+    def similar(self, query: str, n: int = 5, *, where: Where | None = None, approximate: bool = False) -> list[Hit]:
+        """The `n` stored items closest to `query` by cosine similarity, closest first.
+
+        `where` keeps only items whose metadata has these values (see `_filters`);
+        `approximate` searches the HNSW index instead of every vector (the ``ann`` extra).
+        """
         if not isinstance(query, str):
             raise CollectionError("the query must be a string")
-        return self.similar_by_vector(self.embedder.embed([query])[0], n)
+        check_n(n)
+        return self.similar_by_vector(self.embedder.embed([query])[0], n, where=where, approximate=approximate)
 
-    def similar_by_id(self, id: str, n: int = 5) -> list[Hit]:
+    def similar_by_id(self, id: str, n: int = 5, *, where: Where | None = None, approximate: bool = False) -> list[Hit]:
         item = self.get(id)
         if item is None:
             raise CollectionError(f"no item {id!r} in collection {self.name!r}")
-        return [h for h in self.similar_by_vector(item["embedding"], n + 1) if h.id != id][:n]
+        hits = self.similar_by_vector(item["embedding"], n + 1, where=where, approximate=approximate)
+        return [h for h in hits if h.id != id][:n]
 
-    def similar_by_vector(self, vector: np.ndarray, n: int = 5) -> list[Hit]:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise CollectionError(f"n must be an integer >= 1, not {n!r}")
-        ids, matrix = self._load_matrix()
-        if not ids:
+    def similar_by_vector(
+        self,
+        vector: Sequence[float] | np.ndarray,
+        n: int = 5,
+        *,
+        where: Where | None = None,
+        approximate: bool = False,
+    ) -> list[Hit]:
+        with self._snapshot():  # the state, the mapped rows and the items they hold: one view of the database
+            return self._similar_by_vector(vector, n, where, approximate)
+
+    def _similar_by_vector(
+        self, vector: Sequence[float] | np.ndarray, n: int, where: Where | None, approximate: bool
+    ) -> list[Hit]:
+        check_n(n)
+        clause, params = where_sql(where)
+        state = self._state()
+        matrix = self._matrix(state)
+        if matrix.shape[0] == 0:
             return []
-        query = np.asarray(vector, dtype=np.float32)
-        if query.shape != (matrix.shape[1],):
-            raise CollectionError(f"query has dimension {query.shape}, the collection {matrix.shape[1]}")
-        scores = matrix @ (query / max(float(np.linalg.norm(query)), 1e-12))
-        if n < len(ids):  # partial selection, then sort just the n best
-            best = np.argpartition(-scores, n - 1)[:n]
-            top = best[np.argsort(-scores[best])]
-        else:
-            top = np.argsort(-scores)
-        hits = []
-        for i in top:
-            row = self._con.execute(
-                "SELECT content, metadata FROM items WHERE collection=? AND id=?", (self.name, ids[i])
-            ).fetchone()
-            hits.append(Hit(ids[i], float(scores[i]), row[0], json.loads(row[1]) if row[1] else None))
-        return hits
-
-    def _load_matrix(self) -> tuple[list[str], np.ndarray]:
-        version = self._con.execute(
-            "SELECT COUNT(*), COALESCE(MAX(updated), 0) FROM items WHERE collection=?", (self.name,)
-        ).fetchone()
-        if self._matrix is None or self._matrix[0] != tuple(version):
-            ids, blobs = [], []
-            for item_id, blob in self._con.execute(
-                "SELECT id, embedding FROM items WHERE collection=? ORDER BY id", (self.name,)
-            ):
-                ids.append(item_id)
-                blobs.append(blob)
-            matrix = (
-                np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), -1)
-                if ids
-                else np.zeros((0, 0), dtype=np.float32)
+        query = unit_vector(vector, "the query")
+        if query.shape[0] != matrix.shape[1]:
+            raise CollectionError(
+                f"the query has dimension {query.shape[0]}, the collection {self.name!r} {matrix.shape[1]}"
             )
-            norms = np.linalg.norm(matrix, axis=1, keepdims=True) if ids else None
-            if norms is not None:
-                matrix = matrix / np.maximum(norms, 1e-12)
-            self._matrix = (tuple(version), ids, matrix)  # type: ignore[assignment]
-        return self._matrix[1], self._matrix[2]
+        if clause:
+            slots = np.fromiter(
+                (
+                    r[0]
+                    for r in self._con.execute(
+                        f"SELECT slot FROM items WHERE collection=? AND slot < ?{clause}",
+                        (self.name, matrix.shape[0], *params),
+                    )
+                ),
+                dtype=np.int64,
+            )
+            if not len(slots):
+                return []
+            scores = matrix[slots] @ query
+            return self._best(n, len(slots), lambda k: top_k(scores, k, slots))
+        if approximate:
+            if self._ann is None:
+                from provender_embedding._ann import ApproximateIndex
 
-    def _check_dimension(self, dim: int) -> None:
-        row = self._con.execute("SELECT dimension FROM collections WHERE name=?", (self.name,)).fetchone()
+                self._ann = ApproximateIndex()
+            path = matrix_path(self.db_path, state.store, state.generation)
+            return self._best(n, matrix.shape[0], lambda k: self._ann.search(path, matrix, query, k))
+        scores = matrix @ query
+        return self._best(n, matrix.shape[0], lambda k: top_k(scores, k, None))
+
+    def _best(self, n: int, total: int, candidates: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> list[Hit]:
+        """The `n` best live items among `candidates(k)`, asking for more while dead rows fill the top."""
+        k = min(total, n + 16)
+        while True:
+            slots, scores = candidates(k)
+            rows = self._rows(slots.tolist())
+            hits = [
+                Hit(item_id, float(score), content, json.loads(meta) if meta else None)
+                for s, score in zip(slots.tolist(), scores.tolist(), strict=True)
+                if s in rows
+                for item_id, content, meta in [rows[s]]
+            ]
+            if len(hits) >= n or k >= total:
+                return hits[:n]
+            k = min(total, k * 4)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _hashes(self, ids: Iterable[str]) -> dict[str, str]:
+        return dict(
+            select_in(self._con, "SELECT id, content_hash FROM items WHERE collection=? AND id", self.name, ids)
+        )
+
+    def _slots_of(self, ids: Iterable[str]) -> dict[str, int]:
+        return dict(select_in(self._con, "SELECT id, slot FROM items WHERE collection=? AND id", self.name, ids))
+
+    def _rows(self, slots: Iterable[int]) -> dict[int, tuple[str, str | None, str | None]]:
+        sql = "SELECT slot, id, content, metadata FROM items WHERE collection=? AND slot"
+        return {row[0]: row[1:] for row in select_in(self._con, sql, self.name, slots)}
+
+    def _state(self) -> _State:
+        row = self._con.execute(
+            "SELECT store, generation, slots, dead, dimension FROM collections WHERE name=?", (self.name,)
+        ).fetchone()
         if row is None:
             raise CollectionError(f"collection {self.name!r} was dropped")
-        if row[0] is None:
-            self._con.execute("UPDATE collections SET dimension=? WHERE name=?", (dim, self.name))
-        elif row[0] != dim:
-            raise CollectionError(f"collection {self.name!r} holds {row[0]}-dimensional vectors, got {dim}")
+        return _State(*row)
+
+    def _matrix(self, state: _State | None = None) -> np.ndarray:
+        """The committed rows of the vectors file, mapped (remapped when another process added rows)."""
+        for attempt in range(3):
+            state = state if state is not None and attempt == 0 else self._state()
+            try:
+                return self._view.get(
+                    matrix_path(self.db_path, state.store, state.generation), state.slots, state.dimension or 0
+                )
+            except FileNotFoundError:  # compacted by another process between reading the state and opening
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write(
+        self,
+        batch: list[Item],
+        vectors: np.ndarray,
+        store_content: bool,
+        known: dict[str, str],
+        result: AddResult,
+        source: str,
+    ) -> None:
+        """One transaction: the vectors past the committed rows, fsynced, then the items and the row count."""
+        size = int(vectors.shape[1])
+        now = time.time()
+        with self._transaction() as con:
+            state = self._state()
+            if state.dimension is None:
+                con.execute("UPDATE collections SET dimension=? WHERE name=?", (size, self.name))
+            elif state.dimension != size:
+                raise CollectionError(
+                    f"{source} {size}-dimensional vectors; collection {self.name!r} "
+                    f"holds {state.dimension}-dimensional ones"
+                )
+            old = self._slots_of([i.id for i in batch if i.id is not None])
+            with MatrixFile(matrix_path(self.db_path, state.store, state.generation), size) as out:
+                out.write(state.slots, vectors)
+                out.sync()
+            con.executemany(
+                "INSERT OR REPLACE INTO items (collection, id, content, content_hash, metadata, slot, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        self.name,
+                        item.id,
+                        item.text if store_content else None,
+                        item.digest,
+                        json.dumps(item.metadata) if item.metadata is not None else None,
+                        state.slots + n,
+                        now,
+                    )
+                    for n, item in enumerate(batch)
+                ),
+            )
+            con.execute(
+                "UPDATE collections SET slots=?, dead=dead+? WHERE name=?",
+                (state.slots + len(batch), len(old), self.name),
+            )
+        for item in batch:
+            assert item.id is not None
+            known[item.id] = item.digest
+        result.updated += len(old)
+        result.added += len(batch) - len(old)
+        self._zero(state, list(old.values()))
+
+    def _zero(self, state: _State, slots: list[int]) -> None:
+        """Blank the rows of deleted and replaced items (search drops them anyway), compacting past half dead."""
+        if slots and state.dimension:
+            try:
+                with MatrixFile(matrix_path(self.db_path, state.store, state.generation), state.dimension) as out:
+                    out.zero(slots)
+            except FileNotFoundError:  # compacted meanwhile: the rows are gone already
+                pass
+        now = self._state()
+        if now.dead >= 1024 and 2 * now.dead > now.slots:
+            self.compact()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction (WAL: a consistent snapshot, blocking no writer)."""
+        if self._con.in_transaction:
+            yield
+            return
+        self._con.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._con.execute("COMMIT")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -315,7 +474,7 @@ class Collection:
     @staticmethod
     def list(db_path: str | Path | None = None) -> list[dict[str, Any]]:
         """Every collection: name, model, dimension, count, created."""
-        con = _connect(Path(db_path) if db_path is not None else default_db_path())
+        con = connect(Path(db_path) if db_path is not None else default_db_path())
         rows = con.execute(
             "SELECT c.name, c.model, c.dimension, c.created, COUNT(i.id) FROM collections c "
             "LEFT JOIN items i ON i.collection = c.name GROUP BY c.name ORDER BY c.name"
@@ -328,6 +487,8 @@ class Collection:
         return any(c["name"] == name for c in Collection.list(db_path))
 
     def close(self) -> None:
+        self._view.release()
+        self._ann = None
         self._con.close()
 
     def __repr__(self) -> str:
@@ -337,23 +498,3 @@ class Collection:
 def _iso(timestamp: float) -> str:
     """ISO 8601 in UTC, as `provender cache ls` shows times."""
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat()
-
-
-def _normalise_item(item: Any, n: int) -> tuple[str | None, str, dict[str, Any] | None]:
-    if isinstance(item, str):
-        return None, item, None
-    if isinstance(item, dict):
-        item_id, text, meta = item.get("id"), item.get("text", item.get("content")), item.get("metadata")
-    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
-        item_id, text, meta = item[0], item[1], item[2] if len(item) == 3 else None
-    else:
-        raise CollectionError(f"item {n}: expected (id, text), (id, text, metadata) or a dict, got {item!r:.60}")
-    if isinstance(item_id, int) and not isinstance(item_id, bool):
-        item_id = str(item_id)
-    if item_id is not None and (not isinstance(item_id, str) or not item_id):
-        raise CollectionError(f"item {n}: the id must be a non-empty string or None, got {item_id!r}")
-    if not isinstance(text, str):
-        raise CollectionError(f"item {n} ({item_id}): the text must be a string, got {type(text).__name__}")
-    if meta is not None and not isinstance(meta, dict):
-        raise CollectionError(f"item {n} ({item_id}): metadata must be a JSON object")
-    return item_id, text, meta

@@ -94,11 +94,19 @@ def test_the_kind_and_the_options_are_checked() -> None:
         Words(" ")
 
 
-@pytest.mark.parametrize(
-    ("option", "value"),
-    [("top_k", -1), ("min_p", 2), ("repeat_penalty", 0), ("system_prompt", 3), ("batch_size", 0), ("normalize", 1)],
-)
-def test_one_table_of_typed_options(option: str, value: object) -> None:
+@pytest.mark.parametrize(("option", "value"), [("batch_size", 0), ("normalize", 1), ("max_length", 1)])
+def test_one_table_of_embedding_options(option: str, value: object) -> None:
     with pytest.raises(InvalidOptionError, match=option):
         check_options({option: value}, [option])
     assert check_options({option: None}, [option]) == {option: None}  # None: the default
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("top_k", -1), ("min_p", 2), ("repeat_penalty", 0), ("system_prompt", 3)]
+)
+def test_generation_options_are_typed_once(option: str, value: object) -> None:
+    from provender.generation import parse_options
+
+    with pytest.raises(InvalidOptionError, match=option):
+        parse_options({option: value}, [option])
+    assert parse_options({option: None}, [option]).set() == {}  # None: the default

@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provender import LoadedModel, ModelNotFoundError, PooledProvider
+from provender import LoadedModel, ModelNotFoundError, PooledProvider, Provider
 from provender._detect import read_json
 
 if TYPE_CHECKING:
     from provender import CacheManager, Lease
+    from provender._pooled import Request
+    from provender.generation import Chunk
 
 MODES: dict[str, Callable[[str], str]] = {
     "plain": lambda w: w,
@@ -27,10 +29,11 @@ class EchoProvider(PooledProvider):
     The model is a mode name (``upper``), or a directory or cached model whose ``echo.json``
     names one; a cached one is leased while its mode is loaded in the pool, so no process
     evicts it meanwhile. ``max_tokens`` counts words; ``temperature > 0`` shuffles them
-    (``seed`` makes it repeatable).
+    (``seed`` makes it repeatable). Its options are the common ones and ``system_prompt``.
     """
 
     name = "echo"
+    supported_options = Provider.supported_options | {"system_prompt"}
 
     def resolve(self) -> tuple[Path, Lease | None]:
         return (Path(self.model), None) if self.model in MODES else super().resolve()
@@ -45,29 +48,22 @@ class EchoProvider(PooledProvider):
             raise ModelNotFoundError(self.model, f"echo models are {', '.join(sorted(MODES))}")
         return LoadedModel(self.model, mode)
 
-    def _words(self, prompt: str, options: dict[str, Any]) -> list[str]:
-        self.check_options(options)
-        with self.using("generation") as item:
-            words = [MODES[item.model](w) for w in self.check_text(prompt, "prompt").split()]
-            if item.model == "reverse":
-                words.reverse()
-        if options.get("temperature"):
-            random.Random(options.get("seed")).shuffle(words)
-        text = " ".join(words[: options.get("max_tokens") or None])
-        stops = options.get("stop") or []
-        for stop in [stops] if isinstance(stops, str) else stops:
-            text = text.split(stop)[0]
-        return text.split(" ") if text else []
+    def template(self, item: LoadedModel, messages: list[dict[str, Any]], tools: Any = None) -> str:
+        """Echo's "chat template": the last user message."""
+        return str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
 
-    def generate(self, prompt: str, **options: Any) -> str:
-        return " ".join(self._words(prompt, options))
-
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        for i, word in enumerate(self._words(prompt, options)):
-            yield word if i == 0 else " " + word
-
-    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
-        messages = self.conversation(messages, tools, None)
-        return self.generate(
-            str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")), **options
-        )
+    def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
+        """One word per token; the base has checked the options and cuts at stop strings."""
+        options = request.options
+        words = [MODES[item.model](w) for w in request.text.split()]
+        if item.model == "reverse":
+            words.reverse()
+        if options.temperature:
+            random.Random(options.seed).shuffle(words)
+        decoding = self.decoding(request, prompt_tokens=len(words), token_text=lambda i: words[i])
+        for i, word in enumerate(words[: decoding.max_tokens]):
+            if (chunk := decoding.feed(i, word if i == 0 else " " + word)) is not None:
+                yield chunk
+            if decoding.stopped:
+                return
+        yield decoding.finish("length" if len(words) > decoding.max_tokens else "stop")

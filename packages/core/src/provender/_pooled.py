@@ -23,14 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from provender._pool import LoadedModel, ModelPool, model_pool
+from provender._loaded import LoadedModel
+from provender._pool import ModelPool, model_pool
 from provender._provider import (
     Provider,
     check_embed_input,
-    check_generation_options,
     check_messages,
     resolve_model_files,
 )
@@ -40,8 +41,23 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from provender._cache import CacheManager, Lease
+    from provender._decoding import Decoding
+    from provender.generation import Chunk, GenerationOptions
 
 Messages = list[dict[str, Any]]
+#: the options of every pooled provider's generation (a subclass adds its runtime's own)
+POOLED_OPTIONS = Provider.supported_options | {"system_prompt", "constraint", "tool_choice", "logprobs", "top_logprobs"}
+
+
+@dataclass
+class Request:
+    """A checked generation request, ready for `PooledProvider.decode`."""
+
+    text: str  # what the model continues: the prompt, or the conversation through the chat template
+    chat: bool  # `text` is a rendered chat template (it carries its own special tokens)
+    options: GenerationOptions
+    compiled: Any = None  # the constraint compiled against the model's tokenizer (provender._constrain)
+    tool_call: bool = False  # a forced tool call: the reply is wrapped as <tool_call>...</tool_call>
 
 
 class PooledProvider(Provider):
@@ -54,8 +70,7 @@ class PooledProvider(Provider):
     model loaded two ways is two pool entries.
     """
 
-    #: generation options taken beyond the common ones (checked by `provender.OPTION_CHECKS`)
-    extra_options: ClassVar[tuple[str, ...]] = ("system_prompt",)
+    supported_options: ClassVar[frozenset[str]] = POOLED_OPTIONS
     #: options `embed` takes
     embed_options: ClassVar[tuple[str, ...]] = ("normalize", "batch_size")
     #: said when a text-generation model is asked to embed: which models do
@@ -162,11 +177,110 @@ class PooledProvider(Provider):
         """Unload one model (however it was loaded) or all of this provider's; returns their names."""
         return LoadedModels(cls.name).clear(model_name)
 
-    # -- checks ---------------------------------------------------------------------------
+    # -- generation: what a subclass provides ------------------------------------------------
 
-    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Validate generation options (the common ones and `extra_options`)."""
-        return check_generation_options(options, provider=self.name, extra=self.extra_options)
+    def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
+        """Generate from ``request.text`` with the loaded model (its lock held): the chunks of
+        `Decoding.feed` as tokens come, then `Decoding.finish` with the runtime's finish reason.
+        Build the `Decoding` with `decoding` and install its logits hook in the runtime."""
+        raise UnsupportedError(self.name, "text generation")
+
+    def constraint_tokenizer(self, item: LoadedModel) -> Any:
+        """What `provender._constrain.tokenizer_info` reads the vocabulary from (default: the tokenizer)."""
+        return item.tokenizer
+
+    # -- generation: the base ---------------------------------------------------------------
+
+    def generate(self, prompt: str, **options: Any) -> str:
+        return self.complete(prompt, **options).text
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        return _texts(self.stream_complete(prompt, **options))
+
+    def chat(self, messages: Messages, tools: Messages | None = None, **options: Any) -> str:
+        return self.complete(messages=messages, tools=tools, **options).text
+
+    def stream_chat(self, messages: Messages, tools: Messages | None = None, **options: Any) -> Iterator[str]:
+        return _texts(self.stream_complete(messages=messages, tools=tools, **options))
+
+    def stream_complete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        tools: Messages | None = None,
+        **options: Any,
+    ) -> Iterator[Chunk]:
+        """The chunks of `decode`; options, messages and the constraint are checked now, before the
+        first chunk is asked for (a bad one raises here, not while iterating), and options and
+        messages before the model loads."""
+        opts = self.check_options(options)
+        if messages is None:
+            self.check_text(prompt, "prompt")
+        else:
+            check_messages(messages, tools)
+        with self.using("generation") as item:
+            request = self.request(item, prompt, messages, tools, opts)
+        return self._decode(request)
+
+    def request(
+        self,
+        item: LoadedModel,
+        prompt: str | None,
+        messages: Messages | None,
+        tools: Messages | None,
+        options: dict[str, Any] | GenerationOptions,
+    ) -> Request:
+        """A checked `Request`: the text to continue (a conversation through the chat template, a
+        ``system_prompt`` making a prompt one), the options, and the constraint compiled; with
+        ``tool_choice`` ``"required"`` or a named function, the constraint is a call of a tool."""
+        from provender.generation import tool_call_constraint
+
+        opts = options if not isinstance(options, dict) else self.check_options(options)
+        if opts.tool_choice == "none":
+            tools = None
+        if messages is None:
+            prompt = self.check_text(prompt, "prompt")
+            if opts.system_prompt is not None:
+                messages, tools = self.prompt_conversation(prompt, opts.system_prompt), None
+        else:
+            messages = self.conversation(messages, tools, opts.system_prompt)
+        tool_call = bool(tools) and opts.forced_tool() is not None and opts.constraint is None
+        if tool_call:
+            opts = opts.model_copy(update={"constraint": tool_call_constraint(tools or [], opts.tool_choice)})
+        text = self.template(item, messages, tools) if messages is not None else str(prompt)
+        compiled = None
+        if opts.constraint is not None:
+            from provender._constrain import compile_constraint, tokenizer_info
+
+            compiled = compile_constraint(opts.constraint, tokenizer_info(self.constraint_tokenizer(item)))
+        return Request(text, messages is not None, opts, compiled, tool_call)
+
+    def decoding(self, request: Request, *, prompt_tokens: int, token_text: Any) -> Decoding:
+        """The `Decoding` of one sequence of `request` (its own constraint matcher)."""
+        from provender._decoding import Decoding
+
+        matcher = request.compiled.matcher() if request.compiled is not None else None
+        return Decoding(
+            request.options,
+            token_text=token_text,
+            prompt_tokens=prompt_tokens,
+            matcher=matcher,
+            tool_call=request.tool_call,
+        )
+
+    def _decode(self, request: Request) -> Iterator[Chunk]:
+        from provender.generation import Chunk
+
+        with self.using("generation") as item:
+            if request.tool_call:
+                yield Chunk(text="<tool_call>")
+            for chunk in self.decode(item, request):
+                if request.tool_call and chunk.finish_reason == "tool_calls":
+                    chunk = chunk.model_copy(update={"text": chunk.text + "</tool_call>"})
+                yield chunk
+
+    # -- checks ---------------------------------------------------------------------------
 
     def check_embed(self, texts: list[str], options: dict[str, Any]) -> None:
         """Validate `embed`'s texts and options (`embed_options`)."""
@@ -201,6 +315,10 @@ class PooledProvider(Provider):
         if tools:
             kwargs["tools"] = tools
         return str(tokenizer.apply_chat_template(messages, **kwargs))
+
+
+def _texts(chunks: Iterator[Chunk]) -> Iterator[str]:
+    return (chunk.text for chunk in chunks if chunk.text)
 
 
 class LoadedModels:

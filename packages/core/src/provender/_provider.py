@@ -21,13 +21,15 @@ if TYPE_CHECKING:
     import numpy
 
     from provender._cache import CacheEntry, CacheManager, Lease
+    from provender.generation import Chunk, GenerationOptions, GenerationResult
+
+Messages = list[dict[str, Any]]
 
 # A plugin imports this module (`provender.Provider`) at import time, under `provender --help`:
 # logging and pathlib load only when used.
 logger = get_logger(__name__)
 T = TypeVar("T")
 
-GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "seed", "stop")
 DEFAULT_MAX_TOKENS = 256  # what providers generate when max_tokens is not given
 
 
@@ -35,13 +37,19 @@ class Provider:
     """Base class of a provider: one instance serves one model, the one its factory was given.
 
     Subclasses set ``name`` and override what they can do; the rest raises
-    `UnsupportedError`. Generating providers accept the options ``max_tokens``,
-    ``temperature``, ``top_p``, ``seed`` and ``stop`` (check them with
-    `check_generation_options`).
+    `UnsupportedError`. A generating provider declares the options it takes in
+    ``supported_options`` (names of `provender.generation.GenerationOptions` fields);
+    `check_options` validates a call's options against them once, so an option the provider
+    does not take is an error naming it, never dropped. `complete` and `stream_complete` return
+    the typed result (text, the runtime's finish reason, token counts, logprobs); `generate`,
+    `stream`, `chat` and `stream_chat` return text. A provider that implements only the text
+    methods gets `stream_complete` from them, with finish reason ``"stop"``.
     """
 
     name: ClassVar[str] = "provider"
     supports_batching: ClassVar[bool] = False  # True: `batch_session` decodes several requests at once
+    #: the generation options this provider takes (`provender.generation.GenerationOptions` fields)
+    supported_options: ClassVar[frozenset[str]] = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop"})
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -113,6 +121,71 @@ class Provider:
         async for chunk in iterate_in_thread(lambda: self.stream(prompt, **options), name=f"astream-{self.name}"):
             yield chunk
 
+    def check_options(self, options: dict[str, Any]) -> GenerationOptions:
+        """`options` validated against ``supported_options`` (`provender.generation.parse_options`)."""
+        from provender.generation import parse_options
+
+        return parse_options(options, self.supported_options, provider=self.name)
+
+    def complete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        tools: Messages | None = None,
+        **options: Any,
+    ) -> GenerationResult:
+        """Complete `prompt`, or (with `messages`) answer a conversation: a `GenerationResult`."""
+        from provender.generation import collect
+
+        return collect(self.stream_complete(prompt, messages=messages, tools=tools, **options))
+
+    def stream_complete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        tools: Messages | None = None,
+        **options: Any,
+    ) -> Iterator[Chunk]:
+        """`complete`, chunk by chunk; the last `Chunk` carries the finish reason and token counts.
+
+        Default: the chunks of `stream` / `stream_chat`, then an empty one with reason ``"stop"``
+        (a provider that knows better overrides this)."""
+        from provender.generation import Chunk
+
+        self.check_options(options)
+        pieces = self.stream(prompt, **options) if messages is None else self.stream_chat(messages, tools, **options)  # type: ignore[arg-type]
+        for piece in pieces:
+            yield Chunk(text=piece)
+        yield Chunk(text="", finish_reason="stop")
+
+    async def acomplete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        tools: Messages | None = None,
+        **options: Any,
+    ) -> GenerationResult:
+        """`complete` in a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(lambda: self.complete(prompt, messages=messages, tools=tools, **options))
+
+    async def astream_complete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        tools: Messages | None = None,
+        **options: Any,
+    ) -> AsyncIterator[Chunk]:
+        """`stream_complete` on one worker thread, its chunks handed to the event loop as they come."""
+        make = lambda: self.stream_complete(prompt, messages=messages, tools=tools, **options)  # noqa: E731
+        async for chunk in iterate_in_thread(make, name=f"astream-complete-{self.name}"):
+            yield chunk
+
     def close(self) -> None:
         """Release what the provider holds (loaded weights, cache leases). Idempotent."""
 
@@ -130,8 +203,11 @@ class BatchSession:
     same request (one per generated token; ``max_tokens``, stop strings and the
     tokenizer's end of sequence honoured), and a finished sequence leaves the batch.
     `remove` drops sequences (a client that went away); `close` releases the session.
-    Greedy output equals the same request generated alone. Options as `stream`, except
-    ``seed`` (the random state is shared by the batch), which raises `UnsupportedError`.
+    Greedy output equals the same request generated alone. Options as `stream_complete`
+    (constraints and logprobs included), except ``seed`` (the random state is shared by the
+    batch), which raises `UnsupportedError`. `step_chunks` is `step` with typed pieces: a
+    `provender.generation.Chunk` per sequence (its text, logprobs, and on the last one the
+    finish reason and token counts).
     """
 
     def insert(
@@ -147,6 +223,11 @@ class BatchSession:
 
     def step(self) -> list[tuple[int, str, bool]]:
         """Advance every sequence by one token: ``(id, text, finished)`` for each."""
+        return [(uid, chunk.text, chunk.finish_reason is not None) for uid, chunk in self.step_chunks()]
+
+    def step_chunks(self) -> list[tuple[int, Chunk]]:
+        """Advance every sequence by one token: ``(id, chunk)`` for each; a chunk with a
+        ``finish_reason`` is its sequence's last."""
         raise UnsupportedError("provider", "batched generation")
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -201,26 +282,9 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _stops(v: Any) -> bool:
-    return isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(s, str) and s for s in v))
-
-
-# The typed options: name -> (valid?, what a valid value is). One table for every provider.
-OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "max_tokens": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "temperature": (lambda v: _num(v) and 0 <= v <= 100, "a number >= 0 (0 is greedy)"),
-    "top_p": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "stop": (_stops, "a string or a list of non-empty strings"),
-    "top_k": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: no limit)"),
-    "min_p": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "repeat_penalty": (lambda v: _num(v) and v > 0, "a number > 0 (1: none)"),
-    "system_prompt": (lambda v: isinstance(v, str), "a string"),
-    # embeddings
+# Embedding options: name -> (valid?, what a valid value is). Generation options are typed by
+# `provender.generation.GenerationOptions`, which imports pydantic.
+EMBED_OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "max_length": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
     "normalize": (lambda v: isinstance(v, bool), "true or false"),
@@ -230,7 +294,7 @@ OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def check_options(
     options: dict[str, Any], known: Iterable[str], *, provider: str = "provider", what: str = "option"
 ) -> dict[str, Any]:
-    """Reject options not in `known` (UnsupportedError naming them) and values `OPTION_CHECKS`
+    """Reject options not in `known` (UnsupportedError naming them) and values `EMBED_OPTION_CHECKS`
     refuses (InvalidOptionError); None means "the default". Returns `options` unchanged."""
     known = tuple(known)
     unknown = sorted(set(options) - set(known))
@@ -239,7 +303,7 @@ def check_options(
         raise UnsupportedError(provider, f"{what} {names}", f"known options are {', '.join(known) or 'none'}")
     for key in known:
         value = options.get(key)
-        check = OPTION_CHECKS.get(key)
+        check = EMBED_OPTION_CHECKS.get(key)
         if value is not None and check is not None and not check[0](value):
             raise InvalidOptionError(key, value, check[1])
     return options
@@ -247,13 +311,12 @@ def check_options(
 
 def check_generation_options(
     options: dict[str, Any], *, provider: str = "provider", extra: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Validate the common generation options (and the `extra` ones a provider takes, checked
-    by `OPTION_CHECKS` where it knows them); returns them unchanged.
+) -> GenerationOptions:
+    """The common generation options (and `extra` ones) validated: `provender.generation.parse_options`
+    against ``Provider.supported_options`` plus `extra`. Kept for plugins written against it."""
+    from provender.generation import parse_options
 
-    Raises InvalidOptionError for a bad value and UnsupportedError for an unknown option.
-    """
-    return check_options(options, GENERATION_OPTIONS + extra, provider=provider)
+    return parse_options(options, Provider.supported_options | set(extra), provider=provider)
 
 
 def check_embed_input(texts: Any, options: dict[str, Any], known: Iterable[str], *, provider: str) -> None:

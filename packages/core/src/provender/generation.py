@@ -2,21 +2,36 @@
 
 Imports pydantic, so neither ``import provender`` nor ``provender --help`` loads this module.
 
-`Constraint` says what shape the generated text must have (a JSON schema, any JSON object, a regular
-expression, one of a few strings, or a grammar in llguidance's Lark dialect); `provender._constrain`
-compiles it against a model's tokenizer and masks the model's logits to it.
+- `GenerationOptions`: every generation option, validated once (`parse_options`) against the options
+  a provider declares (``Provider.supported_options``); a bad value is an `InvalidOptionError`, an
+  option the provider does not take an `UnsupportedError`, both one line naming the option.
+- `Constraint` says what shape the generated text must have (a JSON schema, any JSON object, a regular
+  expression, one of a few strings, or a grammar in llguidance's Lark dialect); `provender._constrain`
+  compiles it against a model's tokenizer and each provider masks its own logits with it.
+- `GenerationResult` (``Provider.complete``) and `Chunk` (``Provider.stream_complete``): the text, the
+  finish reason the runtime gave, token counts and, when asked, `TokenLogprob` per generated token.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from collections.abc import Callable, Collection, Iterable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from provender.errors import InvalidOptionError
+from provender.errors import InvalidOptionError, UnsupportedError
 
-__all__ = ["Constraint"]
+__all__ = [
+    "Chunk",
+    "Constraint",
+    "GenerationOptions",
+    "GenerationResult",
+    "TokenLogprob",
+    "collect",
+    "parse_options",
+    "tool_call_constraint",
+]
 
 ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
 
@@ -135,3 +150,218 @@ def _problem(kind: str, value: Any) -> tuple[str, str] | None:
     ):
         return "choice", "a non-empty list of non-empty strings"
     return None
+
+
+# -- options ------------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+ToolChoice = Literal["auto", "none", "required"] | dict[str, Any]
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
+
+#: the constraint's keyword shortcuts: ``schema=`` (a JSON Schema or a pydantic model class), ``choice=``...
+SHORTCUTS: dict[str, Callable[[Any], Constraint]] = {
+    "schema": Constraint.json_schema,
+    "choice": Constraint.choice,
+    "regex": Constraint.regex,
+    "grammar": Constraint.grammar,
+    "json_object": lambda on: Constraint.json_object() if on is True else _bad("json_object", on, "true"),
+}
+MAX_TOP_LOGPROBS = 20
+EXPECTED = {  # what a valid value is, said in the error
+    "max_tokens": "an integer >= 1",
+    "temperature": "a number >= 0 (0 is greedy)",
+    "top_p": "a number in (0, 1]",
+    "top_k": "an integer >= 0 (0: no limit)",
+    "min_p": "a number in [0, 1]",
+    "seed": "an integer >= 0",
+    "stop": "a string or a list of non-empty strings",
+    "repeat_penalty": "a number > 0 (1: none)",
+    "system_prompt": "a string",
+    "constraint": "a provender.generation.Constraint",
+    "tool_choice": "'auto', 'none', 'required' or {'type': 'function', 'function': {'name': ...}}",
+    "logprobs": "true or false",
+    "top_logprobs": f"an integer in [0, {MAX_TOP_LOGPROBS}]",
+}
+
+
+def _bad(option: str, value: Any, expected: str) -> Any:
+    raise InvalidOptionError(option, value, expected)
+
+
+class GenerationOptions(BaseModel):
+    """What a caller may ask of a generation; None (or absent) means the provider's default.
+
+    ``max_tokens`` (providers default to 256), ``temperature`` (0, the default, is greedy), ``top_p``,
+    ``top_k``, ``min_p``, ``seed``, ``stop`` (strings that end the text, cut before them),
+    ``repeat_penalty``, ``system_prompt`` (a system message for a plain prompt), ``constraint`` (the
+    shape of the text, `Constraint`), ``tool_choice`` (with tools: ``"required"`` or a named function
+    constrains the reply to a call), ``logprobs`` (each generated token's log-probability, from the
+    model's own distribution before sampling parameters and constraints) and ``top_logprobs`` (that
+    many alternatives per token, at most 20; implies ``logprobs``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: Annotated[Int, Field(ge=1)] | None = None
+    temperature: Annotated[Float, Field(ge=0)] | None = None
+    top_p: Annotated[Float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[Int, Field(ge=0)] | None = None
+    min_p: Annotated[Float, Field(ge=0, le=1)] | None = None
+    seed: Annotated[Int, Field(ge=0)] | None = None
+    stop: list[Annotated[str, Field(strict=True, min_length=1)]] | None = None
+    repeat_penalty: Annotated[Float, Field(gt=0)] | None = None
+    system_prompt: Annotated[str, Field(strict=True)] | None = None
+    constraint: Constraint | None = None
+    tool_choice: ToolChoice | None = None
+    logprobs: Annotated[bool, Field(strict=True)] = False
+    top_logprobs: Annotated[Int, Field(ge=0, le=MAX_TOP_LOGPROBS)] = 0
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> Any:
+        if isinstance(value, dict) and not _named_tool(value):
+            raise ValueError("not a named function")
+        return value
+
+    @model_validator(mode="after")
+    def _top_implies_logprobs(self) -> GenerationOptions:
+        if self.top_logprobs and not self.logprobs:
+            object.__setattr__(self, "logprobs", True)
+        return self
+
+    def set(self) -> dict[str, Any]:
+        """The options given (not None, not their default), by name."""
+        return self.model_dump(exclude_defaults=True, exclude={"constraint"}) | (
+            {"constraint": self.constraint} if self.constraint is not None else {}
+        )
+
+    def forced_tool(self) -> str | None:
+        """The tool a call is forced to: its name, ``"*"`` for any (``"required"``), else None."""
+        if self.tool_choice == "required":
+            return "*"
+        return _named_tool(self.tool_choice) if isinstance(self.tool_choice, dict) else None
+
+
+def _named_tool(choice: dict[str, Any]) -> str | None:
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if choice.get("type") == "function" and isinstance(name, str) and name else None
+
+
+def parse_options(
+    options: dict[str, Any], supported: Collection[str], *, provider: str = "provider"
+) -> GenerationOptions:
+    """`options` (keyword arguments of a generation call) as `GenerationOptions`, validated once.
+
+    An option not in `supported` (and not None) raises `UnsupportedError` naming it and the provider;
+    a bad value raises `InvalidOptionError` naming the option and what a valid value is. The
+    constraint's shortcuts (``schema=``, ``choice=``, ``regex=``, ``grammar=``, ``json_object=True``)
+    count as ``constraint``.
+    """
+    if isinstance(options, GenerationOptions):
+        options = options.set()
+    given = {k: v for k, v in options.items() if v is not None}
+    shortcuts = [k for k in given if k in SHORTCUTS]
+    if len(shortcuts) + ("constraint" in given) > 1:
+        names = ", ".join(sorted([*shortcuts, *(["constraint"] if "constraint" in given else [])]))
+        raise InvalidOptionError("constraint", names, "one of constraint, schema, choice, regex, grammar")
+    unknown = sorted(k for k in given if (k if k not in SHORTCUTS else "constraint") not in supported)
+    if unknown:
+        known = ", ".join(sorted(supported)) or "none"
+        raise UnsupportedError(provider, f"option {', '.join(map(repr, unknown))}", f"its options are {known}")
+    for key in shortcuts:
+        given["constraint"] = SHORTCUTS[key](given.pop(key))
+    try:
+        return GenerationOptions(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "options"
+        raise InvalidOptionError(name, given.get(name), EXPECTED.get(name, "a valid value")) from None
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+class TokenLogprob(BaseModel):
+    """One generated token: its text, id, log-probability, and the `top` alternatives (best first)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    token_id: int
+    logprob: float
+    top: list[tuple[str, float]] = []
+
+
+class GenerationResult(BaseModel):
+    """A whole generation: the text, why it ended (from the runtime: ``"length"`` when ``max_tokens``
+    cut it, ``"stop"`` at the end of sequence, a stop string or a completed constraint,
+    ``"tool_calls"`` when a forced tool call completed), token counts, and logprobs when asked."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+
+
+class Chunk(BaseModel):
+    """A piece of a streamed generation; the last one carries ``finish_reason`` and the token counts."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def collect(chunks: Iterable[Chunk]) -> GenerationResult:
+    """The `GenerationResult` a stream of chunks adds up to."""
+    texts: list[str] = []
+    logprobs: list[TokenLogprob] | None = None
+    last = Chunk(text="", finish_reason="stop")
+    for chunk in chunks:
+        texts.append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs = (logprobs or []) + chunk.logprobs
+        last = chunk
+    return GenerationResult(
+        text="".join(texts),
+        finish_reason=last.finish_reason or "stop",
+        prompt_tokens=last.prompt_tokens or 0,
+        completion_tokens=last.completion_tokens or 0,
+        logprobs=logprobs,
+    )
+
+
+def tool_call_constraint(tools: list[dict[str, Any]], tool_choice: Any = "required") -> Constraint:
+    """A JSON schema for one call of a tool: ``{"name": NAME, "arguments": {...}}``, the arguments
+    fitting that tool's ``parameters``. ``tool_choice``: ``"required"`` (any of `tools`) or
+    ``{"type": "function", "function": {"name": NAME}}``. The text the model then writes is that
+    JSON object alone (no chat-template markup around it)."""
+    choice = parse_options({"tool_choice": tool_choice}, {"tool_choice"}).forced_tool()
+    if choice is None:
+        raise InvalidOptionError("tool_choice", tool_choice, "'required' or a named function")
+    functions = [t.get("function", t) for t in tools if isinstance(t, dict)]
+    named = [f for f in functions if isinstance(f, dict) and (choice == "*" or f.get("name") == choice)]
+    if not named:
+        raise InvalidOptionError("tool_choice", tool_choice, f"a tool among {[f.get('name') for f in functions]}")
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": f["name"]},
+                "arguments": f.get("parameters") or {"type": "object", "properties": {}},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for f in named
+    ]
+    return Constraint.json_schema(calls[0] if len(calls) == 1 else {"anyOf": calls})

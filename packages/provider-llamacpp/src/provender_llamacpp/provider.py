@@ -9,38 +9,46 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provender import LoadedModel, PooledProvider, UnsupportedError
-from provender._provider import DEFAULT_MAX_TOKENS
+from provender._pooled import POOLED_OPTIONS
 from provender_llamacpp._load import inspect_gguf, load_llama, require_llama_cpp, resolve_gguf
 
 if TYPE_CHECKING:
     import numpy
 
     from provender import CacheManager, Lease
+    from provender._pooled import Request
+    from provender.generation import Chunk, GenerationOptions
 
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
 
 
-def sampling_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    """provender's options as llama-cpp-python's keyword arguments.
-
-    ``temperature`` defaults to 0 (greedy: exactly the tokens llama-cpp-python gives with
-    ``temperature=0``), ``max_tokens`` to 256. Without a ``seed``, each call draws a fresh one.
-    """
-    stop = options.get("stop")
-    kwargs: dict[str, Any] = {
-        "max_tokens": options.get("max_tokens") or DEFAULT_MAX_TOKENS,
-        "temperature": float(options.get("temperature") or 0.0),
-        "seed": options["seed"] if options.get("seed") is not None else random.getrandbits(31),
-        "stop": [stop] if isinstance(stop, str) else list(stop or []),
-    }
-    for key in ("top_p", "min_p", "repeat_penalty"):
-        if options.get(key) is not None:
-            kwargs[key] = float(options[key])
-    if options.get("top_k") is not None:
-        kwargs["top_k"] = int(options["top_k"])
+def sampling_kwargs(options: GenerationOptions) -> dict[str, Any]:
+    """provender's options as `Llama.generate`'s keyword arguments, with llama-cpp-python's own
+    defaults for what is not given (those of ``create_completion``: top_k 40, top_p 0.95,
+    min_p 0.05). ``temperature`` defaults to 0: greedy."""
+    kwargs: dict[str, Any] = {"temp": options.temperature or 0.0}
+    for key, value in (("top_k", options.top_k), ("top_p", options.top_p), ("min_p", options.min_p)):
+        if value is not None:
+            kwargs[key] = value
+    if options.repeat_penalty is not None:
+        kwargs["repeat_penalty"] = options.repeat_penalty
     return kwargs
+
+
+def prompt_ids(llm: Any, text: str, chat: bool) -> list[int]:
+    """The tokens `Llama.create_completion` (a prompt) or the GGUF's chat handler (a rendered
+    conversation, which carries its own special tokens) would feed the model."""
+    ids: list[int] = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
+    if chat:
+        return ids
+    model = llm._model
+    cls, sep = model.token_cls(), model.token_sep()
+    head = [cls if cls != -1 else llm.token_bos()]
+    head = [] if not model.add_bos_token() or head == [-1] else head
+    tail = [] if not model.add_eos_token() and sep == -1 else [sep if sep != -1 else llm.token_eos()]
+    return head + ids + tail
 
 
 class LlamaCppProvider(PooledProvider):
@@ -54,10 +62,12 @@ class LlamaCppProvider(PooledProvider):
     Generation options: ``max_tokens`` (256), ``temperature`` (0: greedy), ``top_p``, ``seed``,
     ``stop``, and llama.cpp's ``top_k``, ``min_p``, ``repeat_penalty``; ``system_prompt`` renders
     the prompt through the model's chat template. Chat uses the template stored in the GGUF.
+    The typed contract's ``constraint`` (or ``schema=``...), ``tool_choice``, ``logprobs`` and
+    ``top_logprobs`` work through a logits processor.
     """
 
     name = "llamacpp"
-    extra_options = ("system_prompt", "top_k", "min_p", "repeat_penalty")
+    supported_options = POOLED_OPTIONS | {"top_k", "min_p", "repeat_penalty"}
     embed_options = ("normalize", "max_length")
     embed_hint = "embeddings need an embedding GGUF"
 
@@ -102,95 +112,61 @@ class LlamaCppProvider(PooledProvider):
 
     # -- generation --------------------------------------------------------------------
 
-    def generate(self, prompt: str, **options: Any) -> str:
-        """Complete `prompt` (with ``system_prompt``: rendered through the chat template first).
+    def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
+        """`Llama.generate` token by token, as ``create_completion`` drives it (the same tokens,
+        sampler and seed); the request's logits hook is a logits processor, which sees each step's
+        logits without ``logits_all``. A system prompt or a conversation goes through the GGUF's
+        chat template."""
+        import llama_cpp
 
-        One ``Llama.create_completion`` call, exactly as llama-cpp-python is called directly.
-        """
-        kwargs, messages = self._prepare_completion(prompt, options)
-        if messages is not None:
-            return self.chat(messages, **options)
-        with self.using("generation") as item:
-            out = item.model.create_completion(prompt, stream=False, **kwargs)
-        return str(out["choices"][0]["text"])
+        from provender._decoding import Detokenizer
 
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        """`generate`, chunk by chunk as llama.cpp produces them."""
-        kwargs, messages = self._prepare_completion(prompt, options)
-        if messages is not None:
-            return self.stream_chat(messages, **options)
+        llm = item.model
+        ids = prompt_ids(llm, request.text, request.chat)
+        decoding = self.decoding(request, prompt_tokens=len(ids), token_text=lambda t: _text(llm, [t]))
+        detokenizer = Detokenizer(lambda tokens: _text(llm, tokens, ids))
+        seed = request.options.seed
+        llm.set_seed(seed if seed is not None else random.getrandbits(31))  # unseeded: a fresh one per call
+        hook = [decoding.numpy_hook] if decoding.hooked else None
+        for token in llm.generate(ids, **sampling_kwargs(request.options), logits_processor=hook):
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                yield decoding.finish("stop", detokenizer.flush())
+                return
+            piece = detokenizer.add(token)
+            if decoding.completion_tokens + 1 == decoding.max_tokens:
+                yield decoding.feed_last(token, piece + detokenizer.flush(), "length")
+                return
+            if (chunk := decoding.feed(token, piece)) is not None:
+                yield chunk
+            if decoding.stopped:
+                return
 
-        def run() -> Iterator[str]:
-            with self.using("generation") as item:
-                for chunk in item.model.create_completion(prompt, stream=True, **kwargs):
-                    if text := chunk["choices"][0]["text"]:
-                        yield text
+    def constraint_tokenizer(self, item: LoadedModel) -> Any:
+        return item.model  # provender._constrain reads a llama_cpp.Llama's vocabulary
 
-        return run()
-
-    def _prepare_completion(self, prompt: str, options: dict[str, Any]) -> tuple[dict[str, Any], Messages | None]:
-        """Check the options (before anything loads); with ``system_prompt`` (popped from `options`),
-        the conversation to render instead of a plain prompt."""
-        self.check_options(options)
-        self.check_text(prompt, "prompt")
-        system = options.pop("system_prompt", None)
-        if system is not None:
-            return {}, self.prompt_conversation(prompt, system)
-        return sampling_kwargs(options), None
-
-    def chat(self, messages: Messages, tools: Messages | None = None, **options: Any) -> str:
-        """Answer a conversation with the chat template stored in the GGUF; tools are passed to the template.
-
-        Returns the assistant's raw text, tool calls included as the model wrote them.
-        """
-        messages, kwargs = self._prepare_chat(messages, tools, options)
-        with self.using("generation") as item:
-            self._check_template(item)
-            out = item.model.create_chat_completion(messages=messages, tools=tools, stream=False, **kwargs)
-        return str(out["choices"][0]["message"].get("content") or "")
-
-    def stream_chat(self, messages: Messages, tools: Messages | None = None, **options: Any) -> Iterator[str]:
-        """`chat`, chunk by chunk."""
-        messages, kwargs = self._prepare_chat(messages, tools, options)
-
-        def run() -> Iterator[str]:
-            with self.using("generation") as item:
-                self._check_template(item)
-                chunks = item.model.create_chat_completion(messages=messages, tools=tools, stream=True, **kwargs)
-                for chunk in chunks:
-                    if text := chunk["choices"][0]["delta"].get("content"):
-                        yield text
-
-        return run()
-
-    def _prepare_chat(
-        self, messages: Messages, tools: Messages | None, options: dict[str, Any]
-    ) -> tuple[Messages, dict[str, Any]]:
-        self.check_options(options)
-        messages = self.conversation(messages, tools, options.pop("system_prompt", None))
-        return messages, sampling_kwargs(options)
-
-    def _check_template(self, item: LoadedModel) -> None:
+    def template(self, item: LoadedModel, messages: Messages, tools: Messages | None = None) -> str:
+        """The conversation rendered by the chat template stored in the GGUF, as llama-cpp-python's
+        chat handler renders it (tools passed to the template)."""
         if not item.tokenizer.chat_template:
             raise UnsupportedError(
                 self.name, "chat", f"{self.model!r} has no chat template; use generate() with a prompt"
             )
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = item.model
+        eos, bos = llm.token_eos(), llm.token_bos()
+        formatter: Any = Jinja2ChatFormatter(  # the formatter llama-cpp-python builds from the GGUF
+            template=llm.metadata["tokenizer.chat_template"],
+            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        )
+        return str(formatter(messages=messages, tools=tools).prompt)
 
     def chat_prompt(self, messages: Messages, tools: Messages | None = None) -> str:
         """The prompt `chat` sends to the model: the conversation rendered by the GGUF's template."""
         self.conversation(messages, tools, None)
         with self.using("generation") as item:
-            self._check_template(item)
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            llm = item.model
-            eos, bos = llm.token_eos(), llm.token_bos()
-            formatter: Any = Jinja2ChatFormatter(  # the formatter llama-cpp-python builds from the GGUF
-                template=llm.metadata["tokenizer.chat_template"],
-                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
-            )
-            return str(formatter(messages=messages, tools=tools).prompt)
+            return self.template(item, messages, tools)
 
     # -- embeddings, tokens ------------------------------------------------------------
 
@@ -227,3 +203,8 @@ class LlamaCppProvider(PooledProvider):
         self.check_text(text)
         with self.using() as item:
             return len(item.model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+def _text(llm: Any, tokens: list[int], prev: list[int] | None = None) -> str:
+    """The text of `tokens` (after `prev`), as ``create_completion`` decodes it."""
+    return str(llm.detokenize(tokens, prev_tokens=prev).decode("utf-8", errors="ignore"))

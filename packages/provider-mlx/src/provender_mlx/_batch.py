@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from provender import BatchSession, ProvenderError, UnsupportedError
-from provender._provider import DEFAULT_MAX_TOKENS, StopCut
+from provender_mlx.provider import encode, sampler, token_text
 
 if TYPE_CHECKING:
     from provender import LoadedModel
+    from provender._decoding import Decoding
+    from provender.generation import Chunk
     from provender_mlx.provider import MLXProvider
 
 logger = logging.getLogger(__name__)
@@ -23,16 +25,17 @@ Sampler = Callable[[Any], Any]
 @dataclass
 class _Sequence:
     detokenizer: Any
-    cut: StopCut
+    decoding: Decoding
 
 
 class MLXBatchSession(BatchSession):
     """A `provender.BatchSession` on `mlx_lm.generate.BatchGenerator`.
 
-    Each request gets its own sampler (``temperature``, ``top_p`` through mlx-lm's
-    `make_sampler`; requests with the same settings share one, so greedy requests sample
-    in one call), its own detokenizer and stop strings, and stops at the tokenizer's end
-    of sequence tokens, as `mlx_lm.stream_generate` does. The model's lock in the pool is
+    Each request gets its own sampler (``temperature``, ``top_p``, ``top_k``, ``min_p``
+    through mlx-lm's `make_sampler`; requests with the same settings share one, so greedy
+    requests sample in one call), its own detokenizer, stop strings and `Decoding` (its
+    constraint's mask and its logprobs through a per-request logits processor), and stops
+    at the tokenizer's end of sequence tokens, as `mlx_lm.stream_generate` does. The model's lock in the pool is
     held for each step, not between steps, so other work on the model can interleave.
     """
 
@@ -54,7 +57,7 @@ class MLXBatchSession(BatchSession):
                 item.model, completion_batch_size=completion_batch_size, prefill_batch_size=prefill_batch_size
             )
         self._eos = StopSequences([[int(t)] for t in self._tokenizer.eos_token_ids])
-        self._samplers: dict[tuple[float, float], Sampler] = {}
+        self._samplers: dict[tuple[float, float, float, int], Sampler] = {}
         self._sequences: dict[int, _Sequence] = {}
         self._closed = False
 
@@ -68,59 +71,60 @@ class MLXBatchSession(BatchSession):
     ) -> int:
         if self._closed:
             raise ProvenderError("this batch session is closed")
-        self._provider.check_options(options)
         if options.get("seed") is not None:
             raise UnsupportedError("mlx", "seed in a batch", "a batch shares one random state; generate it alone")
-        text = self._provider.render_prompt(self._item, prompt, messages, tools, options.get("system_prompt"))
-        tokenizer = self._tokenizer
-        bos = tokenizer.bos_token  # as mlx_lm.stream_generate: no second BOS when the prompt has one
-        tokens = tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
+        request = self._provider.request(self._item, prompt, messages, tools, options)
+        tokens = encode(self._tokenizer, request.text)
         if not tokens:
             raise ProvenderError("the prompt is empty after tokenization")
+        decoding = self._provider.decoding(request, prompt_tokens=len(tokens), token_text=token_text(self._tokenizer))
         with self._item.lock:
             (uid,) = self._generator.insert(
-                [list(tokens)],
-                max_tokens=[int(options.get("max_tokens") or DEFAULT_MAX_TOKENS)],
-                samplers=[self._sampler(options)],
+                [tokens],
+                max_tokens=[decoding.max_tokens],
+                samplers=[self._sampler(request.options)],
+                logits_processors=[[decoding.mlx_hook] if decoding.hooked else []],
                 stop_sequences=[self._eos],
             )
-        self._sequences[int(uid)] = _Sequence(tokenizer.detokenizer, StopCut(options.get("stop")))
+        self._sequences[int(uid)] = _Sequence(self._tokenizer.detokenizer, decoding)
         return int(uid)
 
-    def _sampler(self, options: dict[str, Any]) -> Sampler:
-        from mlx_lm.sample_utils import make_sampler
-
-        key = (float(options.get("temperature") or 0.0), float(options.get("top_p") or 0.0))
+    def _sampler(self, options: Any) -> Sampler:
+        key = (options.temperature or 0.0, options.top_p or 0.0, options.min_p or 0.0, options.top_k or 0)
         if key not in self._samplers:
-            self._samplers[key] = make_sampler(temp=key[0], top_p=key[1])
+            self._samplers[key] = sampler(options)
         return self._samplers[key]
 
-    def step(self) -> list[tuple[int, str, bool]]:
+    def step_chunks(self) -> list[tuple[int, Chunk]]:
+        from provender.generation import Chunk
+
         if not self._sequences:
             return []
         with self._item.lock:
             responses = self._generator.next_generated()
-        out: list[tuple[int, str, bool]] = []
+        out: list[tuple[int, Chunk]] = []
         stopped: list[int] = []
         for r in responses:
             uid = int(r.uid)
             seq = self._sequences.get(uid)
             if seq is None:
                 continue
-            detokenizer = seq.detokenizer
+            detokenizer, decoding = seq.detokenizer, seq.decoding
             if r.finish_reason != "stop":  # an end-of-sequence token is not text
                 detokenizer.add_token(r.token)
             if r.finish_reason is not None:
                 detokenizer.finalize()
-            text, hit = seq.cut.feed(detokenizer.last_segment)
-            finished = hit or r.finish_reason is not None
-            if finished:
-                if not hit:
-                    text += seq.cut.flush()
+            if r.finish_reason == "stop":
+                chunk: Chunk | None = decoding.finish("stop", detokenizer.last_segment)
+            elif r.finish_reason is not None:
+                chunk = decoding.feed_last(r.token, detokenizer.last_segment, r.finish_reason)
+            else:
+                chunk = decoding.feed(r.token, detokenizer.last_segment)
+            if chunk is not None and chunk.finish_reason is not None:
                 del self._sequences[uid]
                 if r.finish_reason is None:
                     stopped.append(uid)  # a stop string: the generator still holds it
-            out.append((uid, text, finished))
+            out.append((uid, chunk or Chunk(text="")))
         if stopped:
             self.remove(stopped)
         return out

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from provender import BatchSession, LoadedModel, ModelNotFoundError, PooledProvider, cut_at_stops
-from provender._pooled import LoadedModels
-from provender._provider import DEFAULT_MAX_TOKENS
+from provender import BatchSession, LoadedModel, ModelNotFoundError, PooledProvider
+from provender._pooled import POOLED_OPTIONS, LoadedModels
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
 
 if TYPE_CHECKING:
     import numpy
 
     from provender import CacheManager
+    from provender._pooled import Request
+    from provender.generation import Chunk, GenerationOptions
 
 INSTALL_HINT = 'pip install "provender[mlx]"'
 LOAD_ERRORS = (ValueError, FileNotFoundError, KeyError, OSError)
@@ -40,6 +41,28 @@ def require_mlx(*, lm: bool = False) -> None:
         ) from exc
 
 
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text`, as `mlx_lm.stream_generate` makes them (no second BOS when it has one)."""
+    bos = tokenizer.bos_token
+    return list(tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+
+
+def token_text(tokenizer: Any) -> Callable[[int], str]:
+    return lambda token: str(tokenizer.decode([token]))
+
+
+def sampler(options: GenerationOptions) -> Callable[[Any], Any]:
+    """mlx-lm's sampler for the options (temperature 0, the default, is greedy)."""
+    from mlx_lm.sample_utils import make_sampler
+
+    return make_sampler(  # type: ignore[no-any-return]
+        temp=options.temperature or 0.0,
+        top_p=options.top_p or 0.0,
+        min_p=options.min_p or 0.0,
+        top_k=options.top_k or 0,
+    )
+
+
 class MLXProvider(PooledProvider):
     """Generates text with mlx-lm, and embeds with BERT-family sentence-transformers models.
     ``model`` is a Hub repo id, a cached model's name, or a directory.
@@ -52,11 +75,14 @@ class MLXProvider(PooledProvider):
     process evicts the files under them.
 
     Options: ``max_tokens`` (default 256), ``temperature`` (default 0: greedy, the
-    same tokens as ``mlx_lm.generate``), ``top_p``, ``seed``, ``stop``, ``system_prompt``
-    (applies the model's chat template with that system message).
+    same tokens as ``mlx_lm.generate``), ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``,
+    ``system_prompt`` (applies the model's chat template with that system message), and the
+    typed contract's ``constraint`` (or ``schema=``...), ``tool_choice``, ``logprobs``,
+    ``top_logprobs``: the constraint masks the logits in an mlx-lm logits processor.
     """
 
     name = "mlx"
+    supported_options = POOLED_OPTIONS | {"top_k", "min_p"}
     supports_batching = True
     embed_hint = "embeddings need a BERT-family sentence-transformers model"
     _model_cache: ClassVar[LoadedModels] = LoadedModels("mlx")
@@ -95,27 +121,33 @@ class MLXProvider(PooledProvider):
 
     # -- generation --------------------------------------------------------------------
 
-    def generate(self, prompt: str, **options: Any) -> str:
-        return "".join(self.stream(prompt, **options))
+    def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
+        """`mlx_lm.stream_generate`, the request's logits hook among its logits processors."""
+        import mlx.core as mx
+        from mlx_lm import stream_generate
 
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        self.check_options(options)
-        with self.using("generation") as item:
-            text = self.render_prompt(item, prompt, None, None, options.get("system_prompt"))
-        return self._generate(text, options)
-
-    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
-        return "".join(self.stream_chat(messages, tools=tools, **options))
-
-    def stream_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
-    ) -> Iterator[str]:
-        """`chat`, chunk by chunk: the conversation rendered with the model's own chat template."""
-        self.check_options(options)
-        messages = self.conversation(messages, tools, options.get("system_prompt"))
-        with self.using("generation") as item:
-            text = self.template(item, messages, tools)
-        return self._generate(text, options)
+        ids = encode(item.tokenizer, request.text)
+        decoding = self.decoding(request, prompt_tokens=len(ids), token_text=token_text(item.tokenizer))
+        if request.options.seed is not None:
+            mx.random.seed(request.options.seed)
+        processors = [decoding.mlx_hook] if decoding.hooked else None
+        steps = stream_generate(
+            item.model,
+            item.tokenizer,
+            ids,
+            max_tokens=decoding.max_tokens,
+            sampler=sampler(request.options),
+            logits_processors=processors,
+        )
+        for r in steps:
+            if r.finish_reason is not None:  # "stop": r.token is the end of sequence, not text
+                last = decoding.finish("stop", r.text) if r.finish_reason == "stop" else None
+                yield last or decoding.feed_last(r.token, r.text, r.finish_reason)
+                return
+            if (chunk := decoding.feed(r.token, r.text)) is not None:
+                yield chunk
+            if decoding.stopped:
+                return
 
     def batch_session(self) -> BatchSession:
         """Several generations decoded together on mlx-lm's `BatchGenerator` (continuous batching)."""
@@ -124,39 +156,6 @@ class MLXProvider(PooledProvider):
         require_mlx(lm=True)
         with self.using("generation") as item:
             return MLXBatchSession(self, item)
-
-    def render_prompt(
-        self,
-        item: LoadedModel,
-        prompt: str | None,
-        messages: list[dict[str, Any]] | None,
-        tools: list[dict[str, Any]] | None,
-        system: str | None,
-    ) -> str:
-        """The text `stream` (a `prompt`) or `stream_chat` (`messages`) generates from."""
-        if messages is None:
-            prompt = self.check_text(prompt, "prompt")
-            if system is None:
-                return prompt
-            messages, tools = self.prompt_conversation(prompt, system), None
-        return self.template(item, self.conversation(messages, tools, system), tools)
-
-    def _generate(self, prompt: str, options: dict[str, Any]) -> Iterator[str]:
-        import mlx.core as mx
-        from mlx_lm import stream_generate
-        from mlx_lm.sample_utils import make_sampler
-
-        sampler = make_sampler(temp=float(options.get("temperature") or 0.0), top_p=float(options.get("top_p") or 0.0))
-        max_tokens = options.get("max_tokens") or DEFAULT_MAX_TOKENS
-
-        def run() -> Iterator[str]:
-            with self.using("generation") as item:
-                if options.get("seed") is not None:
-                    mx.random.seed(int(options["seed"]))
-                steps = stream_generate(item.model, item.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler)
-                yield from cut_at_stops((r.text for r in steps), options.get("stop"))
-
-        return run()
 
     # -- embeddings, tokens -------------------------------------------------------------
 

@@ -1,93 +1,113 @@
-"""Text generation with ``model.generate``: options, streaming through transformers' streamer, stops."""
+"""Text generation with ``model.generate``: options, tokens streamed from a worker thread, logits hooked."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provender import cut_at_stops
-from provender._provider import DEFAULT_MAX_TOKENS
+from provender._decoding import Detokenizer
+
+if TYPE_CHECKING:
+    from provender import LoadedModel
+    from provender._pooled import PooledProvider, Request
+    from provender.generation import Chunk, GenerationOptions
 
 
-def generate_kwargs(options: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+def generate_kwargs(options: GenerationOptions, tokenizer: Any, max_tokens: int) -> dict[str, Any]:
     """``model.generate`` keyword arguments for provender's options.
 
     Temperature 0 (the default) is greedy (``do_sample=False``): the tokens ``model.generate``
     gives for the same model, prompt and ``max_new_tokens``. Above 0 it samples with that
-    temperature and ``top_p`` (no top-k cut, as MLX). ``stop`` strings end generation
-    (transformers' ``stop_strings``); the text is cut before them.
+    temperature and ``top_p`` (no top-k cut, as MLX, unless ``top_k`` is given) and ``min_p``.
     """
-    kwargs: dict[str, Any] = {"max_new_tokens": int(options.get("max_tokens") or DEFAULT_MAX_TOKENS)}
-    temperature = float(options.get("temperature") or 0.0)
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=float(options.get("top_p") or 1.0), top_k=0)
-    else:
-        kwargs["do_sample"] = False
-    stops = stop_list(options.get("stop"))
-    if stops:
-        kwargs.update(stop_strings=stops, tokenizer=tokenizer)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": bool(options.temperature)}
+    if options.temperature:
+        kwargs.update(temperature=options.temperature, top_p=options.top_p or 1.0, top_k=options.top_k or 0)
+        if options.min_p:
+            kwargs["min_p"] = options.min_p
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         kwargs["pad_token_id"] = tokenizer.eos_token_id
     return kwargs
 
 
-def stop_list(stop: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    return [stop] if isinstance(stop, str) else list(stop or [])
-
-
-def seed_all(seed: int | None) -> None:
-    if seed is not None:
-        import torch
-
-        torch.manual_seed(int(seed))  # every device's generator
-
-
-def generate_text(model: Any, tokenizer: Any, inputs: dict[str, Any], options: dict[str, Any]) -> str:
-    """The whole completion, in the calling thread (no streamer: the fastest path)."""
+def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request) -> Iterator[Chunk]:
+    """The completion chunk by chunk: ``model.generate`` on a worker thread hands each token over
+    (a streamer); the request's `Decoding` hooks the logits (a `LogitsProcessor`, ahead of
+    transformers' temperature and top-p warpers). Closing the iterator early stops the generation."""
     import torch
+    from transformers.generation.streamers import BaseStreamer
 
-    seed_all(options.get("seed"))
-    with torch.inference_mode():
-        out = model.generate(**inputs, **generate_kwargs(options, tokenizer))
-    text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    stops = stop_list(options.get("stop"))
-    return "".join(cut_at_stops([text], stops)) if stops else str(text)
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-
-def stream_text(model: Any, tokenizer: Any, inputs: dict[str, Any], options: dict[str, Any]) -> Iterator[str]:
-    """The completion piece by piece: ``model.generate`` on a worker thread feeding transformers'
-    `TextIteratorStreamer`. Closing the iterator early stops the generation."""
-    import torch
-
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
+    model, tokenizer = item.model, item.tokenizer
+    inputs = dict(tokenizer(request.text, return_tensors="pt", add_special_tokens=not request.chat).to(model.device))
+    decoding = provider.decoding(
+        request,
+        prompt_tokens=int(inputs["input_ids"].shape[1]),
+        token_text=lambda t: str(tokenizer.decode([t], skip_special_tokens=False)),
+    )
+    detokenizer = Detokenizer(lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
+    eos = model.generation_config.eos_token_id
+    eos_ids = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None}
+    tokens: queue.Queue[int | None] = queue.Queue()
     abort = threading.Event()
+    errors: list[BaseException] = []
+
+    class Streamer(BaseStreamer):  # type: ignore[misc]
+        prompt = True
+
+        def put(self, value: Any) -> None:
+            if not self.prompt:
+                tokens.put(int(value.reshape(-1)[0]))
+            self.prompt = False
+
+        def end(self) -> None:
+            tokens.put(None)
 
     class Abort(StoppingCriteria):  # type: ignore[misc]
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
             return abort.is_set()
 
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = generate_kwargs(options, tokenizer)
-    errors: list[BaseException] = []
+    class Hook(LogitsProcessor):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            return decoding.torch_hook(input_ids, scores)
+
+    kwargs = generate_kwargs(request.options, tokenizer, decoding.max_tokens)
+    if decoding.hooked:
+        kwargs["logits_processor"] = LogitsProcessorList([Hook()])
 
     def work() -> None:
         try:
-            seed_all(options.get("seed"))
+            if request.options.seed is not None:
+                torch.manual_seed(request.options.seed)  # every device's generator
             with torch.inference_mode():
-                model.generate(**inputs, **kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Abort()]))
+                model.generate(
+                    **inputs, **kwargs, streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Abort()])
+                )
         except BaseException as exc:
             errors.append(exc)
-            streamer.end()  # wake the reader
+            tokens.put(None)  # wake the reader
 
     worker = threading.Thread(target=work, name="provender-transformers-generate", daemon=True)
     worker.start()
     try:
-        pieces = (piece for piece in streamer if piece)  # the streamer emits "" while a word is incomplete
-        yield from cut_at_stops(pieces, stop_list(options.get("stop")))
+        while (token := tokens.get()) is not None:
+            if token in eos_ids:
+                yield decoding.finish("stop", detokenizer.flush())
+                return
+            piece = detokenizer.add(token)
+            if decoding.completion_tokens + 1 == decoding.max_tokens:
+                yield decoding.feed_last(token, piece + detokenizer.flush(), "length")
+                return
+            if (chunk := decoding.feed(token, piece)) is not None:
+                yield chunk
+            if decoding.stopped:
+                return
+        if errors:
+            raise errors[0]
+        yield decoding.finish("stop", detokenizer.flush())
     finally:
         abort.set()
         worker.join()
-    if errors:
-        raise errors[0]

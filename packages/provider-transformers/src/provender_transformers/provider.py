@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender import LoadedModel, ModelNotFoundError, PooledProvider
+from provender._pooled import POOLED_OPTIONS
 from provender_transformers._detect import load_problem, model_kind
 
 if TYPE_CHECKING:
     import numpy
 
     from provender import CacheManager
+    from provender._pooled import Request
+    from provender.generation import Chunk
     from provender_transformers._device import Placement
 
 logger = logging.getLogger(__name__)
@@ -51,10 +54,13 @@ class TransformersProvider(PooledProvider):
     Device and precision come from the ``[transformers]`` settings (``device`` auto: CUDA,
     then MPS, then CPU; ``dtype``; ``threads``), or from the `device` and `dtype` arguments.
     Options: ``max_tokens`` (256), ``temperature`` (0: greedy, the tokens ``model.generate``
-    gives), ``top_p``, ``seed``, ``stop``, ``system_prompt``; for embed ``normalize``, ``batch_size``.
+    gives), ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``, ``system_prompt``, and the typed
+    contract's ``constraint`` (or ``schema=``...), ``tool_choice``, ``logprobs``, ``top_logprobs``
+    (the constraint masks the logits in a `LogitsProcessor`); for embed ``normalize``, ``batch_size``.
     """
 
     name: ClassVar[str] = PROVIDER
+    supported_options = POOLED_OPTIONS | {"top_k", "min_p"}
 
     def __init__(
         self,
@@ -107,59 +113,11 @@ class TransformersProvider(PooledProvider):
 
     # -- generation --------------------------------------------------------------------
 
-    def generate(self, prompt: str, **options: Any) -> str:
-        from provender_transformers._generate import generate_text
+    def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
+        """``model.generate``, chunk by chunk (`provender_transformers._generate.decode_tokens`)."""
+        from provender_transformers._generate import decode_tokens
 
-        self._check_prompt(prompt, options)
-        with self.using("generation") as item:
-            text, chat = self._prompt(item, prompt, options)
-            return generate_text(item.model, item.tokenizer, self._encode(item, text, chat), options)
-
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        self._check_prompt(prompt, options)
-        with self.using("generation") as item:
-            text, chat = self._prompt(item, prompt, options)
-        return self._stream(text, chat, options)
-
-    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any) -> str:
-        from provender_transformers._generate import generate_text
-
-        self.check_options(options)
-        messages = self.conversation(messages, tools, options.get("system_prompt"))
-        with self.using("generation") as item:
-            inputs = self._encode(item, self.template(item, messages, tools), chat=True)
-            return generate_text(item.model, item.tokenizer, inputs, options)
-
-    def stream_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
-    ) -> Iterator[str]:
-        """`chat`, chunk by chunk, as transformers' streamer decodes them."""
-        self.check_options(options)
-        messages = self.conversation(messages, tools, options.get("system_prompt"))
-        with self.using("generation") as item:
-            text = self.template(item, messages, tools)
-        return self._stream(text, True, options)
-
-    def _check_prompt(self, prompt: str, options: dict[str, Any]) -> None:
-        self.check_options(options)
-        self.check_text(prompt, "prompt")
-
-    def _prompt(self, item: LoadedModel, prompt: str, options: dict[str, Any]) -> tuple[str, bool]:
-        """The text to generate from, and whether it is a rendered chat (``system_prompt``)."""
-        system = options.get("system_prompt")
-        if system is None:
-            return prompt, False
-        return self.template(item, self.prompt_conversation(prompt, system)), True
-
-    def _encode(self, item: LoadedModel, text: str, chat: bool) -> dict[str, Any]:
-        """Token ids on the model's device. A rendered chat template carries its own special tokens."""
-        return dict(item.tokenizer(text, return_tensors="pt", add_special_tokens=not chat).to(item.model.device))
-
-    def _stream(self, text: str, chat: bool, options: dict[str, Any]) -> Iterator[str]:
-        from provender_transformers._generate import stream_text
-
-        with self.using("generation") as item:
-            yield from stream_text(item.model, item.tokenizer, self._encode(item, text, chat), options)
+        return decode_tokens(self, item, request)
 
     # -- embeddings ----------------------------------------------------------------------
 

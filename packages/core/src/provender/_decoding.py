@@ -1,0 +1,184 @@
+"""One request's decoding, shared by every provider's generation loop.
+
+A provider runs its runtime's own loop and, per request, a `Decoding`:
+
+- its logits hook (`Decoding.numpy_hook`, `torch_hook`, `mlx_hook`), installed as the runtime's
+  logits processor, sees the model's raw logits for each step before sampling: it records their
+  log-softmax when logprobs are asked, feeds the token sampled at the previous step to the
+  constraint's matcher, and masks the logits to what the constraint allows;
+- `Decoding.feed` takes each generated token and its text and returns the `Chunk` to pass on
+  (stop strings cut, logprobs attached); `Decoding.finish` the last chunk, with the finish
+  reason the runtime gave (``"length"`` when ``max_tokens`` cut it, ``"stop"`` at the end of
+  sequence) and the token counts.
+
+Imported only when a provider generates (it imports pydantic through `provender.generation`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from provender._provider import DEFAULT_MAX_TOKENS, StopCut
+from provender.generation import Chunk, GenerationOptions, TokenLogprob
+
+if TYPE_CHECKING:
+    import numpy
+
+
+class Decoding:
+    """The state of one generated sequence: constraint matcher, recorded logprobs, stop strings."""
+
+    def __init__(
+        self,
+        options: GenerationOptions,
+        *,
+        token_text: Callable[[int], str],
+        prompt_tokens: int = 0,
+        matcher: Any = None,
+        tool_call: bool = False,
+    ) -> None:
+        self.options = options
+        self.max_tokens = options.max_tokens or DEFAULT_MAX_TOKENS
+        self.matcher = matcher
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.stopped = False  # a stop string was reached: the caller ends its loop
+        self._token_text = token_text
+        self._cut = StopCut(options.stop)
+        self._rows: deque[numpy.ndarray] = deque()  # log-softmax rows not yet matched to their token
+        self._pending: list[TokenLogprob] = []
+        self._calls = 0
+        self._tool = tool_call  # a forced tool call: a completed one ends with "tool_calls"
+
+    @property
+    def hooked(self) -> bool:
+        """Whether the runtime needs the logits hook (a constraint, or logprobs to record)."""
+        return self.matcher is not None or self.options.logprobs
+
+    # -- logits hooks: the runtime's logits processor -----------------------------------------
+
+    def _advance(self, last: Callable[[], int]) -> None:
+        """A new step: the matcher takes the token sampled at the previous one."""
+        if self._calls and self.matcher is not None:
+            self.matcher.accept(last())
+        self._calls += 1
+
+    def numpy_hook(self, history: Any, logits: numpy.ndarray) -> numpy.ndarray:
+        """For a 1-D numpy row of raw logits (llama.cpp); `history` ends with the last token."""
+        import numpy as np
+
+        self._advance(lambda: int(history[-1]))
+        if self.options.logprobs:
+            row = logits.astype(np.float32)
+            self._rows.append(row - np.logaddexp.reduce(row))
+        if self.matcher is not None:
+            self.matcher.mask_numpy(logits)
+        return logits
+
+    def torch_hook(self, history: Any, scores: Any) -> Any:
+        """For (1, V) torch scores (transformers' `LogitsProcessor`); `history` the (1, n) input ids."""
+        import torch
+
+        self._advance(lambda: int(history[0, -1]))
+        if self.options.logprobs:
+            self._rows.append(torch.log_softmax(scores[0].float(), dim=-1).cpu().numpy())
+        if self.matcher is not None:
+            self.matcher.mask_torch(scores)
+        return scores
+
+    def mlx_hook(self, history: Any, logits: Any) -> Any:
+        """For (1, V) MLX logits (an mlx-lm logits processor); `history` the tokens so far."""
+        import mlx.core as mx
+        import numpy as np
+
+        self._advance(lambda: int(history[-1].item()))
+        if self.options.logprobs:
+            row = logits.astype(mx.float32).reshape(-1)
+            self._rows.append(np.array(row - mx.logsumexp(row)))
+        if self.matcher is not None:
+            logits = self.matcher.mask_mlx(logits)
+        return logits
+
+    # -- tokens in, chunks out ----------------------------------------------------------------
+
+    def feed(self, token: int, piece: str) -> Chunk | None:
+        """A generated token (not the end of sequence) and its text: the chunk to pass on, if any."""
+        self.completion_tokens += 1
+        if self._rows:
+            self._pending.append(self._logprob(token, self._rows.popleft()))
+        text, self.stopped = self._cut.feed(piece)
+        if not text and not self.stopped:
+            return None
+        return self._chunk(text, "stop" if self.stopped else None)
+
+    def finish(self, reason: str, tail: str = "") -> Chunk:
+        """The last chunk: `tail` (text the runtime flushed at the end) and what is still held
+        back, and why generation ended (``"stop"`` or ``"length"``, as the runtime says;
+        ``"tool_calls"`` for a completed forced tool call; ``"stop"`` if `tail` reached a stop string)."""
+        text = ""
+        if not self.stopped:
+            text, self.stopped = self._cut.feed(tail)
+            text += "" if self.stopped else self._cut.flush()
+        reason = "stop" if self.stopped else reason
+        return self._chunk(text, "tool_calls" if self._tool and reason == "stop" else reason)
+
+    def feed_last(self, token: int, piece: str, reason: str) -> Chunk:
+        """`feed` and `finish` in one chunk: the runtime's last token came with its finish reason."""
+        chunk = self.feed(token, piece)
+        if chunk is not None and chunk.finish_reason is not None:
+            return chunk
+        last = self.finish(reason)
+        if chunk is None:
+            return last
+        logprobs = None if last.logprobs is None else (chunk.logprobs or []) + last.logprobs
+        return last.model_copy(update={"text": chunk.text + last.text, "logprobs": logprobs})
+
+    def _chunk(self, text: str, reason: str | None) -> Chunk:
+        logprobs = self._pending if self.options.logprobs else None
+        self._pending = []
+        if reason is None:
+            return Chunk(text=text, logprobs=logprobs)
+        return Chunk(
+            text=text,
+            logprobs=logprobs,
+            finish_reason=reason,  # type: ignore[arg-type]
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
+
+    def _logprob(self, token: int, row: numpy.ndarray) -> TokenLogprob:
+        import numpy as np
+
+        n = self.options.top_logprobs
+        top: list[tuple[str, float]] = []
+        if n:
+            best = np.argpartition(-row, min(n, row.size - 1))[:n]
+            top = [(self._token_text(int(i)), float(row[i])) for i in best[np.argsort(-row[best], kind="stable")]]
+        logprob = float(row[token]) if token < row.size else float("-inf")
+        return TokenLogprob(token=self._token_text(token), token_id=token, logprob=logprob, top=top)
+
+
+class Detokenizer:
+    """Text of a growing list of token ids, piece by piece, from a whole-list `decode`: a piece is
+    held back while the text ends in an incomplete character (U+FFFD)."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        return self._piece(final=False)
+
+    def flush(self) -> str:
+        return self._piece(final=True)
+
+    def _piece(self, *, final: bool) -> str:
+        text = self.decode(self.ids)
+        if not text.startswith(self.sent) or (not final and text.endswith("\ufffd")):
+            return ""
+        piece, self.sent = text[len(self.sent) :], text
+        return piece

@@ -41,6 +41,7 @@ from provender_serve._schemas import (
     parse_keep_alive,
 )
 from provender_serve._walls import Pull, Walls, may_pull, needs_download, pull_refused
+from provender_serve._web import web_routes
 from provender_serve.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -501,6 +502,7 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
         Route("/v1/embeddings", e(server.embeddings), methods=["POST"]),
         Route("/api/ps", e(server.ps), methods=["GET"]),
         Route("/api/unload", e(server.unload), methods=["POST"]),
+        *web_routes(server),  # the web page at / (provender_serve._web)
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

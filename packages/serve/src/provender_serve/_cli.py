@@ -114,6 +114,7 @@ def _duration(value: str | None) -> float | None:
     help="Largest max_tokens a request may ask for.",
 )
 @click.option("--log-requests", is_flag=True, help="Log every request (uvicorn's access log).")
+@click.option("--open", "open_page", is_flag=True, help="Open the web page (/) in a browser once it answers.")
 def serve(
     host: str | None,
     port: int | None,
@@ -124,12 +125,13 @@ def serve(
     max_body: str,
     max_tokens_limit: int,
     log_requests: bool,
+    open_page: bool,
 ) -> None:
     """Serve every installed provider over the OpenAI HTTP API, keeping models loaded.
 
     \b
     Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
-    /health, and /api/ps, /api/unload (`provender ps`, `provender stop`).
+    /health, and /api/ps, /api/unload (`provender ps`, `provender stop`); a web page at /.
     While it runs, `provender generate`, `chat` and `embed` send their work to it.
     """
     from provender import load_settings
@@ -190,6 +192,11 @@ def serve(
 
     only = f", models: {', '.join(options.allowed)}" if options.allowed else ""
     click.echo(f"provender serve: listening on {listening_on(address, bound)}{only} (Ctrl-C to stop)", err=True)
+    if open_page:
+        from provender._client import server_url
+        from provender_serve._web import open_when_up
+
+        open_when_up(server_url(address, bound))
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -1,0 +1,244 @@
+"""The web page's JSON routes (``/api/web/...``): the cache, one entry's details, and the actions
+that change the cache, each through the same `CacheManager` calls and refusals as the CLI.
+
+Reading routes need what every route needs (the walls, the API key when set). Routes that change
+state also need the page's token (`WebToken`) in the ``X-Provender-Token`` header: a page of
+another site cannot read it (the walls refuse its requests, and a cross-origin page cannot read
+ours), and a DNS-rebinding page never gets a page from this server to read it from (its ``Host``
+is refused). Cache errors are answered in the server's error shape: a pinned entry's removal is a
+409 whose message is the CLI's own ("cannot remove 'org/m': it is pinned ...").
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from provender_serve.errors import APIError
+
+if TYPE_CHECKING:
+    from provender import CacheEntry, CacheManager
+    from provender_serve._app import Server
+
+TOKEN_HEADER = "x-provender-token"
+MAX_FILES = 500  # files listed in one entry's details
+
+
+class WebToken:
+    """A random token made once per server; state-changing web routes require it."""
+
+    def __init__(self) -> None:
+        self.value = secrets.token_urlsafe(32)
+
+    def check(self, request: Request) -> None:
+        sent = request.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(sent.encode("latin-1", "replace"), self.value.encode("ascii")):
+            raise APIError(
+                403,
+                "this request changes the server's state and needs the web page's token "
+                f"({TOKEN_HEADER.title()} header): send it from the page at /",
+                "token_required",
+            )
+
+
+def cache_error(exc: Exception) -> APIError:
+    """A cache error as an HTTP answer (404 no such entry, 409 refused, 400 ambiguous)."""
+    from provender.errors import AmbiguousNameError, EntryInUseError, EntryNotFoundError, ProvenderError
+
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EntryNotFoundError):
+        return APIError(404, str(exc), "entry_not_found", "name")
+    if isinstance(exc, EntryInUseError):
+        return APIError(409, str(exc), "entry_in_use", "name")
+    if isinstance(exc, AmbiguousNameError):
+        return APIError(400, str(exc), "ambiguous_name", "name")
+    if isinstance(exc, ProvenderError):
+        return APIError(500, str(exc), "cache_error")
+    raise exc
+
+
+def _claims(entries: list[CacheEntry]) -> dict[str, list[str]]:
+    """provider names per entry key, the serving one first (as `provender cache ls` orders them)."""
+    from provender import get_plugin_manager
+    from provender._provider import prefer_order
+    from provender._settings import load_settings
+
+    manager = get_plugin_manager()
+    if not manager.has_implementations("provender_claim_model"):
+        return {}
+    prefer = load_settings().providers.prefer
+    return {e.key: prefer_order(manager.claim(e), prefer) for e in entries}
+
+
+def _row(entry: CacheEntry, providers: list[str]) -> dict[str, Any]:
+    """One entry as `provender cache ls --json` shows it (without the GGUF listing: see `details`)."""
+    return {**entry.to_dict(providers=providers), "provider": next(iter(providers), None)}
+
+
+def cache_view(cm: CacheManager) -> dict[str, Any]:
+    """The cache as the page draws it: its stats, its limit and one row per entry (most recent first)."""
+    entries = cm.entries(sort="used")
+    claims = _claims(entries)
+    stats = cm.stats()
+    return {
+        "stats": stats.to_dict(),
+        "max_size": cm.max_size,
+        "entries": [_row(e, claims.get(e.key, [])) for e in entries],
+    }
+
+
+def _files(root: Path) -> tuple[list[dict[str, Any]], int]:
+    """(up to MAX_FILES files under `root` with their sizes, how many files there are)."""
+    if root.is_file():
+        return [{"path": root.name, "size": root.stat().st_size}], 1
+    out: list[dict[str, Any]] = []
+    count = 0
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            if name.startswith(".provender-"):  # the cache's own bookkeeping (an entry's manifest)
+                continue
+            count += 1
+            if len(out) < MAX_FILES:
+                path = Path(folder, name)
+                try:
+                    size = path.stat().st_size  # follows a Hub snapshot's links to their blobs
+                except OSError:
+                    size = None
+                out.append({"path": str(path.relative_to(root)), "size": size})
+    return out, count
+
+
+def details(cm: CacheManager, name: str, loaded: list[dict[str, Any]]) -> dict[str, Any]:
+    """One entry: its `cache ls --json` row, files, revision, GGUF files, whether a process holds it,
+    and the server's loaded models that are it."""
+    from provender._cache._gguf import entry_gguf_files
+
+    entry = cm.get(name)
+    providers = _claims([entry]).get(entry.key, [])
+    files, count = _files(entry.model_path)
+    from provender import parse_model_name
+
+    return {
+        **_row(entry, providers),
+        "revision": entry.metadata.get("revision") or entry.metadata.get("commit_hash"),
+        "repo_type": entry.repo_type,
+        "source": entry.metadata.get("source"),
+        "gguf_files": entry_gguf_files(entry),
+        "files": files,
+        "file_count": count,
+        "in_use": cm.in_use(entry.key),
+        "loaded": [row["model"] for row in loaded if parse_model_name(row["model"])[1] == entry.name],
+    }
+
+
+def plan_view(cm: CacheManager) -> dict[str, Any]:
+    """What `provender cache prune --dry-run` shows: what would go, what is kept and why."""
+    plan = cm.plan_eviction()
+    return {
+        "limit": plan.limit,
+        "total": plan.total,
+        "freed": plan.freed,
+        "after": plan.after,
+        "fits": plan.fits,
+        "evict": [{"key": e.key, "name": e.name, "size": e.size} for e in plan.evict],
+        "kept": [{"key": e.key, "name": e.name, "size": e.size, "reason": why} for e, why in plan.kept],
+    }
+
+
+class WebAPI:
+    """The routes' handlers, bound to one server (its registry) and its token."""
+
+    def __init__(self, server: Server, token: WebToken) -> None:
+        self.server = server
+        self.token = token
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        body = await self.server._json(request)
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object", "invalid_json")
+        return body
+
+    async def _name(self, request: Request) -> str:
+        name = (await self._body(request)).get("name")
+        if not isinstance(name, str) or not name.strip():
+            message = "'name' must name a cache entry (a name, key or unique key prefix)"
+            raise APIError(400, message, "invalid_value", "name")
+        return name
+
+    async def _cache(self, work: Any) -> Response:
+        from provender import CacheManager
+        from provender_serve._app import run_in_thread
+
+        def call() -> Any:
+            try:
+                return work(CacheManager())
+            except Exception as exc:
+                raise cache_error(exc) from None
+
+        return JSONResponse(await run_in_thread(call))
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def cache(self, request: Request) -> Response:
+        return await self._cache(cache_view)
+
+    async def entry(self, request: Request) -> Response:
+        name = request.query_params.get("name", "")
+        if not name:
+            raise APIError(400, "'name' (a query parameter) must name a cache entry", "invalid_value", "name")
+        loaded = self.server.registry.snapshot()
+        return await self._cache(lambda cm: details(cm, name, loaded))
+
+    async def plan(self, request: Request) -> Response:
+        return await self._cache(plan_view)
+
+    # -- changing (token required) -----------------------------------------------------
+
+    async def pin(self, request: Request) -> Response:
+        self.token.check(request)
+        name = await self._name(request)
+        return await self._cache(lambda cm: {"pinned": cm.pin(name).name})
+
+    async def unpin(self, request: Request) -> Response:
+        self.token.check(request)
+        name = await self._name(request)
+        return await self._cache(lambda cm: {"unpinned": cm.unpin(name).name})
+
+    async def remove(self, request: Request) -> Response:
+        self.token.check(request)
+        name = await self._name(request)
+
+        def remove(cm: CacheManager) -> dict[str, Any]:
+            entry = cm.remove(name)  # refused while pinned or held, as `provender cache rm`
+            return {"removed": entry.name, "size": entry.size}
+
+        return await self._cache(remove)
+
+    async def prune(self, request: Request) -> Response:
+        """Carry out the plan the page showed: refused (409) if the plan is no longer that one."""
+        self.token.check(request)
+        shown = (await self._body(request)).get("evict")
+        if not isinstance(shown, list) or not all(isinstance(k, str) for k in shown):
+            raise APIError(400, "'evict' must list the keys of the plan shown (GET /api/web/prune)", "invalid_value")
+
+        def prune(cm: CacheManager) -> dict[str, Any]:
+            now = [e.key for e in cm.plan_eviction().evict]
+            if sorted(now) != sorted(shown):
+                raise APIError(409, "the cache changed since the plan was shown: look at the new plan", "plan_changed")
+            done = cm.prune()
+            evicted = [{"key": e.key, "name": e.name, "size": e.size} for e in done.evict]
+            return {"evicted": evicted, "freed": done.freed}
+
+        return await self._cache(prune)
+
+    async def unload(self, request: Request) -> Response:
+        self.token.check(request)
+        return await self.server.unload(request)

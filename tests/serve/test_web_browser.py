@@ -1,0 +1,191 @@
+"""The web page in a real headless Chromium (Debian's ``chromium``, driven by Playwright's Python
+package; nothing is downloaded) against a real `provender serve` with real cached models.
+
+One browser for the module; each test opens its own page on its own server.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = os.environ.get("PROVENDER_TEST_CHROMIUM", "/usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api", reason="the page tests drive Chromium with playwright (tox)")
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+Server = Any  # tests/serve/conftest.py's Server: a real `provender serve` process
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "provender", *args],
+        env={**os.environ, **server.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def open_page(page: Any, server: Server) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-loaded='1']")
+
+
+@pytest.fixture
+def cached(cached_tiny: str, make_files: Any) -> list[str]:
+    """The tiny MLX model and a pinned entry of plain files."""
+    from provender import CacheManager
+
+    CacheManager().import_model(make_files("notes", {"data/a.bin": 1234, "b.txt": b"x" * 10}), "test/notes", pin=True)
+    return [cached_tiny, "test/notes"]
+
+
+def test_the_page_lists_the_cache_as_cache_ls_does(page: Any, start_server: Any, cached: list[str]) -> None:
+    server = start_server()
+    open_page(page, server)
+    rows = page.eval_on_selector_all(
+        "#models tbody tr", "rows => rows.map(r => [r.dataset.key, r.dataset.name, Number(r.dataset.size)])"
+    )
+    listed = json.loads(cli(server, "cache", "ls", "--json").stdout)
+    assert rows == [[e["key"], e["name"], e["size"]] for e in listed]
+    assert sorted(name for _key, name, _size in rows) == sorted(cached)
+    pinned = page.text_content("#models tr[data-name='test/notes'] td.pinned")
+    assert pinned == "yes"
+    legend = page.eval_on_selector_all("#provider-legend li[data-provider]", "lis => lis.map(i => i.dataset.provider)")
+    assert set(legend) == {next(iter(e["providers"]), "(no provider)") for e in listed}
+    page.click("#models tr[data-name='test/tiny'] button.link")  # the details
+    page.wait_for_selector("#details:not([hidden])")
+    assert page.text_content("#details-name") == "test/tiny"
+    assert "config.json" in page.text_content("#details-files")
+
+
+def test_a_chat_streams_into_the_page_and_unloading_empties_ps(page: Any, start_server: Any, cached: list[str]) -> None:
+    server = start_server()
+    open_page(page, server)
+    page.evaluate(  # count the reply's updates: streamed chunk by chunk, not set once
+        """() => { window.updates = 0; new MutationObserver((records) => { window.updates += records.length; })
+               .observe(document.querySelector('#chat-log'), {subtree: true, characterData: true, childList: true});
+           }"""
+    )
+    page.select_option("#chat-model", "test/tiny")
+    page.fill("#chat-max", "12")
+    page.fill("#chat-input", "Hello there")
+    page.click("#chat-send")
+    page.wait_for_selector("#chat-stats[data-done='1']", timeout=120_000)
+    reply = page.text_content("#chat-log .assistant")
+    assert reply, "no reply in the page"
+    chunks = int(page.get_attribute("#chat-stats", "data-chunks") or 0)
+    assert chunks > 1 and page.evaluate("window.updates") >= chunks + 2  # two boxes, then each chunk in turn
+    stats = page.text_content("#chat-stats")
+    assert "tokens/s" in stats and int(page.get_attribute("#chat-stats", "data-tokens") or 0) > 0
+    assert [m["model"] for m in server.ps()] == ["test/tiny"]
+    page.wait_for_selector("#loaded tr[data-model='test/tiny']")
+    page.click("#loaded tr[data-model='test/tiny'] button.unload")
+    page.wait_for_selector("#message.ok")
+    assert page.text_content("#message") == "unloaded test/tiny"
+    ps = cli(server, "ps", "--json")
+    assert ps.returncode == 0 and json.loads(ps.stdout) == [], ps
+    assert page.is_visible("#loaded-empty")
+
+
+def test_removing_a_pinned_model_is_refused_in_the_page_as_in_the_cli(
+    page: Any, start_server: Any, cached: list[str]
+) -> None:
+    server = start_server()
+    open_page(page, server)
+    page.on("dialog", lambda dialog: dialog.accept())  # "Remove test/notes?": yes
+    page.click("#models tr[data-name='test/notes'] button.remove")
+    page.wait_for_selector("#message:not([hidden]):not(.ok)")
+    shown = page.text_content("#message")
+    rm = cli(server, "cache", "rm", "-y", "test/notes")
+    assert rm.returncode == 1 and shown and shown in rm.stderr, (shown, rm.stderr)
+    assert "pinned" in shown
+    assert page.is_visible("#models tr[data-name='test/notes']")
+    page.click("#models tr[data-name='test/notes'] button.pin")  # Unpin, then Remove goes through
+    page.wait_for_selector("#models tr[data-name='test/notes'] td.pinned:text-is('')")
+    page.click("#models tr[data-name='test/notes'] button.remove")
+    page.wait_for_selector("#models tr[data-name='test/notes']", state="detached")
+    assert json.loads(cli(server, "cache", "ls", "--json").stdout)[0]["name"] == "test/tiny"
+
+
+class _Evil(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>another site</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_changes_from_another_origin_or_without_the_token_are_refused(
+    page: Any, start_server: Any, cached: list[str], tmp_path: Path
+) -> None:
+    server = start_server()
+    server.client().chat.completions.create(  # something to unload
+        model="test/tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    open_page(page, server)
+    token = page.get_attribute('meta[name="provender-token"]', "content")
+    # the page's own origin, without the token: refused
+    answer = page.evaluate(
+        """async () => { const r = await fetch('/api/web/unload', {method: 'POST',
+              headers: {'Content-Type': 'application/json'}, body: JSON.stringify({model: 'test/tiny'})});
+              return [r.status, (await r.json()).error.code]; }"""
+    )
+    assert answer == [403, "token_required"]
+    # another site, even knowing the token: a simple (no-cors) POST and a CORS one, both refused
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        other = page.context.new_page()
+        other.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        results = other.evaluate(
+            """async ([url, token]) => {
+                 const out = [];
+                 for (const path of ['/api/web/unload', '/api/unload', '/api/web/pin']) {
+                   await fetch(url + path, {method: 'POST', mode: 'no-cors', body: '{"model": "test/tiny"}'});
+                   try {
+                     const r = await fetch(url + path, {method: 'POST', body: '{"model": "test/tiny"}',
+                       headers: {'Content-Type': 'application/json', 'X-Provender-Token': token}});
+                     out.push(r.status);
+                   } catch (err) { out.push('blocked'); }
+                 }
+                 return out; }""",
+            [server.url, token],
+        )
+        assert results == ["blocked", "blocked", "blocked"]
+    finally:
+        evil.shutdown()
+    assert [m["model"] for m in server.ps()] == ["test/tiny"]  # still loaded: nothing got through

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 Approver = Callable[[ToolCall, Tool], bool]
 Outcome = Literal["answered", "max_steps"]
+ToolChoice = Literal["auto", "none", "required"] | dict[str, Any]
 
 
 @dataclass
@@ -108,6 +109,15 @@ class Agent:
     tool's own). Tools registered by plugins (``provender_register_tools``) are added when
     ``plugin_tools`` is True. With a `session`, the conversation is saved after every step
     and can be resumed later by id; with a `memory`, relevant earlier notes are recalled.
+
+    When the provider applies constraints (``"constraint"`` in its ``supported_options``) and
+    `constrain` is not False, each reply is held to a valid call of a declared tool (its
+    arguments fitting the tool's schema) or a plain answer, so even a small model cannot write
+    a malformed call (`provender_agent._constrained`). `tool_choice`: ``"auto"`` (the model
+    chooses), ``"required"`` or ``{"type": "function", "function": {"name": ...}}`` (the first
+    turn must call a tool, that tool; later turns are ``"auto"``, or the run could never
+    answer), ``"none"`` (no tools are offered). `constrain=True` on a provider without
+    constraints is an error; forcing a tool needs constraints.
     """
 
     def __init__(
@@ -123,10 +133,21 @@ class Agent:
         session: Any = None,
         memory: Any = None,
         options: dict[str, Any] | None = None,
+        tool_choice: ToolChoice = "auto",
+        constrain: bool | None = None,
     ) -> None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ProvenderError(f"max_steps must be an integer >= 1, not {max_steps!r}")
         self.provider = model if isinstance(model, Provider) else get_provider(model)
+        supports = "constraint" in getattr(self.provider, "supported_options", ())
+        if constrain and not supports:
+            raise ProvenderError(f"constrain=True, but provider {self.provider.name!r} does not apply constraints")
+        self.constrain = supports if constrain is None else constrain
+        if tool_choice not in ("auto", "none", "required") and not isinstance(tool_choice, dict):
+            raise ProvenderError(f'tool_choice is "auto", "none", "required" or a named function, not {tool_choice!r}')
+        if tool_choice not in ("auto", "none") and not self.constrain:
+            raise ProvenderError(f"tool_choice={tool_choice!r} needs a provider that applies constraints")
+        self.tool_choice = tool_choice
         self.tools: dict[str, Tool] = {}
         for t in [*tools, *(_plugin_tools() if plugin_tools else [])]:
             tool_ = as_tool(t)
@@ -163,11 +184,11 @@ class Agent:
             raise ProvenderError("the prompt must be a non-empty string")
         self.messages.append({"role": "user", "content": self._with_memory(prompt)})
         steps: list[Step] = []
-        schemas = [t.schema() for t in self.tools.values()] or None
-        for _ in range(self.max_steps):
+        schemas = ([t.schema() for t in self.tools.values()] or None) if self.tool_choice != "none" else None
+        for turn in range(self.max_steps):
             started = time.perf_counter()
             chunks = []
-            for chunk in self._chat(schemas):
+            for chunk in self._chat(schemas, self.tool_choice if turn == 0 else "auto"):
                 chunks.append(chunk)
                 yield Event("text", text=chunk)
             text = "".join(chunks)
@@ -219,8 +240,13 @@ class Agent:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _chat(self, schemas: list[dict[str, Any]] | None) -> Iterator[str]:
-        yield from self.provider.stream_chat(self.messages, tools=schemas, **self.options)
+    def _chat(self, schemas: list[dict[str, Any]] | None, tool_choice: ToolChoice) -> Iterator[str]:
+        options = self.options
+        if schemas and self.constrain and "constraint" not in options:
+            from provender_agent._constrained import agent_constraint
+
+            options = {**options, "constraint": agent_constraint(schemas, tool_choice)}
+        yield from self.provider.stream_chat(self.messages, tools=schemas, **options)
 
     def _run_tool(self, call: ToolCall) -> ToolRun:
         run = ToolRun(call=call)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from starlette.routing import Route
 
 from provender_serve import _openai as oai
 from provender_serve._batching import batched, spawn
+from provender_serve._generate import Reply, chunks
 from provender_serve._models import ModelRegistry, Slot, api_error
 from provender_serve._schemas import (
     DEFAULT_MAX_TOKENS_LIMIT,
@@ -40,6 +42,7 @@ from provender_serve._schemas import (
     parse,
     parse_keep_alive,
 )
+from provender_serve._structured import chat_constraint
 from provender_serve._walls import Pull, Walls, may_pull, needs_download, pull_refused
 from provender_serve._web import web_routes
 from provender_serve.errors import APIError
@@ -281,9 +284,10 @@ class Server:
     async def chat(self, request: Request) -> Response:
         req: ChatRequest = parse(ChatRequest, await self._json(request), max_tokens_limit=self.options.max_tokens_limit)
         keep_alive = parse_keep_alive(req.keep_alive)
-        await self._check_pull(request, req.model)
         messages = [m.to_provider() for m in req.messages]
-        tools, options = req.tool_dicts(), req.options()
+        tools = req.tool_dicts()
+        options = {**req.options(), **chat_constraint(req, tools)}
+        await self._check_pull(request, req.model)
         cid = oai.new_id("chatcmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -298,32 +302,18 @@ class Server:
 
         def work(slot: Slot) -> dict[str, Any]:
             with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-                pieces = list(self._chat_pieces(slot, messages, tools, options))
-                text = "".join(pieces)
+                reply = Reply(options.get("max_tokens"))
+                generated = chunks(slot, messages=messages, tools=tools, options=options)
+                with closing(generated) as stream:
+                    for chunk in stream:
+                        reply.add(chunk)
                 prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(messages))
-                completion_tokens = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
-            content, calls = oai.parse_tool_calls(text, tools) if tools else (text, [])
-            finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), calls)
-            counts = oai.usage(prompt_tokens, completion_tokens)
-            return oai.chat_completion(cid, req.model, content, calls, finish, counts)
+                counts = oai.usage(prompt_tokens, reply.tokens(slot.provider))
+            content, calls = oai.parse_tool_calls(reply.text, tools) if tools else (reply.text, [])
+            finish = reply.finish_reason(slot.provider, calls)
+            return oai.chat_completion(cid, req.model, content, calls, finish, counts, reply.logprobs)
 
         return JSONResponse(await on_model(self.registry, req.model, work, lambda slot: not batched(slot, options)))
-
-    @staticmethod
-    def _chat_pieces(
-        slot: Slot, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: dict[str, Any]
-    ) -> Iterator[str]:
-        """The reply's pieces: from the model's batch, or from the provider alone."""
-        if slot.batcher is not None and batched(slot, options):
-            return slot.batcher.pieces(messages=messages, tools=tools, options=options)
-        return slot.provider.stream_chat(messages, tools=tools, **options)
-
-    @staticmethod
-    def _completion_pieces(slot: Slot, prompt: str, options: dict[str, Any]) -> Iterator[str]:
-        """The completion's pieces: from the model's batch, or from the provider alone."""
-        if slot.batcher is not None and batched(slot, options):
-            return slot.batcher.pieces(prompt, options=options)
-        return slot.provider.stream(prompt, **options)
 
     def _chat_stream(
         self,
@@ -338,32 +328,37 @@ class Server:
     ) -> Iterator[bytes]:
         model = slot.name
         with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-            yield READY
-            try:
-                yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
-                pieces: list[str] = []
-                with closing(self._chat_pieces(slot, messages, tools, options)) as stream:
-                    for piece in stream:
+            reply = Reply(options.get("max_tokens"))
+            generated = chunks(slot, messages=messages, tools=tools, options=options)
+            with closing(generated) as stream:
+                # what fails before the first chunk (a schema the engine refuses, an option the
+                # provider lacks, a model that cannot load) is an HTTP error, not an in-band one
+                first = list(itertools.islice(stream, 1))
+                yield READY
+                try:
+                    yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
+                    for chunk in itertools.chain(first, stream):
                         if cancel.is_set():
                             logger.info("client went away: stopped generating for %s", model)
                             return
-                        pieces.append(piece)
-                        if not tools and piece:  # with tools, the reply is parsed whole before it is sent
-                            yield oai.sse(oai.chat_chunk(cid, model, {"content": piece}))
-                text = "".join(pieces)
-                content, calls = oai.parse_tool_calls(text, tools) if tools else (text, [])
-                if tools and content:
-                    yield oai.sse(oai.chat_chunk(cid, model, {"content": content}))
-                if calls:
-                    yield oai.sse(oai.chat_chunk(cid, model, oai.tool_call_deltas(calls)))
-                completion_tokens = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
-                counts = oai.usage(oai.count_tokens(slot.provider, oai.prompt_text(messages)), completion_tokens)
-                finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), calls)
-                yield oai.sse(oai.chat_chunk(cid, model, {}, finish, None if include_usage else counts))
-                if include_usage:
-                    yield oai.sse(oai.chat_chunk(cid, model, None, counts=counts))
-            except Exception as exc:
-                yield oai.sse(api_error(exc).body())
+                        reply.add(chunk)
+                        if not tools and (chunk.text or chunk.logprobs):  # with tools, the reply is parsed whole
+                            yield oai.sse(oai.chat_chunk(cid, model, {"content": chunk.text}, logprobs=chunk.logprobs))
+                    content, calls = oai.parse_tool_calls(reply.text, tools) if tools else (reply.text, [])
+                    logprobs = reply.logprobs if tools else None  # with tools, all on the first chunk sent
+                    if tools and content:
+                        yield oai.sse(oai.chat_chunk(cid, model, {"content": content}, logprobs=logprobs))
+                        logprobs = None
+                    if calls:
+                        yield oai.sse(oai.chat_chunk(cid, model, oai.tool_call_deltas(calls), logprobs=logprobs))
+                    completion_tokens = reply.tokens(slot.provider)
+                    counts = oai.usage(oai.count_tokens(slot.provider, oai.prompt_text(messages)), completion_tokens)
+                    finish = reply.finish_reason(slot.provider, calls)
+                    yield oai.sse(oai.chat_chunk(cid, model, {}, finish, None if include_usage else counts))
+                    if include_usage:
+                        yield oai.sse(oai.chat_chunk(cid, model, None, counts=counts))
+                except Exception as exc:
+                    yield oai.sse(api_error(exc).body())
             yield oai.sse("[DONE]")
 
     async def completions(self, request: Request) -> Response:
@@ -388,12 +383,15 @@ class Server:
 
         def work(slot: Slot) -> dict[str, Any]:
             with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-                pieces = list(self._completion_pieces(slot, prompt, options))
-                text = "".join(pieces)
-                generated = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
-                counts = oai.usage(oai.count_tokens(slot.provider, prompt), generated)
-            finish = oai.finish_reason(counts["completion_tokens"], options.get("max_tokens"), [])
-            return oai.completion(cid, req.model, text, finish, counts)
+                reply = Reply(options.get("max_tokens"))
+                generated = chunks(slot, prompt=prompt, options=options)
+                with closing(generated) as stream:
+                    for chunk in stream:
+                        reply.add(chunk)
+                counts = oai.usage(oai.count_tokens(slot.provider, prompt), reply.tokens(slot.provider))
+            finish = reply.finish_reason(slot.provider, [])
+            logprobs = oai.completion_logprobs(reply.logprobs)
+            return oai.completion(cid, req.model, reply.text, finish, counts, logprobs=logprobs)
 
         return JSONResponse(await on_model(self.registry, req.model, work, lambda slot: not batched(slot, options)))
 
@@ -409,26 +407,32 @@ class Server:
     ) -> Iterator[bytes]:
         model = slot.name
         with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-            yield READY
-            try:
-                pieces: list[str] = []
-                with closing(self._completion_pieces(slot, prompt, options)) as stream:
-                    for piece in stream:
+            reply = Reply(options.get("max_tokens"))
+            generated = chunks(slot, prompt=prompt, options=options)
+            with closing(generated) as stream:
+                first = list(itertools.islice(stream, 1))  # errors before the first chunk: HTTP errors
+                yield READY
+                try:
+                    offset = 0
+                    for chunk in itertools.chain(first, stream):
                         if cancel.is_set():
                             logger.info("client went away: stopped generating for %s", model)
                             return
-                        pieces.append(piece)
-                        if piece:
-                            yield oai.sse(oai.completion(cid, model, piece, None, None, chunk=True))
-                text = "".join(pieces)
-                completion_tokens = oai.completion_tokens(slot.provider, text, len(pieces), options.get("max_tokens"))
-                counts = oai.usage(oai.count_tokens(slot.provider, prompt), completion_tokens)
-                finish = oai.finish_reason(completion_tokens, options.get("max_tokens"), [])
-                yield oai.sse(oai.completion(cid, model, "", finish, None if include_usage else counts, chunk=True))
-                if include_usage:
-                    yield oai.sse({**oai.completion(cid, model, "", None, counts, chunk=True), "choices": []})
-            except Exception as exc:
-                yield oai.sse(api_error(exc).body())
+                        reply.add(chunk)
+                        if chunk.text or chunk.logprobs:
+                            logprobs = oai.completion_logprobs(chunk.logprobs, offset)
+                            yield oai.sse(
+                                oai.completion(cid, model, chunk.text, None, None, chunk=True, logprobs=logprobs)
+                            )
+                        offset += len(chunk.text)
+                    completion_tokens = reply.tokens(slot.provider)
+                    counts = oai.usage(oai.count_tokens(slot.provider, prompt), completion_tokens)
+                    finish = reply.finish_reason(slot.provider, [])
+                    yield oai.sse(oai.completion(cid, model, "", finish, None if include_usage else counts, chunk=True))
+                    if include_usage:
+                        yield oai.sse({**oai.completion(cid, model, "", None, counts, chunk=True), "choices": []})
+                except Exception as exc:
+                    yield oai.sse(api_error(exc).body())
             yield oai.sse("[DONE]")
 
     async def embeddings(self, request: Request) -> Response:

@@ -10,6 +10,16 @@ queue (and its 503) means what it always did. A request whose reader stops (its 
 went away) leaves the batch at the next step, and the others go on. When no request is
 left, the driver ends and the model's thread is free for other work (embeddings, a
 seeded request).
+
+A request with a constraint (``response_format``, a forced ``tool_choice``) or ``logprobs``
+joins the batch when the provider takes those options (``supported_options``; a provider
+whose batch does less declares ``batch_supported_options``): its session then masks that
+sequence's logits alone and gives its logprobs (``BatchSession.step_chunks``: text,
+logprobs, the runtime's finish reason). A session without ``step_chunks`` of its own gives
+text only, so such a request is refused there (400) rather than answered without its
+logprobs; one the provider does not take at all runs alone and gets the provider's own
+refusal. Running alone would serialize constrained requests behind each other: measured in
+docs/serve.md.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from provender import BatchSession, Provider
+from provender import BatchSession, Provider, UnsupportedError
 
 if TYPE_CHECKING:
     from provender_serve._models import Slot
@@ -32,10 +42,29 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: Options a batch must say it honours before a request that sets them may join it.
+BATCH_RESULT_OPTIONS = ("constraint", "logprobs", "top_logprobs")
+
+
+@dataclass
+class Piece:
+    """A batch's text for one sequence where its session gives text only (``Chunk``'s shape)."""
+
+    text: str
+    logprobs: list[Any] | None = None
+    finish_reason: str | None = None
+
+
 def batchable(provider: Provider, options: dict[str, Any]) -> bool:
-    """Whether a request with these options can join a batch on `provider` (a seed needs
-    the random state to itself, so a seeded request runs alone)."""
-    return bool(getattr(provider, "supports_batching", False)) and options.get("seed") is None
+    """Whether a request with these options can join a batch on `provider`: a seed needs
+    the random state to itself (it runs alone), and a constraint or logprobs need a batch
+    that honours them (``batch_supported_options``, by default the provider's ``supported_options``)."""
+    if not getattr(provider, "supports_batching", False) or options.get("seed") is not None:
+        return False
+    honoured: frozenset[str] = getattr(
+        provider, "batch_supported_options", getattr(provider, "supported_options", frozenset())
+    )
+    return all(name in honoured for name in BATCH_RESULT_OPTIONS if options.get(name))
 
 
 def batched(slot: Slot, options: dict[str, Any]) -> bool:
@@ -60,7 +89,7 @@ def spawn(fn: Callable[[], T], name: str = "provender-serve-batched") -> Future[
 
 @dataclass(eq=False)
 class Ticket:
-    """One request in a batch: what to generate, and the queue its pieces go to."""
+    """One request in a batch: what to generate, and the queue its chunks go to."""
 
     prompt: str | None
     messages: list[dict[str, Any]] | None
@@ -69,8 +98,8 @@ class Ticket:
     queue: queue.SimpleQueue[tuple[str, Any]] = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
 
-    def put(self, text: str) -> None:
-        self.queue.put(("piece", text))
+    def put(self, chunk: Any) -> None:
+        self.queue.put(("piece", chunk))
 
     def finish(self) -> None:
         self.queue.put(("done", None))
@@ -78,8 +107,9 @@ class Ticket:
     def fail(self, exc: BaseException) -> None:
         self.queue.put(("error", exc))
 
-    def pieces(self) -> Iterator[str]:
-        """The request's text, piece by piece; closing it early drops the request from the batch."""
+    def pieces(self) -> Iterator[Any]:
+        """The request's chunks (``text``, ``logprobs``, ``finish_reason``); closing it early drops
+        the request from the batch."""
         try:
             while True:
                 kind, value = self.queue.get()
@@ -115,8 +145,9 @@ class Batcher:
         messages: list[dict[str, Any]] | None = None,
         tools: list[dict[str, Any]] | None = None,
         options: dict[str, Any],
-    ) -> Iterator[str]:
-        """Queue a generation; it joins the running batch, or starts one on the model's thread."""
+    ) -> Iterator[Any]:
+        """Queue a generation; it joins the running batch, or starts one on the model's thread.
+        Yields the request's chunks (`Piece`, or the session's ``Chunk`` objects)."""
         ticket = Ticket(prompt, messages, tools, dict(options))
         with self._lock:
             self._pending.append(ticket)
@@ -149,6 +180,10 @@ class Batcher:
                     for ticket in new:
                         if ticket.cancelled:
                             continue
+                        asked = [name for name in BATCH_RESULT_OPTIONS if ticket.options.get(name)]
+                        if asked and not _gives_chunks(session):  # it would drop them: refuse, never ignore
+                            ticket.fail(UnsupportedError(self.provider.name, f"option {asked[0]!r} in a batch"))
+                            continue
                         try:
                             uid = session.insert(
                                 ticket.prompt, messages=ticket.messages, tools=ticket.tools, **ticket.options
@@ -170,11 +205,11 @@ class Batcher:
                         steps, together = 0, False
                         continue
                     steps += 1
-                    for uid, text, finished in session.step():
+                    for uid, chunk, finished in _step(session):
                         member = tickets.get(uid)
                         if member is None:
                             continue
-                        member.put(text)
+                        member.put(chunk)
                         if finished:
                             member.finish()
                             del tickets[uid]
@@ -193,3 +228,17 @@ class Batcher:
                     session.close()
                 except Exception:
                     logger.exception("closing a batch session failed")
+
+
+def _gives_chunks(session: BatchSession) -> bool:
+    """Whether `session` has a ``step_chunks`` of its own (text, logprobs, finish reasons)."""
+    own = getattr(type(session), "step_chunks", None)
+    return own is not None and own is not getattr(BatchSession, "step_chunks", None)
+
+
+def _step(session: BatchSession) -> list[tuple[int, Any, bool]]:
+    """One step of `session`: (id, chunk, finished) per sequence; chunks from ``step_chunks``
+    where the session has it (a chunk with a finish reason ends its sequence), else `Piece`s."""
+    if _gives_chunks(session):
+        return [(uid, chunk, chunk.finish_reason is not None) for uid, chunk in session.step_chunks()]
+    return [(uid, Piece(text), finished) for uid, text, finished in session.step()]

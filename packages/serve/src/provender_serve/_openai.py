@@ -69,6 +69,48 @@ def finish_reason(completion_tokens: int, max_tokens: int | None, tool_calls: li
     return "length" if max_tokens is not None and completion_tokens >= max_tokens else "stop"
 
 
+#: What OpenAI answers for a probability too small for a float (JSON has no -Infinity).
+FLOOR = -9999.0
+
+
+def _logprob(value: float) -> float:
+    return max(float(value), FLOOR) if value == value else FLOOR  # NaN too
+
+
+def _token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": _logprob(logprob), "bytes": list(token.encode("utf-8", "surrogatepass"))}
+
+
+def chat_logprobs(logprobs: list[Any] | None) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs`` (``{"content": [{token, logprob, bytes, top_logprobs}], "refusal": None}``)
+    from `provender.generation.TokenLogprob` objects; None when none were asked for."""
+    if logprobs is None:
+        return None
+    content = [
+        {**_token(lp.token, lp.logprob), "top_logprobs": [_token(token, value) for token, value in lp.top]}
+        for lp in logprobs
+    ]
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(logprobs: list[Any] | None, offset: int = 0) -> dict[str, Any] | None:
+    """A completion choice's legacy ``logprobs`` (tokens, token_logprobs, top_logprobs, text_offset):
+    ``top_logprobs`` maps the chosen token and its alternatives to their logprobs, as OpenAI's;
+    ``text_offset`` counts characters of the completion from `offset`."""
+    if logprobs is None:
+        return None
+    tokens, values, tops, offsets = [], [], [], []
+    for lp in logprobs:
+        tokens.append(lp.token)
+        values.append(_logprob(lp.logprob))
+        top = {token: _logprob(value) for token, value in lp.top}
+        top.setdefault(lp.token, _logprob(lp.logprob))
+        tops.append(top)
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
 def chat_completion(
     cid: str,
     model: str,
@@ -76,6 +118,7 @@ def chat_completion(
     tool_calls: list[dict[str, Any]],
     finish: str,
     counts: dict[str, int],
+    logprobs: list[Any] | None = None,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
     if tool_calls:
@@ -85,7 +128,7 @@ def chat_completion(
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": chat_logprobs(logprobs)}],
         "usage": counts,
     }
 
@@ -96,12 +139,12 @@ def chat_chunk(
     delta: dict[str, Any] | None,
     finish: str | None = None,
     counts: dict[str, int] | None = None,
+    logprobs: list[Any] | None = None,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk``; with `delta` None, the usage-only chunk (no choices)."""
     chunk: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    chunk["choices"] = (
-        [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-    )
+    choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": chat_logprobs(logprobs)}
+    chunk["choices"] = [] if delta is None else [choice]
     if counts is not None:
         chunk["usage"] = counts
     return chunk
@@ -112,15 +155,22 @@ def tool_call_deltas(tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def completion(
-    cid: str, model: str, text: str, finish: str | None, counts: dict[str, int] | None, *, chunk: bool = False
+    cid: str,
+    model: str,
+    text: str,
+    finish: str | None,
+    counts: dict[str, int] | None,
+    *,
+    chunk: bool = False,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ``text_completion`` (or one chunk of a streamed one)."""
+    """A ``text_completion`` (or one chunk of a streamed one); `logprobs` as `completion_logprobs`."""
     body: dict[str, Any] = {
         "id": cid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
     }
     if counts is not None:
         body["usage"] = counts

@@ -1,9 +1,11 @@
 """The OpenAI request bodies the server accepts, validated strictly, and its OpenAI-shaped errors.
 
 Unknown fields, wrong types and out-of-range values are 400s that name the field. Fields
-OpenAI defines but a local model cannot honour (``n > 1``, penalties, logprobs) are
-refused with a clear message rather than silently ignored. ``keep_alive`` (Ollama's
-per-request idle time) and ``system_prompt`` (for completions) are provender's additions.
+OpenAI defines but a local model cannot honour (``n > 1``, penalties, ``logit_bias``) are
+refused with a clear message rather than silently ignored. ``response_format`` and
+``tool_choice`` become a `provender.generation.Constraint` (`_structured`); ``logprobs``
+and ``top_logprobs`` (at most 20) are passed on. ``keep_alive`` (Ollama's per-request idle
+time) and ``system_prompt`` (for completions) are provender's additions.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from provender_serve.errors import APIError
 
 #: Largest ``max_tokens`` a request may ask for (``provender serve --max-tokens-limit``).
 DEFAULT_MAX_TOKENS_LIMIT = 32768
+
+
+#: Most alternatives per token ``top_logprobs`` (chat) or ``logprobs`` (completions) may ask for.
+MAX_TOP_LOGPROBS = 20
 
 
 class _Strict(BaseModel):
@@ -78,6 +84,20 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None
 
 
+class JSONSchemaFormat(_Strict):
+    name: str | None = Field(None, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {...}}``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 KeepAlive = float | str | None
 
 
@@ -122,8 +142,9 @@ class ChatRequest(_Generation):
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     max_completion_tokens: int | None = None
-    logprobs: Literal[False] | None = None
-    response_format: dict[str, Literal["text"]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
 
     def options(self) -> dict[str, Any]:
         out = super().options()
@@ -131,6 +152,12 @@ class ChatRequest(_Generation):
             if self.max_completion_tokens < 1:
                 raise APIError(400, "max_completion_tokens: must be an integer >= 1", "invalid_value")
             out["max_tokens"] = self.max_completion_tokens
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs: needs logprobs set to true", "invalid_value", "top_logprobs")
+        if self.logprobs:
+            out["logprobs"] = True
+            if self.top_logprobs:
+                out["top_logprobs"] = self.top_logprobs
         return out
 
     def tool_dicts(self) -> list[dict[str, Any]] | None:
@@ -144,8 +171,17 @@ class CompletionRequest(_Generation):
     echo: Literal[False] | None = None
     suffix: None = None
     best_of: int | None = Field(None, ge=1, le=1)
-    logprobs: None = None
+    #: OpenAI's legacy field: how many alternatives per token (0: the chosen token's only)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     system_prompt: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        out = super().options()
+        if self.logprobs is not None:
+            out["logprobs"] = True
+            if self.logprobs:
+                out["top_logprobs"] = self.logprobs
+        return out
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

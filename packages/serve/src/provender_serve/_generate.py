@@ -1,0 +1,98 @@
+"""A reply from a provider, chunk by chunk, and what the OpenAI answers need of it.
+
+`chunks` asks the provider for ``provender.generation.Chunk`` objects (``stream_complete``:
+text, the tokens' logprobs, and on the last one the runtime's ``finish_reason``), from the
+model's batch or from the provider alone. `Reply` gathers them: the text, the logprobs,
+the finish reason the runtime gave, the token count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from provender import Provider, UnsupportedError
+from provender_serve import _openai as oai
+from provender_serve._batching import Piece, batched
+
+if TYPE_CHECKING:
+    from provender_serve._models import Slot
+
+#: Options a provider from before ``stream_complete`` cannot honour (refused, never dropped).
+RESULT_OPTIONS = ("constraint", "logprobs", "top_logprobs")
+
+
+def _provider_chunks(
+    provider: Provider,
+    prompt: str | None,
+    messages: list[dict[str, Any]] | None,
+    tools: list[dict[str, Any]] | None,
+    options: dict[str, Any],
+) -> Iterator[Any]:
+    stream_complete = getattr(provider, "stream_complete", None)
+    if callable(stream_complete):
+        if messages is not None:
+            yield from stream_complete(messages=messages, tools=tools, **options)
+        else:
+            yield from stream_complete(prompt, **options)
+        return
+    asked = [name for name in RESULT_OPTIONS if options.get(name)]
+    if asked:
+        raise UnsupportedError(provider.name, f"option {asked[0]!r}", "this provider gives text only")
+    if messages is not None:
+        pieces = provider.stream_chat(messages, tools=tools, **options)
+    else:
+        pieces = provider.stream(prompt or "", **options)
+    for piece in pieces:
+        yield Piece(piece)
+
+
+def chunks(
+    slot: Slot,
+    *,
+    prompt: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    options: dict[str, Any],
+) -> Iterator[Any]:
+    """The reply's chunks: from the model's batch, or from the provider alone."""
+    if slot.batcher is not None and batched(slot, options):
+        return slot.batcher.pieces(prompt, messages=messages, tools=tools, options=options)
+    return _provider_chunks(slot.provider, prompt, messages, tools, options)
+
+
+@dataclass
+class Reply:
+    """A reply gathered from its chunks."""
+
+    max_tokens: int | None
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[Any] | None = None
+    finish: str | None = None  # the runtime's, from the last chunk
+
+    def add(self, chunk: Any) -> None:
+        self.texts.append(chunk.text)
+        if chunk.logprobs is not None:
+            self.logprobs = [*(self.logprobs or []), *chunk.logprobs]
+        if chunk.finish_reason is not None:
+            self.finish = chunk.finish_reason
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    def tokens(self, provider: Provider) -> int:
+        """Tokens generated: one logprob per token where they were asked for, else counted."""
+        if self.logprobs is not None:
+            return len(self.logprobs)
+        return oai.completion_tokens(provider, self.text, len(self.texts), self.max_tokens)
+
+    def finish_reason(self, provider: Provider, tool_calls: list[dict[str, Any]]) -> str:
+        """``tool_calls`` when calls were found; else the runtime's reason (a provider from before
+        ``stream_complete`` gives none: then "length" when it generated ``max_tokens`` tokens)."""
+        if tool_calls:
+            return "tool_calls"
+        if self.finish in ("stop", "length"):
+            return self.finish
+        return oai.finish_reason(self.tokens(provider), self.max_tokens, [])

@@ -13,8 +13,8 @@ object with strings, numbers, arrays and enums; a regex; a choice) it measures:
 - mask: the time per token to compute the next-token bitmask and advance the matcher, along
   random walks (seeded random logits, masked, argmax) until the constraint completes.
 
-Whitespace is bounded the same way for each (one space, or a newline and up to 20 blanks: the
-pattern llama.cpp's grammars use), so the walks end. Writes benchmarks/results-structured-engines.json.
+Whitespace is bounded the same way for each (one space, or a newline and up to 8 blanks:
+provender's JSON_WHITESPACE), so the walks end. Writes benchmarks/results-structured-engines.json.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).parent
-WHITESPACE = r"(?:\x20|\n[\x20\t]{0,20})?"
+WHITESPACE = r"(?:\x20|\n[\x20\t]{0,8})?"  # provender._constrain.JSON_WHITESPACE
 PERSON = {
     "type": "object",
     "properties": {
@@ -247,7 +247,7 @@ class XGrammar:
 
         compiler = xgr.GrammarCompiler(info, cache_enabled=False)
         if kind == "schema":
-            return compiler.compile_json_schema(json.dumps(value), any_whitespace=True, max_whitespace_cnt=21)
+            return compiler.compile_json_schema(json.dumps(value), any_whitespace=True, max_whitespace_cnt=9)
         if kind == "regex":
             return compiler.compile_regex(value)
         return compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c) for c in value))

@@ -11,8 +11,8 @@ here, and only when a constraint is compiled, so ``import provender`` never load
 - `CompiledConstraint.matcher()` gives one `Matcher` per generated sequence, which masks each step's
   logits (numpy, torch or MLX) to the tokens the constraint allows and is told each chosen token.
 
-JSON whitespace is bounded (llama.cpp's rule: one space, or a newline and at most 20 spaces or tabs,
-between tokens), so a schema whose strings, arrays and numbers are bounded has a finite output and
+JSON whitespace is bounded (one space, or a newline and at most 8 spaces or tabs, between tokens:
+llama.cpp's rule with 8 for its 20), so a schema whose strings, arrays and numbers are bounded has a finite output and
 ends even on a model that rambles. The tokenizer's end-of-sequence token is allowed exactly when the
 text so far is complete; other special tokens are never allowed.
 """
@@ -46,8 +46,9 @@ __all__ = [
     "tokenizer_info",
 ]
 
-#: the JSON whitespace allowed between tokens: what llama.cpp's json-schema-to-grammar allows
-JSON_WHITESPACE = r"(?:\x20|\n[\x20\t]{0,20})?"
+#: the JSON whitespace allowed between tokens: llama.cpp's json-schema-to-grammar rule, with at most 8
+#: blanks after a newline (its 20 let a small model spend 21 tokens a gap on a byte-level vocabulary)
+JSON_WHITESPACE = r"(?:\x20|\n[\x20\t]{0,8})?"
 #: how many compiled constraints the cache keeps (each holds its grammar's parser tables)
 CACHE_SIZE = 64
 #: how much of an offending schema/regex/grammar an error message quotes

@@ -171,3 +171,148 @@ class ProviderContract:
         self._requires("generate")
         with pytest.raises(ProvenderError):
             provider.generate(self.prompt, **self.deterministic_options, no_such_option=1)
+
+
+# -- structured output and logprobs (issue 21) ---------------------------------------------------
+
+#: strings, numbers, arrays, nested objects and enums, bounded so that a finite reply exists
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 6},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 2},
+        "colour": {"enum": ["red", "green", "blue"]},
+        "home": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 5}, "floor": {"type": "integer", "maximum": 9}},
+            "required": ["city", "floor"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "age", "score", "tags", "colour", "home"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 8}, "days": {"type": "integer", "maximum": 7}},
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+class StructuredContract:
+    """Constrained decoding and logprobs on a real (tiny, random-weight) model: such a model writes
+    garbage unconstrained, so every reply that fits proves the constraint masked its logits.
+
+    Subclasses give a ``provider`` fixture and `reference_logprobs`: the log-softmax of the
+    runtime's own logits for each generated token (teacher-forced on prompt + tokens)."""
+
+    prompt: ClassVar[str] = "Hello, world"
+    seeds: ClassVar[tuple[int, ...]] = (1, 2, 3)
+
+    def reference_logprobs(self, provider: Provider, prompt: str, token_ids: list[int]) -> Any:
+        """(len(token_ids), V) array: row k is the runtime's log-softmax before token k."""
+        raise NotImplementedError
+
+    def _replies(self, provider: Provider, max_tokens: int = 600, **options: Any) -> list[Any]:
+        runs: list[dict[str, Any]] = [{"temperature": 0.0}] + [{"temperature": 1.0, "seed": s} for s in self.seeds]
+        return [provider.complete(self.prompt, max_tokens=max_tokens, **run, **options) for run in runs]
+
+    def test_schema_replies_fit(self, provider: Provider) -> None:
+        import json
+
+        import jsonschema  # type: ignore[import-untyped]
+
+        replies = self._replies(provider, schema=SCHEMA)
+        assert any(r.finish_reason == "stop" for r in replies), [r.text for r in replies]
+        for reply in replies:
+            if reply.finish_reason == "stop":
+                jsonschema.validate(json.loads(reply.text), SCHEMA)
+            else:
+                assert reply.finish_reason == "length" and reply.completion_tokens == 600
+
+    def test_a_pydantic_model_class_and_json_object(self, provider: Provider) -> None:
+        import json
+
+        from pydantic import BaseModel, Field
+
+        class Point(BaseModel):
+            x: int = Field(ge=-99, le=99)
+            label: str = Field(max_length=5)
+
+        text = provider.generate(self.prompt, schema=Point, max_tokens=80)
+        assert Point.model_validate_json(text)
+        reply = provider.complete(self.prompt, json_object=True, max_tokens=60)
+        if reply.finish_reason == "stop":
+            assert isinstance(json.loads(reply.text), dict)
+
+    def test_choice_and_regex(self, provider: Provider) -> None:
+        import re
+
+        for reply in self._replies(provider, max_tokens=40, choice=["red", "green", "blue"]):
+            assert reply.text in ("red", "green", "blue") and reply.finish_reason == "stop"
+        for reply in self._replies(provider, max_tokens=40, regex=r"[0-9]{3}-[a-z]{2}"):
+            assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", reply.text) and reply.finish_reason == "stop"
+
+    def test_a_max_tokens_cut_says_length(self, provider: Provider) -> None:
+        reply = provider.complete(self.prompt, schema=SCHEMA, max_tokens=3)
+        assert (reply.finish_reason, reply.completion_tokens) == ("length", 3)
+        chunks = list(provider.stream_complete(self.prompt, schema=SCHEMA, max_tokens=3))
+        assert "".join(c.text for c in chunks) == reply.text and chunks[-1].finish_reason == "length"
+
+    def test_streamed_equals_whole(self, provider: Provider) -> None:
+        chunks = list(provider.stream_complete(self.prompt, schema=SCHEMA, max_tokens=160, logprobs=True))
+        whole = provider.complete(self.prompt, schema=SCHEMA, max_tokens=160, logprobs=True)
+        assert "".join(c.text for c in chunks) == whole.text and chunks[-1].finish_reason == whole.finish_reason
+        streamed = [lp for c in chunks for lp in c.logprobs or []]
+        assert [lp.token_id for lp in streamed] == [lp.token_id for lp in whole.logprobs or []]
+        assert all(abs(a.logprob - b.logprob) < 1e-4 for a, b in zip(streamed, whole.logprobs or [], strict=True))
+
+    def test_a_named_tool_choice_is_a_valid_call(self, provider: Provider) -> None:
+        import json
+
+        import jsonschema  # type: ignore[import-untyped]
+
+        messages = [{"role": "user", "content": "Weather in Paris?"}]
+        choice = {"type": "function", "function": {"name": "get_weather"}}
+        for seed in self.seeds:
+            reply = provider.complete(
+                messages=messages, tools=[WEATHER_TOOL], tool_choice=choice, temperature=1.0, seed=seed, max_tokens=80
+            )
+            if reply.finish_reason == "length":
+                continue
+            assert reply.finish_reason == "tool_calls"
+            assert reply.text.startswith("<tool_call>") and reply.text.endswith("</tool_call>")
+            call = json.loads(reply.text[len("<tool_call>") : -len("</tool_call>")])
+            assert call["name"] == "get_weather"
+            jsonschema.validate(call["arguments"], WEATHER_TOOL["function"]["parameters"])
+
+    def test_an_invalid_schema_is_one_clear_error(self, provider: Provider) -> None:
+        with pytest.raises(InvalidOptionError) as info:
+            provider.stream_complete(self.prompt, schema={"type": "no-such-type"})
+        assert "schema" in str(info.value) and "\n" not in str(info.value)
+
+    def test_logprobs_are_the_runtimes_own(self, provider: Provider) -> None:
+        import numpy as np
+
+        cases: list[dict[str, Any]] = [{}, {"choice": ["red", "green", "blue"]}]
+        for options in cases:
+            reply = provider.complete(self.prompt, max_tokens=8, logprobs=True, top_logprobs=5, **options)
+            assert reply.logprobs is not None and len(reply.logprobs) == reply.completion_tokens > 0
+            ids = [lp.token_id for lp in reply.logprobs]
+            reference = self.reference_logprobs(provider, self.prompt, ids)
+            for lp, row in zip(reply.logprobs, reference, strict=True):
+                assert abs(lp.logprob - float(row[lp.token_id])) < 1e-4
+                assert len(lp.top) == 5 and [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
+                assert abs(lp.top[0][1] - float(np.max(row))) < 1e-4
+                if not options:  # greedy, unconstrained: the chosen token is the top one
+                    assert lp.top[0][1] == lp.logprob and lp.token_id == int(np.argmax(row))

@@ -1,6 +1,7 @@
 """Testing a provider: the contract suite, and a toolkit for building tiny real models on the spot.
 
-`ProviderContract` (needs pytest) is a reusable suite a plugin's tests subclass::
+`ProviderContract` (needs pytest) is a reusable suite a plugin's tests subclass (and
+`StructuredContract`, constrained decoding and logprobs on a tiny random model)::
 
     from provender.testing import ProviderContract
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from provender._contract import ALL_CAPABILITIES, ProviderContract
+    from provender._contract import ALL_CAPABILITIES, SCHEMA, WEATHER_TOOL, ProviderContract, StructuredContract
 
 __all__ = [
     "ALL_CAPABILITIES",
@@ -32,7 +33,10 @@ __all__ = [
     "CHAT_TEMPLATE",
     "CORPUS",
     "SPECIAL_TOKENS",
+    "SCHEMA",
+    "WEATHER_TOOL",
     "ProviderContract",
+    "StructuredContract",
     "bpe_vocabulary",
     "save_tokenizer",
     "train_bpe",
@@ -114,8 +118,17 @@ def bpe_vocabulary(tokenizer: Any) -> tuple[list[str], list[str]]:
     return tokens, [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
 
 
+_CONTRACT = ("ProviderContract", "StructuredContract", "ALL_CAPABILITIES", "SCHEMA", "WEATHER_TOOL")
+
+
 def __getattr__(name: str) -> Any:
-    if name in ("ProviderContract", "ALL_CAPABILITIES"):  # the suite imports pytest: only when asked for
+    if name in (
+        "ProviderContract",
+        "StructuredContract",
+        "ALL_CAPABILITIES",
+        "SCHEMA",
+        "WEATHER_TOOL",
+    ):  # the suite imports pytest: only when asked for
         from provender import _contract
 
         return getattr(_contract, name)

@@ -250,7 +250,11 @@ def test_real_mlx_provider_end_to_end(tmp_path: Path) -> None:
     model_dir = build_tiny_llama(tmp_path / "tiny")
     provider = MLXProvider(str(model_dir))
     messages = [{"role": "system", "content": "You can add."}, {"role": "user", "content": "What is 2 + 3?"}]
-    expected = provider.chat(messages, tools=[add.schema()], max_tokens=12)
+    from provender_agent._constrained import agent_constraint
+
+    # the agent holds the reply to a call of its tools or an answer (the MLX provider applies constraints)
+    constraint = agent_constraint([add.schema()], "auto")
+    expected = provider.chat(messages, tools=[add.schema()], max_tokens=12, constraint=constraint)
     agent = Agent(provider, tools=[add], system="You can add.", max_steps=2, options={"max_tokens": 12})
     events = list(agent.stream("What is 2 + 3?"))
     text = "".join(e.text for e in events if e.kind == "text")

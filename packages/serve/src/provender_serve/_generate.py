@@ -70,20 +70,25 @@ class Reply:
     texts: list[str] = field(default_factory=list)
     logprobs: list[Any] | None = None
     finish: str | None = None  # the runtime's, from the last chunk
+    generated: int | None = None  # the runtime's count of completion tokens, from the last chunk
 
     def add(self, chunk: Any) -> None:
-        self.texts.append(chunk.text)
+        if chunk.text:
+            self.texts.append(chunk.text)
         if chunk.logprobs is not None:
             self.logprobs = [*(self.logprobs or []), *chunk.logprobs]
         if chunk.finish_reason is not None:
             self.finish = chunk.finish_reason
+            self.generated = getattr(chunk, "completion_tokens", None)
 
     @property
     def text(self) -> str:
         return "".join(self.texts)
 
     def tokens(self, provider: Provider) -> int:
-        """Tokens generated: one logprob per token where they were asked for, else counted."""
+        """Tokens generated: the runtime's count, else one per logprob, else counted."""
+        if self.generated:
+            return int(self.generated)
         if self.logprobs is not None:
             return len(self.logprobs)
         return oai.completion_tokens(provider, self.text, len(self.texts), self.max_tokens)

@@ -31,6 +31,7 @@ from starlette.routing import Route
 from provender_serve import _openai as oai
 from provender_serve._batching import batched, spawn
 from provender_serve._generate import Reply, chunks
+from provender_serve._metrics import CONTENT_TYPE, Counted, Metrics, route_paths
 from provender_serve._models import ModelRegistry, Slot, api_error
 from provender_serve._schemas import (
     DEFAULT_MAX_TOKENS_LIMIT,
@@ -204,6 +205,7 @@ class Server:
             keep_alive=options.keep_alive,
             queue_size=options.queue_size,
         )
+        self.metrics = Metrics(self.registry)  # /metrics: this server's own Prometheus registry
         try:  # the weights in the core's model pool follow the server's limits
             from provender import model_pool
 
@@ -256,6 +258,8 @@ class Server:
         except (ValueError, RecursionError) as exc:
             raise APIError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
         check_text(value)
+        if isinstance(value, dict) and isinstance(value.get("model"), str):
+            request.state.model = value["model"]  # this request's model label in /metrics (_metrics.Counted)
         return value
 
     async def _check_pull(self, request: Request, model: str) -> None:
@@ -304,7 +308,7 @@ class Server:
             with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
                 reply = Reply(options.get("max_tokens"))
                 generated = chunks(slot, messages=messages, tools=tools, options=options)
-                with closing(generated) as stream:
+                with closing(self.metrics.metered(slot, generated, messages)) as stream:
                     for chunk in stream:
                         reply.add(chunk)
                 prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(messages))
@@ -330,7 +334,7 @@ class Server:
         with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
             reply = Reply(options.get("max_tokens"))
             generated = chunks(slot, messages=messages, tools=tools, options=options)
-            with closing(generated) as stream:
+            with closing(self.metrics.metered(slot, generated, messages)) as stream:
                 # what fails before the first chunk (a schema the engine refuses, an option the
                 # provider lacks, a model that cannot load) is an HTTP error, not an in-band one
                 first = list(itertools.islice(stream, 1))
@@ -385,7 +389,7 @@ class Server:
             with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
                 reply = Reply(options.get("max_tokens"))
                 generated = chunks(slot, prompt=prompt, options=options)
-                with closing(generated) as stream:
+                with closing(self.metrics.metered(slot, generated, prompt)) as stream:
                     for chunk in stream:
                         reply.add(chunk)
                 counts = oai.usage(oai.count_tokens(slot.provider, prompt), reply.tokens(slot.provider))
@@ -409,7 +413,7 @@ class Server:
         with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
             reply = Reply(options.get("max_tokens"))
             generated = chunks(slot, prompt=prompt, options=options)
-            with closing(generated) as stream:
+            with closing(self.metrics.metered(slot, generated, prompt)) as stream:
                 first = list(itertools.islice(stream, 1))  # errors before the first chunk: HTTP errors
                 yield READY
                 try:
@@ -476,6 +480,9 @@ class Server:
             rows[row["model"]].update(owned_by=row["provider"], loaded=True)
         return list(rows.values())
 
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(await run_in_thread(self.metrics.render), media_type=CONTENT_TYPE)
+
     async def ps(self, request: Request) -> Response:
         pool: list[dict[str, Any]] = []
         with contextlib.suppress(ImportError, AttributeError):
@@ -507,7 +514,11 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
         Route("/api/ps", e(server.ps), methods=["GET"]),
         Route("/api/unload", e(server.unload), methods=["POST"]),
         *web_routes(server),  # the web page at / (provender_serve._web)
+        Route("/metrics", e(server.metrics_text), methods=["GET"]),
     ]
+    from provender_serve import _anthropic, _responses  # they import this module
+
+    routes += [*_anthropic.routes(server), *_responses.routes(server)]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -523,8 +534,9 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
         await asyncio.to_thread(server.registry.close)  # unload everything, releasing every lease
 
     walls = Middleware(Walls, origins=server.options.origins, allowed_hosts=server.options.allowed_hosts)
+    counted = Middleware(Counted, metrics=server.metrics, paths=route_paths(routes))
     app = Starlette(
-        routes=routes, middleware=[walls], exception_handlers={HTTPException: http_error}, lifespan=lifespan
+        routes=routes, middleware=[counted, walls], exception_handlers={HTTPException: http_error}, lifespan=lifespan
     )
     app.state.server = server
     return app

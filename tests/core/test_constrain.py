@@ -315,3 +315,14 @@ def test_a_pydantic_model_class_is_closed(bpe: Any, info: TokenizerInfo) -> None
         value = json.loads(text_of(bpe, ids))
         assert set(value) == {"kind", "points"}
         Shape.model_validate(value)
+
+
+def test_an_unimplemented_keyword_is_refused_not_ignored(info: TokenizerInfo) -> None:
+    """`uniqueItems` would be a promise the mask cannot keep: refused, naming the keyword."""
+    from provender._constrain import check_constraint
+
+    for constraint in (Constraint.json_schema({"type": "array", "uniqueItems": True}),):
+        with pytest.raises(InvalidOptionError, match=r'Unimplemented keys: \["uniqueItems"\]'):
+            check_constraint(constraint)
+        with pytest.raises(InvalidOptionError, match="uniqueItems"):
+            compile_constraint(constraint, info)

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,12 @@ def test_the_cache_view_matches_cache_ls_and_details_list_the_files(
     status, view = server.raw("GET", "/api/web/cache")
     assert status == 200
     listed = json.loads(cli(server, "cache", "ls", "--json").stdout)
-    keep = ("key", "name", "size", "pinned", "providers", "provider", "last_used", "kind")
+    keep = ("key", "name", "size", "pinned", "providers", "provider", "kind")
     assert [{k: e[k] for k in keep} for e in view["entries"]] == [{k: e[k] for k in keep} for e in listed]
+    for row, e in zip(view["entries"], listed, strict=True):
+        assert (
+            e["last_used"] is None or abs(datetime.fromisoformat(e["last_used"]).timestamp() - row["last_used"]) < 1e-3
+        )
     assert view["max_size"] == CacheManager().max_size and view["stats"]["entries"] == 2
     status, info = server.raw("GET", "/api/web/entry?name=test/b")
     assert status == 200 and info["pinned"] and not info["in_use"] and info["loaded"] == []

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from provender_serve._web_api import WebAPI, WebToken
+from provender_serve._web_api import WebAPI, WebToken, warm_claims
 from provender_serve.errors import APIError
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def open_when_up(url: str, timeout: float = 60.0) -> threading.Thread:
 def web_routes(server: Server) -> list[Route]:
     """The page's routes, mounted by `create_app` (reads need the API key when set, changes the token too)."""
     token = WebToken()
+    warm_claims()  # the page's first load then finds every entry's providers known
     page, api, e = WebPage(token), WebAPI(server, token), server.endpoint
     return [
         Route("/", e(page.page, auth=False), methods=["GET"]),

@@ -12,8 +12,10 @@ is refused). Cache errors are answered in the server's error shape: a pinned ent
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from provender import CacheEntry, CacheManager
     from provender_serve._app import Server
 
+logger = logging.getLogger(__name__)
 TOKEN_HEADER = "x-provender-token"
 MAX_FILES = 500  # files listed in one entry's details
 
@@ -64,32 +67,102 @@ def cache_error(exc: Exception) -> APIError:
     raise exc
 
 
-def _claims(entries: list[CacheEntry]) -> dict[str, list[str]]:
-    """provider names per entry key, the serving one first (as `provender cache ls` orders them)."""
-    from provender import get_plugin_manager
-    from provender._provider import prefer_order
-    from provender._settings import load_settings
+class Claims:
+    """Which providers claim each entry, remembered per entry as long as the entry is the same
+    (key, size, creation time, revision): asking every plugin about 1,000 entries takes seconds,
+    and an entry's files do not change under the same key without its size or time changing."""
 
-    manager = get_plugin_manager()
-    if not manager.has_implementations("provender_claim_model"):
-        return {}
-    prefer = load_settings().providers.prefer
-    return {e.key: prefer_order(manager.claim(e), prefer) for e in entries}
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[tuple[Any, ...], list[str]]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _fingerprint(entry: CacheEntry) -> tuple[Any, ...]:
+        return (entry.size, entry.created, entry.kind, entry.metadata.get("revision"), entry.metadata.get("filename"))
+
+    def __call__(self, entries: list[CacheEntry], *, every: bool = False) -> dict[str, list[str]]:
+        """provider names per entry key, the serving one first (as `provender cache ls` orders them);
+        `every`: `entries` is the whole cache, and entries not in it are forgotten."""
+        from provender import get_plugin_manager
+        from provender._provider import prefer_order
+        from provender._settings import load_settings
+
+        manager = get_plugin_manager()
+        if not manager.has_implementations("provender_claim_model"):
+            return {}
+        prefer = load_settings().providers.prefer
+        out: dict[str, list[str]] = {}
+        for entry in entries:
+            mark = self._fingerprint(entry)
+            with self._lock:
+                known = self._known.get(entry.key)
+            if known is None or known[0] != mark:
+                known = (mark, prefer_order(manager.claim(entry), prefer))
+                with self._lock:
+                    self._known[entry.key] = known
+            out[entry.key] = list(known[1])
+        if every:
+            with self._lock:
+                for key in set(self._known) - set(out):
+                    del self._known[key]
+        return out
+
+
+_claims = Claims()
+
+
+def warm_claims() -> threading.Thread:
+    """Ask the plugins about every cached entry now, on a thread of its own, so that the page's
+    first load finds the answers (`Claims`); a cache that cannot be read is left to the requests."""
+
+    def run() -> None:
+        from provender import CacheManager
+
+        try:
+            _claims(CacheManager().entries(), every=True)
+        except Exception as exc:  # the page's own request reports it
+            logger.debug("could not list the cache ahead of the web page: %s", exc)
+
+    thread = threading.Thread(target=run, name="provender-web-warm", daemon=True)
+    thread.start()
+    return thread
 
 
 def _row(entry: CacheEntry, providers: list[str]) -> dict[str, Any]:
-    """One entry as `provender cache ls --json` shows it (without the GGUF listing: see `details`)."""
-    return {**entry.to_dict(providers=providers), "provider": next(iter(providers), None)}
-
-
-def cache_view(cm: CacheManager) -> dict[str, Any]:
-    """The cache as the page draws it: its stats, its limit and one row per entry (most recent first)."""
-    entries = cm.entries(sort="used")
-    claims = _claims(entries)
-    stats = cm.stats()
+    """One entry as the list draws it: `provender cache ls --json`'s key, name, kind, size,
+    providers and pinned, and ``last_used`` in seconds since the epoch (the details have the rest)."""
     return {
-        "stats": stats.to_dict(),
+        "key": entry.key,
+        "name": entry.name,
+        "kind": entry.kind,
+        "size": entry.size,
+        "last_used": entry.last_used,
+        "providers": providers,
+        "provider": next(iter(providers), None),
+        "pinned": entry.pinned,
+    }
+
+
+def cache_view(cm: CacheManager, allowed: list[str] | None = None) -> dict[str, Any]:
+    """The cache as the page draws it: its stats, its limit, one row per entry (most recent
+    first) and the models this server may serve (server.models; empty: any it can claim)."""
+    entries = cm.entries(sort="used")  # syncs the index with the disk, once
+    claims = _claims(entries, every=True)
+    counters = cm.index.stats()  # `CacheManager.stats()` without a second sync
+    lookups = counters["hits"] + counters["misses"]
+    stats = {
+        **counters,
+        "hit_rate": counters["hits"] / lookups if lookups else None,
+        "entries": len(entries),
+        "size": sum(e.size for e in entries),
         "max_size": cm.max_size,
+        "pinned": sum(e.pinned for e in entries),
+        "cache_dir": str(cm.cache_dir),
+    }
+    return {
+        "stats": stats,
+        "max_size": cm.max_size,
+        "allowed": list(allowed or []),
         "entries": [_row(e, claims.get(e.key, [])) for e in entries],
     }
 
@@ -127,7 +200,8 @@ def details(cm: CacheManager, name: str, loaded: list[dict[str, Any]]) -> dict[s
     from provender import parse_model_name
 
     return {
-        **_row(entry, providers),
+        **entry.to_dict(providers=providers),
+        "provider": next(iter(providers), None),
         "revision": entry.metadata.get("revision") or entry.metadata.get("commit_hash"),
         "repo_type": entry.repo_type,
         "source": entry.metadata.get("source"),
@@ -188,7 +262,8 @@ class WebAPI:
     # -- reading -----------------------------------------------------------------------
 
     async def cache(self, request: Request) -> Response:
-        return await self._cache(cache_view)
+        allowed = self.server.options.allowed
+        return await self._cache(lambda cm: cache_view(cm, allowed))
 
     async def entry(self, request: Request) -> Response:
         name = request.query_params.get("name", "")

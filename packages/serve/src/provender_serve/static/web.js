@@ -64,9 +64,9 @@
     return i === 0 ? `${Math.trunc(n)} B` : `${n.toFixed(1)} ${units[i]}`;
   }
 
-  function ago(iso) {
-    if (!iso) return "never";
-    const s = (Date.now() - Date.parse(iso)) / 1000;
+  function ago(epoch) { // seconds since 1970, or null
+    if (!epoch) return "never";
+    const s = Date.now() / 1000 - epoch;
     if (s < 60) return "just now";
     if (s < 3600) return `${Math.round(s / 60)} min ago`;
     if (s < 86400) return `${Math.round(s / 3600)} h ago`;
@@ -89,6 +89,7 @@
   async function loadCache() {
     view = await api("GET", "/api/web/cache");
     drawCache();
+    drawModels(loadedModels);
   }
 
   function drawCache() {
@@ -119,19 +120,28 @@
     for (const e of entries) {
       rows.append(
         el("tr", { "data-key": e.key, "data-name": e.name, "data-size": e.size },
-          el("td", { class: "name" }, el("button", { class: "link", onclick: () => guarded(() => showDetails(e.key)) }, e.name)),
+          el("td", { class: "name" }, el("button", { class: "link" }, e.name)),
           el("td", {}, e.provider || "-"),
           el("td", { class: "num" }, size(e.size)),
           el("td", { class: "sizebar" }, el("div", { class: "meter", style: { width: `${(100 * e.size) / biggest}%` } })),
-          el("td", { title: e.last_used || "" }, ago(e.last_used)),
+          el("td", { title: e.last_used ? new Date(e.last_used * 1000).toISOString() : "" }, ago(e.last_used)),
           el("td", { class: "pinned" }, e.pinned ? "yes" : ""),
           el("td", {},
-            el("button", { class: "pin", onclick: () => guarded(() => pin(e, !e.pinned)) }, e.pinned ? "Unpin" : "Pin"), " ",
-            el("button", { class: "remove", onclick: () => guarded(() => remove(e)) }, "Remove")),
+            el("button", { class: "pin" }, e.pinned ? "Unpin" : "Pin"), " ", el("button", { class: "remove" }, "Remove")),
         ),
       );
     }
     $("#models tbody").replaceChildren(rows);
+  }
+
+  function onModelsClick(event) { // one listener for every row's buttons
+    const button = event.target.closest("button");
+    const row = button && button.closest("tr[data-key]");
+    const entry = row && view.entries.find((e) => e.key === row.dataset.key);
+    if (!entry) return;
+    if (button.classList.contains("link")) guarded(() => showDetails(entry.key));
+    else if (button.classList.contains("pin")) guarded(() => pin(entry, !entry.pinned));
+    else if (button.classList.contains("remove")) guarded(() => remove(entry));
   }
 
   async function pin(entry, on) {
@@ -194,8 +204,11 @@
 
   // -- the server's loaded models ----------------------------------------------------------
 
+  let loadedModels = [];
+
   async function loadLoaded() {
     const { models } = await api("GET", "/api/ps");
+    loadedModels = models;
     $("#loaded-empty").hidden = models.length > 0;
     $("#loaded tbody").replaceChildren(...models.map((m) =>
       el("tr", { "data-model": m.model },
@@ -214,12 +227,16 @@
 
   // -- the playground ----------------------------------------------------------------------
 
-  async function loadModels() {
-    const { data } = await api("GET", "/v1/models");
+  function drawModels(loaded) { // what /v1/models lists: server.models, else the cached models a provider claims
+    const names = new Map();
+    if (view && view.allowed.length) for (const name of view.allowed) names.set(name, "");
+    else if (view) for (const e of view.entries) if (e.provider) names.set(e.name, e.provider);
+    for (const m of loaded || []) if (!names.has(m.model)) names.set(m.model, m.provider);
     const select = $("#chat-model");
     const current = select.value;
-    select.replaceChildren(...data.map((m) => el("option", { value: m.id }, m.owned_by ? `${m.id} (${m.owned_by})` : m.id)));
-    if (current) select.value = current;
+    select.replaceChildren(...[...names].sort().map(([name, provider]) =>
+      el("option", { value: name }, provider ? `${name} (${provider})` : name)));
+    if (current && names.has(current)) select.value = current;
   }
 
   async function chat(event) {
@@ -308,9 +325,11 @@
 
   async function refresh() {
     say("");
-    const results = await Promise.allSettled([loadCache(), loadLoaded(), loadModels()]);
+    const results = await Promise.allSettled([loadCache(), loadLoaded()]);
+    drawModels(loadedModels);
     const failed = results.find((r) => r.status === "rejected");
     if (failed) say(failed.reason.message);
+    if (!document.body.dataset.loaded) performance.mark("provender-loaded"); // the first load, complete (benchmarks/web.py)
     document.body.dataset.loaded = "1";
   }
 
@@ -324,6 +343,7 @@
       refresh();
     });
     $("#refresh").addEventListener("click", refresh);
+    $("#models tbody").addEventListener("click", onModelsClick);
     $("#prune").addEventListener("click", () => guarded(showPlan));
     $("#details-close").addEventListener("click", () => { $("#details").hidden = true; });
     $("#chat-form").addEventListener("submit", chat);

@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from provender.errors import InvalidOptionError, UnsupportedError
 
+if TYPE_CHECKING:
+    from provender._decoding import Decoding, Detokenizer
+
 __all__ = [
     "Chunk",
     "Constraint",
+    "Decoding",
+    "Detokenizer",
     "GenerationOptions",
     "GenerationResult",
     "TokenLogprob",
@@ -365,3 +370,12 @@ def tool_call_constraint(tools: list[dict[str, Any]], tool_choice: Any = "requir
         for f in named
     ]
     return Constraint.json_schema(calls[0] if len(calls) == 1 else {"anyOf": calls})
+
+
+def __getattr__(name: str) -> Any:
+    """`Decoding` and `Detokenizer` (provender._decoding), for providers' token loops."""
+    if name in ("Decoding", "Detokenizer"):
+        from provender import _decoding
+
+        return getattr(_decoding, name)
+    raise AttributeError(f"module 'provender.generation' has no attribute {name!r}")

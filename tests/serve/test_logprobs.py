@@ -93,7 +93,7 @@ def test_logprobs_limits_are_400s(start_server: Any, cached_tiny: str) -> None:
     client = server.client()
     with pytest.raises(openai.BadRequestError, match="top_logprobs"):
         client.chat.completions.create(model=cached_tiny, messages=USER, logprobs=True, top_logprobs=21)
-    with pytest.raises(openai.BadRequestError, match="top_logprobs.*logprobs"):
+    with pytest.raises(openai.BadRequestError, match=r"top_logprobs.*logprobs"):
         client.chat.completions.create(model=cached_tiny, messages=USER, top_logprobs=2)
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         client.completions.create(model=cached_tiny, prompt="x", logprobs=21)

@@ -130,7 +130,7 @@ def test_named_and_required_tool_choice_give_valid_calls(start_server: Any, cach
             kwargs: dict[str, Any] = dict(model=cached_tiny, messages=_messages(i), tools=tools, max_tokens=400)
             if stream:
                 chunks = list(client.chat.completions.create(tool_choice=choice, stream=True, **kwargs))
-                finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason][0]
+                finish = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
                 calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
             else:
                 answer = client.chat.completions.create(tool_choice=choice, **kwargs)

@@ -186,3 +186,36 @@ def test_length_batches_keep_long_texts_apart() -> None:
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3]
     assert [1] in batches  # the long text is not padded against the short ones, nor they against it
     assert all(len(b) <= 2 for b in _length_batches(["same"] * 5, 2))
+
+
+def test_cli_similar_where_and_a_precomputed_vector(minilm: str, tmp_path: Path) -> None:
+    src = tmp_path / "docs.jsonl"
+    rows = [
+        ("paris-en", "Paris is the capital of France.", {"lang": "en", "year": 2024}),
+        ("paris-old", "Paris has been France's capital for centuries.", {"lang": "en", "year": 1900}),
+        ("paris-fr", "Paris est la capitale de la France.", {"lang": "fr", "year": 2024}),
+        ("cat", "The cat sits on the mat.", {"lang": "en", "year": 2024}),
+    ]
+    src.write_text("".join(json.dumps({"id": i, "text": t, "metadata": m}) + "\n" for i, t, m in rows))
+    assert run_cli("embed", "-m", minilm, "-c", "kb", "-i", str(src)).returncode == 0
+    question = "What is the capital of France?"
+
+    def ids(*where: str) -> list[str]:
+        args = [a for w in where for a in ("--where", w)]
+        out = run_cli("similar", "kb", question, "-n", "4", "--json", *args)
+        assert out.returncode == 0, out.stderr
+        return [h["id"] for h in json.loads(out.stdout)]
+
+    assert ids()[0] == "paris-en" and len(ids()) == 4
+    assert ids("lang=fr") == ["paris-fr"]
+    assert ids("lang=en", "year=2024") == ["paris-en", "cat"]  # both must match; 2024 the JSON number
+    assert ids("lang=de") == []
+    bad = run_cli("similar", "kb", question, "--where", "lang")
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+    # a vector computed elsewhere, stored beside the model's: found by a text query like the others
+    coll = Collection("kb")
+    vector = Embedder(minilm).embed(["Berlin is the capital of Germany."])[0]
+    assert coll.add("berlin", "Berlin is the capital of Germany.", embedding=vector)
+    assert coll.similar("Which city is Germany's capital?", n=1)[0].id == "berlin"
+    with pytest.raises(CollectionError, match="has a 3-dimensional embedding; collection 'kb' holds 384"):
+        coll.add("bad", "x", embedding=[1.0, 2.0, 3.0])

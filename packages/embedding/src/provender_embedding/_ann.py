@@ -19,9 +19,12 @@ import numpy as np
 from provender_embedding.errors import CollectionError
 
 ANN_HINT = 'pip install "provender-embedding[ann]"'
+# Chosen on 5,000 clustered 384-d vectors (recall@10, build time on this 2-core machine):
+# f32 expansion_add 128: 0.964, 17.5 s; f32 64: 0.946, 9.1 s; f16 64: 0.946, 5.4 s; i8 64: 0.89, 3.7 s.
+DTYPE = "f16"  # the index's own copy of the vectors; the matrix file stays float32
 CONNECTIVITY = 16
-EXPANSION_ADD = 128
-EXPANSION_SEARCH = 64
+EXPANSION_ADD = 64
+EXPANSION_SEARCH = 128
 
 
 def _usearch() -> Any:
@@ -64,7 +67,7 @@ class ApproximateIndex:
             index = Index(
                 ndim=matrix.shape[1],
                 metric="ip",
-                dtype="f32",
+                dtype=DTYPE,
                 connectivity=CONNECTIVITY,
                 expansion_add=EXPANSION_ADD,
                 expansion_search=EXPANSION_SEARCH,

@@ -233,6 +233,14 @@ class WebAPI:
     def __init__(self, server: Server, token: WebToken) -> None:
         self.server = server
         self.token = token
+        self._cm: CacheManager | None = None  # one for the server's life, as its settings are (~20 ms each)
+
+    def _manager(self) -> CacheManager:
+        if self._cm is None:
+            from provender import CacheManager
+
+            self._cm = CacheManager()
+        return self._cm
 
     async def _body(self, request: Request) -> dict[str, Any]:
         body = await self.server._json(request)
@@ -248,12 +256,11 @@ class WebAPI:
         return name
 
     async def _cache(self, work: Any) -> Response:
-        from provender import CacheManager
         from provender_serve._app import run_in_thread
 
         def call() -> Any:
             try:
-                return work(CacheManager())
+                return work(self._manager())
             except Exception as exc:
                 raise cache_error(exc) from None
 

@@ -57,6 +57,10 @@
     return node;
   }
 
+  function esc(text) { // text for HTML, in element content and in quoted attributes alike
+    return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  }
+
   function size(n) { // as provender prints sizes (decimal units)
     const units = ["B", "KB", "MB", "GB", "TB"];
     let i = 0;
@@ -115,23 +119,16 @@
       legend.append(el("li", { "data-provider": provider }, el("i", { style: { background: color } }), `${provider} ${size(bytes)}`));
     });
     legend.append(el("li", {}, `free ${size(Math.max(0, limit - total))}`));
-    const biggest = Math.max(1, ...entries.map((e) => e.size));
-    const rows = document.createDocumentFragment();
-    for (const e of entries) {
-      rows.append(
-        el("tr", { "data-key": e.key, "data-name": e.name, "data-size": e.size },
-          el("td", { class: "name" }, el("button", { class: "link" }, e.name)),
-          el("td", {}, e.provider || "-"),
-          el("td", { class: "num" }, size(e.size)),
-          el("td", { class: "sizebar" }, el("div", { class: "meter", style: { width: `${(100 * e.size) / biggest}%` } })),
-          el("td", { title: e.last_used ? new Date(e.last_used * 1000).toISOString() : "" }, ago(e.last_used)),
-          el("td", { class: "pinned" }, e.pinned ? "yes" : ""),
-          el("td", {},
-            el("button", { class: "pin" }, e.pinned ? "Unpin" : "Pin"), " ", el("button", { class: "remove" }, "Remove")),
-        ),
-      );
-    }
-    $("#models tbody").replaceChildren(rows);
+    // one string for 1,000 rows is several times faster to draw than 10,000 nodes made one by one;
+    // every value in it goes through esc(), and the bars are <progress> elements (no inline styles)
+    const biggest = entries.reduce((m, e) => Math.max(m, e.size), 1);
+    $("#models tbody").innerHTML = entries.map((e) =>
+      `<tr data-key="${esc(e.key)}" data-name="${esc(e.name)}" data-size="${Number(e.size)}">` +
+      `<td class="name"><button class="link">${esc(e.name)}</button></td><td>${esc(e.provider || "-")}</td>` +
+      `<td class="num">${size(e.size)}</td><td class="sizebar"><progress max="${biggest}" value="${Number(e.size)}"></progress></td>` +
+      `<td title="${e.last_used ? new Date(e.last_used * 1000).toISOString() : ""}">${ago(e.last_used)}</td>` +
+      `<td class="pinned">${e.pinned ? "yes" : ""}</td>` +
+      `<td><button class="pin">${e.pinned ? "Unpin" : "Pin"}</button> <button class="remove">Remove</button></td></tr>`).join("");
   }
 
   function onModelsClick(event) { // one listener for every row's buttons

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from provender._provider import DEFAULT_MAX_TOKENS, StopCut
-from provender.generation import Chunk, GenerationOptions, TokenLogprob
+from provender.generation import Chunk, Detokenizer, GenerationOptions, TokenLogprob
 
 if TYPE_CHECKING:
     import numpy
+
+__all__ = ["Decoding", "Detokenizer"]
 
 
 class Decoding:
@@ -158,27 +160,3 @@ class Decoding:
             top = [(self._token_text(int(i)), float(row[i])) for i in best[np.argsort(-row[best], kind="stable")]]
         logprob = float(row[token]) if token < row.size else float("-inf")
         return TokenLogprob(token=self._token_text(token), token_id=token, logprob=logprob, top=top)
-
-
-class Detokenizer:
-    """Text of a growing list of token ids, piece by piece, from a whole-list `decode`: a piece is
-    held back while the text ends in an incomplete character (U+FFFD)."""
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self.decode = decode
-        self.ids: list[int] = []
-        self.sent = ""
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        return self._piece(final=False)
-
-    def flush(self) -> str:
-        return self._piece(final=True)
-
-    def _piece(self, *, final: bool) -> str:
-        text = self.decode(self.ids)
-        if not text.startswith(self.sent) or (not final and text.endswith("\ufffd")):
-            return ""
-        piece, self.sent = text[len(self.sent) :], text
-        return piece

@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from provender.errors import InvalidOptionError, UnsupportedError
 
-if TYPE_CHECKING:
-    from provender._decoding import Decoding, Detokenizer
-
 __all__ = [
     "Chunk",
     "Constraint",
-    "Decoding",
     "Detokenizer",
     "GenerationOptions",
     "GenerationResult",
@@ -372,10 +368,28 @@ def tool_call_constraint(tools: list[dict[str, Any]], tool_choice: Any = "requir
     return Constraint.json_schema(calls[0] if len(calls) == 1 else {"anyOf": calls})
 
 
-def __getattr__(name: str) -> Any:
-    """`Decoding` and `Detokenizer` (provender._decoding), for providers' token loops."""
-    if name in ("Decoding", "Detokenizer"):
-        from provender import _decoding
+class Detokenizer:
+    """Text of a growing list of token ids, piece by piece, from a whole-list `decode` (for a
+    provider's token loop): a piece is held back while the text ends in an incomplete character
+    (U+FFFD)."""
 
-        return getattr(_decoding, name)
-    raise AttributeError(f"module 'provender.generation' has no attribute {name!r}")
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> str:
+        """Add a token; the new text it completes (may be empty)."""
+        self.ids.append(token)
+        return self._piece(final=False)
+
+    def flush(self) -> str:
+        """The text still held back, at the end."""
+        return self._piece(final=True)
+
+    def _piece(self, *, final: bool) -> str:
+        text = self.decode(self.ids)
+        if not text.startswith(self.sent) or (not final and text.endswith("\ufffd")):
+            return ""
+        piece, self.sent = text[len(self.sent) :], text
+        return piece

@@ -20,6 +20,7 @@ text so far is complete; other special tokens are never allowed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 import weakref
@@ -188,7 +189,21 @@ def _llama_cpp_info(llm: Any, eos_override: int | list[int] | None) -> Tokenizer
     digest = hashlib.sha256()
     for i in range(ll.vocab_size):  # the token table as the engine read it, specials marked
         digest.update(ll.decode_bytes([i]) + (b"\xff" if ll.is_special_token(i) else b"") + b"\x00")
-    return _info(ll, f"gguf:{digest.hexdigest()}")
+    # The engine's tokenizer points into this Llama's native vocabulary, freed with it: what is
+    # compiled for one Llama is never handed to another (a reload of the same GGUF included), and
+    # is forgotten when the Llama goes.
+    info = _info(ll, f"gguf:{digest.hexdigest()}:{next(_llama_serial)}")
+    weakref.finalize(llm, _forget_compiled, info.fingerprint)
+    return info
+
+
+_llama_serial = itertools.count(1)
+
+
+def _forget_compiled(fingerprint: str) -> None:
+    with _compiled_lock:
+        for key in [k for k in _compiled if k[1] == fingerprint]:
+            del _compiled[key]
 
 
 def _info(ll: Any, base: str) -> TokenizerInfo:

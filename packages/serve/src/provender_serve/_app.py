@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from provender_serve import _openai as oai
 from provender_serve._batching import batched, spawn
+from provender_serve._events import chat_events, completion_events
 from provender_serve._generate import Reply, chunks
 from provender_serve._metrics import CONTENT_TYPE, Counted, Metrics, route_paths
 from provender_serve._models import ModelRegistry, Slot, api_error
@@ -332,37 +333,24 @@ class Server:
     ) -> Iterator[bytes]:
         model = slot.name
         with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-            reply = Reply(options.get("max_tokens"))
             generated = chunks(slot, messages=messages, tools=tools, options=options)
             with closing(self.metrics.metered(slot, generated, messages)) as stream:
                 # what fails before the first chunk (a schema the engine refuses, an option the
                 # provider lacks, a model that cannot load) is an HTTP error, not an in-band one
                 first = list(itertools.islice(stream, 1))
                 yield READY
-                try:
-                    yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
-                    for chunk in itertools.chain(first, stream):
-                        if cancel.is_set():
-                            logger.info("client went away: stopped generating for %s", model)
-                            return
-                        reply.add(chunk)
-                        if not tools and (chunk.text or chunk.logprobs):  # with tools, the reply is parsed whole
-                            yield oai.sse(oai.chat_chunk(cid, model, {"content": chunk.text}, logprobs=chunk.logprobs))
-                    content, calls = oai.parse_tool_calls(reply.text, tools) if tools else (reply.text, [])
-                    logprobs = reply.logprobs if tools else None  # with tools, all on the first chunk sent
-                    if tools and content:
-                        yield oai.sse(oai.chat_chunk(cid, model, {"content": content}, logprobs=logprobs))
-                        logprobs = None
-                    if calls:
-                        yield oai.sse(oai.chat_chunk(cid, model, oai.tool_call_deltas(calls), logprobs=logprobs))
-                    completion_tokens = reply.tokens(slot.provider)
-                    counts = oai.usage(oai.count_tokens(slot.provider, oai.prompt_text(messages)), completion_tokens)
-                    finish = reply.finish_reason(slot.provider, calls)
-                    yield oai.sse(oai.chat_chunk(cid, model, {}, finish, None if include_usage else counts))
-                    if include_usage:
-                        yield oai.sse(oai.chat_chunk(cid, model, None, counts=counts))
-                except Exception as exc:
-                    yield oai.sse(api_error(exc).body())
+                yield from chat_events(
+                    cid,
+                    model,
+                    slot.provider,
+                    first,
+                    stream,
+                    max_tokens=options.get("max_tokens"),
+                    messages=messages,
+                    tools=tools,
+                    include_usage=include_usage,
+                    cancel=cancel,
+                )
             yield oai.sse("[DONE]")
 
     async def completions(self, request: Request) -> Response:
@@ -411,32 +399,21 @@ class Server:
     ) -> Iterator[bytes]:
         model = slot.name
         with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-            reply = Reply(options.get("max_tokens"))
             generated = chunks(slot, prompt=prompt, options=options)
             with closing(self.metrics.metered(slot, generated, prompt)) as stream:
                 first = list(itertools.islice(stream, 1))  # errors before the first chunk: HTTP errors
                 yield READY
-                try:
-                    offset = 0
-                    for chunk in itertools.chain(first, stream):
-                        if cancel.is_set():
-                            logger.info("client went away: stopped generating for %s", model)
-                            return
-                        reply.add(chunk)
-                        if chunk.text or chunk.logprobs:
-                            logprobs = oai.completion_logprobs(chunk.logprobs, offset)
-                            yield oai.sse(
-                                oai.completion(cid, model, chunk.text, None, None, chunk=True, logprobs=logprobs)
-                            )
-                        offset += len(chunk.text)
-                    completion_tokens = reply.tokens(slot.provider)
-                    counts = oai.usage(oai.count_tokens(slot.provider, prompt), completion_tokens)
-                    finish = reply.finish_reason(slot.provider, [])
-                    yield oai.sse(oai.completion(cid, model, "", finish, None if include_usage else counts, chunk=True))
-                    if include_usage:
-                        yield oai.sse({**oai.completion(cid, model, "", None, counts, chunk=True), "choices": []})
-                except Exception as exc:
-                    yield oai.sse(api_error(exc).body())
+                yield from completion_events(
+                    cid,
+                    model,
+                    slot.provider,
+                    first,
+                    stream,
+                    max_tokens=options.get("max_tokens"),
+                    prompt=prompt,
+                    include_usage=include_usage,
+                    cancel=cancel,
+                )
             yield oai.sse("[DONE]")
 
     async def embeddings(self, request: Request) -> Response:

@@ -7,6 +7,7 @@ MLX llama (built on the spot), whose replies then parse and fit.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -124,3 +125,44 @@ def test_choice_regex_and_grammar_on_a_real_model(tiny_mlx: Path, env: dict[str,
     grammar = tmp_path / "list.lark"
     grammar.write_text('start: "[" num ("," num)* "]"\nnum: /[0-9]{1,2}/\n')
     assert re.fullmatch(r"\[\d{1,2}(,\d{1,2})*\]", generate(tiny_mlx, env, "--grammar", str(grammar), "--stream"))
+
+
+def test_a_constrained_reply_runs_here_while_a_server_answers(
+    tiny_mlx: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """With `provender serve` running, a constrained `generate` still fits: it runs in this process
+    (the server's /v1/completions takes no constraint), and the server loads nothing for it."""
+    pytest.importorskip("provender_serve")
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    served = {k: v for k, v in env.items() if k != "PROVENDER_NO_SERVER"}
+    served |= {"PROVENDER_SERVER__PORT": str(port), "PROVENDER_DATA__DIR": str(tmp_path / "data")}
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "provender", "serve"], env={**os.environ, **served}, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if json.loads(response.read()).get("service") == "provender":
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.2)
+        assert generate(tiny_mlx, served, "--choice", "yes,no") in ("yes", "no")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ps", timeout=10) as response:
+            assert json.loads(response.read())["models"] == []
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

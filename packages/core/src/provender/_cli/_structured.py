@@ -99,14 +99,3 @@ def constraint_option(
     except ProvenderError as exc:
         fail(f"{given[0]}: {exc}", EXIT_USAGE)
     return {"constraint": constraint}
-
-
-def for_provider(provider: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """`options` as `provider` takes them: a server's client gets the constraint as JSON
-    (``{"kind": ..., "value": ...}``), a provider in this process the `Constraint` itself."""
-    from provender._client import RemoteProvider
-
-    constraint = options.get("constraint")
-    if constraint is not None and isinstance(provider, RemoteProvider):
-        return {**options, "constraint": constraint.model_dump()}
-    return options

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provender._cli._common import echo_json, echo_table, fail, get_cache, json_option
-from provender._cli._structured import constraint_flags, constraint_option, for_provider
+from provender._cli._structured import constraint_flags, constraint_option
 
 if TYPE_CHECKING:
     from provender._cache._entry import PullResult
@@ -216,8 +216,8 @@ def generate(
         if v is not None
     }
     options.update(constraint_option(schema, choice, regex, grammar))
-    provider = provider_for(model, use_server=not no_server)
-    options = for_provider(provider, options)
+    # A constrained reply runs in this process: the server's /v1/completions takes no constraint
+    provider = provider_for(model, use_server=not no_server and "constraint" not in options)
     try:
         if stream:
             for chunk in provider.stream(text, **options):

@@ -322,13 +322,14 @@ def test_memory_recalls_earlier_notes(tmp_path: Path, cache_dir: Path, monkeypat
 
 
 def test_real_mlx_provider_stops_at_max_steps(tmp_path: Path) -> None:
-    """A real MLX model built to emit only "<tool_call>": it never stops calling (malformed) tools."""
+    """A real MLX model built to emit only "<tool_call>": unconstrained, it never stops calling (malformed)
+    tools (constrained, it cannot: tests/agent/test_constrained.py)."""
     pytest.importorskip("mlx_lm")
     from provender_mlx import MLXProvider
     from provender_mlx.testing import build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path / "caller", constant_token="<tool_call>")
-    agent = Agent(MLXProvider(str(model_dir)), tools=[add], max_steps=3, options={"max_tokens": 3})
+    agent = Agent(MLXProvider(str(model_dir)), tools=[add], max_steps=3, constrain=False, options={"max_tokens": 3})
     events = list(agent.stream("What is 2 + 3?"))
     result = events[-1].result
     assert result is not None and result.outcome == "max_steps" and len(result.steps) == 3

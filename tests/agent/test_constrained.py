@@ -69,3 +69,24 @@ def test_forcing_needs_a_provider_with_constraints(tmp_path: Path) -> None:
     with pytest.raises(ProvenderError, match="constrain=True"):
         Agent("echo:upper", tools=[add], constrain=True)
     assert Agent("echo:upper", tools=[add]).constrain is False  # no constraints there: as before
+
+
+def test_a_plain_answer_is_never_taken_for_a_call() -> None:
+    """What the grammar lets through as an answer: parse_reply finds no call and no attempt in it."""
+    import random
+    import re
+
+    from provender_agent._constrained import ANSWER_REGEX
+
+    answer = re.compile(ANSWER_REGEX + r"\Z")
+    for fine in ["The sum is 5.", "  a[0] is x < y", "a <b>bold</b>", "x [1, 2]", "end<"]:
+        assert answer.match(fine), fine
+    for call in ["<tool_call>{}", "x <tool_call>", "[TOOL_CALLS][]", "a <|python_tag|>", "[add(a=1)]", '{"name": 1}']:
+        assert not answer.match(call), call
+    rng = random.Random(0)
+    alphabet = list('<[{|tT ab(){}"n:,]>_')
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14)))
+        if answer.match(text):
+            parsed = parse_reply(text)
+            assert not parsed.calls and not parsed.errors, text

@@ -9,7 +9,7 @@ malformed call or call a tool that was not offered.
 
 `tool_call_grammar(tools)` is for ``tool_choice="auto"``: an llguidance Lark grammar for a
 reply that is either such a call or a plain answer that `parse_reply` does not take for an
-attempted call. ``"required"`` and a named tool use ``tool_call_constraint`` alone.
+attempted call (`ANSWER_REGEX`). ``"required"`` and a named tool use ``tool_call_constraint`` alone.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-#: A plain answer, for `tool_call_grammar`: it starts with neither whitespace, ``{`` nor ``[``
-#: and holds no ``<`` or ``[``, so none of `parse_reply`'s call markers (``<tool_call>``,
-#: ``[TOOL_CALLS]``, ``<|python_tag|>``, a bare ``[f(x)]``, a leading JSON object) can be in it.
-ANSWER_REGEX = r"[^\s{\[<][^<\[]*"
+#: A plain answer, for `tool_call_grammar`: after any whitespace it starts with neither ``{``,
+#: ``[`` nor ``<``, and no ``<`` in it is followed by ``|``, ``t``, ``<`` or ``[``, no ``[`` by
+#: ``T``, ``<`` or ``[``; so none of `parse_reply`'s call markers (``<tool_call>``,
+#: ``[TOOL_CALLS]``, ``<|python_tag|>``, ``<|tool_call_start|>``, a bare ``[f(x)]``, a leading
+#: JSON object) can be in it, while ``a[0]``, ``x < y`` or ``<b>`` can.
+ANSWER_REGEX = r"\s*[^\s{\[<](?:[^<\[]|<[^|t<\[]|\[[^T<\[])*[<\[]?"
 
 
 def tool_call_grammar(tools: list[dict[str, Any]]) -> str:

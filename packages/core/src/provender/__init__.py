@@ -88,7 +88,7 @@ _LAZY = {
     "CacheStats": "provender._cache",
     "Lease": "provender._cache",
     "VerifyIssue": "provender._cache",
-    "LoadedModel": "provender._pool",
+    "LoadedModel": "provender._loaded",
     "ModelPool": "provender._pool",
     "model_pool": "provender._pool",
     "Provider": "provender._provider",
@@ -168,8 +168,9 @@ if TYPE_CHECKING:
         RemoteTier,
         VerifyIssue,
     )
+    from provender._loaded import LoadedModel
     from provender._plugins import get_plugin_manager, hookimpl
-    from provender._pool import LoadedModel, ModelPool, model_pool
+    from provender._pool import ModelPool, model_pool
     from provender._pooled import PooledProvider
     from provender._provider import (
         BatchSession,

@@ -212,4 +212,7 @@ def test_bad_input_is_a_4xx_in_anthropics_shape(start_server: Any) -> None:
     with pytest.raises(anthropic.APIStatusError) as caught:  # a streamed request refused before it starts
         api.messages.create(model="echo:plain", max_tokens=5, messages=ok, stream=True, tool_choice={"type": "tool"})
     assert caught.value.status_code == 400 and caught.value.body["type"] == "error"
+    with pytest.raises(anthropic.NotFoundError) as missing_model:  # refused by the model's admission, streamed
+        api.messages.create(model="echo:nosuchmode", max_tokens=5, messages=ok, stream=True)
+    assert missing_model.value.body["error"]["type"] == "not_found_error"
     assert api.messages.create(model="echo:plain", max_tokens=5, messages=ok).content[0].text == "hi"  # still serving

@@ -255,7 +255,7 @@ def response(
         "store": False,
         "temperature": req.temperature,
         "top_p": req.top_p,
-        "text": {"format": {"type": "text"}},
+        "text": req.text.model_dump(exclude_none=True, by_alias=True) if req.text else {"format": {"type": "text"}},
         "tool_choice": req.tool_choice or "auto",
         "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
         "truncation": req.truncation or "disabled",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from provender import InvalidOptionError, Provider, UnsupportedError
+from provender import InvalidOptionError, LoadedModel, PooledProvider, Provider, UnsupportedError
 from provender._decoding import Decoding, Detokenizer
 from provender.generation import (
     Chunk,
@@ -185,3 +187,45 @@ def test_import_provender_and_help_stay_free_of_pydantic() -> None:
             [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
         )
         assert "pydantic" not in out.stderr, code
+
+
+class Rendered(PooledProvider):
+    """Generates the text it was asked to continue, one character per token: shows what the base rendered."""
+
+    name = "rendered"
+
+    def resolve(self) -> tuple[Path, None]:
+        return Path("/nonexistent-model-dir"), None
+
+    def check_files(self) -> None:
+        """No weights to check."""
+
+    def load_files(self, path: Path) -> LoadedModel:
+        return LoadedModel(self.model, "no weights", None)
+
+    def template(self, item: LoadedModel, messages: list[dict[str, Any]], tools: Any = None) -> str:
+        return json.dumps({"messages": [m["content"] for m in messages], "tools": [t["name"] for t in tools or []]})
+
+    def decode(self, item: LoadedModel, request: Any) -> Iterator[Chunk]:
+        decoding = self.decoding(request, prompt_tokens=0, token_text=str)
+        for i, char in enumerate(request.text[: decoding.max_tokens]):
+            if (chunk := decoding.feed(i, char)) is not None:
+                yield chunk
+        yield decoding.finish("length" if len(request.text) > decoding.max_tokens else "stop")
+
+
+def test_the_base_renders_prompts_conversations_and_tool_choice_none() -> None:
+    provider = Rendered("m")
+    assert provider.generate("plain") == "plain"
+    as_chat = json.loads(provider.generate("hi", system_prompt="sys"))
+    assert as_chat == {"messages": ["sys", "hi"], "tools": []}
+    messages = [{"role": "user", "content": "q"}]
+    tools = [{"name": "f"}]
+    assert json.loads(provider.chat(messages, tools))["tools"] == ["f"]
+    assert json.loads(provider.chat(messages, tools, tool_choice="auto"))["tools"] == ["f"]
+    assert json.loads(provider.chat(messages, tools, tool_choice="none"))["tools"] == []  # no tools offered
+    assert provider.complete("abcdef", max_tokens=4).finish_reason == "length"
+    with pytest.raises(UnsupportedError, match="option 'top_k'"):
+        provider.generate("x", top_k=3)
+    with pytest.raises(InvalidOptionError, match="messages"):
+        provider.chat("not a list")  # type: ignore[arg-type]

@@ -20,7 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from provender._provider import DEFAULT_MAX_TOKENS, StopCut
+from provender._provider import DEFAULT_MAX_TOKENS
+from provender._stops import StopCut
 from provender.generation import Chunk, Detokenizer, GenerationOptions, TokenLogprob
 
 if TYPE_CHECKING:

@@ -92,6 +92,19 @@ def start_server(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatc
     servers: list[Server] = []
 
     def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+        # The free port is only free when chosen: another test (pytest -n runs two at once) may
+        # take it before this server binds it. A server that could not listen on a port this
+        # fixture chose is started again on another; one told its port is not.
+        chosen = wait and "--port" not in args and "PROVENDER_SERVER__PORT" not in (env or {})
+        for _ in range(3):
+            server = launch(*args, env=env, wait=wait)
+            if not (chosen and server.proc.poll() is not None and "cannot listen" in server.log.read_text()):
+                break
+        if wait and server.proc.poll() is not None:
+            pytest.fail(f"the server did not start: {server.log.read_text()}")
+        return server
+
+    def launch(*args: str, env: dict[str, str] | None, wait: bool) -> Server:
         port = free_port()
         full_env = {**os.environ, "PROVENDER_SERVER__PORT": str(port), **(env or {})}
         log = tmp_path / f"server-{port}.log"
@@ -102,8 +115,8 @@ def start_server(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatc
         server = Server(proc, port, {k: v for k, v in full_env.items() if k.startswith("PROVENDER_")}, log)
         servers.append(server)
         deadline = time.monotonic() + 60
-        while wait and not server.healthy():
-            if proc.poll() is not None or time.monotonic() > deadline:
+        while wait and proc.poll() is None and not server.healthy():
+            if time.monotonic() > deadline:
                 pytest.fail(f"the server did not start: {log.read_text()}")
             time.sleep(0.1)
         return server

@@ -133,7 +133,7 @@ def test_api_key(start_server: Any) -> None:
 def test_keep_alive_unloading_seen_through_ps(start_server: Any, cached_tiny: str) -> None:
     from helpers import run_cli
 
-    server = start_server("--keep-alive", "2s")
+    server = start_server("--keep-alive", "5s")  # room for two CLI runs on a loaded machine (pytest -n 2)
     client = server.client()
     client.chat.completions.create(model=cached_tiny, messages=USER, max_tokens=2)
     client.chat.completions.create(model="echo:upper", messages=USER, extra_body={"keep_alive": -1})

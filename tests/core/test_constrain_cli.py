@@ -119,6 +119,15 @@ def test_schema_on_a_real_model(tiny_mlx: Path, env: dict[str, str], tmp_path: P
         jsonschema.validate(json.loads(generate(tiny_mlx, env, *args)), SCHEMA)
 
 
+def test_a_reply_cut_by_max_tokens_says_so(tiny_mlx: Path, env: dict[str, str]) -> None:
+    for stream in ("--no-stream", "--stream"):
+        cut = run_cli("generate", "-m", f"mlx:{tiny_mlx}", "--max-tokens", "2", "--schema", json.dumps(SCHEMA),
+                      stream, "Hello", env=env, timeout=240)  # fmt: skip
+        assert cut.returncode == 0 and "stopped at --max-tokens" in cut.stderr, (cut.stdout, cut.stderr)
+    whole = run_cli("generate", "-m", f"mlx:{tiny_mlx}", "--choice", "yes,no", "Hello", env=env, timeout=240)
+    assert whole.returncode == 0 and whole.stdout.strip() in ("yes", "no") and "warning" not in whole.stderr
+
+
 def test_choice_regex_and_grammar_on_a_real_model(tiny_mlx: Path, env: dict[str, str], tmp_path: Path) -> None:
     assert generate(tiny_mlx, env, "--choice", "yes, no ,maybe later") in ("yes", "no", "maybe later")
     assert re.fullmatch(r"[a-z]{3}-[0-9]{2}", generate(tiny_mlx, env, "--regex", r"[a-z]{3}-[0-9]{2}"))

@@ -220,13 +220,19 @@ def generate(
     provider = provider_for(model, use_server=not no_server and "constraint" not in options)
     try:
         if stream:
-            for chunk in provider.stream(text, **options):
-                click.echo(chunk, nl=False)
+            finish = None
+            for chunk in provider.stream_complete(text, **options):
+                click.echo(chunk.text, nl=False)
+                finish = chunk.finish_reason or finish
             click.echo()
         else:
-            click.echo(provider.generate(text, **options))
+            result = provider.complete(text, **options)
+            click.echo(result.text)
+            finish = result.finish_reason
     finally:
         provider.close()
+    if finish == "length" and "constraint" in options:  # the text was cut: it need not parse
+        click.echo("warning: the reply stopped at --max-tokens before it was complete; it may not parse", err=True)
 
 
 def register(cli: click.Group) -> None:

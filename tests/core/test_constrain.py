@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from provender._constrain import (
-    ConstraintViolation,
+    ConstraintViolationError,
     Matcher,
     TokenizerInfo,
     compile_constraint,
@@ -176,7 +176,7 @@ def test_special_tokens_other_than_eos_are_never_allowed(bpe: Any, info: Tokeniz
 def test_a_disallowed_token_raises(bpe: Any, info: TokenizerInfo) -> None:
     matcher = compile_constraint(Constraint.regex("[0-9]+"), info).matcher()
     (letter,) = bpe.encode("x").ids
-    with pytest.raises(ConstraintViolation, match=f"token {letter} does not fit the constraint"):
+    with pytest.raises(ConstraintViolationError, match=f"token {letter} does not fit the constraint"):
         matcher.accept(letter)
 
 

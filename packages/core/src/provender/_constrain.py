@@ -28,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from provender.errors import InvalidOptionError
+from provender.errors import ConstraintViolationError, InvalidOptionError
 
 if TYPE_CHECKING:
     import llguidance
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CompiledConstraint",
-    "ConstraintViolation",
+    "ConstraintViolationError",
     "Matcher",
     "TokenizerInfo",
     "check_constraint",
@@ -56,10 +56,6 @@ CACHE_SIZE = 64
 _QUOTE = 80
 #: names of the end-of-sequence token in a bare `tokenizers.Tokenizer`, most specific first
 _EOS_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
-
-
-class ConstraintViolation(ValueError):
-    """A token was given to `Matcher.accept` that the constraint does not allow there."""
 
 
 def _engine() -> Any:
@@ -423,12 +419,12 @@ class Matcher:
     # advancing ------------------------------------------------------------------------------------
 
     def accept(self, token_id: int) -> None:
-        """Advance past the chosen token; raises `ConstraintViolation` if it was not allowed."""
+        """Advance past the chosen token; raises `ConstraintViolationError` if it was not allowed."""
         if self._m.is_stopped() and int(token_id) in self.info.eos_token_ids:
             return  # the end-of-sequence token after a complete text: nothing left to advance
         if not self._m.consume_token(int(token_id)):
             error = self._m.get_error() or "not allowed here"
-            raise ConstraintViolation(f"token {token_id} does not fit the constraint: {_one_line(error)}")
+            raise ConstraintViolationError(f"token {token_id} does not fit the constraint: {_one_line(error)}")
         self._allowed = None
         self._torch.clear()
 

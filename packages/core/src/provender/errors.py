@@ -11,6 +11,7 @@ also importable from ``provender``). One root, `ProvenderError`::
     │   ├── InvalidModelNameError (ValueError)
     │   └── ModelPathNotFoundError (FileNotFoundError)
     ├── InvalidOptionError (ValueError)          a generation option is out of range
+    ├── ConstraintViolationError (ValueError)    a token the constraint does not allow was fed to its matcher
     ├── CacheError                               the shared disk cache
     │   ├── InvalidNameError (ValueError)
     │   ├── EntryNotFoundError (LookupError)
@@ -50,6 +51,7 @@ __all__ = [
     "CacheError",
     "CacheNotWritableError",
     "ConfigError",
+    "ConstraintViolationError",
     "CorruptBlobError",
     "DiskFullError",
     "EntryExistsError",
@@ -170,6 +172,11 @@ class InvalidOptionError(ProvenderError, ValueError):
         super().__init__(f"invalid {option}={value!r}: expected {expected}")
         self.option = option
         self.value = value
+
+
+class ConstraintViolationError(ProvenderError, ValueError):
+    """A token was given to a constraint's matcher (`provender._constrain.Matcher.accept`) that the
+    constraint does not allow there: a provider's decoding loop sampled past the mask."""
 
 
 # -- cache ---------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ any model loads; a bad one is one line and exit 2. Nothing here is imported by `
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -34,7 +33,7 @@ def constraint_flags(command: F) -> F:
             click.option(
                 "--grammar",
                 metavar="FILE",
-                type=click.Path(dir_okay=False, path_type=Path),
+                type=click.Path(dir_okay=False),  # a str: pathlib stays off the --help path
                 help="Reply in the language of this grammar (llguidance's Lark dialect).",
             ),
         ]
@@ -45,6 +44,7 @@ def constraint_flags(command: F) -> F:
 
 def _read_json(flag: str, value: str) -> Any:
     import json
+    from pathlib import Path
 
     text = value.strip()
     if not text.startswith(("{", "[")):
@@ -64,9 +64,7 @@ def _read_json(flag: str, value: str) -> Any:
         fail(f"{flag}: {where} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", EXIT_USAGE)
 
 
-def constraint_option(
-    schema: str | None, choice: str | None, regex: str | None, grammar: Path | None
-) -> dict[str, Any]:
+def constraint_option(schema: str | None, choice: str | None, regex: str | None, grammar: str | None) -> dict[str, Any]:
     """``{"constraint": Constraint}`` for the flag given, ``{}`` for none; exit 2 with one line for
     several flags or a bad value (unreadable file, not JSON, invalid schema, regex or grammar)."""
     given = [f"--{name}" for name, v in zip(FLAGS, (schema, choice, regex, grammar), strict=True) if v is not None]
@@ -89,8 +87,10 @@ def constraint_option(
             constraint = Constraint.regex(regex)
         else:
             assert grammar is not None
+            from pathlib import Path
+
             try:
-                constraint = Constraint.grammar(grammar.expanduser().read_text(encoding="utf-8"))
+                constraint = Constraint.grammar(Path(grammar).expanduser().read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError) as exc:
                 fail(f"--grammar: cannot read {str(grammar)!r}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
         from provender._constrain import check_constraint

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -197,7 +196,7 @@ def generate(
     schema: str | None,
     choice: str | None,
     regex: str | None,
-    grammar: Path | None,
+    grammar: str | None,
 ) -> None:
     """Generate text from PROMPT (or stdin) with MODEL (on a running `provender serve` if one answers)."""
     from provender._client import provider_for

@@ -26,7 +26,8 @@ TOKEN = re.compile(r'<meta name="provender-token" content="([^"]+)">')
 def page_token(server: Server) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(server.url + "/", timeout=30) as response:
+    page = urllib.request.Request(server.url + "/", headers={"Accept": "text/html"})  # as a browser asks
+    with urllib.request.urlopen(page, timeout=30) as response:
         found = TOKEN.search(response.read().decode())
     assert found, "the page carries no token"
     return found.group(1)
@@ -61,7 +62,8 @@ def test_the_page_and_its_files_are_served_with_a_token_and_a_strict_policy(star
     import urllib.request
 
     server = start_server(env={"PROVENDER_SERVER__API_KEY": "sekrit"})
-    with urllib.request.urlopen(server.url + "/", timeout=30) as response:  # no key: the page asks for it
+    page = urllib.request.Request(server.url + "/", headers={"Accept": "text/html"})  # as a browser asks
+    with urllib.request.urlopen(page, timeout=30) as response:  # no key: the page asks for it
         html = response.read().decode()
         csp = response.headers["Content-Security-Policy"]
         assert response.headers["Cache-Control"] == "no-store"

@@ -488,14 +488,15 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
         Route("/v1/chat/completions", e(server.chat), methods=["POST"]),
         Route("/v1/completions", e(server.completions), methods=["POST"]),
         Route("/v1/embeddings", e(server.embeddings), methods=["POST"]),
-        Route("/api/ps", e(server.ps), methods=["GET"]),
+        Route("/api/provender/ps", e(server.ps), methods=["GET"]),  # /api/ps: Ollama's rows (_ollama_models)
         Route("/api/unload", e(server.unload), methods=["POST"]),
+        Route("/api/provender/unload", e(server.unload), methods=["POST"]),
         *web_routes(server),  # the web page at / (provender_serve._web)
         Route("/metrics", e(server.metrics_text), methods=["GET"]),
     ]
-    from provender_serve import _anthropic, _responses  # they import this module
+    from provender_serve import _anthropic, _ollama, _responses  # they import this module
 
-    routes += [*_anthropic.routes(server), *_responses.routes(server)]
+    routes += [*_anthropic.routes(server), *_responses.routes(server), *_ollama.routes(server)]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500

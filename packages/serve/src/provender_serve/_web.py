@@ -59,6 +59,11 @@ class WebPage:
         self.token = token
 
     async def page(self, request: Request) -> Response:
+        from provender_serve._ollama_models import probe_text
+
+        probe = probe_text(request)  # Ollama's clients probe GET / and HEAD /: a browser gets the page
+        if probe is not None:
+            return probe
         html = static_text("index.html").replace(TOKEN_PLACEHOLDER, self.token.value)
         headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}  # the token is per server
         return Response(html, media_type="text/html; charset=utf-8", headers=headers)

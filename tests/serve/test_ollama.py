@@ -193,3 +193,35 @@ def test_langchain_chat_ollama(start_server: Any) -> None:
     chat = langchain.ChatOllama(model="echo:plain", base_url=server.url)
     assert chat.invoke("alpha beta gamma").content == "alpha beta gamma"
     assert "".join(str(c.content) for c in chat.stream("delta epsilon")) == "delta epsilon"
+
+
+def test_tools_and_format(start_server: Any) -> None:
+    api = client(start_server())
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    call = json.dumps({"name": "get_weather", "parameters": {"city": "Oslo"}})  # echo writes the call back
+    for stream in (False, True):
+        got = api.chat(model="echo:plain", messages=[{"role": "user", "content": call}], tools=[tool], stream=stream)
+        final = got if not stream else [p for p in got][-1]
+        calls = final.message.tool_calls
+        assert calls and calls[0].function.name == "get_weather" and calls[0].function.arguments == {"city": "Oslo"}
+    turns = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {}}}]},
+        {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+        {"role": "user", "content": "thanks"},
+    ]
+    assert api.chat(model="echo:plain", messages=turns, tools=[tool]).message.content == "thanks"
+    # echo cannot hold a reply to a schema: a 400 naming the option, in Ollama's shape
+    with pytest.raises(ollama.ResponseError) as err:
+        api.generate(model="echo:plain", prompt="x", format="json")
+    assert err.value.status_code == 400
+    with pytest.raises(ollama.ResponseError) as err:
+        api.chat(model="echo:plain", messages=turns, tools=[tool], format="json")
+    assert err.value.status_code == 400 and "format" in err.value.error

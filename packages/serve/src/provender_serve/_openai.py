@@ -6,11 +6,12 @@ import base64
 import json
 import time
 import uuid
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from provender import Provider, UnsupportedError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def new_id(prefix: str) -> str:
@@ -180,6 +181,8 @@ def completion(
 
 
 def embeddings(model: str, vectors: np.ndarray, encoding: str, prompt_tokens: int) -> dict[str, Any]:
+    import numpy as np  # here, not at import: numpy costs a server start ~1.5 s on a loaded machine
+
     rows = []
     for i, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
         if encoding == "base64":

@@ -86,6 +86,11 @@ class MemorySettings(_Section):
     keep_alive: Seconds = Field(
         300.0, description='Idle time before a loaded model is unloaded (at most 3650d); -1 or "forever" = never.'
     )
+    prompt_cache_bytes: ByteSize = Field(
+        1 << 30,
+        description="Prompt caches (KV state) kept per loaded model so a conversation's next turn reads only "
+        "its new tokens (LRU); 0 = off.",
+    )
 
 
 class PluginSettings(_Section):

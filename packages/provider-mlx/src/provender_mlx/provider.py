@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender import BatchSession, LoadedModel, ModelNotFoundError, PooledProvider
+from provender._pool import model_pool
 from provender._pooled import POOLED_OPTIONS, LoadedModels
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
 
@@ -16,10 +18,13 @@ if TYPE_CHECKING:
 
     from provender import CacheManager
     from provender._pooled import Request
+    from provender._prompt_cache import PromptCache
     from provender.generation import Chunk, GenerationOptions
 
 INSTALL_HINT = 'pip install "provender[mlx]"'
 LOAD_ERRORS = (ValueError, FileNotFoundError, KeyError, OSError)
+#: each loaded text model's prompt caches, dropped with the model (cleared by its on_unload)
+_PROMPT_CACHES: weakref.WeakKeyDictionary[LoadedModel, PromptCache] = weakref.WeakKeyDictionary()
 
 
 def require_mlx(*, lm: bool = False) -> None:
@@ -117,37 +122,66 @@ class MLXProvider(PooledProvider):
             model, tokenizer = load(str(path))[:2]
         except LOAD_ERRORS as exc:
             raise ModelNotFoundError(self.model, f"mlx-lm could not load {path}: {exc}") from None
-        return LoadedModel(self.model, model, tokenizer)
+        from provender_mlx._prompt import new_prompt_cache
+
+        prompts = new_prompt_cache()
+        item = LoadedModel(self.model, model, tokenizer, on_unload=prompts.clear)
+        _PROMPT_CACHES[item] = prompts
+        return item
+
+    def prompt_cache(self) -> PromptCache | None:
+        """This model's prompt caches (`provender._prompt_cache.PromptCache`: its ``stats``, ``nbytes``,
+        ``resize``) while it is loaded as a text-generation model, else None."""
+        item = model_pool().peek(self.key)
+        return _PROMPT_CACHES.get(item) if item is not None else None
 
     # -- generation --------------------------------------------------------------------
 
     def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
-        """`mlx_lm.stream_generate`, the request's logits hook among its logits processors."""
+        """`mlx_lm.stream_generate`, the request's logits hook among its logits processors.
+
+        With the model's prompt cache on, the longest stored prefix of the prompt's ids is
+        reused and only the rest is prefilled; the state the generation leaves is stored again."""
         import mlx.core as mx
         from mlx_lm import stream_generate
+        from mlx_lm.models.cache import make_prompt_cache
 
         ids = encode(item.tokenizer, request.text)
         decoding = self.decoding(request, prompt_tokens=len(ids), token_text=token_text(item.tokenizer))
         if request.options.seed is not None:
             mx.random.seed(request.options.seed)
         processors = [decoding.mlx_hook] if decoding.hooked else None
+        prompts = _PROMPT_CACHES.get(item)
+        state, reused = prompts.fetch(ids) if prompts is not None and prompts.enabled else (None, 0)
+        if state is None:
+            state = make_prompt_cache(item.model)
+        fed = list(ids)  # what the state holds once the generation has run: the prompt, then the reply
         steps = stream_generate(
             item.model,
             item.tokenizer,
-            ids,
+            ids[reused:],
             max_tokens=decoding.max_tokens,
             sampler=sampler(request.options),
             logits_processors=processors,
+            prompt_cache=state,
         )
-        for r in steps:
-            if r.finish_reason is not None:  # "stop": r.token is the end of sequence, not text
-                last = decoding.finish("stop", r.text) if r.finish_reason == "stop" else None
-                yield last or decoding.feed_last(r.token, r.text, r.finish_reason)
-                return
-            if (chunk := decoding.feed(r.token, r.text)) is not None:
-                yield chunk
-            if decoding.stopped:
-                return
+        try:
+            for r in steps:
+                fed.append(r.token)
+                if r.finish_reason is not None:  # "stop": r.token is the end of sequence, not text
+                    last = decoding.finish("stop", r.text) if r.finish_reason == "stop" else None
+                    yield last or decoding.feed_last(r.token, r.text, r.finish_reason)
+                    return
+                if (chunk := decoding.feed(r.token, r.text)) is not None:
+                    yield chunk
+                if decoding.stopped:
+                    return
+        finally:
+            steps.close()
+            if prompts is not None and prompts.enabled:
+                from provender_mlx._prompt import keep
+
+                keep(prompts, fed, state)
 
     def batch_session(self) -> BatchSession:
         """Several generations decoded together on mlx-lm's `BatchGenerator` (continuous batching)."""

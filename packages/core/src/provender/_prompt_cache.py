@@ -1,0 +1,186 @@
+"""`PromptCache`: the prompt caches of one loaded model, so a conversation's next turn reads only its new tokens.
+
+A chat or an agent loop sends the whole conversation again at every turn. After a generation
+the provider stores the runtime's KV state under the token ids it has processed (prompt and
+reply); a later request whose ids start with ids of a stored state reuses it and processes only
+the rest. The contract, the same for every runtime:
+
+- the **longest matching prefix** wins, over every stored state of the model;
+- a stored state **longer** than the common prefix (a conversation that diverges, or whose
+  reply the chat template renders with other tokens) is reused only when the runtime can trim
+  it (``can_trim``) and is then trimmed to the common prefix, on a copy; a state that cannot be
+  trimmed (a rotating, sliding-window cache, a recurrent state) is reused only when all of its
+  tokens are a prefix of the request's, never cut;
+- at least one token is always left to process (the runtime needs the logits of the last one);
+- several conversations keep theirs: an LRU bounded in bytes (``memory.prompt_cache_bytes``,
+  per loaded model; 0 turns prompt caching off), which lives with the loaded model and is
+  dropped when the model unloads.
+
+The runtime's own machinery is given as four functions (`PromptCache.__init__`): for mlx-lm
+``sum(c.nbytes ...)``, ``can_trim_prompt_cache``, ``trim_prompt_cache`` and ``copy.deepcopy``.
+The cache only stores and finds states; it never interprets them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: ``memory.prompt_cache_bytes``' default: room for many turns of many conversations on a small model
+DEFAULT_PROMPT_CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class PromptCacheStats:
+    """What a `PromptCache` has done since its model loaded."""
+
+    hits: int = 0  # requests that reused a stored state
+    misses: int = 0  # requests that found none
+    cached_tokens: int = 0  # prompt tokens not processed again, over all requests
+    prefilled_tokens: int = 0  # prompt tokens processed, over all requests
+    evictions: int = 0  # states dropped to keep the byte bound
+    last_cached: int = 0  # the last request's reused tokens
+    last_prefilled: int = 0  # the last request's processed tokens
+
+
+@dataclass
+class _Entry:
+    state: Any
+    nbytes: int
+    trimmable: bool
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class PromptCache:
+    """An LRU of one model's prompt states keyed by the token ids they hold, bounded in bytes.
+
+    ``nbytes(state)``, ``can_trim(state)``, ``trim(state, n)`` (drop the last `n` tokens, in place)
+    and ``copy(state)`` are the runtime's. `fetch` before prefilling, `store` after generating.
+    Thread-safe; a state handed out by `fetch` belongs to the caller.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        nbytes: Callable[[Any], int],
+        can_trim: Callable[[Any], bool],
+        trim: Callable[[Any, int], Any],
+        copy: Callable[[Any], Any],
+    ) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._nbytes, self._can_trim, self._trim, self._copy = nbytes, can_trim, trim, copy
+        self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()
+        self.stats = PromptCacheStats()
+
+    @property
+    def enabled(self) -> bool:
+        """False when the bound is 0 bytes: nothing is stored, every request is processed whole."""
+        return self.max_bytes > 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored states."""
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def keys(self) -> list[tuple[int, ...]]:
+        """The stored token sequences, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def fetch(self, tokens: Sequence[int]) -> tuple[Any, int]:
+        """``(state, n)``: a state holding the first `n` of `tokens` (process ``tokens[n:]`` on it),
+        or ``(None, 0)``. A stored state the request extends is handed over (the request stores
+        the longer one after it); a longer one is copied and trimmed."""
+        tokens = tuple(tokens)
+        with self._lock:
+            best: tuple[int, tuple[int, ...]] | None = None
+            for key, entry in self._entries.items():
+                usable = min(common_prefix(key, tokens), len(tokens) - 1)
+                if usable <= 0 or (usable < len(key) and not entry.trimmable):
+                    continue
+                if best is None or usable > best[0] or (usable == best[0] and len(key) < len(best[1])):
+                    best = (usable, key)
+            if best is None:
+                state, usable = None, 0
+            else:
+                usable, key = best
+                if usable == len(key):  # all of it is the request's prefix: take it
+                    state = self._entries.pop(key).state
+                else:
+                    entry = self._entries[key]
+                    self._entries.move_to_end(key)
+                    state = self._copy(entry.state)
+                    self._trim(state, len(key) - usable)
+            stats = self.stats
+            stats.hits, stats.misses = stats.hits + (state is not None), stats.misses + (state is None)
+            stats.last_cached, stats.last_prefilled = usable, len(tokens) - usable
+            stats.cached_tokens += usable
+            stats.prefilled_tokens += len(tokens) - usable
+            return state, usable
+
+    def store(self, tokens: Sequence[int], state: Any) -> bool:
+        """Keep `state`, which holds exactly `tokens`; False when it does not fit (or caching is off).
+        A trimmable state makes the stored prefixes of `tokens` redundant: they are dropped."""
+        if not self.enabled or not tokens:
+            return False
+        key = tuple(tokens)
+        size = int(self._nbytes(state))
+        if size > self.max_bytes:
+            return False
+        trimmable = bool(self._can_trim(state))
+        with self._lock:
+            self._entries.pop(key, None)
+            if trimmable:
+                for other in [k for k in self._entries if len(k) < len(key) and key[: len(k)] == k]:
+                    del self._entries[other]
+            self._entries[key] = _Entry(state, size, trimmable)
+            total = sum(e.nbytes for e in self._entries.values())
+            while total > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                total -= dropped.nbytes
+                self.stats.evictions += 1
+            return key in self._entries
+
+    def resize(self, max_bytes: int) -> None:
+        """A new bound, applied now (0 empties the cache and turns it off)."""
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        with self._lock:
+            self.max_bytes = max_bytes
+            total = sum(e.nbytes for e in self._entries.values())
+            while self._entries and total > max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                total -= dropped.nbytes
+                self.stats.evictions += 1
+
+    def clear(self) -> None:
+        """Drop every stored state (the model unloads)."""
+        with self._lock:
+            self._entries.clear()
+
+
+def prompt_cache_bytes() -> int:
+    """``memory.prompt_cache_bytes`` from the settings."""
+    from provender._settings import load_settings
+
+    return int(load_settings().memory.prompt_cache_bytes)

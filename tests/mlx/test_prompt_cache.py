@@ -229,3 +229,48 @@ def test_a_rotating_cache_is_reused_only_whole_never_cut(model_dir: Path) -> Non
     assert cache.fetch(tokens) == (None, 0)  # the same tokens would need the last one cut
     reused, n = cache.fetch([*tokens, 5, 6])
     assert reused is state and n == len(tokens)
+
+
+def batched_conversations(p: Any, turns: int) -> tuple[list[list[Any]], list[int]]:
+    """Two conversations decoded together on a `BatchSession`, turn by turn: each turn's token
+    ids and logprobs per conversation, and each turn's reused tokens (the second turn on)."""
+    session = p.batch_session()
+    convs = [[{"role": "system", "content": f"Batched conversation {c}."}] for c in range(2)]
+    out: list[list[Any]] = [[], []]
+    cached: list[int] = []
+    try:
+        for t in range(turns):
+            before = p.prompt_cache().stats.cached_tokens
+            uids = {}
+            for c in range(2):
+                convs[c].append({"role": "user", "content": user_turn(t + 5 * c)})
+                uids[session.insert(messages=convs[c], max_tokens=6, logprobs=True, top_logprobs=3)] = c
+            texts = {u: "" for u in uids}
+            logprobs: dict[int, list[Any]] = {u: [] for u in uids}
+            finished: set[int] = set()
+            while len(finished) < len(uids):
+                for u, chunk in session.step_chunks():
+                    texts[u] += chunk.text
+                    logprobs[u] += chunk.logprobs or []
+                    if chunk.finish_reason is not None:
+                        finished.add(u)
+            for u, c in uids.items():
+                convs[c].append({"role": "assistant", "content": texts[u]})
+                out[c].append([(x.token_id, x.logprob, [n for n, _ in x.top]) for x in logprobs[u]])
+            cached.append(p.prompt_cache().stats.cached_tokens - before)
+    finally:
+        session.close()
+    return out, cached
+
+
+def test_batched_decoding_reuses_the_prompt_cache_with_the_same_output(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on, cached = batched_conversations(provider(model_dir, monkeypatch), 3)
+    off, none = batched_conversations(provider(model_dir, monkeypatch, 0), 3)
+    assert all(on) and len(on) == len(off)
+    for a, b in zip(on, off, strict=True):
+        assert [[(i, top) for i, _, top in turn] for turn in a] == [[(i, top) for i, _, top in turn] for turn in b]
+        assert [[lp for _, lp, _ in turn] for turn in a] == [pytest.approx([lp for _, lp, _ in t], abs=1e-3) for t in b]
+    assert none == [0, 0, 0]
+    assert cached[1] > 100 and cached[2] > cached[1]  # both conversations' earlier turns, each turn

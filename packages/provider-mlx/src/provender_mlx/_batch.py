@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from provender import BatchSession, ProvenderError, UnsupportedError
-from provender_mlx.provider import encode, sampler, token_text
+from provender_mlx.provider import _PROMPT_CACHES, encode, sampler, token_text
 
 if TYPE_CHECKING:
     from provender import LoadedModel
@@ -59,6 +59,7 @@ class MLXBatchSession(BatchSession):
         self._eos = StopSequences([[int(t)] for t in self._tokenizer.eos_token_ids])
         self._samplers: dict[tuple[float, float, float, int], Sampler] = {}
         self._sequences: dict[int, _Sequence] = {}
+        self._prompts = _PROMPT_CACHES.get(item)  # the model's prompt cache: reused at insert, kept at the end
         self._closed = False
 
     def insert(
@@ -78,9 +79,13 @@ class MLXBatchSession(BatchSession):
         if not tokens:
             raise ProvenderError("the prompt is empty after tokenization")
         decoding = self._provider.decoding(request, prompt_tokens=len(tokens), token_text=token_text(self._tokenizer))
+        prompts = self._prompts if self._prompts is not None and self._prompts.enabled else None
+        state, reused = prompts.fetch(tokens) if prompts is not None else (None, 0)
         with self._item.lock:
             (uid,) = self._generator.insert(
-                [tokens],
+                [tokens[reused:]],
+                caches=[state] if state is not None else None,
+                all_tokens=[tokens[:reused]],
                 max_tokens=[decoding.max_tokens],
                 samplers=[self._sampler(request.options)],
                 logits_processors=[[decoding.mlx_hook] if decoding.hooked else []],
@@ -122,12 +127,21 @@ class MLXBatchSession(BatchSession):
                 chunk = decoding.feed(r.token, detokenizer.last_segment)
             if chunk is not None and chunk.finish_reason is not None:
                 del self._sequences[uid]
+                self._keep(r)
                 if r.finish_reason is None:
                     stopped.append(uid)  # a stop string: the generator still holds it
             out.append((uid, chunk or Chunk(text="")))
         if stopped:
             self.remove(stopped)
         return out
+
+    def _keep(self, r: Any) -> None:
+        """Store a finished sequence's state in the model's prompt cache (mlx-lm hands it over at the end)."""
+        state, fed = getattr(r, "prompt_cache", None), getattr(r, "all_tokens", None)
+        if self._prompts is not None and self._prompts.enabled and state and fed:
+            from provender_mlx._prompt import keep
+
+            keep(self._prompts, list(fed), state)
 
     def remove(self, ids: Iterable[int]) -> None:
         ids = list(ids)

@@ -304,3 +304,24 @@ def test_a_plugin_that_fails_is_summarised_not_logged_before_options_are_parsed(
         assert "was skipped" not in out.stderr and "Traceback" not in out.stderr  # the record itself is held back
     listed = subprocess.run([sys.executable, "-m", "provender", "plugins"], capture_output=True, text=True, env=env)
     assert "RuntimeError: boom at import" in listed.stdout
+
+
+def test_test_modules_that_run_together_have_unique_basenames() -> None:
+    """The test dirs have no __init__.py, so pytest imports each module by its basename: two
+    modules of one name in one run stop the collection ("import file mismatch", a CI failure
+    twice). Each tox env's run is checked (tox.ini's commands); the envs apart may share names."""
+    apart = ("transformers", "ray", "llamacpp")
+    runs = {
+        "tests": [p for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name not in apart]
+        + [ROOT / "examples" / "provender-echo" / "tests"],
+        "transformers": [ROOT / "tests" / "transformers", ROOT / "tests" / "ray"],
+        "llamacpp": [ROOT / "tests" / "llamacpp"],
+    }
+    for env, dirs in runs.items():
+        seen: dict[str, Path] = {}
+        for folder in dirs:
+            for module in sorted(folder.rglob("test_*.py")):
+                if "plugins" in module.parts:  # tests/plugins holds installable packages, not tests
+                    continue
+                assert module.name not in seen, f"{env}: {module} and {seen[module.name]} share a basename"
+                seen[module.name] = module

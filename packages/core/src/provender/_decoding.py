@@ -17,7 +17,7 @@ Imported only when a provider generates (it imports pydantic through `provender.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from provender._provider import DEFAULT_MAX_TOKENS
@@ -126,6 +126,24 @@ class Decoding:
             text += "" if self.stopped else self._cut.flush()
         reason = "stop" if self.stopped else reason
         return self._chunk(text, "tool_calls" if self._tool and reason == "stop" else reason)
+
+    def run(self, tokens: Iterable[int], detokenizer: Detokenizer, is_end: Callable[[int], bool]) -> Iterator[Chunk]:
+        """The chunks of a runtime's token ids, one at a time: an end-of-sequence token (`is_end`)
+        or the ids running out ends with ``"stop"``, the ``max_tokens``-th token with ``"length"``,
+        a stop string or a completed constraint as `feed` says."""
+        for token in tokens:
+            if is_end(token):
+                yield self.finish("stop", detokenizer.flush())
+                return
+            piece = detokenizer.add(token)
+            if self.completion_tokens + 1 == self.max_tokens:
+                yield self.feed_last(token, piece + detokenizer.flush(), "length")
+                return
+            if (chunk := self.feed(token, piece)) is not None:
+                yield chunk
+            if self.stopped:
+                return
+        yield self.finish("stop", detokenizer.flush())
 
     def feed_last(self, token: int, piece: str, reason: str) -> Chunk:
         """`feed` and `finish` in one chunk: the runtime's last token came with its finish reason."""

@@ -128,18 +128,8 @@ class LlamaCppProvider(PooledProvider):
         seed = request.options.seed
         llm.set_seed(seed if seed is not None else random.getrandbits(31))  # unseeded: a fresh one per call
         hook = [decoding.numpy_hook] if decoding.hooked else None
-        for token in llm.generate(ids, **sampling_kwargs(request.options), logits_processor=hook):
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                yield decoding.finish("stop", detokenizer.flush())
-                return
-            piece = detokenizer.add(token)
-            if decoding.completion_tokens + 1 == decoding.max_tokens:
-                yield decoding.feed_last(token, piece + detokenizer.flush(), "length")
-                return
-            if (chunk := decoding.feed(token, piece)) is not None:
-                yield chunk
-            if decoding.stopped:
-                return
+        tokens = llm.generate(ids, **sampling_kwargs(request.options), logits_processor=hook)
+        yield from decoding.run(tokens, detokenizer, lambda t: bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, t)))
 
     def constraint_tokenizer(self, item: LoadedModel) -> Any:
         return item.model  # provender._constrain reads a llama_cpp.Llama's vocabulary

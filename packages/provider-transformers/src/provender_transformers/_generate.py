@@ -92,22 +92,15 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
 
     worker = threading.Thread(target=work, name="provender-transformers-generate", daemon=True)
     worker.start()
-    try:
+
+    def generated() -> Iterator[int]:
         while (token := tokens.get()) is not None:
-            if token in eos_ids:
-                yield decoding.finish("stop", detokenizer.flush())
-                return
-            piece = detokenizer.add(token)
-            if decoding.completion_tokens + 1 == decoding.max_tokens:
-                yield decoding.feed_last(token, piece + detokenizer.flush(), "length")
-                return
-            if (chunk := decoding.feed(token, piece)) is not None:
-                yield chunk
-            if decoding.stopped:
-                return
+            yield token
         if errors:
             raise errors[0]
-        yield decoding.finish("stop", detokenizer.flush())
+
+    try:
+        yield from decoding.run(generated(), detokenizer, eos_ids.__contains__)
     finally:
         abort.set()
         worker.join()

@@ -22,6 +22,7 @@ from provender import hookspecs
 from provender._entrypoints import PluginInfo, find_entry_points
 from provender._hooks import hookimpl  # re-exported: `provender.hookimpl` is read from here
 from provender._log import get_logger
+from provender._plugin_specs import ProviderSpec, SectionSpec
 from provender.errors import ConfigError, PluginError, UnknownProviderError
 
 if TYPE_CHECKING:
@@ -41,39 +42,6 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
 ]
-
-
-class ProviderSpec:
-    """A registered provider: its name, factory, the plugin that brought it, a description and
-    its priority (higher: preferred when several claim a model and ``providers.prefer`` does not say)."""
-
-    __slots__ = ("description", "factory", "name", "plugin", "priority")
-
-    def __init__(
-        self, name: str, factory: ProviderFactory, plugin: str, description: str = "", priority: int = 0
-    ) -> None:
-        self.name = name
-        self.factory = factory
-        self.plugin = plugin
-        self.description = description
-        self.priority = priority
-
-    def __repr__(self) -> str:
-        return f"ProviderSpec({self.name!r}, plugin={self.plugin!r})"
-
-
-class SectionSpec:
-    """A registered settings section: its name, pydantic model and the plugin that brought it."""
-
-    __slots__ = ("model", "name", "plugin")
-
-    def __init__(self, name: str, model: type[Any], plugin: str) -> None:
-        self.name = name
-        self.model = model
-        self.plugin = plugin
-
-    def __repr__(self) -> str:
-        return f"SectionSpec({self.name!r}, {self.model.__name__}, plugin={self.plugin!r})"
 
 
 def _one_line(exc: BaseException) -> str:

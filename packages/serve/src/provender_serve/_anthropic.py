@@ -342,7 +342,7 @@ class Anthropic:
         return parse(model, body, max_tokens_limit=self.server.options.max_tokens_limit)
 
     async def messages(self, request: Request) -> Response:
-        from provender_serve._app import on_model, stream_from_model
+        from provender_serve._threads import on_model, stream_from_model
 
         req: MessagesRequest = await self._parse(request, MessagesRequest)
         call = req.call()
@@ -368,7 +368,7 @@ class Anthropic:
         return lambda slot: not batched(slot, call.options)
 
     async def count_tokens(self, request: Request) -> Response:
-        from provender_serve._app import on_model
+        from provender_serve._threads import on_model
 
         req: CountRequest = await self._parse(request, CountRequest)
         messages, tools = req.provider_messages(), req.tool_dicts()

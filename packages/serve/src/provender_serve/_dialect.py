@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from provender_serve import _openai as oai
-from provender_serve._app import READY, closing
 from provender_serve._batching import batched
 from provender_serve._generate import Reply, chunks
+from provender_serve._threads import READY, closing
 from provender_serve.errors import APIError
 
 if TYPE_CHECKING:

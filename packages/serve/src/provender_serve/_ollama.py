@@ -31,12 +31,12 @@ from starlette.routing import Route
 
 from provender_serve import _dialect as d
 from provender_serve import _openai as oai
-from provender_serve._app import READY, closing
 from provender_serve._batching import batched
 from provender_serve._generate import Reply, chunks
 from provender_serve._models import api_error
 from provender_serve._schemas import parse, parse_keep_alive
 from provender_serve._structured import constraint
+from provender_serve._threads import READY, closing
 from provender_serve.errors import APIError
 
 if TYPE_CHECKING:
@@ -401,8 +401,8 @@ class Ollama:
         return await self.answer(request, gen, req.stream)
 
     async def answer(self, request: Request, gen: Gen, stream: bool) -> Response:
-        from provender_serve._app import on_model, stream_from_model
         from provender_serve._ollama_models import ollama_name
+        from provender_serve._threads import on_model, stream_from_model
 
         name = ollama_name(gen.model)  # the colon rule
         await self.server._check_pull(request, name)

@@ -209,7 +209,7 @@ class Models:
     ) -> tuple[list[list[float]], int, str, int]:
         import time
 
-        from provender_serve._app import on_model
+        from provender_serve._threads import on_model
 
         started = time.perf_counter_ns()
         keep = parse_keep_alive(keep_alive)
@@ -228,7 +228,7 @@ class Models:
         return vectors, tokens, model, time.perf_counter_ns() - started
 
     async def tags(self, request: Request) -> Response:
-        from provender_serve._app import run_in_thread
+        from provender_serve._threads import run_in_thread
 
         return JSONResponse({"models": await run_in_thread(lambda: _tags(self.server))})
 
@@ -241,7 +241,7 @@ class Models:
         return JSONResponse({"version": OLLAMA_VERSION, "provender": __version__})
 
     async def show(self, request: Request) -> Response:
-        from provender_serve._app import run_in_thread
+        from provender_serve._threads import run_in_thread
 
         req: NameRequest = await self.api.body(request, NameRequest)
         name = ollama_name(req.which())
@@ -282,7 +282,7 @@ class Models:
         }
 
     async def delete(self, request: Request) -> Response:
-        from provender_serve._app import run_in_thread
+        from provender_serve._threads import run_in_thread
         from provender_serve._web_api import cache_error
 
         req: NameRequest = await self.api.body(request, NameRequest)
@@ -307,7 +307,7 @@ class Models:
         raise APIError(501, "copy: provender's cache has no aliases; name the model as it is cached", "unsupported")
 
     async def pull(self, request: Request) -> Response:
-        from provender_serve._app import run_in_thread
+        from provender_serve._threads import run_in_thread
         from provender_serve._walls import may_pull, pull_refused
 
         req: NameRequest = await self.api.body(request, NameRequest)

@@ -375,8 +375,8 @@ class Responses:
         self.server = server
 
     async def create(self, request: Request) -> Response:
-        from provender_serve._app import on_model, stream_from_model
         from provender_serve._batching import batched
+        from provender_serve._threads import on_model, stream_from_model
 
         body = await self.server._json(request)
         req: ResponsesRequest = parse(ResponsesRequest, body)

@@ -256,7 +256,7 @@ class WebAPI:
         return name
 
     async def _cache(self, work: Any) -> Response:
-        from provender_serve._app import run_in_thread
+        from provender_serve._threads import run_in_thread
 
         def call() -> Any:
             try:

@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import os
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,8 +177,23 @@ class Server:
             return await stream_from_model(
                 self.registry,
                 req.model,
-                lambda slot, cancel: self._chat_stream(
-                    slot, keep_alive, messages, tools, options, cid, include_usage, cancel
+                lambda slot, cancel: self._sse(
+                    slot,
+                    keep_alive,
+                    options,
+                    {"messages": messages, "tools": tools},
+                    lambda first, rest: chat_events(
+                        cid,
+                        slot.name,
+                        slot.provider,
+                        first,
+                        rest,
+                        max_tokens=options.get("max_tokens"),
+                        messages=messages,
+                        tools=tools,
+                        include_usage=include_usage,
+                        cancel=cancel,
+                    ),
                 ),
                 lambda slot: not batched(slot, options),
             )
@@ -199,37 +213,25 @@ class Server:
 
         return JSONResponse(await on_model(self.registry, req.model, work, lambda slot: not batched(slot, options)))
 
-    def _chat_stream(
+    def _sse(
         self,
         slot: Slot,
         keep_alive: float | None,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
         options: dict[str, Any],
-        cid: str,
-        include_usage: bool,
-        cancel: threading.Event,
+        source: dict[str, Any],
+        events: Callable[[list[Any], Iterator[Any]], Iterator[bytes]],
     ) -> Iterator[bytes]:
-        model = slot.name
+        """A streamed answer on `slot`'s thread: the chunks of `source` (``prompt=``, or
+        ``messages=`` and ``tools=``) as the events `events(first, rest)` makes, then ``[DONE]``."""
         with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-            generated = chunks(slot, messages=messages, tools=tools, options=options)
-            with closing(self.metrics.metered(slot, generated, messages)) as stream:
+            generated = chunks(slot, options=options, **source)
+            asked = source.get("messages", source.get("prompt"))
+            with closing(self.metrics.metered(slot, generated, asked)) as stream:
                 # what fails before the first chunk (a schema the engine refuses, an option the
                 # provider lacks, a model that cannot load) is an HTTP error, not an in-band one
                 first = list(itertools.islice(stream, 1))
                 yield READY
-                yield from chat_events(
-                    cid,
-                    model,
-                    slot.provider,
-                    first,
-                    stream,
-                    max_tokens=options.get("max_tokens"),
-                    messages=messages,
-                    tools=tools,
-                    include_usage=include_usage,
-                    cancel=cancel,
-                )
+                yield from events(first, stream)
             yield oai.sse("[DONE]")
 
     async def completions(self, request: Request) -> Response:
@@ -246,8 +248,22 @@ class Server:
             return await stream_from_model(
                 self.registry,
                 req.model,
-                lambda slot, cancel: self._completion_stream(
-                    slot, keep_alive, prompt, options, cid, include_usage, cancel
+                lambda slot, cancel: self._sse(
+                    slot,
+                    keep_alive,
+                    options,
+                    {"prompt": prompt},
+                    lambda first, rest: completion_events(
+                        cid,
+                        slot.name,
+                        slot.provider,
+                        first,
+                        rest,
+                        max_tokens=options.get("max_tokens"),
+                        prompt=prompt,
+                        include_usage=include_usage,
+                        cancel=cancel,
+                    ),
                 ),
                 lambda slot: not batched(slot, options),
             )
@@ -265,35 +281,6 @@ class Server:
             return oai.completion(cid, req.model, reply.text, finish, counts, logprobs=logprobs)
 
         return JSONResponse(await on_model(self.registry, req.model, work, lambda slot: not batched(slot, options)))
-
-    def _completion_stream(
-        self,
-        slot: Slot,
-        keep_alive: float | None,
-        prompt: str,
-        options: dict[str, Any],
-        cid: str,
-        include_usage: bool,
-        cancel: threading.Event,
-    ) -> Iterator[bytes]:
-        model = slot.name
-        with self.registry.hold(slot, keep_alive=keep_alive, exclusive=not batched(slot, options)):
-            generated = chunks(slot, prompt=prompt, options=options)
-            with closing(self.metrics.metered(slot, generated, prompt)) as stream:
-                first = list(itertools.islice(stream, 1))  # errors before the first chunk: HTTP errors
-                yield READY
-                yield from completion_events(
-                    cid,
-                    model,
-                    slot.provider,
-                    first,
-                    stream,
-                    max_tokens=options.get("max_tokens"),
-                    prompt=prompt,
-                    include_usage=include_usage,
-                    cancel=cancel,
-                )
-            yield oai.sse("[DONE]")
 
     async def embeddings(self, request: Request) -> Response:
         req: EmbeddingRequest = parse(EmbeddingRequest, await self._json(request))

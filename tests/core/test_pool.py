@@ -409,3 +409,25 @@ def test_provider_defaults() -> None:
         return await provider.achat(messages), [c async for c in provider.astream_chat(messages)]
 
     assert asyncio.run(run()) == ("1 messages, 0 tools", ["1 messages, 0 tools"])
+
+
+def test_a_models_prompt_cache_is_listed_and_emptied_when_it_unloads(cm: CacheManager, pools: list[ModelPool]) -> None:
+    from provender._prompt_cache import PromptCache
+
+    pool = new_pool(pools, max_models=2, keep_alive=-1)
+    prompts = PromptCache(1000, nbytes=len, can_trim=lambda s: False, trim=lambda s, n: s, copy=list)
+    base = loader(cm, "test/a")
+
+    def load() -> LoadedModel:
+        item = base()
+        item.prompt_cache = prompts
+        return item
+
+    pool.load("a", load)
+    pool.load("b", loader(cm, "test/b"))
+    assert prompts.store([1, 2, 3], [0] * 40)
+    rows = {row["key"]: row for row in pool.snapshot()}
+    assert (rows["a"]["prompt_cache_bytes"], rows["a"]["prompt_cache_entries"]) == (40, 1)
+    assert (rows["b"]["prompt_cache_bytes"], rows["b"]["prompt_cache_entries"]) == (None, None)
+    pool.unload("a")
+    assert len(prompts) == 0 and prompts.nbytes == 0

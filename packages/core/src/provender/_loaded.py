@@ -52,6 +52,8 @@ class LoadedModel:
     ``model`` and ``tokenizer`` are whatever the provider uses. Hold ``lock`` while using
     the model (one generation at a time per model); releasing it marks the model used.
     ``on_unload`` (optional) frees what dropping the references does not (GPU caches, handles).
+    ``prompt_cache`` (optional) is the model's `provender._prompt_cache.PromptCache`: the
+    provider sets it at load, `provender ps` reports its size, and unloading empties it.
     """
 
     name: str
@@ -66,6 +68,7 @@ class LoadedModel:
     # loads this model again from the same local files (never downloading), so that a model
     # pushed out for a load that then failed can come back; None: it cannot
     reload: Callable[[], LoadedModel] | None = field(default=None, repr=False)
+    prompt_cache: Any = field(default=None, repr=False)  # a PromptCache, or None
     key: str = ""  # set by the pool
     keep_alive: float | None = None  # per-model keep-alive (seconds, -1 forever); None: the pool's
     since: float = field(default_factory=time.time)  # wall clock, when it was loaded
@@ -93,8 +96,11 @@ class LoadedModel:
         """Drop the model and release its cache lease. Idempotent."""
         lease, self.lease = self.lease, None
         hook, self.on_unload = self.on_unload, None
+        prompts, self.prompt_cache = self.prompt_cache, None
         self.model = self.tokenizer = None
         try:
+            if prompts is not None:
+                prompts.clear()
             if hook is not None:
                 hook()
         except Exception as exc:  # an unload hook failing must not keep the lease

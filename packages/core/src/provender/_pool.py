@@ -286,13 +286,15 @@ class ModelPool:
     def snapshot(self) -> list[dict[str, Any]]:
         """One row per loaded model, least recently used first (`provender ps`): ``key``,
         ``name``, ``provider``, ``kind``, ``path``, ``since`` and ``until`` (ISO 8601, UTC;
-        ``until`` None when kept forever, or while busy), ``busy``, ``keep_alive``."""
+        ``until`` None when kept forever, or while busy), ``busy``, ``keep_alive``, and
+        ``prompt_cache_bytes`` / ``prompt_cache_entries`` (None for a model without a prompt cache)."""
         now_wall, now = time.time(), time.monotonic()
         rows = []
         with self._lock:
             for key, item in self._items.items():
                 keep = self._keep_alive_of(item)
                 busy = item._busy()
+                prompts = item.prompt_cache
                 until = None if keep < 0 or busy else _iso(now_wall + max(item.last_used + keep - now, 0.0))
                 rows.append(
                     {
@@ -305,6 +307,8 @@ class ModelPool:
                         "until": until,
                         "busy": busy,
                         "keep_alive": keep,
+                        "prompt_cache_bytes": None if prompts is None else prompts.nbytes,
+                        "prompt_cache_entries": None if prompts is None else len(prompts),
                     }
                 )
         return rows

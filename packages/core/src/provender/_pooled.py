@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from provender._cache import CacheManager, Lease
     from provender._decoding import Decoding
+    from provender._prompt_cache import PromptCache
     from provender.generation import Chunk, GenerationOptions
 
 Messages = list[dict[str, Any]]
@@ -164,6 +165,12 @@ class PooledProvider(Provider):
         """(model, tokenizer), from the pool if loaded, else resolved and loaded."""
         item = model_pool().load(self.key, self._load, check=self.check_files)
         return item.model, item.tokenizer
+
+    def prompt_cache(self) -> PromptCache | None:
+        """The loaded model's prompt caches (`provender._prompt_cache.PromptCache`: ``stats``,
+        ``nbytes``, ``resize``) when its provider keeps them, else None (or not loaded)."""
+        item = model_pool().peek(self.key)
+        return item.prompt_cache if item is not None else None
 
     def unload(self) -> None:
         """Unload this model from the process's memory now (the disk cache is untouched)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from provender import BatchSession, ProvenderError, UnsupportedError
-from provender_mlx.provider import _PROMPT_CACHES, encode, sampler, token_text
+from provender_mlx.provider import encode, sampler, token_text
 
 if TYPE_CHECKING:
     from provender import LoadedModel
@@ -59,7 +59,7 @@ class MLXBatchSession(BatchSession):
         self._eos = StopSequences([[int(t)] for t in self._tokenizer.eos_token_ids])
         self._samplers: dict[tuple[float, float, float, int], Sampler] = {}
         self._sequences: dict[int, _Sequence] = {}
-        self._prompts = _PROMPT_CACHES.get(item)  # the model's prompt cache: reused at insert, kept at the end
+        self._prompts = item.prompt_cache  # the model's prompt cache: reused at insert, kept at the end
         self._closed = False
 
     def insert(

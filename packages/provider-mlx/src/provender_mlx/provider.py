@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender import BatchSession, LoadedModel, ModelNotFoundError, PooledProvider
-from provender._pool import model_pool
 from provender._pooled import POOLED_OPTIONS, LoadedModels
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
 
@@ -18,13 +16,11 @@ if TYPE_CHECKING:
 
     from provender import CacheManager
     from provender._pooled import Request
-    from provender._prompt_cache import PromptCache
     from provender.generation import Chunk, GenerationOptions
 
 INSTALL_HINT = 'pip install "provender[mlx]"'
 LOAD_ERRORS = (ValueError, FileNotFoundError, KeyError, OSError)
 #: each loaded text model's prompt caches, dropped with the model (cleared by its on_unload)
-_PROMPT_CACHES: weakref.WeakKeyDictionary[LoadedModel, PromptCache] = weakref.WeakKeyDictionary()
 
 
 def require_mlx(*, lm: bool = False) -> None:
@@ -124,16 +120,7 @@ class MLXProvider(PooledProvider):
             raise ModelNotFoundError(self.model, f"mlx-lm could not load {path}: {exc}") from None
         from provender_mlx._prompt import new_prompt_cache
 
-        prompts = new_prompt_cache()
-        item = LoadedModel(self.model, model, tokenizer, on_unload=prompts.clear)
-        _PROMPT_CACHES[item] = prompts
-        return item
-
-    def prompt_cache(self) -> PromptCache | None:
-        """This model's prompt caches (`provender._prompt_cache.PromptCache`: its ``stats``, ``nbytes``,
-        ``resize``) while it is loaded as a text-generation model, else None."""
-        item = model_pool().peek(self.key)
-        return _PROMPT_CACHES.get(item) if item is not None else None
+        return LoadedModel(self.model, model, tokenizer, prompt_cache=new_prompt_cache())
 
     # -- generation --------------------------------------------------------------------
 
@@ -151,7 +138,7 @@ class MLXProvider(PooledProvider):
         if request.options.seed is not None:
             mx.random.seed(request.options.seed)
         processors = [decoding.mlx_hook] if decoding.hooked else None
-        prompts = _PROMPT_CACHES.get(item)
+        prompts = item.prompt_cache
         state, reused = prompts.fetch(ids) if prompts is not None and prompts.enabled else (None, 0)
         if state is None:
             state = make_prompt_cache(item.model)

@@ -141,7 +141,10 @@ def test_keep_alive_unloading_seen_through_ps(start_server: Any, cached_tiny: st
     rows = {r["model"]: r for r in json.loads(out.stdout)}
     assert rows[cached_tiny]["provider"] == "mlx" and rows[cached_tiny]["until"] is not None
     assert rows["echo:upper"]["until"] is None  # kept forever, as the request asked
-    assert "echo:upper" in run_cli("ps", env=server.env).stdout
+    assert rows[cached_tiny]["prompt_cache_bytes"] > 0  # the chat's KV state, kept for its next turn
+    assert rows["echo:upper"]["prompt_cache_bytes"] is None  # echo keeps no prompt cache
+    table = run_cli("ps", env=server.env).stdout
+    assert "echo:upper" in table and "PROMPT CACHE" in table.splitlines()[0]
     deadline = time.monotonic() + 20
     while cached_tiny in [r["model"] for r in server.ps()]:
         assert time.monotonic() < deadline, "the idle model was not unloaded"

@@ -221,7 +221,7 @@ def _when(iso: str | None, now: float) -> str:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def ps(as_json: bool) -> None:
-    """List the models a running `provender serve` holds, and until when."""
+    """List the models a running `provender serve` holds, until when, and their prompt caches' size."""
     from provender.errors import ServerError
 
     client = _client()
@@ -238,7 +238,9 @@ def ps(as_json: bool) -> None:
         click.echo(f"No models loaded ({client.url}).")
         return
     now = time.time()
-    table = [("MODEL", "PROVIDER", "KIND", "SINCE", "UNTIL", "STATE")] + [
+    from provender._sizes import format_size
+
+    table = [("MODEL", "PROVIDER", "KIND", "SINCE", "UNTIL", "STATE", "PROMPT CACHE")] + [
         (
             r["model"],
             r["provider"],
@@ -246,6 +248,7 @@ def ps(as_json: bool) -> None:
             datetime.fromisoformat(r["since"]).astimezone().strftime("%H:%M:%S"),
             "busy" if r["busy"] else _when(r["until"], now),
             f"busy, {r['queued']} queued" if r["busy"] else "idle",
+            "-" if r.get("prompt_cache_bytes") is None else format_size(r["prompt_cache_bytes"]),
         )
         for r in rows
     ]

@@ -87,7 +87,14 @@ class Slot:
             "requests": self.served,
             "largest_batch": self.batcher.largest if self.batcher is not None else None,
             "dropped": self.batcher.dropped if self.batcher is not None else None,  # clients gone mid-batch
+            "prompt_cache_bytes": self.prompt_cache_bytes(),
         }
+
+    def prompt_cache_bytes(self) -> int | None:
+        """Bytes of the model's prompt caches (None: its provider keeps none)."""
+        prompts = getattr(self.provider, "prompt_cache", None)
+        cache = prompts() if callable(prompts) else None
+        return None if cache is None else int(cache.nbytes)
 
 
 def _iso(ts: float) -> str | None:

@@ -102,9 +102,11 @@ class LlamaCppProvider(PooledProvider):
         settings = load_settings().section("llamacpp", LlamaCppSettings)
         llm = load_llama(info, **{k: v if v is not None else getattr(settings, k) for k, v in self.given.items()})
         logger.info("loaded %s (%s, %s) from %s", self.model, info.architecture, "embedding" * info.embedding, path)
-        return LoadedModel(
-            self.model, llm, info, kind="embedding" if info.embedding else "generation", on_unload=llm.close
-        )
+        from provender_llamacpp._prompt import new_prompt_cache
+
+        prompts = None if info.embedding else new_prompt_cache()
+        kind = "embedding" if info.embedding else "generation"
+        return LoadedModel(self.model, llm, info, kind=kind, on_unload=llm.close, prompt_cache=prompts)
 
     def load_model(self) -> Any:
         """The `llama_cpp.Llama` serving this model (loaded into the pool if it is not)."""
@@ -116,10 +118,15 @@ class LlamaCppProvider(PooledProvider):
         """`Llama.generate` token by token, as ``create_completion`` drives it (the same tokens,
         sampler and seed); the request's logits hook is a logits processor, which sees each step's
         logits without ``logits_all``. A system prompt or a conversation goes through the GGUF's
-        chat template."""
+        chat template.
+
+        With the model's prompt cache on, the longest stored prefix of the prompt's ids is put
+        back into the context and only the rest is evaluated; the state the generation leaves
+        is stored again (`provender_llamacpp._prompt`)."""
         import llama_cpp
 
         from provender._decoding import Detokenizer
+        from provender_llamacpp._prompt import keep, restore
 
         llm = item.model
         ids = prompt_ids(llm, request.text, request.chat)
@@ -128,8 +135,22 @@ class LlamaCppProvider(PooledProvider):
         seed = request.options.seed
         llm.set_seed(seed if seed is not None else random.getrandbits(31))  # unseeded: a fresh one per call
         hook = [decoding.numpy_hook] if decoding.hooked else None
+        prompts = item.prompt_cache
+        if prompts is not None and prompts.enabled:
+            restore(llm, ids, *prompts.fetch(ids))
         tokens = llm.generate(ids, **sampling_kwargs(request.options), logits_processor=hook)
-        yield from decoding.run(tokens, detokenizer, lambda t: bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, t)))
+        is_eog = lambda t: bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, t))  # noqa: E731
+        sound = False  # what the context holds matches its ids (not after a failed evaluation)
+        try:
+            yield from decoding.run(tokens, detokenizer, is_eog)
+            sound = True
+        except GeneratorExit:  # the caller stopped reading
+            sound = True
+            raise
+        finally:
+            tokens.close()
+            if sound and prompts is not None and prompts.enabled:
+                keep(prompts, llm)
 
     def constraint_tokenizer(self, item: LoadedModel) -> Any:
         return item.model  # provender._constrain reads a llama_cpp.Llama's vocabulary

@@ -168,3 +168,23 @@ def test_the_cache_goes_with_the_model(tiny_gguf: Path, monkeypatch: pytest.Monk
     assert len(cache) == 0 and p.prompt_cache() is None
     p.load_model()
     assert len(p.prompt_cache()) == 0
+
+
+def test_a_stream_closed_early_keeps_what_it_evaluated(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = provider(tiny_gguf, monkeypatch)
+    prompt = "the quick brown fox jumps over a lazy dog " * 4
+    stream = p.stream(prompt, max_tokens=20)
+    next(stream)
+    stream.close()  # the caller stopped reading after one piece
+    cache = p.prompt_cache()
+    assert len(cache) == 1
+    (held,) = cache.keys()
+    assert len(held) >= p.count_tokens(prompt)  # the prompt (and what was decoded), under its ids
+    off = provider(tiny_gguf, monkeypatch, 0)
+    expected = off.generate(prompt + " more", max_tokens=5)
+    p = provider(tiny_gguf, monkeypatch)
+    stream = p.stream(prompt, max_tokens=20)
+    next(stream)
+    stream.close()
+    assert p.generate(prompt + " more", max_tokens=5) == expected
+    assert p.prompt_cache().stats.last_cached > p.count_tokens(prompt) - 2

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from provender_serve import _openai as oai
 from provender_serve._batching import batched
+from provender_serve._embed_batch import EmbedBatches
 from provender_serve._events import chat_events, completion_events
 from provender_serve._generate import Reply, chunks
 from provender_serve._metrics import CONTENT_TYPE, Counted, Metrics, route_paths
@@ -85,6 +86,7 @@ class Server:
             queue_size=options.queue_size,
         )
         self.metrics = Metrics(self.registry)  # /metrics: this server's own Prometheus registry
+        self.embed_batches = EmbedBatches(self.registry)  # concurrent embedding requests, batched
         try:  # the weights in the core's model pool follow the server's limits
             from provender import model_pool
 
@@ -286,17 +288,8 @@ class Server:
         req: EmbeddingRequest = parse(EmbeddingRequest, await self._json(request))
         keep_alive = parse_keep_alive(req.keep_alive)
         await self._check_pull(request, req.model)
-        texts = req.texts()
-
-        def work(slot: Slot) -> dict[str, Any]:
-            from provender_embedding import Embedder
-
-            with self.registry.hold(slot, keep_alive=keep_alive, kind="embedding"):
-                vectors = Embedder(slot.provider).embed(texts)
-                tokens = sum(oai.count_tokens(slot.provider, text) for text in texts)
-            return oai.embeddings(req.model, vectors, req.encoding_format, tokens)
-
-        return JSONResponse(await on_model(self.registry, req.model, work))
+        vectors, tokens = await self.embed_batches.embed(req.model, req.texts(), keep_alive)
+        return JSONResponse(oai.embeddings(req.model, vectors, req.encoding_format, tokens))
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": await run_in_thread(self._model_rows)})
@@ -332,7 +325,8 @@ class Server:
             from provender import model_pool
 
             pool = model_pool().snapshot()
-        return JSONResponse({"models": self.registry.snapshot(), "pool": pool})
+        batches = self.embed_batches.stats()
+        return JSONResponse({"models": self.registry.snapshot(), "pool": pool, "embed_batches": batches})
 
     async def unload(self, request: Request) -> Response:
         req: UnloadRequest = parse(UnloadRequest, await self._json(request))

@@ -25,14 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from provender_serve import _openai as oai
 from provender_serve._ollama import NDJSON, OllamaOptions, _Loose, line
 from provender_serve._schemas import parse_keep_alive
 from provender_serve.errors import APIError
 
 if TYPE_CHECKING:
     from provender_serve._app import Server
-    from provender_serve._models import Slot
     from provender_serve._ollama import Ollama
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -209,23 +207,12 @@ class Models:
     ) -> tuple[list[list[float]], int, str, int]:
         import time
 
-        from provender_serve._threads import on_model
-
         started = time.perf_counter_ns()
         keep = parse_keep_alive(keep_alive)
         name = ollama_name(model)
         await self.server._check_pull(request, name)
-
-        def work(slot: Slot) -> tuple[list[list[float]], int]:
-            from provender_embedding import Embedder
-
-            with self.server.registry.hold(slot, keep_alive=keep, kind="embedding"):
-                vectors: Any = Embedder(slot.provider).embed(texts) if texts else []
-                tokens = sum(oai.count_tokens(slot.provider, text) for text in texts)
-            return [[float(x) for x in v] for v in vectors], tokens
-
-        vectors, tokens = await on_model(self.server.registry, name, work)
-        return vectors, tokens, model, time.perf_counter_ns() - started
+        vectors, tokens = await self.server.embed_batches.embed(name, texts, keep)
+        return [[float(x) for x in v] for v in vectors], tokens, model, time.perf_counter_ns() - started
 
     async def tags(self, request: Request) -> Response:
         from provender_serve._threads import run_in_thread

@@ -100,6 +100,20 @@ def details(entry: Any = None, provider: str | None = None) -> dict[str, Any]:
     }
 
 
+def embeds(entry: Any, meta: dict[str, Any]) -> bool:
+    """Whether a cached model is an embedding model: pulled as one (``task``), or a directory
+    sentence-transformers runs (``modules.json``, a pooling config): what ``/api/show`` lists as
+    its capability, and what llm-ollama registers it as."""
+    if meta.get("task") == "embedding":
+        return True
+    from provender._detect import sentence_transformers_config
+
+    try:
+        return entry is not None and sentence_transformers_config(entry.model_path) is not None
+    except (OSError, ValueError):
+        return False
+
+
 def ollama_name(name: str) -> str:
     """The colon rule: the part before the first colon names a provider only when a provider of
     that name is installed (``echo:plain``, ``mlx:org/m``); otherwise the whole name is the model,
@@ -251,7 +265,7 @@ class Models:
         provider = prefix or (claims[0] if claims else None)
         info = details(entry, provider)
         meta = (entry.metadata if entry is not None else {}) or {}
-        capabilities = ["embedding"] if meta.get("task") == "embedding" else ["completion", "tools"]
+        capabilities = ["embedding"] if embeds(entry, meta) else ["completion", "tools"]
         model_info = {
             "general.architecture": info["family"],
             "general.parameter_count": meta.get("parameter_count") or 0,

@@ -27,6 +27,16 @@ if not shutil.which(CHROMIUM):
 Server = Any  # tests/serve/conftest.py's Server: a real `provender serve` process
 
 
+def human(n: int | None) -> str:
+    """A prompt-cache size as the page prints it (decimal units; a dash for none)."""
+    if n is None:
+        return "\u2014"
+    value, unit = float(n), 0
+    while abs(value) >= 1000 and unit < 4:
+        value, unit = value / 1000, unit + 1
+    return f"{int(value)} B" if unit == 0 else f"{value:.1f} {['B', 'KB', 'MB', 'GB', 'TB'][unit]}"
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
@@ -108,6 +118,9 @@ def test_a_chat_streams_into_the_page_and_unloading_empties_ps(page: Any, start_
     assert "tokens/s" in stats and int(page.get_attribute("#chat-stats", "data-tokens") or 0) > 0
     assert [m["model"] for m in server.ps()] == ["test/tiny"]
     page.wait_for_selector("#loaded tr[data-model='test/tiny']")
+    held = server.ps()[0]["prompt_cache_bytes"]  # the row's prompt-cache size, as /api/ps has it
+    shown = page.text_content("#loaded tr[data-model='test/tiny'] td.prompt-cache")
+    assert shown == human(held), (shown, held)
     page.click("#loaded tr[data-model='test/tiny'] button.unload")
     page.wait_for_selector("#message.ok")
     assert page.text_content("#message") == "unloaded test/tiny"

@@ -213,6 +213,7 @@
         el("td", {}, new Date(m.since).toLocaleTimeString()), el("td", {}, duration(m.keep_alive)),
         el("td", {}, m.busy ? "busy" : (m.until ? new Date(m.until).toLocaleTimeString() : "forever")),
         el("td", {}, m.busy ? `busy, ${m.queued} queued` : "idle"),
+        el("td", { class: "num prompt-cache" }, m.prompt_cache_bytes == null ? "\u2014" : size(m.prompt_cache_bytes)),
         el("td", {}, el("button", { class: "unload", onclick: () => guarded(() => unload(m.model)) }, "Unload")))));
   }
 

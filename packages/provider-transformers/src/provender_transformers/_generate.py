@@ -35,7 +35,11 @@ def generate_kwargs(options: GenerationOptions, tokenizer: Any, max_tokens: int)
 def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request) -> Iterator[Chunk]:
     """The completion chunk by chunk: ``model.generate`` on a worker thread hands each token over
     (a streamer); the request's `Decoding` hooks the logits (a `LogitsProcessor`, ahead of
-    transformers' temperature and top-p warpers). Closing the iterator early stops the generation."""
+    transformers' temperature and top-p warpers). Closing the iterator early stops the generation.
+
+    With the model's prompt cache on, the longest stored prefix of the prompt's ids is reused
+    (``past_key_values``: ``model.generate`` runs only the rest through the model) and the state
+    the generation leaves is stored again under the ids it holds."""
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -52,6 +56,16 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
     eos = model.generation_config.eos_token_id
     eos_ids = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None}
     tokens: queue.Queue[int | None] = queue.Queue()
+    ids = [int(t) for t in inputs["input_ids"][0]]
+    fed = list(ids)  # what the state holds once the generation has run: the prompt, then the reply
+    prompts = item.prompt_cache
+    state: Any = None
+    if prompts is not None and prompts.enabled:
+        from provender_transformers._prompt import new_state
+
+        state, _reused = prompts.fetch(ids)
+        if state is None:
+            state = new_state(model)
     abort = threading.Event()
     errors: list[BaseException] = []
 
@@ -60,7 +74,9 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
 
         def put(self, value: Any) -> None:
             if not self.prompt:
-                tokens.put(int(value.reshape(-1)[0]))
+                token = int(value.reshape(-1)[0])
+                fed.append(token)  # on the worker: complete once it is joined
+                tokens.put(token)
             self.prompt = False
 
         def end(self) -> None:
@@ -77,6 +93,8 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
     kwargs = generate_kwargs(request.options, tokenizer, decoding.max_tokens)
     if decoding.hooked:
         kwargs["logits_processor"] = LogitsProcessorList([Hook()])
+    if state is not None:
+        kwargs["past_key_values"] = state  # the ids it holds are skipped; the rest is prefilled
 
     def work() -> None:
         try:
@@ -104,3 +122,7 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
     finally:
         abort.set()
         worker.join()
+        if state is not None and prompts is not None and not errors:
+            from provender_transformers._prompt import keep
+
+            keep(prompts, fed, state)

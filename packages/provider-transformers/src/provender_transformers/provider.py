@@ -109,7 +109,14 @@ class TransformersProvider(PooledProvider):
                 model.to(place.device).eval()
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             raise ModelNotFoundError(self.model, f"transformers could not load {path}: {exc}") from None
-        return LoadedModel(self.model, model, tokenizer, kind=kind, on_unload=lambda: _free(place.device))
+        prompts = None
+        if kind == "generation":
+            from provender_transformers._prompt import new_prompt_cache
+
+            prompts = new_prompt_cache()
+        return LoadedModel(
+            self.model, model, tokenizer, kind=kind, on_unload=lambda: _free(place.device), prompt_cache=prompts
+        )
 
     # -- generation --------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ __all__ = [
     "check_generation_options",
     "check_messages",
     "check_options",
+    "check_rerank_input",
     "cut_at_stops",
     "get_plugin_manager",
     "get_provider",
@@ -97,6 +98,7 @@ _LAZY = {
     "check_embed_input": "provender._provider",
     "check_messages": "provender._provider",
     "check_options": "provender._provider",
+    "check_rerank_input": "provender._rerank",
     "BatchSession": "provender._provider",
     "check_generation_options": "provender._provider",
     "cut_at_stops": "provender._provider",
@@ -186,6 +188,7 @@ if TYPE_CHECKING:
         prefer_order,
         resolve_model_files,
     )
+    from provender._rerank import check_rerank_input
     from provender._settings import Section, Settings, load_settings
     from provender.errors import (
         AmbiguousNameError,

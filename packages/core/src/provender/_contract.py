@@ -26,7 +26,7 @@ import pytest
 from provender._provider import Provider
 from provender.errors import InvalidOptionError, ProvenderError, UnsupportedError
 
-ALL_CAPABILITIES = frozenset({"generate", "stream", "chat", "embed"})
+ALL_CAPABILITIES = frozenset({"generate", "stream", "chat", "embed", "rerank"})
 
 
 class ProviderContract:
@@ -162,6 +162,20 @@ class ProviderContract:
             lambda: provider.embed(["one text", "another, longer text"]),
             lambda v: v.ndim == 2 and v.shape[0] == 2 and v.shape[1] > 0,
         )
+
+    def test_capability_rerank(self, provider: Provider) -> None:
+        documents = ["one document", "another, longer document", ""]
+        self._check(
+            "rerank",
+            lambda: provider.rerank("a query", documents),
+            lambda s: isinstance(s, list) and len(s) == 3 and all(isinstance(x, float) for x in s),
+        )
+
+    def test_rerank_refuses_no_documents(self, provider: Provider) -> None:
+        self._requires("rerank")
+        with pytest.raises(InvalidOptionError) as info:
+            provider.rerank("a query", [])
+        assert "documents" in str(info.value)
 
     def test_close_is_idempotent(self, provider: Provider) -> None:
         provider.close()

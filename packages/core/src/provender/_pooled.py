@@ -35,6 +35,7 @@ from provender._provider import (
     check_messages,
     resolve_model_files,
 )
+from provender._rerank import check_rerank_input
 from provender.errors import InvalidOptionError, ModelNotFoundError, UnsupportedError
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class PooledProvider(Provider):
     embed_options: ClassVar[tuple[str, ...]] = ("normalize", "batch_size")
     #: said when a text-generation model is asked to embed: which models do
     embed_hint: ClassVar[str] = "embeddings need an embedding model"
+    #: options `rerank` takes
+    rerank_options: ClassVar[tuple[str, ...]] = ("batch_size",)
+    #: said when another kind of model is asked to rerank: which models do
+    rerank_hint: ClassVar[str] = "reranking needs a reranker (a cross-encoder)"
 
     def __init__(self, model: str, *, cache: CacheManager | None = None, progress: bool = True, **given: Any) -> None:
         super().__init__(model)
@@ -148,18 +153,27 @@ class PooledProvider(Provider):
     @contextmanager
     def using(self, kind: str | None = None) -> Iterator[LoadedModel]:
         """The loaded model (loaded now if it is not), its lock held for the block: one call
-        at a time per model, never unloaded meanwhile. With `kind` (``"generation"`` or
-        ``"embedding"``), another kind of model raises UnsupportedError."""
+        at a time per model, never unloaded meanwhile. With `kind` (``"generation"``,
+        ``"embedding"`` or ``"rerank"``), another kind of model raises UnsupportedError (`wrong_kind`)."""
         with model_pool().use(self.key, self._load, check=self.check_files) as item:
             if kind is not None and item.kind != kind:
-                if kind == "generation":
-                    raise UnsupportedError(
-                        self.name, "text generation", f"{self.model!r} is an embedding model; use embed()"
-                    )
-                raise UnsupportedError(
-                    self.name, "embed", f"{self.model!r} is a text-generation model; {self.embed_hint}"
-                )
+                raise self.wrong_kind(item.kind, kind)
             yield item
+
+    def wrong_kind(self, loaded: str, wanted: str) -> UnsupportedError:
+        """The error for a call that needs a `wanted` model (``"generation"``, ``"embedding"``,
+        ``"rerank"``) on a `loaded` model of another kind: it names the model and what it is."""
+        what = {"generation": "a text-generation model", "embedding": "an embedding model", "rerank": "a reranker"}
+        use = {"generation": "generate() or chat()", "embedding": "embed()", "rerank": "rerank()"}
+        if wanted == "rerank":
+            return UnsupportedError(
+                self.name, "rerank", f"{self.model!r} is {what.get(loaded, loaded)}, not a reranker; {self.rerank_hint}"
+            )
+        if wanted == "embedding" and loaded == "generation":
+            return UnsupportedError(self.name, "embed", f"{self.model!r} is a text-generation model; {self.embed_hint}")
+        capability = "embed" if wanted == "embedding" else "text generation"
+        detail = f"{self.model!r} is {what.get(loaded, loaded)}; use {use.get(loaded, 'another call')}"
+        return UnsupportedError(self.name, capability, detail)
 
     def load_model(self) -> tuple[Any, Any]:
         """(model, tokenizer), from the pool if loaded, else resolved and loaded."""
@@ -263,14 +277,16 @@ class PooledProvider(Provider):
             compiled = compile_constraint(opts.constraint, tokenizer_info(self.constraint_tokenizer(item)))
         return Request(text, messages is not None, opts, compiled, tool_call)
 
-    def decoding(self, request: Request, *, prompt_tokens: int, token_text: Any) -> Decoding:
-        """The `Decoding` of one sequence of `request` (its own constraint matcher)."""
+    def decoding(self, request: Request, *, prompt_tokens: int, token_text: Any, token_bytes: Any = None) -> Decoding:
+        """The `Decoding` of one sequence of `request` (its own constraint matcher); `token_bytes`
+        gives a token's own bytes for logprobs (default: its text's UTF-8)."""
         from provender._decoding import Decoding
 
         matcher = request.compiled.matcher() if request.compiled is not None else None
         return Decoding(
             request.options,
             token_text=token_text,
+            token_bytes=token_bytes,
             prompt_tokens=prompt_tokens,
             matcher=matcher,
             tool_call=request.tool_call,
@@ -292,6 +308,10 @@ class PooledProvider(Provider):
     def check_embed(self, texts: list[str], options: dict[str, Any]) -> None:
         """Validate `embed`'s texts and options (`embed_options`)."""
         check_embed_input(texts, options, self.embed_options, provider=self.name)
+
+    def check_rerank(self, query: str, documents: list[str], options: dict[str, Any]) -> None:
+        """Validate `rerank`'s query, documents and options (`rerank_options`)."""
+        check_rerank_input(query, documents, options, self.rerank_options, provider=self.name)
 
     def conversation(self, messages: Messages, tools: Messages | None, system: str | None) -> Messages:
         """Checked `messages`, the ``system_prompt`` option first unless they start with a system message."""

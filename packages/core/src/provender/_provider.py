@@ -73,6 +73,10 @@ class Provider:
         """Embed `texts`; returns a float array of shape (len(texts), dimension)."""
         raise UnsupportedError(self.name, "embed")
 
+    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
+        """Relevance of each of `documents` to `query`, in their order (`provender._rerank`)."""
+        raise UnsupportedError(self.name, "rerank")
+
     def stream_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, **options: Any
     ) -> Iterator[str]:

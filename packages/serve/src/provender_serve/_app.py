@@ -303,14 +303,16 @@ class Server:
                 owner = parse_model_name(name)[0] or "provender"
                 rows[name] = {"id": name, "object": "model", "created": 0, "owned_by": owner}
         else:
-            from provender import CacheManager, get_plugin_manager
+            from provender import CacheManager
+            from provender_serve._web_api import claims_of
 
-            manager = get_plugin_manager()
-            for entry in CacheManager().entries(sort="name"):
-                claims = manager.claim(entry)
-                if claims:
+            entries = CacheManager().entries(sort="name")
+            claims = claims_of(entries, every=True)  # the web page's: asked once per entry while it is unchanged
+            for entry in entries:
+                if claims.get(entry.key):
                     created = int(entry.created or 0)
-                    rows[entry.name] = {"id": entry.name, "object": "model", "created": created, "owned_by": claims[0]}
+                    owner = claims[entry.key][0]
+                    rows[entry.name] = {"id": entry.name, "object": "model", "created": created, "owned_by": owner}
         for row in self.registry.snapshot():
             rows.setdefault(row["model"], {"id": row["model"], "object": "model", "created": 0})
             rows[row["model"]].update(owned_by=row["provider"], loaded=True)

@@ -111,6 +111,12 @@ class Claims:
 _claims = Claims()
 
 
+def claims_of(entries: list[CacheEntry], *, every: bool = False) -> dict[str, list[str]]:
+    """The providers that claim each of `entries`, from the server's one `Claims` cache
+    (the web page's and ``/v1/models``'): the serving one first."""
+    return _claims(entries, every=every)
+
+
 def warm_claims() -> threading.Thread:
     """Ask the plugins about every cached entry now, on a thread of its own, so that the page's
     first load finds the answers (`Claims`); a cache that cannot be read is left to the requests."""
@@ -119,7 +125,7 @@ def warm_claims() -> threading.Thread:
         from provender import CacheManager
 
         try:
-            _claims(CacheManager().entries(), every=True)
+            claims_of(CacheManager().entries(), every=True)
         except Exception as exc:  # the page's own request reports it
             logger.debug("could not list the cache ahead of the web page: %s", exc)
 
@@ -147,7 +153,7 @@ def cache_view(cm: CacheManager, allowed: list[str] | None = None) -> dict[str, 
     """The cache as the page draws it: its stats, its limit, one row per entry (most recent
     first) and the models this server may serve (server.models; empty: any it can claim)."""
     entries = cm.entries(sort="used")  # syncs the index with the disk, once
-    claims = _claims(entries, every=True)
+    claims = claims_of(entries, every=True)
     counters = cm.index.stats()  # `CacheManager.stats()` without a second sync
     lookups = counters["hits"] + counters["misses"]
     stats = {
@@ -195,7 +201,7 @@ def details(cm: CacheManager, name: str, loaded: list[dict[str, Any]]) -> dict[s
     from provender._cache._gguf import entry_gguf_files
 
     entry = cm.get(name)
-    providers = _claims([entry]).get(entry.key, [])
+    providers = claims_of([entry]).get(entry.key, [])
     files, count = _files(entry.model_path)
     from provender import parse_model_name
 

@@ -260,6 +260,10 @@ class Index:
     def all(self) -> list[IndexRow]:
         return [_row(r) for r in self.con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries")]
 
+    def stamps(self) -> dict[str, int]:
+        """Each entry's key and stamp, without parsing its metadata (`Catalog.reconcile` needs no more)."""
+        return dict(self.con.execute("SELECT key, stamp FROM entries").fetchall())
+
     def lru_order(self) -> list[IndexRow]:
         """Entries least recently used first (never-used entries by creation time)."""
         sql = f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY COALESCE(last_used, created), created"

@@ -135,7 +135,7 @@ class Catalog:
         store, index, walls = self.store, self.store.index, self.store.walls
         walls.check("objects", "hub", "pins", "trash")  # not swapped, no link where a folder belongs
         index.set_meta("hub_mtime", str(store.hub_dir.stat().st_mtime_ns))  # before the scan: no gap
-        rows = {r["key"]: r for r in index.all()}
+        stamps = index.stamps()  # not index.all(): a listing after this parses each row once, not twice
         seen: set[str] = set()
         changes: list[IndexRow] = []
         with walls.open("objects") as objects_fd, os.scandir(objects_fd) as it:
@@ -148,7 +148,7 @@ class Catalog:
                         os.unlink(key, dir_fd=objects_fd)
                     continue
                 seen.add(key)
-                if key in rows:
+                if key in stamps:
                     continue
                 manifest = store.read_manifest(key)  # a damaged manifest is rebuilt, never a reason to delete
                 if manifest is not None:
@@ -161,7 +161,7 @@ class Catalog:
                 repo_type, repo_id = parsed
                 key = hub_key(repo_id, repo_type)
                 path = store.hub_dir / item.name
-                old = rows.get(key)
+                old = stamps.get(key)
                 if old is None and not _hub.has_snapshot(path):  # only *.incomplete blobs, or links: not an entry
                     continue
                 seen.add(key)
@@ -169,11 +169,11 @@ class Catalog:
                     if self.download_state(key) != "none":
                         continue  # a partial download is not an entry (a later pull resumes it)
                     changes.append(self.hub_row(item.name, repo_type, repo_id, last_used=None))
-                elif old["stamp"] != _hub.repo_stamp(path):
-                    changes.append({**old, "size": _hub.repo_size(path), "stamp": _hub.repo_stamp(path)})
+                elif old != _hub.repo_stamp(path) and (row := index.get(key)) is not None:
+                    changes.append({**row, "size": _hub.repo_size(path), "stamp": _hub.repo_stamp(path)})
         for key in store.pinned_keys() - seen:  # a pin whose entry is gone must not pin a later one
             store.unmark_pinned(key)
-        gone = [key for key in rows if key not in seen]
+        gone = [key for key in stamps if key not in seen]
         if not changes and not gone:
             return
 

@@ -47,19 +47,23 @@ class TransformersProvider(PooledProvider):
 
     Causal language models generate and chat (``AutoModelForCausalLM``, the tokenizer's chat
     template, tools passed to it); encoders embed (sentence-transformers for repos with
-    ``modules.json``, mean pooling for others). A Hub repo id is downloaded once into the
-    shared cache; the same snapshot files serve MLX too. Loaded models live in the process's
-    `provender.model_pool()` under ``"transformers:<model>"``, holding a cache lease.
+    ``modules.json``, mean pooling for others); cross-encoders (``*ForSequenceClassification``
+    with one label, or a sentence-transformers ``CrossEncoder``) rerank, as ``CrossEncoder.predict``.
+    A Hub repo id is downloaded once into the shared cache; the same snapshot files serve MLX
+    too. Loaded models live in the process's `provender.model_pool()` under
+    ``"transformers:<model>"``, holding a cache lease.
 
     Device and precision come from the ``[transformers]`` settings (``device`` auto: CUDA,
     then MPS, then CPU; ``dtype``; ``threads``), or from the `device` and `dtype` arguments.
     Options: ``max_tokens`` (256), ``temperature`` (0: greedy, the tokens ``model.generate``
     gives), ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``, ``system_prompt``, and the typed
     contract's ``constraint`` (or ``schema=``...), ``tool_choice``, ``logprobs``, ``top_logprobs``
-    (the constraint masks the logits in a `LogitsProcessor`); for embed ``normalize``, ``batch_size``.
+    (the constraint masks the logits in a `LogitsProcessor`); for embed ``normalize``, ``batch_size``;
+    for rerank ``batch_size``.
     """
 
     name: ClassVar[str] = PROVIDER
+    rerank_hint = "reranking needs a cross-encoder (*ForSequenceClassification with one label)"
     supported_options = POOLED_OPTIONS | {"top_k", "min_p"}
 
     def __init__(
@@ -96,10 +100,16 @@ class TransformersProvider(PooledProvider):
         kind = model_kind(path) or "generation"
         logger.info("loading %s (%s) on %s, %s", self.model, kind, place.device, place.dtype_name)
         try:
+            model: Any
             if kind == "embedding":
                 from provender_transformers._embed import load_encoder
 
                 model = load_encoder(path, place)
+                tokenizer = model.tokenizer
+            elif kind == "rerank":
+                from provender_transformers._rerank import load_scorer
+
+                model = load_scorer(path, place)
                 tokenizer = model.tokenizer
             else:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -141,6 +151,17 @@ class TransformersProvider(PooledProvider):
                 texts, normalize=options.get("normalize"), batch_size=options.get("batch_size") or 32
             )
         return vectors
+
+    # -- reranking ------------------------------------------------------------------------
+
+    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
+        """The relevance of each document to `query`, in their order: ``CrossEncoder.predict`` on
+        (query, document) pairs with the model's default activation (a sigmoid for one label),
+        so 0..1. Options: ``batch_size`` (32)."""
+        self.check_rerank(query, documents, options)
+        with self.using("rerank") as item:
+            scores: list[float] = item.model.score(query, documents, batch_size=options.get("batch_size") or 32)
+        return scores
 
     def dimension(self) -> int:
         """Length of this model's embeddings (loads the model)."""

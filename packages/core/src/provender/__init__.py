@@ -147,6 +147,12 @@ def _settings_remote_defaults() -> dict[str, Any] | None:
     return remote_defaults()
 
 
+def _settings_prompt_defaults() -> int:
+    from provender._settings import prompt_defaults
+
+    return prompt_defaults()
+
+
 def _tell_plugins_evicted(entry: Any) -> None:
     from provender._plugins import tell_plugins_evicted
 
@@ -157,6 +163,7 @@ def _tell_plugins_evicted(entry: Any) -> None:
 # defaults and its eviction listener handed down instead of importing them (docs/architecture.md).
 _wiring.set_cache_defaults(_settings_cache_defaults)
 _wiring.set_remote_defaults(_settings_remote_defaults)
+_wiring.set_prompt_defaults(_settings_prompt_defaults)
 _wiring.add_eviction_listener(_tell_plugins_evicted)
 
 if TYPE_CHECKING:

@@ -41,9 +41,10 @@ from provender.errors import InvalidOptionError, ModelNotFoundError, Unsupported
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from provender._cache import CacheManager, Lease
+    from provender._cache import CacheEntry, CacheManager, Lease
     from provender._decoding import Decoding
     from provender._prompt_cache import PromptCache
+    from provender._prompt_disk import PromptCodec
     from provender.generation import Chunk, GenerationOptions
 
 Messages = list[dict[str, Any]]
@@ -125,6 +126,10 @@ class PooledProvider(Provider):
         item.reload = partial(self._reload, item.path)
         if lease is not None and item.entry_key is None:
             item.entry_key = lease.entry.key
+        if item.prompt_cache is not None and item.kind == "generation":
+            from provender._prompt_disk import attach
+
+            attach(item, self.prompt_codec(item), self._cache)  # saved prompt caches in the shared cache
         return item
 
     def _reload(self, path: str) -> LoadedModel:
@@ -174,6 +179,30 @@ class PooledProvider(Provider):
         capability = "embed" if wanted == "embedding" else "text generation"
         detail = f"{self.model!r} is {what.get(loaded, loaded)}; use {use.get(loaded, 'another call')}"
         return UnsupportedError(self.name, capability, detail)
+
+    def prompt_codec(self, item: LoadedModel) -> PromptCodec | None:
+        """The runtime's machinery to prefill, write and read prompt states (`provender._prompt_disk`),
+        so `item`'s prompt cache reads and saves them in the shared disk cache; None (the default): none."""
+        return None
+
+    def save_prompt(self, text: str) -> CacheEntry:
+        """Process `text` as a prompt (its token ids as `generate` makes them) and save its prompt cache
+        into the shared disk cache (``provender cache prompt``): any process that loads this model and gets
+        a prompt starting with `text` then reads it instead of computing it. Returns its cache entry."""
+        from provender.errors import ProvenderError
+
+        self.check_text(text, "text")
+        with self.using("generation") as item:
+            disk = getattr(item.prompt_cache, "disk", None)
+            if disk is None:
+                raise UnsupportedError(self.name, "saved prompt caches", "this provider keeps no prompt cache on disk")
+            if not disk.enabled:
+                raise ProvenderError("cache.prompt_cache_max_size is 0: no prompt cache is saved (raise it)")
+            ids = disk.codec.encode(text)
+            if len(ids) < 2:
+                raise ProvenderError("the text is shorter than 2 tokens: there is nothing worth saving")
+            entry: CacheEntry = disk.compute_and_save(ids)
+            return entry
 
     def load_model(self) -> tuple[Any, Any]:
         """(model, tokenizer), from the pool if loaded, else resolved and loaded."""

@@ -44,6 +44,8 @@ class PromptCacheStats:
     evictions: int = 0  # states dropped to keep the byte bound
     last_cached: int = 0  # the last request's reused tokens
     last_prefilled: int = 0  # the last request's processed tokens
+    disk_hits: int = 0  # requests that reused a state saved in the disk cache (`provender._prompt_disk`)
+    disk_tokens: int = 0  # prompt tokens those states held
 
 
 @dataclass
@@ -86,6 +88,11 @@ class PromptCache:
         self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         self.stats = PromptCacheStats()
+        self.disk: Any = None  # a provender._prompt_disk.DiskPrompts: saved states in the shared cache
+
+    def trim_state(self, state: Any, n: int) -> Any:
+        """The runtime's trim: drop the last `n` tokens of `state`, in place."""
+        return self._trim(state, n)
 
     @property
     def enabled(self) -> bool:
@@ -110,8 +117,33 @@ class PromptCache:
     def fetch(self, tokens: Sequence[int]) -> tuple[Any, int]:
         """``(state, n)``: a state holding the first `n` of `tokens` (process ``tokens[n:]`` on it),
         or ``(None, 0)``. A stored state the request extends is handed over (the request stores
-        the longer one after it); a longer one is copied and trimmed."""
+        the longer one after it); a longer one is copied and trimmed. With a `disk` (saved prompt
+        caches), a saved state longer than what memory holds is loaded instead."""
         tokens = tuple(tokens)
+        disk = self.disk
+        if disk is not None and len(tokens) > 1:
+            with self._lock:
+                in_memory = max(
+                    (
+                        u
+                        for key, e in self._entries.items()
+                        if (u := min(common_prefix(key, tokens), len(tokens) - 1)) > 0
+                        and (u == len(key) or e.trimmable)
+                    ),
+                    default=0,
+                )
+            found = disk.lookup(tokens, better_than=in_memory) if in_memory < len(tokens) - 1 else None
+            if found is not None:
+                state, usable = found
+                with self._lock:
+                    stats = self.stats
+                    stats.hits += 1
+                    stats.disk_hits += 1
+                    stats.disk_tokens += usable
+                    stats.last_cached, stats.last_prefilled = usable, len(tokens) - usable
+                    stats.cached_tokens += usable
+                    stats.prefilled_tokens += len(tokens) - usable
+                return state, usable
         with self._lock:
             best: tuple[int, tuple[int, ...]] | None = None
             for key, entry in self._entries.items():

@@ -49,6 +49,7 @@ Seconds = Annotated[float, BeforeValidator(parse_duration)]
 NameList = Annotated[list[str], NoDecode, BeforeValidator(split_names)]
 
 DEFAULT_MAX_SIZE = 50 * 10**9
+DEFAULT_PROMPT_CACHE_MAX_SIZE = 5 * 10**9
 
 
 def default_cache_dir() -> Path:
@@ -77,6 +78,16 @@ class CacheSettings(_Section):
 
     dir: Directory = Field(default_factory=default_cache_dir, description="Root of the shared model cache.")
     max_size: SizeLimit = Field(DEFAULT_MAX_SIZE, description="Size limit; LRU entries are evicted above it.")
+    prompt_cache_max_size: ByteSize = Field(
+        DEFAULT_PROMPT_CACHE_MAX_SIZE,
+        description="Budget of the saved prompt caches inside max_size (evicted before any model); 0 = none saved.",
+    )
+    prompt_cache_auto_tokens: int = Field(
+        0,
+        ge=0,
+        description="Save the prompt cache of every prompt of at least this many tokens to the disk cache; 0 = off "
+        "(`provender cache prompt` saves one explicitly).",
+    )
 
 
 class MemorySettings(_Section):
@@ -349,6 +360,11 @@ def cache_defaults() -> tuple[Path, int]:
     given them (registered with the cache by ``provender/__init__.py``, see `provender._wiring`)."""
     settings = load_settings()
     return settings.cache.dir, settings.cache.max_size
+
+
+def prompt_defaults() -> int:
+    """``cache.prompt_cache_max_size``: the prompt caches' budget ``CacheManager()`` uses (`provender._wiring`)."""
+    return load_settings().cache.prompt_cache_max_size
 
 
 def remote_defaults() -> dict[str, Any] | None:

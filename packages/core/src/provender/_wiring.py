@@ -32,6 +32,7 @@ EvictionListener = Callable[[Any], None]  # called with a provender.CacheEntry
 RemoteDefaults = Callable[[], "dict[str, Any] | None"]
 
 _defaults: CacheDefaults | None = None
+_prompt_defaults: Callable[[], int | str | None] | None = None
 _remote_defaults: RemoteDefaults | None = None
 _listeners: list[EvictionListener] = []
 
@@ -47,6 +48,17 @@ def cache_defaults() -> tuple[str | os.PathLike[str], int | str]:
     if _defaults is None:
         raise RuntimeError("no cache defaults registered: pass cache_dir and max_size to CacheManager")
     return _defaults()
+
+
+def set_prompt_defaults(provider: Callable[[], int | str | None]) -> None:
+    """Where ``CacheManager()`` takes the saved prompt caches' budget from (``cache.prompt_cache_max_size``)."""
+    global _prompt_defaults
+    _prompt_defaults = provider
+
+
+def prompt_defaults() -> int | str | None:
+    """The saved prompt caches' budget from the registered provider; None: none registered (a tenth of the limit)."""
+    return None if _prompt_defaults is None else _prompt_defaults()
 
 
 def set_remote_defaults(provider: RemoteDefaults) -> None:

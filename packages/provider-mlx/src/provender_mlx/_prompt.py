@@ -3,15 +3,29 @@
 A state is the list of per-layer cache objects ``make_prompt_cache(model)`` builds (a `KVCache`
 per layer for a llama; a `RotatingKVCache` for a sliding window, which mlx-lm cannot trim, so
 it is reused only whole). `decode` keeps the state a generation leaves under the ids it holds.
+
+On disk (`provender._prompt_disk`), a state is mlx-lm's own ``save_prompt_cache`` file
+(safetensors, ``prompt_cache.safetensors``), read back with ``load_prompt_cache``; `codec`
+gives the loaded model's machinery (prefill in chunks of `PREFILL_STEP` tokens, as mlx-lm's
+``generate_step`` does).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provender._prompt_cache import PromptCache, prompt_cache_bytes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from provender import LoadedModel
+    from provender._prompt_disk import PromptCodec
+
+STATE_FILE = "prompt_cache.safetensors"
+PREFILL_STEP = 2048  # mlx-lm's generate_step default prefill_step_size
 
 
 def new_prompt_cache(max_bytes: int | None = None) -> PromptCache:
@@ -48,3 +62,56 @@ def keep(cache: PromptCache, tokens: Sequence[int], state: list[Any]) -> bool:
         trim_prompt_cache(state, held - len(tokens))
         held = len(tokens)
     return cache.store(tokens[:held], state)
+
+
+def codec(item: LoadedModel) -> PromptCodec:
+    """mlx-lm's machinery for the prompt states of loaded model `item` on disk (see the module docs)."""
+    import mlx.core as mx
+    import mlx_lm
+    from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache, make_prompt_cache, save_prompt_cache
+
+    from provender._prompt_disk import PromptCodec
+    from provender_mlx.provider import encode
+
+    def prefill(ids: list[int]) -> list[Any]:
+        state = make_prompt_cache(item.model)
+        tokens = mx.array(ids)
+        for start in range(0, len(ids), PREFILL_STEP):
+            item.model(tokens[start : start + PREFILL_STEP][None], cache=state)
+            mx.eval([c.state for c in state])
+        return state
+
+    def write(state: list[Any], folder: Path) -> None:
+        save_prompt_cache(str(folder / STATE_FILE), state)
+
+    def read(folder: Path) -> list[Any]:
+        state: list[Any] = load_prompt_cache(str(folder / STATE_FILE))  # type: ignore[no-untyped-call]
+        mx.eval([c.state for c in state])
+        return state
+
+    return PromptCodec(
+        runtime="mlx-lm",
+        version=f"mlx-lm {mlx_lm.__version__}, mlx {getattr(mx, '__version__', '?')}",
+        prefill=prefill,
+        write=write,
+        read=read,
+        trimmable=can_trim_prompt_cache,
+        encode=lambda text: encode(item.tokenizer, text),
+    )
+
+
+def offer(cache: PromptCache, prompt: list[int], state: list[Any]) -> None:
+    """``cache.prompt_cache_auto_tokens``: save the prompt's part of `state` (after a generation) to the
+    disk cache when the prompt is long enough and not saved yet; a state that cannot be cut back to the
+    prompt is computed again."""
+    disk = cache.disk
+    if disk is None or not disk.wants(prompt):
+        return
+    from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+    held = processed(state)
+    snapshot = None
+    if held is not None and held >= len(prompt) and can_trim_prompt_cache(state):
+        snapshot = copy.deepcopy(state)
+        trim_prompt_cache(snapshot, held - len(prompt))
+    disk.offer(prompt, snapshot)

@@ -166,9 +166,16 @@ class MLXProvider(PooledProvider):
         finally:
             steps.close()
             if prompts is not None and prompts.enabled:
-                from provender_mlx._prompt import keep
+                from provender_mlx._prompt import keep, offer
 
+                offer(prompts, ids, state)  # cache.prompt_cache_auto_tokens: the prompt's state to the disk cache
                 keep(prompts, fed, state)
+
+    def prompt_codec(self, item: LoadedModel) -> Any:
+        """Prompt caches on disk with mlx-lm's ``save_prompt_cache`` / ``load_prompt_cache`` (`_prompt.codec`)."""
+        from provender_mlx._prompt import codec
+
+        return codec(item)
 
     def batch_session(self) -> BatchSession:
         """Several generations decoded together on mlx-lm's `BatchGenerator` (continuous batching)."""

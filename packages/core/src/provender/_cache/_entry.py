@@ -12,9 +12,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-EntryKind = Literal["hub", "local", "path"]
-"""A Hub repo in huggingface_hub's layout, an entry provender stored (import, cache_model), or a
-model directory named by path (``-m ./dir``: described as an entry for the claim hook, not cached)."""
+EntryKind = Literal["hub", "local", "path", "prompt"]
+"""A Hub repo in huggingface_hub's layout, an entry provender stored (import, cache_model), a
+model directory named by path (``-m ./dir``: described as an entry for the claim hook, not cached),
+or a saved prompt cache (``objects/<key>/`` like a stored entry: a runtime's KV state for exact
+tokens of one model; see `provender._cache._prompts`)."""
 
 
 def _iso(ts: float | None) -> str | None:

@@ -95,14 +95,17 @@ def plan_eviction(
 ) -> EvictionPlan:
     """Plan LRU eviction of ``entries`` (least recently used first) down to ``limit`` bytes.
 
-    Entries whose key is in ``protected`` (the one being added) or ``pinned``, the cache's only
-    copy of a model (`only_copy`), and entries for which ``in_use(key)`` is true are kept;
-    ``in_use`` is asked only about entries that would otherwise go. Nothing is touched: the
-    plan only says what would happen.
+    Saved prompt caches (kind ``prompt``) go before any model, least recently used first among
+    them: they are recomputed from the model in seconds. Entries whose key is in ``protected``
+    (the one being added) or ``pinned``, the cache's only copy of a model (`only_copy`), and
+    entries for which ``in_use(key)`` is true are kept; ``in_use`` is asked only about entries
+    that would otherwise go. Nothing is touched: the plan only
+    says what would happen.
     """
     if limit < 0:
         raise ValueError(f"a size limit cannot be negative: {limit}")
     held = in_use if callable(in_use) else in_use.__contains__
+    entries = sorted(entries, key=lambda e: e.kind != "prompt")  # stable: LRU order within each group
     total = sum(e.size for e in entries)
     remaining = total
     evict: list[CacheEntry] = []
@@ -186,19 +189,24 @@ class Evictor:
         store = self.store
         return plan_eviction(store.lru_entries(), limit, pinned=store.pinned_keys(), in_use=store.held)
 
-    def carry_out(self, limit: int, protect: set[str]) -> EvictionPlan:
+    def carry_out(self, limit: int, protect: set[str], *, prompts_only: bool = False) -> EvictionPlan:
         """Plan eviction down to `limit` and carry it out. Call under the cache lock, after a reconcile.
 
-        An entry that a process took hold of since the plan was made is kept, and the plan made again.
+        ``prompts_only``: the saved prompt caches alone, down to `limit` (their own budget,
+        ``cache.prompt_cache_max_size``). An entry that a process took hold of since the plan was
+        made is kept, and the plan made again.
         """
         store = self.store
-        total = store.index.total_size()
+        total = store.index.total_size(kind="prompt" if prompts_only else None)
         if total <= limit:  # the common case after an add: one query, no listing
             return EvictionPlan(limit=limit, total=total)
         busy: set[str] = set()
         evicted: list[CacheEntry] = []
         while True:
-            plan = plan_eviction(store.lru_entries(), limit, protected=protect, pinned=store.pinned_keys(), in_use=busy)
+            entries = store.lru_entries()
+            if prompts_only:
+                entries = [e for e in entries if e.kind == "prompt"]
+            plan = plan_eviction(entries, limit, protected=protect, pinned=store.pinned_keys(), in_use=busy)
             for entry in plan.evict:
                 if not store.try_remove(entry, evicted=True):
                     busy.add(entry.key)
@@ -209,10 +217,13 @@ class Evictor:
                 return EvictionPlan(limit=limit, total=total, evict=tuple(evicted), kept=kept)
 
     def evict(self, protect: set[str]) -> list[CacheEntry]:
-        """Evict down to the store's limit, never what is in `protect`; warns if still over. Under the lock."""
-        plan = self.carry_out(self.store.max_size, protect)
+        """Evict the saved prompt caches down to their budget, then everything down to the store's
+        limit (prompt caches first), never what is in `protect`; warns if still over. Under the lock."""
+        store = self.store
+        evicted = list(self.carry_out(store.prompt_max_size, protect, prompts_only=True).evict)
+        plan = self.carry_out(store.max_size, protect)
         warn_if_over(plan)
-        return list(plan.evict)
+        return evicted + list(plan.evict)
 
     def remove(self, plan: RemovalPlan, *, dry_run: bool = False) -> bool:
         """Carry out a removal plan (not a refused one). Call under the lock. False if a process took

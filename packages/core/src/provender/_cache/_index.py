@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,              -- 'hub' | 'local'
+    kind TEXT NOT NULL,              -- 'hub' | 'local' | 'prompt'
     name TEXT NOT NULL,
     path TEXT NOT NULL,              -- relative to cache.dir
     size INTEGER NOT NULL,
@@ -71,7 +71,7 @@ class IndexRow(TypedDict):
     """One row of the ``entries`` table, as the index returns it and takes it (`COLUMNS`)."""
 
     key: str
-    kind: Literal["hub", "local"]
+    kind: Literal["hub", "local", "prompt"]
     name: str
     path: str  # relative to cache.dir
     size: int
@@ -269,8 +269,23 @@ class Index:
         sql = f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY COALESCE(last_used, created), created"
         return [_row(r) for r in self.con.execute(sql)]
 
-    def total_size(self) -> int:
-        return int(self.con.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+    def total_size(self, kind: str | None = None) -> int:
+        """Bytes of every entry, or of the entries of one `kind` (``prompt``: the saved prompt caches)."""
+        if kind is None:
+            return int(self.con.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+        sql = "SELECT COALESCE(SUM(size), 0) FROM entries WHERE kind=?"
+        return int(self.con.execute(sql, (kind,)).fetchone()[0])
+
+    def of_kind(self, kind: str) -> list[IndexRow]:
+        """The rows of one kind (``prompt``), least recently used first."""
+        sql = f"SELECT {', '.join(COLUMNS)} FROM entries WHERE kind=? ORDER BY COALESCE(last_used, created), created"
+        return [_row(r) for r in self.con.execute(sql, (kind,))]
+
+    def touch(self, key: str) -> None:
+        """Mark an entry used and count it on the entry alone (a saved prompt cache read): the cache's
+        hits and misses, which are the models', are not changed."""
+        sql = "UPDATE entries SET last_used=?, hits=hits+1 WHERE key=?"
+        self.write(lambda con: con.execute(sql, (time.time(), key)), soft=True)
 
     def upsert(self, con: sqlite3.Connection, entry: IndexRow) -> None:
         values: dict[str, Any] = dict(entry)

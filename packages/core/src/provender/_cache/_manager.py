@@ -45,6 +45,7 @@ from provender._cache._intake import Intake
 from provender._cache._leases import Lease
 from provender._cache._locks import LeaseLock
 from provender._cache._names import check_key, check_name, generate_cache_key, hub_key, imported_key
+from provender._cache._prompts import PromptShelf
 from provender._cache._remote import RemoteTier, tier_from_settings
 from provender._cache._repair import MANIFEST as MANIFEST  # re-exported: where callers look for it
 from provender._cache._store import REPLACED_SUFFIX as REPLACED_SUFFIX
@@ -94,7 +95,9 @@ class CacheManager:
         *,
         on_evicted: Callable[[CacheEntry], None] | None = None,
         remote: RemoteTier | str | None = _FROM_SETTINGS,
+        prompt_max_size: int | str | None = None,
     ) -> None:
+        from_settings = cache_dir is None or max_size is None
         if remote is _FROM_SETTINGS:  # the settings decide, as for the directory and the limit
             remote = tier_from_settings(_wiring.remote_defaults()) if cache_dir is None or max_size is None else None
         self._remote: RemoteTier | None = RemoteTier(remote) if isinstance(remote, str) else remote
@@ -109,12 +112,16 @@ class CacheManager:
             self._remote.check_apart(self.cache_dir)
         self.hub_dir = self.cache_dir / "hub"
         self.objects_dir = self.cache_dir / "objects"
-        self._store = store = Store(self.cache_dir, parse_size(max_size))
+        if prompt_max_size is None and from_settings:  # cache.prompt_cache_max_size, as for the limit
+            prompt_max_size = _wiring.prompt_defaults()
+        prompts = None if prompt_max_size is None else parse_size(prompt_max_size)
+        self._store = store = Store(self.cache_dir, parse_size(max_size), prompts)
         self._index = store.index
         self._catalog = catalog = Catalog(store)
         self._evictor = evictor = Evictor(store, on_evicted)
         self._intake = intake = Intake(store, catalog, evictor)
         self._transfers = Transfers(intake, self._remote)
+        self._prompts = PromptShelf(store, catalog, evictor)
         with fs_errors(self.cache_dir):
             catalog.open_index()
             store.clean_leftovers()
@@ -282,9 +289,25 @@ class CacheManager:
 
     # -- reading -----------------------------------------------------------------------
 
-    def entries(self, sort: str = "used") -> list[CacheEntry]:
-        """Every entry, after syncing the index with the disk. ``sort``: used (recent first), size, name."""
-        return self._catalog.entries(sort)
+    def entries(self, sort: str = "used", *, prompts: bool = False) -> list[CacheEntry]:
+        """Every entry, after syncing the index with the disk. ``sort``: used (recent first), size, name.
+        The saved prompt caches (kind ``prompt``) only with ``prompts=True``: they are not models."""
+        found = self._catalog.entries(sort)
+        return found if prompts else [e for e in found if e.kind != "prompt"]
+
+    @property
+    def prompts(self) -> PromptShelf:
+        """The saved prompt caches (`provender._cache._prompts.PromptShelf`: save, entries, hold)."""
+        return self._prompts
+
+    @property
+    def prompt_max_size(self) -> int:
+        """The saved prompt caches' budget in bytes, inside `max_size` (``cache.prompt_cache_max_size``); may be set."""
+        return self._store.prompt_max_size
+
+    @prompt_max_size.setter
+    def prompt_max_size(self, value: int) -> None:
+        self._store.prompt_max_size = value
 
     def find(self, name_or_key: str) -> CacheEntry | None:
         """The entry with this key, else this name, else this unique key prefix (at least 4 hex digits).

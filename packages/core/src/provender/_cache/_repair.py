@@ -89,7 +89,7 @@ def row_from_manifest(manifest: dict[str, Any], last_used: float | None = None) 
     key = manifest["key"]
     return {
         "key": key,
-        "kind": "local",
+        "kind": "prompt" if manifest.get("kind") == "prompt" else "local",  # a saved prompt cache keeps its kind
         "name": manifest["name"],
         "path": f"objects/{key}",
         "size": sum(int(f["size"]) for f in manifest["files"].values()),
@@ -182,10 +182,11 @@ def rebuild_manifest(
         filename = None
     if filename is None and row is None and len(files) == 1 and os.sep not in next(iter(files)):
         filename = next(iter(files))  # one file at the top: what cache_model stores for a single file
+    kind = row["kind"] if row is not None else old.get("kind")
     return {
         "key": key,
         "name": name,
-        "kind": "local",
+        "kind": "prompt" if kind == "prompt" else "local",
         "created": created,
         "files": files,
         "filename": filename,

@@ -49,9 +49,11 @@ class Store:
     this user cannot write, and opens the index (not yet checked: `Catalog.open_index` does that).
     """
 
-    def __init__(self, cache_dir: Path, max_size: int) -> None:
+    def __init__(self, cache_dir: Path, max_size: int, prompt_max_size: int | None = None) -> None:
         self.cache_dir = cache_dir
         self.max_size = max_size
+        # the saved prompt caches' own budget inside max_size (cache.prompt_cache_max_size); default a tenth
+        self.prompt_max_size = max_size // 10 if prompt_max_size is None else prompt_max_size
         self.hub_dir = cache_dir / "hub"
         self.objects_dir = cache_dir / "objects"
         self.pins_dir = cache_dir / "pins"

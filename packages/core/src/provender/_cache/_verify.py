@@ -156,7 +156,7 @@ def _fix(
     """Hub: delete corrupt blobs and dangling links (a later pull fetches them again).
     Local: there is no second copy, so the whole corrupt entry is dropped, only if it is still
     the one that was read (a replacement that landed since is left alone)."""
-    if entry.kind == "local":
+    if entry.kind in ("local", "prompt"):  # a saved prompt cache is dropped whole too (it is recomputed)
         try:
             with store.lock:
                 if _identity(entry.path) != identity:

@@ -57,12 +57,15 @@ def cache() -> None:
 @json_option
 @click.option("--sort", type=click.Choice(["used", "size", "name"]), default="used", show_default=True)
 def ls(as_json: bool, sort: str) -> None:
-    """List cached entries (Hub repos, imported and stored models)."""
+    """List cached entries (Hub repos, imported and stored models), then the saved prompt caches apart."""
     from provender._cache._gguf import describe_files, entry_gguf_files
     from provender._cache._resolve import short_key
+    from provender._cli.prompts import prompt_row, show_prompts
     from provender._sizes import format_ago, format_size
 
-    entries = get_cache().entries(sort=sort)
+    everything = get_cache().entries(sort=sort, prompts=True)
+    entries = [e for e in everything if e.kind != "prompt"]
+    prompts = [e for e in everything if e.kind == "prompt"]  # not models: no provider claims them
     claims = _claims(entries)
     gguf = {e.key: entry_gguf_files(e) for e in entries}  # which GGUF file(s) an entry holds
     if as_json:
@@ -75,10 +78,14 @@ def ls(as_json: bool, sort: str) -> None:
                 }
                 for e in entries
             ]
+            + [prompt_row(e) for e in prompts]
         )
         return
-    if not entries:
+    if not entries and not prompts:
         click.echo("The cache is empty.")
+        return
+    if prompts and not entries:
+        show_prompts(prompts)
         return
     extra = any(gguf.values())
     echo_table(
@@ -97,6 +104,8 @@ def ls(as_json: bool, sort: str) -> None:
         ],
         ("NAME", "KIND", "SIZE", "LAST USED", "PROVIDERS", "PINNED", "KEY", *(["GGUF"] if extra else [])),
     )
+    if prompts:
+        show_prompts(prompts)
 
 
 @cache.command("rm")
@@ -362,6 +371,15 @@ def import_(
                 f"{kept[0].upper()}{kept[1:]}: it is never evicted to make room "
                 f"(`provender cache rm {entry.name}` removes it)"
             )
+
+
+def _add_prompt_command() -> None:
+    from provender._cli.prompts import prompt
+
+    cache.add_command(prompt)
+
+
+_add_prompt_command()
 
 
 @cache.command()

@@ -35,8 +35,9 @@ def test_chat_logprobs_equal_the_providers(start_server: Any, cached_tiny: str) 
     assert len(content) == len(expected.logprobs) == answer.usage.completion_tokens
     for got, want in zip(content, expected.logprobs, strict=True):
         assert got.token == want.token and _close(got.logprob, want.logprob)
-        assert got.bytes == list(want.token.encode("utf-8", "surrogatepass"))
+        assert got.bytes == want.bytes  # the token's own bytes, not its text's (part of a character)
         assert [t.token for t in got.top_logprobs] == [t for t, _ in want.top] and len(got.top_logprobs) == 3
+        assert [t.bytes for t in got.top_logprobs] == want.top_bytes
         assert all(_close(g.logprob, w) for g, (_, w) in zip(got.top_logprobs, want.top, strict=True))
         assert _close(got.top_logprobs[0].logprob, got.logprob)  # greedy: the chosen token is the top one
 
@@ -47,6 +48,8 @@ def test_chat_logprobs_equal_the_providers(start_server: Any, cached_tiny: str) 
     )
     streamed = [lp for c in chunks if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.content]
     assert [(lp.token, lp.logprob) for lp in streamed] == [(lp.token, lp.logprob) for lp in content]
+    joined = b"".join(bytes(lp.bytes or []) for lp in content)  # OpenAI's reading of ``bytes``
+    assert joined.decode("utf-8", "ignore") == expected.text.replace("\ufffd", "")
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
 
     plain = client.chat.completions.create(model=cached_tiny, messages=USER, max_tokens=4, logprobs=True)

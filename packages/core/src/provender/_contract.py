@@ -328,5 +328,11 @@ class StructuredContract:
                 assert abs(lp.logprob - float(row[lp.token_id])) < 1e-4
                 assert len(lp.top) == 5 and [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
                 assert abs(lp.top[0][1] - float(np.max(row))) < 1e-4
+                assert len(lp.top_bytes) == 5 and all(raw for raw in lp.top_bytes)
                 if not options:  # greedy, unconstrained: the chosen token is the top one
                     assert lp.top[0][1] == lp.logprob and lp.token_id == int(np.argmax(row))
+            # a token's bytes are its own (one that holds part of a UTF-8 character included):
+            # joined, they are the reply's text (which shows bytes that make no character as
+            # U+FFFD, or drops them, as the runtime decodes)
+            joined = b"".join(bytes(lp.bytes) for lp in reply.logprobs)
+            assert joined.decode("utf-8", "ignore") == reply.text.replace("\ufffd", ""), (joined, reply.text)

@@ -6,6 +6,7 @@ A provider runs its runtime's own loop and, per request, a `Decoding`:
   logits processor, sees the model's raw logits for each step before sampling: it records their
   log-softmax when logprobs are asked, feeds the token sampled at the previous step to the
   constraint's matcher, and masks the logits to what the constraint allows;
+- `hf_token_bytes` gives a Hugging Face tokenizer's token bytes (for logprobs' ``bytes``);
 - `Decoding.feed` takes each generated token and its text and returns the `Chunk` to pass on
   (stop strings cut, logprobs attached); `Decoding.finish` the last chunk, with the finish
   reason the runtime gave (``"length"`` when ``max_tokens`` cut it, ``"stop"`` at the end of
@@ -16,6 +17,7 @@ Imported only when a provider generates (it imports pydantic through `provender.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,7 @@ from provender.generation import Chunk, Detokenizer, GenerationOptions, TokenLog
 if TYPE_CHECKING:
     import numpy
 
-__all__ = ["Decoding", "Detokenizer"]
+__all__ = ["Decoding", "Detokenizer", "hf_token_bytes"]
 
 
 class Decoding:
@@ -38,6 +40,7 @@ class Decoding:
         options: GenerationOptions,
         *,
         token_text: Callable[[int], str],
+        token_bytes: Callable[[int], bytes] | None = None,
         prompt_tokens: int = 0,
         matcher: Any = None,
         tool_call: bool = False,
@@ -49,6 +52,7 @@ class Decoding:
         self.completion_tokens = 0
         self.stopped = False  # a stop string was reached: the caller ends its loop
         self._token_text = token_text
+        self._token_bytes = token_bytes or (lambda token: token_text(token).encode("utf-8", "surrogatepass"))
         self._cut = StopCut(options.stop)
         self._rows: deque[numpy.ndarray] = deque()  # log-softmax rows not yet matched to their token
         self._pending: list[TokenLogprob] = []
@@ -173,9 +177,64 @@ class Decoding:
         import numpy as np
 
         n = self.options.top_logprobs
-        top: list[tuple[str, float]] = []
+        best: list[int] = []
         if n:
-            best = np.argpartition(-row, min(n, row.size - 1))[:n]
-            top = [(self._token_text(int(i)), float(row[i])) for i in best[np.argsort(-row[best], kind="stable")]]
+            part = np.argpartition(-row, min(n, row.size - 1))[:n]
+            best = [int(i) for i in part[np.argsort(-row[part], kind="stable")]]
         logprob = float(row[token]) if token < row.size else float("-inf")
-        return TokenLogprob(token=self._token_text(token), token_id=token, logprob=logprob, top=top)
+        return TokenLogprob(
+            token=self._token_text(token),
+            token_id=token,
+            logprob=logprob,
+            top=[(self._token_text(i), float(row[i])) for i in best],
+            bytes=list(self._token_bytes(token)),
+            top_bytes=[list(self._token_bytes(i)) for i in best],
+        )
+
+
+# -- a Hugging Face tokenizer's token bytes --------------------------------------------------------
+
+
+@functools.cache
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the printable character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def hf_token_bytes(tokenizer: Any) -> Callable[[int], bytes]:
+    """The bytes of one token of a Hugging Face tokenizer (or mlx-lm's wrapper around one).
+
+    A byte-level BPE piece (GPT-2, Llama 3, Qwen) maps back through GPT-2's byte alphabet; a
+    SentencePiece byte-fallback piece (``<0xE2>``) is its byte and ``▁`` a space; any other token
+    is its decoded text. Text alone cannot carry a token that is part of a UTF-8 character."""
+    import json
+    import re
+
+    hf = tokenizer  # mlx_lm's TokenizerWrapper passes these attributes on to the HF tokenizer it holds
+    backend = getattr(hf, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    described = json.dumps(json.loads(decoder.__getstate__())) if decoder is not None else ""
+    byte_level = '"ByteLevel"' in described
+    alphabet = _gpt2_byte_decoder() if byte_level else {}
+    fallback = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+    def token_bytes(token: int) -> bytes:
+        piece = hf.convert_ids_to_tokens(int(token))
+        if isinstance(piece, str):
+            if byte_level and all(c in alphabet for c in piece):
+                return bytes(alphabet[c] for c in piece)
+            if match := fallback.fullmatch(piece):
+                return bytes([int(match[1], 16)])
+            if not byte_level and "▁" in piece:
+                return piece.replace("▁", " ").encode("utf-8")
+        return str(hf.decode([int(token)], skip_special_tokens=False)).encode("utf-8", "surrogatepass")
+
+    return token_bytes

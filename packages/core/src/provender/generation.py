@@ -290,7 +290,12 @@ def parse_options(
 
 
 class TokenLogprob(BaseModel):
-    """One generated token: its text, id, log-probability, and the `top` alternatives (best first)."""
+    """One generated token: its text, id, log-probability, and the `top` alternatives (best first).
+
+    `bytes` are the token's own bytes as the tokenizer defines them (OpenAI's ``bytes``): a token
+    that holds part of a UTF-8 character has a `token` text that cannot show it (empty or U+FFFD),
+    and its bytes joined with its neighbours' make the character. `top_bytes` are the bytes of
+    each `top` alternative, in the same order."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -298,6 +303,8 @@ class TokenLogprob(BaseModel):
     token_id: int
     logprob: float
     top: list[tuple[str, float]] = []
+    bytes: list[int] = []
+    top_bytes: list[list[int]] = []
 
 
 class GenerationResult(BaseModel):

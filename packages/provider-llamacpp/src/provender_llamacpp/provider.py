@@ -130,7 +130,12 @@ class LlamaCppProvider(PooledProvider):
 
         llm = item.model
         ids = prompt_ids(llm, request.text, request.chat)
-        decoding = self.decoding(request, prompt_tokens=len(ids), token_text=lambda t: _text(llm, [t]))
+        decoding = self.decoding(
+            request,
+            prompt_tokens=len(ids),
+            token_text=lambda t: _text(llm, [t]),
+            token_bytes=lambda t: bytes(llm.detokenize([t], special=True)),
+        )
         detokenizer = Detokenizer(lambda tokens: _text(llm, tokens, ids))
         seed = request.options.seed
         llm.set_seed(seed if seed is not None else random.getrandbits(31))  # unseeded: a fresh one per call

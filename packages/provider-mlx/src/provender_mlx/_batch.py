@@ -78,7 +78,14 @@ class MLXBatchSession(BatchSession):
         tokens = encode(self._tokenizer, request.text)
         if not tokens:
             raise ProvenderError("the prompt is empty after tokenization")
-        decoding = self._provider.decoding(request, prompt_tokens=len(tokens), token_text=token_text(self._tokenizer))
+        from provender._decoding import hf_token_bytes
+
+        decoding = self._provider.decoding(
+            request,
+            prompt_tokens=len(tokens),
+            token_text=token_text(self._tokenizer),
+            token_bytes=hf_token_bytes(self._tokenizer),
+        )
         prompts = self._prompts if self._prompts is not None and self._prompts.enabled else None
         state, reused = prompts.fetch(tokens) if prompts is not None else (None, 0)
         with self._item.lock:

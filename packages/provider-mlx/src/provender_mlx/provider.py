@@ -133,8 +133,15 @@ class MLXProvider(PooledProvider):
         from mlx_lm import stream_generate
         from mlx_lm.models.cache import make_prompt_cache
 
+        from provender._decoding import hf_token_bytes
+
         ids = encode(item.tokenizer, request.text)
-        decoding = self.decoding(request, prompt_tokens=len(ids), token_text=token_text(item.tokenizer))
+        decoding = self.decoding(
+            request,
+            prompt_tokens=len(ids),
+            token_text=token_text(item.tokenizer),
+            token_bytes=hf_token_bytes(item.tokenizer),
+        )
         if request.options.seed is not None:
             mx.random.seed(request.options.seed)
         processors = [decoding.mlx_hook] if decoding.hooked else None

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from provender._decoding import Detokenizer
+from provender._decoding import Detokenizer, hf_token_bytes
 
 if TYPE_CHECKING:
     from provender import LoadedModel
@@ -51,6 +51,7 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
         request,
         prompt_tokens=int(inputs["input_ids"].shape[1]),
         token_text=lambda t: str(tokenizer.decode([t], skip_special_tokens=False)),
+        token_bytes=hf_token_bytes(tokenizer),
     )
     detokenizer = Detokenizer(lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
     eos = model.generation_config.eos_token_id

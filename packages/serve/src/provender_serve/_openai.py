@@ -78,8 +78,14 @@ def _logprob(value: float) -> float:
     return max(float(value), FLOOR) if value == value else FLOOR  # NaN too
 
 
-def _token(token: str, logprob: float) -> dict[str, Any]:
-    return {"token": token, "logprob": _logprob(logprob), "bytes": list(token.encode("utf-8", "surrogatepass"))}
+def _token(token: str, logprob: float, raw: list[int] | None = None) -> dict[str, Any]:
+    """One token of a chat ``logprobs`` entry; `raw` its own bytes (a token holding part of a UTF-8
+    character has text that cannot show it), else its text's UTF-8."""
+    return {
+        "token": token,
+        "logprob": _logprob(logprob),
+        "bytes": list(raw) if raw else list(token.encode("utf-8", "surrogatepass")),
+    }
 
 
 def chat_logprobs(logprobs: list[Any] | None) -> dict[str, Any] | None:
@@ -88,7 +94,13 @@ def chat_logprobs(logprobs: list[Any] | None) -> dict[str, Any] | None:
     if logprobs is None:
         return None
     content = [
-        {**_token(lp.token, lp.logprob), "top_logprobs": [_token(token, value) for token, value in lp.top]}
+        {
+            **_token(lp.token, lp.logprob, lp.bytes),
+            "top_logprobs": [
+                _token(token, value, raw)
+                for (token, value), raw in zip(lp.top, lp.top_bytes or [None] * len(lp.top), strict=True)
+            ],
+        }
         for lp in logprobs
     ]
     return {"content": content, "refusal": None}

@@ -175,3 +175,52 @@ def test_serve_open_opens_the_page_in_the_browser(start_server: StartServer, tmp
     while not opened.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert opened.read_text().strip() == f"{server.url}/"
+
+
+def history(server: Server) -> dict[str, Any]:
+    status, body = server.raw("GET", "/api/web/history", headers=server._auth())
+    assert status == 200, body
+    return dict(body)
+
+
+def wait_for_samples(server: Server, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while len(samples := history(server)["samples"]) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} samples: {samples}"
+        time.sleep(0.1)
+    return list(samples)
+
+
+def test_the_server_samples_the_cache_stats_over_time(start_server: StartServer, two_entries: list[str]) -> None:
+    server = start_server(env={"PROVENDER_SERVER__STATS_INTERVAL": "0.3", "PROVENDER_SERVER__API_KEY": "k"})
+    status, body = server.raw("GET", "/api/web/history")  # behind the key, as every route
+    assert status == 401, body
+    first = wait_for_samples(server, 1)[0]
+    assert (first["entries"], first["size"], first["max_size"]) == (2, 3002 + 5000, CacheManager().max_size)
+    cm = CacheManager()
+    for _ in range(3):  # three hits and a miss, from another process than the server's
+        with cm.acquire("test/a"):
+            pass
+    with pytest.raises(LookupError):
+        cm.acquire("nope/none")
+    after = time.time()
+    deadline = time.monotonic() + 60
+    while (view := history(server))["samples"][-1]["time"] <= after:  # a sample taken after them
+        assert time.monotonic() < deadline, view
+        time.sleep(0.1)
+    assert view["interval"] == 0.3 and view["capacity"] == 360
+    samples = view["samples"]
+    times = [s["time"] for s in samples]
+    assert times == sorted(times) and len(samples) >= 2
+    last = samples[-1]
+    assert (last["hits"] - first["hits"], last["misses"] - first["misses"]) == (3, 1), (first, last)
+    assert sum(s["lookups"] for s in samples[1:]) == 4  # each sample counts its own interval's lookups
+    busy = [s for s in samples[1:] if s["lookups"]]
+    assert sum(s["hit_rate"] * s["lookups"] for s in busy) == pytest.approx(3)
+    assert all(s["hit_rate"] is None for s in samples[1:] if not s["lookups"])
+
+
+def test_no_history_is_kept_with_stats_interval_0(start_server: StartServer) -> None:
+    server = start_server(env={"PROVENDER_SERVER__STATS_INTERVAL": "0"})
+    time.sleep(0.5)
+    assert history(server) == {"interval": 0.0, "capacity": 360, "samples": []}

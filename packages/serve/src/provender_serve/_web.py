@@ -1,7 +1,8 @@
 """The web page at ``/``: static files shipped in the package (``provender_serve/static``), no
 build step and no network. The page is served with the server's token (`WebToken`) in a
 ``<meta>`` tag, which its script sends with every request that changes state; its JSON comes
-from ``/api/web/...`` (`_web_api`), ``/api/ps`` and ``/v1/chat/completions``.
+from ``/api/web/...`` (`_web_api`; the stats over time: `_web_history`; collection search:
+`_web_search`), ``/api/ps`` and ``/v1/chat/completions``.
 
 The page and its files need no API key (the page asks for the key, keeps it in the tab's
 session storage and sends it as ``Authorization: Bearer``, never in a URL). Its answers carry a
@@ -22,10 +23,12 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provender_serve._web_api import WebAPI, WebToken, warm_claims
+from provender_serve._web_history import CacheHistory
+from provender_serve._web_search import WebSearch
 from provender_serve.errors import APIError
 
 if TYPE_CHECKING:
@@ -101,9 +104,19 @@ def open_when_up(url: str, timeout: float = 60.0) -> threading.Thread:
 
 def web_routes(server: Server) -> list[Route]:
     """The page's routes, mounted by `create_app` (reads need the API key when set, changes the token too)."""
+    from provender import load_settings
+    from provender_serve.settings import ServerSettings
+
     token = WebToken()
     warm_claims()  # the page's first load then finds every entry's providers known
+    history = CacheHistory(load_settings().section("server", ServerSettings).stats_interval)
+    history.start()  # the cache's stats over time (server.stats_interval)
     page, api, e = WebPage(token), WebAPI(server, token), server.endpoint
+    search = WebSearch(server, token)
+
+    async def history_view(request: Request) -> Response:
+        return JSONResponse(history.view())
+
     return [
         Route("/", e(page.page, auth=False), methods=["GET"]),
         Route("/web/{name}", e(page.asset, auth=False), methods=["GET"]),
@@ -115,4 +128,7 @@ def web_routes(server: Server) -> list[Route]:
         Route("/api/web/unpin", e(api.unpin), methods=["POST"]),
         Route("/api/web/remove", e(api.remove), methods=["POST"]),
         Route("/api/web/unload", e(api.unload), methods=["POST"]),
+        Route("/api/web/history", e(history_view), methods=["GET"]),
+        Route("/api/web/collections", e(search.collections), methods=["GET"]),
+        Route("/api/web/search", e(search.search), methods=["POST"]),
     ]

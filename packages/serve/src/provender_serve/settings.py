@@ -53,3 +53,8 @@ class ServerSettings(Section):
     max_connections: int = Field(
         0, ge=0, description="Open connections at most; 0: half the file-descriptor limit, 16 to 1024."
     )
+    stats_interval: Seconds = Field(
+        10.0,
+        ge=0,
+        description="Seconds between the samples of the cache's stats the web page charts (360 kept); 0: none.",
+    )

@@ -1,4 +1,5 @@
-// provender's web page: the cache, the loaded models and a playground, from this server's own routes.
+// provender's web page: the cache (and its stats over time), the loaded models, collection search and a
+// playground, from this server's own routes.
 // Plain JavaScript, no build step, no network but this server. Text from the server is always set as
 // text (textContent), never as HTML. The API key, when the server has one, stays in this tab's session
 // storage and goes in the Authorization header only; the page's token goes with every change.
@@ -199,6 +200,95 @@
     $("#details").hidden = false;
   }
 
+  // -- the cache's stats over time (GET /api/web/history: the server samples them) -----------
+
+  const SVG = "http://www.w3.org/2000/svg";
+  let historyTimer = null;
+
+  function svg(tag, attrs) { // presentation attributes only (no style attribute: the page's CSP)
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    return node;
+  }
+
+  function sparkline(name, label, points, top, format) { // points: [time, value or null]; one small inline SVG
+    const W = 240, H = 48, P = 3;
+    const times = points.map((p) => p[0]);
+    const t0 = Math.min(...times), t1 = Math.max(...times);
+    const known = points.filter((p) => p[1] !== null);
+    const high = Math.max(top || 0, ...known.map((p) => p[1])) || 1;
+    const x = (t) => P + (t1 > t0 ? ((t - t0) / (t1 - t0)) * (W - 2 * P) : (W - 2 * P) / 2);
+    const y = (v) => H - P - (v / high) * (H - 2 * P);
+    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", class: "spark" });
+    chart.dataset.points = String(known.length);
+    if (top) chart.append(svg("line", { x1: P, x2: W - P, y1: y(top), y2: y(top), stroke: "currentColor", "stroke-dasharray": "3 3", opacity: 0.4 }));
+    let run = [];
+    const flush = () => {
+      if (run.length > 1) chart.append(svg("polyline", { points: run.join(" "), fill: "none", stroke: "currentColor", "stroke-width": 1.5 }));
+      else if (run.length === 1) { const [cx, cy] = run[0].split(","); chart.append(svg("circle", { cx, cy, r: 2, fill: "currentColor" })); }
+      run = [];
+    };
+    for (const [t, v] of points) { if (v === null) flush(); else run.push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`); }
+    flush();
+    const last = known.length ? known[known.length - 1][1] : null;
+    chart.append(svg("title", {})); chart.lastChild.textContent = `${label}: ${last === null ? "-" : format(last)}`;
+    return el("figure", { class: "history-chart", "data-chart": name }, chart,
+      el("figcaption", {}, label, " ", el("b", { class: "latest" }, last === null ? "-" : format(last))));
+  }
+
+  async function loadHistory() {
+    const h = await api("GET", "/api/web/history");
+    const samples = h.samples;
+    const charts = $("#history-charts");
+    if (!samples.length) {
+      charts.replaceChildren(el("p", {}, h.interval > 0 ? "No samples yet." : "The server keeps no history (server.stats_interval = 0)."));
+      $("#history-span").textContent = "";
+    } else {
+      const max = samples[samples.length - 1].max_size;
+      const per = (field) => samples.map((s, i) => [s.time, i ? Math.max(0, s[field] - samples[i - 1][field]) : null]);
+      const percent = (v) => `${Math.round(v * 100)} %`;
+      charts.replaceChildren(
+        sparkline("size", "size", samples.map((s) => [s.time, s.size]), max, size),
+        sparkline("hit_rate", "hit rate", samples.map((s) => [s.time, s.hit_rate]), 1, percent),
+        sparkline("lookups", "lookups", samples.map((s) => [s.time, s.lookups]), 0, String),
+        sparkline("evictions", "evictions", per("evictions"), 0, String));
+      const span = samples[samples.length - 1].time - samples[0].time;
+      $("#history-span").textContent = `(${samples.length} samples, every ${duration(h.interval)}, over ${duration(span)}; ` +
+        "each point: since the one before)";
+    }
+    $("#history").dataset.samples = String(samples.length);
+    if (historyTimer === null && h.interval > 0) {
+      historyTimer = setInterval(() => { if (!document.hidden) guarded(loadHistory); }, Math.max(1000, h.interval * 1000));
+    }
+  }
+
+  // -- collection search (POST /api/web/search: the server embeds the text with the collection's model)
+
+  async function loadCollections() {
+    const { collections } = await api("GET", "/api/web/collections");
+    const select = $("#search-collection");
+    const current = select.value;
+    select.replaceChildren(...collections.map((c) =>
+      el("option", { value: c.name }, `${c.name} (${c.count} items, ${c.model || "no model"})`)));
+    if (current && collections.some((c) => c.name === current)) select.value = current;
+    $("#search-empty").hidden = collections.length > 0;
+    $("#search-send").disabled = collections.length === 0;
+  }
+
+  async function search(event) {
+    event.preventDefault();
+    const body = { collection: $("#search-collection").value, text: $("#search-text").value, n: Number($("#search-n").value) || 5 };
+    const started = performance.now();
+    const found = await api("POST", "/api/web/search", body, true);
+    const ms = Math.round(performance.now() - started);
+    $("#search-info").textContent = `${found.hits.length} hits in ${found.collection} (${found.model}), ${ms} ms`;
+    $("#search-hits").replaceChildren(...found.hits.map((hit) =>
+      el("li", { "data-id": hit.id },
+        el("b", { class: "score" }, hit.score.toFixed(3)), " ", el("code", { class: "hit-id" }, hit.id), " ",
+        el("span", { class: "content" }, hit.content ?? ""))));
+    $("#search-hits").dataset.done = String(Date.now());
+  }
+
   // -- the server's loaded models ----------------------------------------------------------
 
   let loadedModels = [];
@@ -323,7 +413,7 @@
 
   async function refresh() {
     say("");
-    const results = await Promise.allSettled([loadCache(), loadLoaded()]);
+    const results = await Promise.allSettled([loadCache(), loadLoaded(), loadHistory(), loadCollections()]);
     drawModels(loadedModels);
     const failed = results.find((r) => r.status === "rejected");
     if (failed) say(failed.reason.message);
@@ -345,6 +435,7 @@
     $("#prune").addEventListener("click", () => guarded(showPlan));
     $("#details-close").addEventListener("click", () => { $("#details").hidden = true; });
     $("#chat-form").addEventListener("submit", chat);
+    $("#search-form").addEventListener("submit", (event) => guarded(() => search(event)));
     $("#chat-stop").addEventListener("click", () => chatAbort && chatAbort.abort());
     $("#chat-clear").addEventListener("click", () => { history.length = 0; $("#chat-log").replaceChildren(); $("#chat-stats").textContent = ""; });
     fetch("/health").then((r) => r.json()).then((h) => { $("#server").textContent = `${location.host} · ${h.version}`; }).catch(() => {});

@@ -7,10 +7,11 @@ these types, never the other way round.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict
 
 EntryKind = Literal["hub", "local", "path", "prompt"]
 """A Hub repo in huggingface_hub's layout, an entry provender stored (import, cache_model), a
@@ -140,20 +141,26 @@ class VerifyIssue:
         }
 
 
+#: `PullOptions.progress`: bars or none, or a callable told (bytes so far, bytes in all)
+Progress: TypeAlias = bool | Callable[[int, int], object]
+
+
 class PullOptions(TypedDict, total=False):
     """The keyword options of `CacheManager.pull` and `CacheManager.fetch` (each optional).
 
     ``revision``: a branch, tag or commit (default ``main``). ``repo_type``: ``model`` (default),
     ``dataset`` or ``space``. ``allow_patterns`` / ``ignore_patterns``: glob patterns (or one) of
     the files to get, as huggingface_hub takes them (a partial download). ``progress``: show
-    progress bars (default True). ``endpoint``: a Hub mirror (default ``HF_ENDPOINT``).
+    progress bars (default True); a callable instead is told ``(bytes so far, bytes in all)`` as
+    the remote tier's bytes arrive (at the start, then after each chunk; no bar, and a Hub download
+    tells it nothing: huggingface_hub reports its own). ``endpoint``: a Hub mirror (default ``HF_ENDPOINT``).
     """
 
     revision: str | None
     repo_type: str
     allow_patterns: list[str] | str | None
     ignore_patterns: list[str] | str | None
-    progress: bool
+    progress: Progress
     endpoint: str | None
 
 

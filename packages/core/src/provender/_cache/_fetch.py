@@ -189,7 +189,7 @@ class Transfers:
             enable_progress_bars,
         )
 
-        if options.get("progress", True):
+        if options.get("progress", True) is True:  # a callable hears the tier's bytes only: no bars here
             return self._download(repo_id, **options)
         was_disabled = are_progress_bars_disabled()
         disable_progress_bars()

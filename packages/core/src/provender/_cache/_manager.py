@@ -6,6 +6,7 @@ Layout of ``cache.dir``::
     objects/<key>/     entries provender stores itself (imports, cache_model), each with
                        its manifest .provender-entry.json, so the disk alone describes them
     pins/<key>         a pinned entry (marker files: pins survive an index rebuild)
+    aliases.json       more names for entries (`_aliases`: kept outside the index, so they survive its rebuild)
     locks/<key>.lease  read-write locks: a process using an entry holds the read side
     pending/<key>.lock held while a hub download runs; left behind by a killed download
     tmp/, trash/       staging for atomic adds, and removals in progress (cleaned on start)
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from provender import _wiring
+from provender._cache._aliases import AliasBook
 from provender._cache._entry import (
     CacheEntry,
     CacheStats,
@@ -120,6 +122,7 @@ class CacheManager:
         self._catalog = catalog = Catalog(store)
         self._evictor = evictor = Evictor(store, on_evicted)
         self._intake = intake = Intake(store, catalog, evictor)
+        self._aliases = AliasBook(store, catalog)
         self._transfers = Transfers(intake, self._remote)
         self._prompts = PromptShelf(store, catalog, evictor)
         with fs_errors(self.cache_dir):
@@ -378,10 +381,13 @@ class CacheManager:
     # -- removing, pinning -------------------------------------------------------------
 
     def remove(self, name_or_key: str, *, dry_run: bool = False) -> CacheEntry:
-        """Remove one entry. Refused (EntryInUseError) while it is pinned or held by a live process."""
+        """Remove one entry. Refused (EntryInUseError) while it is pinned, held by a live process, or named
+        by aliases. `name_or_key` an alias: only the alias goes (`unalias`); returns the entry it named."""
         store = self._store
         with store.lock:
             entry = self.get(name_or_key)
+            if self._aliases.only_alias(name_or_key, entry, dry_run=dry_run):
+                return entry
             plan = plan_removal(entry, pinned=store.pinned_keys())  # leases: asked as it is carried out
             if plan.refused is not None:
                 raise EntryInUseError(entry.name, plan.refused)
@@ -390,6 +396,22 @@ class CacheManager:
         if not dry_run:
             self._evictor.notify([entry])
         return entry
+
+    # -- aliases (`_aliases`: more names for an entry, kept in aliases.json) ----------------
+
+    def alias(self, source: str, alias: str) -> CacheEntry:
+        """Make `alias` another name of the entry `source` names (a name, key, prefix or alias); returns
+        that entry. An alias of that name is moved; a name or key of an entry is refused (EntryExistsError)."""
+        return self._aliases.make(source, alias)
+
+    def unalias(self, alias: str) -> str:
+        """Remove the alias `alias` (never the entry's files); returns the key it named.
+        EntryNotFoundError if there is no such alias."""
+        return self._aliases.unmake(alias)
+
+    def aliases(self) -> dict[str, CacheEntry]:
+        """Every alias whose entry is in the cache, and that entry."""
+        return self._aliases.resolved()
 
     def pin(self, name_or_key: str) -> CacheEntry:
         """Protect an entry from eviction (it can still be removed after `unpin`)."""

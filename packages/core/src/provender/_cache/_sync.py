@@ -217,6 +217,11 @@ class Catalog:
             with store.lock:
                 self.reconcile()
             row = resolve(store.index, name_or_key)
+        if row is None:  # an alias (`_aliases`): only when no entry has that name or key
+            from provender._cache._aliases import Aliases
+
+            alias = Aliases(store).get(name_or_key)
+            row = store.index.get(alias.key) if alias is not None else None
         if row is None:
             return None
         entry = store.entry(row)

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from provender._cache import _hub
-from provender._cache._entry import CacheEntry
+from provender._cache._entry import CacheEntry, Progress
 from provender._cache._eviction import ORIGIN
 from provender._cache._fsops import fs_errors
 from provender._cache._layout import check_dir, link_error
@@ -190,21 +190,31 @@ def run_all(fn: Callable[[T], R], items: list[T], stop: threading.Event | None =
     return results
 
 
-def _download_all(tier: RemoteTier, jobs: list[tuple[dict[str, Any], Path]], progress: bool, label: str) -> int:
-    """`_download` each (file, destination), a few at once (`run_all`: an interrupt stops them all)."""
+def _download_all(tier: RemoteTier, jobs: list[tuple[dict[str, Any], Path]], progress: Progress, label: str) -> int:
+    """`_download` each (file, destination), a few at once (`run_all`: an interrupt stops them all).
+    `progress` a callable: told (bytes so far, bytes in all) at the start and after each chunk, no bar."""
     if not jobs:
         return 0
     from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]  # honours disable_progress_bars()
 
     total = int(sum(f["size"] for f, _dest in jobs))
     stop = threading.Event()  # one failed, or the caller was interrupted: the others stop at their next chunk
+    report = progress if callable(progress) else None
+    done, counting = [0], threading.Lock()
 
     def tick(n: int) -> None:
         if stop.is_set():
             raise _Stopped
         bar.update(n)
+        if report is not None:
+            with counting:  # the workers' chunks, told in order
+                done[0] += n
+                report(done[0], total)
 
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress)  # type: ignore[no-untyped-call]
+    if report is not None:
+        report(0, total)
+    shown = progress is True
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not shown)  # type: ignore[no-untyped-call]
     with bar:
         run_all(lambda job: _download(tier, job[0], job[1], tick), jobs, stop)
     return total
@@ -298,7 +308,7 @@ def pull_hub(
     revision: str | None,
     patterns: dict[str, Any] | None,
     metadata: dict[str, Any],
-    progress: bool = False,
+    progress: Progress = False,
 ) -> tuple[CacheEntry, int] | None:
     """Bring a Hub repo's snapshot from the tier into huggingface_hub's layout; None if the tier lacks it.
 
@@ -375,7 +385,9 @@ def pull_hub(
     return intake.catalog.get(key), got
 
 
-def pull_imported(intake: Intake, tier: RemoteTier, name: str, progress: bool = False) -> tuple[CacheEntry, int] | None:
+def pull_imported(
+    intake: Intake, tier: RemoteTier, name: str, progress: Progress = False
+) -> tuple[CacheEntry, int] | None:
     """Bring an imported entry (``cache import ... --name``) from the tier into objects/; None if it lacks it."""
     check_name(name)
     store = intake.store

@@ -113,11 +113,21 @@ def ls(as_json: bool, sort: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be removed (and what refused), remove nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
-    """Remove entries by name, key or unique key prefix (refused while pinned or in use)."""
+    """Remove entries by name, key or unique key prefix (refused while pinned, in use, or named by aliases).
+    An alias (`cache alias`) given here removes only the alias, never the entry's files."""
     from provender._sizes import format_size
     from provender.errors import EntryInUseError, ProvenderError
 
     cm = get_cache()
+    known = cm.aliases()
+    aliases = [n for n in dict.fromkeys(names) if n in known and known[n].name != n]  # only the alias goes
+    for alias in aliases:
+        if not dry_run:
+            cm.unalias(alias)
+        click.echo(f"{'would remove' if dry_run else 'removed'} alias {alias} ({known[alias].name} stays)")
+    names = tuple(n for n in names if n not in aliases)
+    if not names:
+        return
     found = {e.key: e for e in (cm.get(n) for n in names)}  # every name must exist (once) before anything goes
     entries = list(found.values())
     total = sum(e.size for e in entries)
@@ -147,6 +157,43 @@ def rm(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
             failed += 1
     if failed:
         sys.exit(EXIT_FAILURE)
+
+
+@cache.command("alias")
+@click.argument("source", required=False, metavar="[NAME_OR_KEY")
+@click.argument("alias", required=False, metavar="ALIAS]")
+@click.option("--rm", "remove", metavar="ALIAS", help="Remove this alias (only the alias: the entry stays).")
+@json_option
+def alias_cmd(source: str | None, alias: str | None, remove: str | None, as_json: bool) -> None:
+    """Give an entry another name (what Ollama's `copy` makes), or list the aliases (no arguments).
+
+    An alias resolves wherever a model name does (`generate -m`, `serve`) and survives an index
+    rebuild; it holds no files. `cache rm ALIAS` (or --rm) removes only the alias."""
+    cm = get_cache()
+    if remove is not None:
+        if source is not None:
+            fail("--rm takes the alias alone", 2)
+        cm.unalias(remove)
+        click.echo(f"removed alias {remove}")
+        return
+    if source is None:
+        rows = sorted(cm.aliases().items())
+        if as_json:
+            echo_json([{"alias": a, "name": e.name, "key": e.key} for a, e in rows])
+        elif rows:
+            from provender._cache._resolve import short_key
+
+            echo_table([(a, e.name, short_key(e.key)) for a, e in rows], ("ALIAS", "NAME", "KEY"))
+        else:
+            click.echo("No aliases.")
+        return
+    if alias is None:
+        fail("give the entry and the alias: provender cache alias NAME_OR_KEY ALIAS", 2)
+    entry = cm.alias(source, alias)
+    if as_json:
+        echo_json({"alias": alias, "name": entry.name, "key": entry.key})
+    else:
+        click.echo(f"{alias} -> {entry.name}")
 
 
 def _show_plan(plan: EvictionPlan, dry_run: bool) -> None:

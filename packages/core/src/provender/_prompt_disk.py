@@ -63,21 +63,21 @@ class PromptCodec:
 def model_identity(path: str | os.PathLike[str], lease: Any = None) -> str:
     """What a saved state is valid for: the loaded model's content.
 
-    A Hub repo: its id and the snapshot's commit. An entry provender stored: its key and
-    creation time (a replaced entry is another model). A directory: its files' relative
-    paths, sizes and modification times, hashed (the same files, the same identity)."""
+    A Hub repo: its id and the snapshot's commit. An entry provender stored, or a directory: its
+    files' relative paths, sizes and modification times, hashed (an entry imported again with
+    other weights is another model; the same files are the same model wherever they are)."""
     entry = getattr(lease, "entry", None)
     if entry is not None and entry.kind == "hub":
         return f"hub:{entry.metadata.get('repo_id', entry.name)}@{Path(entry.model_path).name}"
-    if entry is not None:
-        return f"{entry.kind}:{entry.key}:{entry.created!r}"
-    root = Path(path)
-    digest = hashlib.sha256(str(root.resolve()).encode())
+    root = Path(entry.model_path) if entry is not None else Path(path)
+    digest = hashlib.sha256()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for p in files:
+        if p.name.startswith(".provender-entry"):
+            continue  # the manifest is rewritten by verify: not the model
         st = p.stat()
         digest.update(f"\0{p.relative_to(root) if p != root else p.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return f"path:{digest.hexdigest()}"
+    return f"{'path' if entry is None else entry.kind}:{digest.hexdigest()}"
 
 
 class DiskPrompts:

@@ -142,3 +142,92 @@ class TestRerankerKeepsTheContract(ProviderContract):
 
     def make_provider(self) -> Provider:
         return get_provider(f"transformers:{self.model}")
+
+
+# -- provender-embedding's Reranker and the command line ------------------------------------------
+
+
+def test_the_reranker_ranks_by_cross_encoder_predict(reranker: str, reranker_dir: Path) -> None:
+    from provender_embedding import Reranker, RerankResult
+
+    expected = predict(reranker_dir, QUERY, DOCUMENTS)
+    order = sorted(range(len(DOCUMENTS)), key=lambda i: (-float(expected[i]), i))
+    ranked = Reranker(reranker).rerank(QUERY, DOCUMENTS)
+    assert [r.index for r in ranked] == order
+    assert all(isinstance(r, RerankResult) and r.document == DOCUMENTS[r.index] for r in ranked)
+    np.testing.assert_allclose([r.score for r in ranked], expected[order], atol=1e-5, rtol=0)
+    top = Reranker(reranker, batch_size=4).rerank(QUERY, tuple(DOCUMENTS), top_n=3)  # any sequence
+    assert [r.index for r in top] == order[:3]
+    assert len(Reranker(reranker).rerank(QUERY, DOCUMENTS[:2], top_n=10)) == 2  # top_n past the end: all
+    np.testing.assert_allclose(Reranker(reranker).scores(QUERY, DOCUMENTS), expected, atol=1e-5, rtol=0)
+
+
+def test_the_reranker_refuses_bad_input(reranker: str, minilm: str) -> None:
+    from provender_embedding import Reranker
+
+    with pytest.raises(InvalidOptionError, match="documents"):
+        Reranker(reranker).rerank(QUERY, [])
+    with pytest.raises(InvalidOptionError, match="documents"):
+        Reranker(reranker).rerank(QUERY, "one string")
+    with pytest.raises(InvalidOptionError, match="top_n"):
+        Reranker(reranker).rerank(QUERY, ["a"], top_n=0)
+    with pytest.raises(UnsupportedError, match=f"{minilm!r} is an embedding model, not a reranker"):
+        Reranker(minilm).rerank(QUERY, ["a"])
+
+
+def test_provender_rerank(reranker: str, reranker_dir: Path, minilm: str) -> None:
+    import json
+
+    from helpers import run_cli
+
+    docs = DOCUMENTS[:6]
+    expected = predict(reranker_dir, QUERY, docs)
+    order = sorted(range(len(docs)), key=lambda i: (-float(expected[i]), i))
+    done = run_cli("rerank", "-m", reranker, QUERY, *docs, "--json", "--top-n", "4")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["index"] for r in rows] == order[:4] and [r["document"] for r in rows] == [docs[i] for i in order[:4]]
+    np.testing.assert_allclose([r["score"] for r in rows], expected[order[:4]], atol=1e-5, rtol=0)
+    # text, documents from stdin (one per line)
+    done = run_cli("rerank", "-m", reranker, QUERY, input="first line\n\nsecond line\n")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and {line.split()[1] for line in lines} == {"0", "1"}
+    assert all(0 < float(line.split()[0]) < 1 for line in lines)
+    # usage: exit 2, one line, no traceback
+    for args, says in [
+        (("rerank", "-m", reranker, QUERY, "a", "--top-n", "0"), "--top-n"),
+        (("rerank", QUERY, "a"), "--model"),
+        (("rerank", "-m", reranker, QUERY), "no documents"),
+    ]:
+        done = run_cli(*args, input="")
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    # failure: an embedding model is no reranker (exit 1, naming it)
+    done = run_cli("rerank", "-m", minilm, QUERY, "a")
+    assert done.returncode == 1 and f"{minilm!r} is an embedding model, not a reranker" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_provender_similar_then_rerank(reranker: str, reranker_dir: Path, minilm: str) -> None:
+    import json
+
+    from helpers import run_cli
+
+    docs = DOCUMENTS[:12]
+    lines = "\n".join(json.dumps({"id": f"d{i}", "text": d}) for i, d in enumerate(docs) if d)
+    done = run_cli("embed", "-m", minilm, "-c", "notes", "-i", "/dev/stdin", "--no-server", input=lines)
+    assert done.returncode == 0, done.stderr
+    plain = json.loads(run_cli("similar", "notes", QUERY, "-n", "8", "--json").stdout)
+    done = run_cli("similar", "notes", QUERY, "-n", "3", "--candidates", "8", "--rerank", reranker, "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    retrieved = [h["content"] for h in plain]  # the 8 candidates similarity found
+    expected = predict(reranker_dir, QUERY, retrieved)
+    order = sorted(range(len(retrieved)), key=lambda i: (-float(expected[i]), i))[:3]
+    assert [r["content"] for r in rows] == [retrieved[i] for i in order]
+    np.testing.assert_allclose([r["rerank_score"] for r in rows], expected[order], atol=1e-5, rtol=0)
+    assert [r["score"] for r in rows] == [plain[i]["score"] for i in order]  # the similarity, kept
+    text = run_cli("similar", "notes", QUERY, "-n", "2", "--rerank", reranker)
+    assert text.returncode == 0 and len(text.stdout.splitlines()) == 2, text.stderr
+    done = run_cli("similar", "notes", QUERY, "--candidates", "4")
+    assert done.returncode == 2 and "--candidates applies to --rerank only" in done.stderr

@@ -1,4 +1,4 @@
-"""`provender embed`, `provender similar` and `provender collections ...`."""
+"""`provender embed`, `provender similar` and `provender collections ...` (`provender rerank`: _rerank_cli)."""
 
 from __future__ import annotations
 
@@ -197,11 +197,25 @@ def embed(
     help="Only items whose metadata KEY is VALUE (a string, or the number, true, false or null it spells); repeatable.",
 )
 @click.option("--approximate", is_flag=True, help="Search the HNSW index (needs provender-embedding[ann]).")
+@click.option(
+    "--rerank", "rerank_model", metavar="MODEL", help="Retrieve --candidates items, then rerank them with MODEL."
+)
+@click.option(
+    "--candidates", type=click.IntRange(min=1), help="With --rerank: how many items to retrieve.  [default: 4 x N]"
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def similar(
-    collection: str, query: str, n: int, where_pairs: tuple[str, ...], approximate: bool, as_json: bool
+    collection: str,
+    query: str,
+    n: int,
+    where_pairs: tuple[str, ...],
+    approximate: bool,
+    rerank_model: str | None,
+    candidates: int | None,
+    as_json: bool,
 ) -> None:
-    """The N items of COLLECTION most similar to QUERY (cosine)."""
+    """The N items of COLLECTION most similar to QUERY (cosine); with --rerank, the N of the
+    --candidates most similar that MODEL (a reranker) finds most relevant, its score shown."""
     from provender_embedding import Collection
     from provender_embedding._filters import parse_where
 
@@ -209,6 +223,16 @@ def similar(
         where = parse_where(where_pairs)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--where") from None
+    if candidates is not None and rerank_model is None:
+        raise click.UsageError("--candidates applies to --rerank only")
+    if rerank_model is not None:  # retrieve, then rerank
+        from provender_embedding._rerank_cli import similar_reranked
+
+        coll = Collection(collection)
+        similar_reranked(
+            coll, query, n, rerank_model, candidates, where=where, approximate=approximate, as_json=as_json
+        )
+        return
     hits = Collection(collection).similar(query, n, where=where, approximate=approximate)
     if as_json:
         import json
@@ -264,5 +288,7 @@ def collections_rm(name: str, yes: bool) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for command in (embed, similar, collections):
+    from provender_embedding._rerank_cli import rerank
+
+    for command in (embed, similar, collections, rerank):
         cli.add_command(command)

@@ -1,4 +1,4 @@
-"""provender-embedding's hook: its commands (embed, similar, collections)."""
+"""provender-embedding's hook: its commands (embed, similar, collections, rerank)."""
 
 from __future__ import annotations
 

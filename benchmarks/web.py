@@ -1,13 +1,16 @@
 """The web page's first load with 1,000 cached models, measured in a real headless Chromium.
 
-    python benchmarks/web.py [--models 1000] [--repeat 5]      (writes benchmarks/results-web.json)
+    python benchmarks/web.py [--models 1000] [--repeat 5] [--profile]   (writes benchmarks/results-web.json)
 
 A scratch cache gets `--models` imported entries (each a directory with a ``config.json`` of a
 llama model and a small ``model.safetensors``, so the installed providers look at every one as they
 would at a real model); a real `provender serve` serves it. Each load is a fresh browser context (no
 HTTP cache): the time from navigation to the page's ``provender-loaded`` mark (the cache table,
-the loaded models and the model list all drawn), and the longest request the load made (the page
-and its files, ``/api/web/cache``, ``/api/ps``, ``/v1/models``) as the browser timed it. The issue's
+the loaded models, the stats over time, the collections and the model list all drawn), and the
+longest request the load made (the page and its files, ``/api/web/cache``, ``/api/ps``,
+``/api/web/history``, ``/api/web/collections``) as the browser timed it; then ``/v1/models`` (not
+a request of the page) timed from this process, and with ``--profile`` a cProfile of the work
+behind ``/api/web/cache``. The issue's
 targets: a first load under one second, no request over 200 ms. Needs ``chromium`` (Debian's) and
 the ``playwright`` package (the tests env has both).
 """
@@ -75,6 +78,37 @@ def in_process(cache: Path, repeat: int) -> dict[str, Any]:
     return {name: round(1000 * statistics.median(values)) for name, values in out.items()}
 
 
+def profile(cache: Path, top: int = 25) -> None:
+    """cProfile of five `/api/web/cache` answers in this process (listing, claims, JSON), by cumulative time."""
+    import cProfile
+    import pstats
+
+    os.environ["PROVENDER_CACHE__DIR"] = str(cache)
+    from provender import CacheManager
+    from provender_serve._web_api import cache_view, warm_claims
+
+    warm_claims().join()
+    cm = CacheManager()
+    json.dumps(cache_view(cm))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(5):
+        json.dumps(cache_view(cm))
+    profiler.disable()
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(top)
+
+
+def server_side(url: str, path: str, repeat: int) -> dict[str, int]:
+    """`path` requested `repeat` times with urllib, one at a time: median and max wall ms."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url + path, timeout=60) as response:
+            response.read()
+        times.append(1000 * (time.perf_counter() - started))
+    return {"median": round(statistics.median(times)), "max": round(max(times))}
+
+
 def measure(url: str, repeat: int) -> list[dict[str, Any]]:
     from playwright.sync_api import sync_playwright
 
@@ -108,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of /api/web/cache's work")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="provender-web-bench-") as tmp:
         root = Path(tmp)
@@ -130,7 +165,10 @@ def main() -> None:
                         raise SystemExit("the server did not start") from None
                     time.sleep(0.2)
             runs = measure(url + "/", args.repeat)
+            models_ms = server_side(url, "/v1/models", args.repeat)  # shares the page's claims cache
             listing_ms = in_process(root / "cache", args.repeat)
+            if args.profile:
+                profile(root / "cache")
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -155,6 +193,7 @@ def main() -> None:
             "median": round(statistics.median(r["loaded"] - max(q["end"] for q in r["requests"]) for r in runs))
         },
         "listing_in_process_ms": listing_ms,
+        "v1_models_ms": models_ms,
         "requests_ms": {u: {"median": round(statistics.median(v)), "max": round(max(v))} for u, v in per_url.items()},
         "cache_json_bytes": next((q["bytes"] for q in runs[-1]["requests"] if q["url"] == "/api/web/cache"), None),
         "machine": {"cpus": os.cpu_count(), "loadavg": [round(x, 1) for x in load]},

@@ -75,6 +75,7 @@ class Claims:
     def __init__(self) -> None:
         self._known: dict[str, tuple[tuple[Any, ...], list[str]]] = {}
         self._lock = threading.Lock()
+        self._prefer: list[str] | None = None  # providers.prefer, read once (as the server reads its settings)
 
     @staticmethod
     def _fingerprint(entry: CacheEntry) -> tuple[Any, ...]:
@@ -90,7 +91,9 @@ class Claims:
         manager = get_plugin_manager()
         if not manager.has_implementations("provender_claim_model"):
             return {}
-        prefer = load_settings().providers.prefer
+        if self._prefer is None:
+            self._prefer = list(load_settings().providers.prefer)  # ~10 ms a time: not per request
+        prefer = self._prefer
         out: dict[str, list[str]] = {}
         for entry in entries:
             mark = self._fingerprint(entry)

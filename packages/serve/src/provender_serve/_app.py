@@ -356,9 +356,10 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
         *web_routes(server),  # the web page at / (provender_serve._web)
         Route("/metrics", e(server.metrics_text), methods=["GET"]),
     ]
-    from provender_serve import _anthropic, _ollama, _responses  # they import this module
+    from provender_serve import _anthropic, _ollama, _rerank, _responses  # they import this module
 
     routes += [*_anthropic.routes(server), *_responses.routes(server), *_ollama.routes(server)]
+    routes += _rerank.routes(server)  # /v2/rerank (Cohere), /v1/rerank (Jina, llama.cpp), /rerank (TEI)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500

@@ -86,7 +86,7 @@ def test_bad_input_is_an_ollama_error_and_the_server_serves_on(start_server: Any
         ("/api/generate", {"model": "nosuchprovider:7b", "prompt": "x"}, 404, 'nosuchprovider:7b" not found'),
         ("/api/embed", {"model": "echo:plain", "input": "x", "dimensions": 3}, 400, "dimensions"),
         ("/api/show", {"model": "not/cached"}, 404, "not found"),
-        ("/api/copy", {"source": "a", "destination": "b"}, 501, "alias"),
+        ("/api/copy", {"source": "a", "destination": "b"}, 404, "'a'"),  # copies: tests/serve/test_ollama_cache.py
     ]
     for path, body, status, words in cases:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -5,10 +5,8 @@
 - ``GET /api/tags`` (the cache's entries a provider claims, or the allow-list), ``POST /api/show``,
   ``GET /api/ps`` (Ollama's rows, each with provender's own fields beside them: ``provender ps``
   reads the same route), ``GET /api/version``;
-- ``DELETE /api/delete``: the cache entry, refused (409) while pinned or in use, as ``cache rm``;
-- ``POST /api/pull``: into the cache from the remote tier or the Hub (``server.pull`` applies),
-  its progress as Ollama streams it (``{"status": ...}`` lines, ``success`` last);
-- ``POST /api/copy``: 501, provender's cache has no aliases (yet).
+- ``DELETE /api/delete``, ``POST /api/copy`` (an alias), ``POST /api/pull`` (progress streamed while
+  the bytes arrive): in `provender_serve._ollama_cache`.
 
 Names: see `ollama_name`.
 """
@@ -16,16 +14,16 @@ Names: see `ollama_name`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provender_serve._ollama import NDJSON, OllamaOptions, _Loose, line
+from provender_serve._ollama import OllamaOptions, _Loose
 from provender_serve._schemas import parse_keep_alive
 from provender_serve.errors import APIError
 
@@ -66,11 +64,6 @@ class NameRequest(_Loose):
         if not value:
             raise APIError(400, "model: required", "missing_field")
         return value
-
-
-class CopyRequest(_Loose):
-    source: str
-    destination: str
 
 
 def iso(ts: float | None) -> str:
@@ -148,12 +141,15 @@ def _tags(server: Server) -> list[dict[str, Any]]:
             rows[name]["details"] = details()
     else:
         manager = get_plugin_manager()
-        for entry in CacheManager().entries(sort="name"):
+        cm = CacheManager()
+        named = [(entry.name, entry) for entry in cm.entries(sort="name")]
+        named += sorted(cm.aliases().items())  # a copy is listed as Ollama lists one: its own name, the same digest
+        for name, entry in named:
             claims = manager.claim(entry)
             if claims:
-                rows[entry.name] = {
-                    "name": entry.name,
-                    "model": entry.name,
+                rows[name] = {
+                    "name": name,
+                    "model": name,
                     "modified_at": iso(entry.created),
                     "size": entry.size,
                     "digest": digest(entry.name, entry),
@@ -282,69 +278,6 @@ class Models:
             "modified_at": iso(entry.created if entry is not None else 0),
         }
 
-    async def delete(self, request: Request) -> Response:
-        from provender_serve._threads import run_in_thread
-        from provender_serve._web_api import cache_error
-
-        req: NameRequest = await self.api.body(request, NameRequest)
-        name = req.which()
-
-        def remove() -> None:
-            from provender import CacheManager, parse_model_name
-
-            try:
-                CacheManager().remove(parse_model_name(ollama_name(name))[1])
-            except Exception as exc:
-                error = cache_error(exc)
-                raise APIError(error.status, error.message, error.code) from None
-
-        if name in self.server.registry.names():
-            raise APIError(409, f"cannot remove '{name}': it is loaded; unload it first (keep_alive 0)", "in_use")
-        await run_in_thread(remove)
-        return Response(status_code=200)
-
-    async def copy(self, request: Request) -> Response:
-        await self.api.body(request, CopyRequest)
-        raise APIError(501, "copy: provender's cache has no aliases; name the model as it is cached", "unsupported")
-
-    async def pull(self, request: Request) -> Response:
-        from provender_serve._threads import run_in_thread
-        from provender_serve._walls import may_pull, pull_refused
-
-        req: NameRequest = await self.api.body(request, NameRequest)
-        from provender import parse_model_name
-
-        name = parse_model_name(ollama_name(req.which()))[1]
-        origin = request.headers.get("origin")
-        if not may_pull(self.server.options.pull, origin):
-            raise pull_refused(self.server.options.pull, origin, name)
-
-        def pull() -> dict[str, Any]:
-            from provender import CacheManager
-
-            result = CacheManager().pull(name, progress=False)
-            return {"source": result.source, "size": result.entry.size, "key": result.entry.key}
-
-        if not req.stream:
-            await run_in_thread(pull)
-            return JSONResponse({"status": "success"})
-        try:  # the pull runs before the answer starts: its errors are HTTP errors in Ollama's shape
-            done = await run_in_thread(pull)
-        except APIError:
-            raise
-        except Exception as exc:
-            raise APIError(500, f"pull {name!r}: {exc}", "pull_failed") from None
-
-        def lines() -> Iterator[bytes]:
-            yield line({"status": "pulling manifest"})
-            size = done["size"]
-            yield line({"status": f"pulling {done['key']}", "digest": done["key"], "total": size, "completed": size})
-            yield line({"status": "verifying sha256 digest"})
-            yield line({"status": "writing manifest"})
-            yield line({"status": "success"})
-
-        return StreamingResponse(lines(), media_type=NDJSON)
-
 
 def probe_text(request: Request) -> Response | None:
     """Ollama's answer to ``GET /`` and ``HEAD /`` for a client that is not a browser asking for a page."""
@@ -354,7 +287,10 @@ def probe_text(request: Request) -> Response | None:
 
 
 def routes(server: Server, e: Callable[[Handler], Handler], api: Ollama) -> list[Route]:
+    from provender_serve._ollama_cache import CacheRoutes
+
     m = Models(server, api)
+    c = CacheRoutes(server, api)
     return [
         Route("/api/embed", e(m.embed), methods=["POST"]),
         Route("/api/embeddings", e(m.embeddings), methods=["POST"]),
@@ -362,7 +298,7 @@ def routes(server: Server, e: Callable[[Handler], Handler], api: Ollama) -> list
         Route("/api/show", e(m.show), methods=["POST"]),
         Route("/api/ps", e(m.ps), methods=["GET"]),
         Route("/api/version", e(m.version), methods=["GET"]),
-        Route("/api/delete", e(m.delete), methods=["DELETE"]),
-        Route("/api/copy", e(m.copy), methods=["POST"]),
-        Route("/api/pull", e(m.pull), methods=["POST"]),
+        Route("/api/delete", e(c.delete), methods=["DELETE"]),
+        Route("/api/copy", e(c.copy), methods=["POST"]),
+        Route("/api/pull", e(c.pull), methods=["POST"]),
     ]

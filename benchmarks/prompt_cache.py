@@ -1,6 +1,7 @@
 """Issue 22's workload: time to first token at each turn of a conversation, with and without the prompt cache.
 
     python benchmarks/prompt_cache.py [--repeat 3] [--turns 10] [--no-serve]   (writes results-prompt-cache.json)
+    python benchmarks/prompt_cache.py --disk [--repeat 3]   (only section 3, merged into the same file)
 
 A tiny random MLX llama (hidden 256, 4 layers) built on the spot; a system prompt and ten user
 turns of about 60 words, ``max_tokens=8``, each reply appended to the conversation. Measured
@@ -8,6 +9,13 @@ turns of about 60 words, ``max_tokens=8``, each reply appended to the conversati
 1. in process: `MLXProvider.stream_chat`, with ``memory.prompt_cache_bytes`` at its default and at 0;
 2. through ``provender serve`` with the real ``openai`` client, streaming (the server decodes on
    MLX's `BatchSession`), with the cache on and off (one server at a time).
+
+3. ``--disk``, a saved prompt cache (issue 22 item 3): on the benchmarks' larger model (hidden 512,
+   8 layers, as serve_bench and dialects), a system prompt of at least 2,000 tokens saved once with
+   `PooledProvider.save_prompt` (what ``provender cache prompt`` does); then, each time in a fresh
+   load of the model (loaded, but it never saw the prefix), time to first token of that system
+   prompt plus a question, reading the saved state from the disk cache against computing it
+   (``cache.prompt_cache_max_size = 0``: nothing read). The two alternate, after one warm-up of each.
 
 Time to first token is from the call to the first non-empty piece of text, or the end of the
 reply when it has none. Medians over ``--repeat`` conversations (a fresh load each).
@@ -110,6 +118,64 @@ def through_serve(model: Path, turns: int, repeat: int, cache_bytes: str | None)
     return runs[1:]
 
 
+def long_system(p: Any, tokens: int) -> str:
+    """A system prompt of at least `tokens` tokens for `p`'s model (the words of TEXT, numbered)."""
+    parts: list[str] = []
+    while True:
+        parts.append(f"Rule {len(parts) + 1}: " + user_turn(len(parts)) + ".")
+        text = " ".join(parts) + "\n"
+        if len(parts) % 5 == 0 and p.count_tokens(text) >= tokens:
+            return text
+
+
+def disk_section(root: Path, repeat: int, tokens: int = 2000) -> dict[str, Any]:
+    """Section 3: first token with a saved system prompt read from the disk cache, against computing it."""
+    from provender import CacheManager
+    from provender_mlx import MLXProvider
+    from provender_mlx.testing import build_tiny_llama
+
+    model = str(build_tiny_llama(root / "bench-llama-512", hidden_size=512, layers=8, vocab_size=300))
+    on = CacheManager(root / "cache", max_size="20GB")
+    off = CacheManager(root / "cache", max_size="20GB", prompt_max_size=0)  # the same cache, nothing read
+
+    def fresh(cache: CacheManager) -> Any:
+        MLXProvider.clear_model_cache()
+        p = MLXProvider(model, cache=cache)
+        p.load_model()
+        return p
+
+    p = fresh(on)
+    system = long_system(p, tokens)
+    started = time.perf_counter()
+    entry = p.save_prompt(system)
+    save_s = time.perf_counter() - started
+    n = int(entry.metadata["prompt"]["tokens"])
+    print(f"  saved {n} tokens ({entry.size / 1e6:.1f} MB) in {save_s:.2f} s", file=sys.stderr, flush=True)
+    times: dict[str, list[float]] = {"disk": [], "computed": []}
+    for i in range(repeat + 1):  # the first of each warms up: not counted
+        for name, cache in (("disk", on), ("computed", off)):
+            p = fresh(cache)
+            question = f"Question {i}: which rule says " + " ".join(WORDS[i : i + 6]) + "?"
+            seconds, _ = first_token(p.stream(system + question, max_tokens=8))
+            stats = p.prompt_cache().stats
+            assert stats.disk_hits == (1 if name == "disk" else 0), stats
+            print(f"  {name}: {seconds:.3f} s (prefilled {stats.last_prefilled})", file=sys.stderr, flush=True)
+            if i:
+                times[name].append(seconds)
+    MLXProvider.clear_model_cache()
+    disk, computed = statistics.median(times["disk"]), statistics.median(times["computed"])
+    return {
+        "model": "mlx llama hidden 512, 8 layers (random weights)",
+        "system_tokens": n,
+        "saved_bytes": entry.size,
+        "save_s": round(save_s, 3),
+        "median_ttft_disk_s": round(disk, 4),
+        "median_ttft_computed_s": round(computed, 4),
+        "speedup": round(computed / disk, 1),
+        "runs": times,
+    }
+
+
 def summary(runs: list[list[float]]) -> dict[str, Any]:
     medians = [statistics.median(turn) for turn in zip(*runs, strict=True)]
     return {
@@ -124,8 +190,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--no-serve", action="store_true", help="only the in-process figures")
+    parser.add_argument("--disk", action="store_true", help="only section 3 (a saved prompt cache on disk)")
     args = parser.parse_args()
     from provender_mlx.testing import build_tiny_llama
+
+    if args.disk:
+        with tempfile.TemporaryDirectory() as tmp:
+            section = disk_section(Path(tmp), args.repeat)
+        section["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        RESULTS.write_text(json.dumps({**old, "disk": section}, indent=1))
+        print(
+            f"first token, {section['system_tokens']}-token system prompt: saved on disk "
+            f"{section['median_ttft_disk_s']} s, computed {section['median_ttft_computed_s']} s "
+            f"({section['speedup']}x)"
+        )
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_llama(Path(tmp) / "tiny-llama-256", hidden_size=256, layers=4, vocab_size=400)

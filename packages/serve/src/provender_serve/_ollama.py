@@ -10,7 +10,8 @@ unload after the reply) onto the server's keep-alive. Errors are ``{"error": "..
 
 Every request goes through the same admission as the other dialects (`provender_serve._app`:
 allow-list, key, queue, walls, server.pull, /metrics). The other Ollama routes (models, embeddings)
-are in `provender_serve._ollama_models`.
+are in `provender_serve._ollama_models`; those that change the cache (delete, copy, pull) in
+`provender_serve._ollama_cache`.
 """
 
 from __future__ import annotations

@@ -124,6 +124,7 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
         abort.set()
         worker.join()
         if state is not None and prompts is not None and not errors:
-            from provender_transformers._prompt import keep
+            from provender_transformers._prompt import keep, offer
 
+            offer(prompts, ids, state)  # cache.prompt_cache_auto_tokens: the prompt's state to the disk cache
             keep(prompts, fed, state)

@@ -5,15 +5,28 @@ layers are all plain dynamic layers is trimmed with ``crop``; a sliding-window l
 (``DynamicSlidingWindowLayer``, built for a config with ``sliding_window``), a static or any
 other cache cannot be cut back, so it is reused only whole. `decode_tokens` keeps the state a
 generation leaves under the ids it holds: the prompt and the reply's tokens that were fed back.
+
+On disk (`provender._prompt_disk`), a state is its per-layer key and value tensors in one
+safetensors file (``kv.safetensors``: ``<layer>.keys``, ``<layer>.values``), read back into a
+fresh `DynamicCache` with ``update``; only a cache of plain dynamic layers (one `crop` can cut)
+is saved. `codec` gives the loaded model's machinery.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provender._prompt_cache import PromptCache, prompt_cache_bytes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from provender import LoadedModel
+    from provender._prompt_disk import PromptCodec
+
+STATE_FILE = "kv.safetensors"
 
 
 def _tensors(state: Any) -> Iterator[Any]:
@@ -81,3 +94,71 @@ def keep(cache: PromptCache, tokens: Sequence[int], state: Any) -> bool:
     if held <= 0 or held > len(tokens):
         return False
     return cache.store(tokens[:held], state)
+
+
+def _layers(state: Any) -> list[tuple[Any, Any]]:
+    """``(keys, values)`` of each layer of `state`."""
+    layers = getattr(state, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return list(zip(state.key_cache, state.value_cache, strict=True))
+
+
+def codec(item: LoadedModel) -> PromptCodec:
+    """transformers' machinery for the prompt states of loaded model `item` on disk (see the module docs)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import transformers
+    from provender._prompt_disk import PromptCodec
+    from provender.errors import ProvenderError
+
+    model, tokenizer = item.model, item.tokenizer
+
+    def prefill(ids: list[int]) -> Any:
+        state = new_state(model)
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([ids], device=model.device), past_key_values=state, use_cache=True)
+        return state
+
+    def write(state: Any, folder: Path) -> None:
+        if not can_trim(state):
+            raise ProvenderError("a sliding-window or static cache is not saved to disk (only plain dynamic layers)")
+        tensors = {}
+        for i, (keys, values) in enumerate(_layers(state)):
+            tensors[f"{i}.keys"], tensors[f"{i}.values"] = keys.contiguous().cpu(), values.contiguous().cpu()
+        save_file(tensors, str(folder / STATE_FILE), metadata={"layers": str(len(tensors) // 2)})
+
+    def read(folder: Path) -> Any:
+        tensors = load_file(str(folder / STATE_FILE), device=str(model.device))
+        state = new_state(model)
+        layers = len(tensors) // 2
+        if layers != model.config.num_hidden_layers:
+            raise ValueError(f"{layers} layers saved, the model has {model.config.num_hidden_layers}")
+        for i in range(layers):
+            state.update(tensors[f"{i}.keys"], tensors[f"{i}.values"], i)
+        return state
+
+    return PromptCodec(
+        runtime="transformers",
+        version=f"transformers {transformers.__version__}, torch {torch.__version__}",
+        prefill=prefill,
+        write=write,
+        read=read,
+        trimmable=can_trim,
+        encode=lambda text: [int(t) for t in tokenizer(text, add_special_tokens=True)["input_ids"]],
+    )
+
+
+def offer(cache: PromptCache, prompt: list[int], state: Any) -> None:
+    """``cache.prompt_cache_auto_tokens``: save the prompt's part of `state` (after a generation) to the
+    disk cache when the prompt is long enough and not saved yet (a copy cut back with ``crop``)."""
+    disk = cache.disk
+    if disk is None or not disk.wants(prompt) or not can_trim(state):
+        return
+    held = int(state.get_seq_length())
+    if held < len(prompt):
+        return
+    snapshot = copy.deepcopy(state)
+    trim(snapshot, held - len(prompt))
+    disk.offer(prompt, snapshot)

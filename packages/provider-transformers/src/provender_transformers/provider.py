@@ -136,6 +136,12 @@ class TransformersProvider(PooledProvider):
 
         return decode_tokens(self, item, request)
 
+    def prompt_codec(self, item: LoadedModel) -> Any:
+        """Prompt caches on disk: a `DynamicCache`'s per-layer tensors in safetensors (`_prompt.codec`)."""
+        from provender_transformers._prompt import codec
+
+        return codec(item)
+
     # -- embeddings ----------------------------------------------------------------------
 
     def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:

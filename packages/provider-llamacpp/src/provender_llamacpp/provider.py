@@ -126,7 +126,7 @@ class LlamaCppProvider(PooledProvider):
         import llama_cpp
 
         from provender._decoding import Detokenizer
-        from provender_llamacpp._prompt import keep, restore
+        from provender_llamacpp._prompt import keep, offer, restore
 
         llm = item.model
         ids = prompt_ids(llm, request.text, request.chat)
@@ -155,7 +155,14 @@ class LlamaCppProvider(PooledProvider):
         finally:
             tokens.close()
             if sound and prompts is not None and prompts.enabled:
+                offer(prompts, llm, ids)  # cache.prompt_cache_auto_tokens: the prompt's state to the disk cache
                 keep(prompts, llm)
+
+    def prompt_codec(self, item: LoadedModel) -> Any:
+        """Prompt caches on disk: sequence 0's KV cells from llama.cpp's state API (`_prompt.codec`)."""
+        from provender_llamacpp._prompt import codec
+
+        return codec(item)
 
     def constraint_tokenizer(self, item: LoadedModel) -> Any:
         return item.model  # provender._constrain reads a llama_cpp.Llama's vocabulary

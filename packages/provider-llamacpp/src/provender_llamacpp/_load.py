@@ -58,9 +58,11 @@ class GGUFInfo:
     chat_template: bool  # carries tokenizer.chat_template
     context_length: int  # the model's training context (0 if the file does not say)
     max_seq_length: int | None = None  # an embedding model's sentence-transformers limit, where known
+    rerank: bool = False  # a reranker: rank pooling (one relevance logit per sequence)
 
 
 MAX_SEQ_LENGTH_KEY = "sentence_transformers.max_seq_length"  # recorded by convert_bert; llama.cpp ignores it
+RANK_POOLING = 4  # LLAMA_POOLING_TYPE_RANK in a GGUF's {arch}.pooling_type: a reranker
 
 
 def inspect_gguf(path: Path, root: Path | None = None) -> GGUFInfo:
@@ -93,6 +95,7 @@ def inspect_gguf(path: Path, root: Path | None = None) -> GGUFInfo:
         chat_template=isinstance(meta.get("tokenizer.chat_template"), str),
         context_length=int(ctx) if isinstance(ctx, int) else 0,
         max_seq_length=limit if isinstance(limit, int) and limit > 1 else None,
+        rerank=pooling == RANK_POOLING,
     )
 
 
@@ -186,6 +189,8 @@ def load_llama(info: GGUFInfo, *, n_ctx: int, threads: int | None, n_gpu_layers:
         ctx = info.context_length or 512
         ctx = min(n_ctx, ctx) if n_ctx else ctx
         kwargs |= {"embedding": True, "n_ctx": ctx, "n_batch": ctx, "n_ubatch": ctx}
+        if info.rerank:
+            kwargs["pooling_type"] = RANK_POOLING
     else:  # beyond the training context a model degrades: n_ctx is capped there (0 takes it whole)
         train = info.context_length
         kwargs |= {"n_ctx": min(n_ctx, train) if n_ctx and train else n_ctx or train}

@@ -70,6 +70,8 @@ class LlamaCppProvider(PooledProvider):
     supported_options = POOLED_OPTIONS | {"top_k", "min_p", "repeat_penalty"}
     embed_options = ("normalize", "max_length")
     embed_hint = "embeddings need an embedding GGUF"
+    rerank_hint = "reranking needs a GGUF reranker (rank pooling: a converted *ForSequenceClassification)"
+    rerank_options = ()
 
     def __init__(
         self,
@@ -105,7 +107,7 @@ class LlamaCppProvider(PooledProvider):
         from provender_llamacpp._prompt import new_prompt_cache
 
         prompts = None if info.embedding else new_prompt_cache()
-        kind = "embedding" if info.embedding else "generation"
+        kind = "rerank" if info.rerank else "embedding" if info.embedding else "generation"
         return LoadedModel(self.model, llm, info, kind=kind, on_unload=llm.close, prompt_cache=prompts)
 
     def load_model(self) -> Any:
@@ -215,6 +217,16 @@ class LlamaCppProvider(PooledProvider):
                 item.model, texts, max_length=limit, normalize=bool(options.get("normalize", False))
             )
         return vectors
+
+    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
+        """The relevance of each document to `query`, in their order: the sigmoid of llama.cpp's
+        rank-pooled logit for ``[CLS] query [SEP] document [SEP]`` (`provender_llamacpp._rerank`;
+        llama.cpp gives every token type 0). A pair longer than the context is cut, longest first."""
+        from provender_llamacpp._rerank import rerank_scores
+
+        self.check_rerank(query, documents, options)
+        with self.using("rerank") as item:
+            return rerank_scores(item.model, query, documents)
 
     def dimension(self) -> int:
         """Length of this model's embeddings (loads the model)."""

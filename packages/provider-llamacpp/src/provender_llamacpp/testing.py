@@ -182,7 +182,12 @@ def read_safetensors(path: str | Path) -> dict[str, Any]:
 
 
 def convert_bert(
-    model_dir: str | Path, out: str | Path, *, outtype: str = "F32", record_max_seq_length: bool = True
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    outtype: str = "F32",
+    record_max_seq_length: bool = True,
+    reranker: bool = False,
 ) -> Path:
     """Convert a sentence-transformers BERT model (``config.json``, ``vocab.txt``, ``model.safetensors``,
     ``1_Pooling/config.json``) to a GGUF embedding model llama.cpp runs; returns `out`.
@@ -192,7 +197,9 @@ def convert_bert(
     ``outtype``: ``F32`` or ``F16`` (2-D weights). With `record_max_seq_length`, the one key
     ``convert_hf_to_gguf.py`` does not write: sentence-transformers' ``max_seq_length``
     (``sentence_transformers.max_seq_length``, which llama.cpp ignores and provender
-    truncates at).
+    truncates at). With `reranker`, a ``BertForSequenceClassification`` with one label (a
+    cross-encoder) becomes a GGUF reranker: rank pooling, BERT's pooler as ``cls`` (dense +
+    tanh in llama.cpp's rank pooling) and the classifier as ``cls.output``.
     """
     gguf = _require()
     import numpy as np
@@ -220,6 +227,8 @@ def convert_bert(
         elif pool.get("pooling_mode_lasttoken"):
             pooling = gguf.PoolingType.LAST
 
+    if reranker:
+        pooling = gguf.PoolingType.RANK
     n_layer = config["num_hidden_layers"]
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layer)
     weights = read_safetensors(model_dir / "model.safetensors")
@@ -261,10 +270,15 @@ def convert_bert(
     st = sentence_transformers_config(model_dir)
     if record_max_seq_length and st is not None and st.max_seq_length:
         writer.add_uint32(MAX_SEQ_LENGTH_KEY, st.max_seq_length)
-    skip = ("embeddings.position_ids", "pooler.", "cls.")
+    skip = ("embeddings.position_ids", "cls.") if reranker else ("embeddings.position_ids", "pooler.", "cls.")
+    head = {"pooler.dense": "cls", "classifier": "cls.output"} if reranker else {}
     for hf_name, data in weights.items():
         name = hf_name.removeprefix("bert.")
         if name.startswith(skip):
+            continue
+        module, _, suffix = name.rpartition(".")
+        if module in head:
+            writer.add_tensor(f"{head[module]}.{suffix}", np.ascontiguousarray(data, dtype=np.float32))
             continue
         name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
         mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -50,6 +50,14 @@ from provender_serve._web import web_routes
 from provender_serve.errors import APIError
 
 logger = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """Work a server runs beside its requests, from its start to its end."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -87,6 +95,8 @@ class Server:
         )
         self.metrics = Metrics(self.registry)  # /metrics: this server's own Prometheus registry
         self.embed_batches = EmbedBatches(self.registry)  # concurrent embedding requests, batched
+        #: started when the app starts serving, stopped when it ends (the web page's stats sampler)
+        self.services: list[Service] = []
         try:  # the weights in the core's model pool follow the server's limits
             from provender import model_pool
 
@@ -371,7 +381,11 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
         guard = getattr(app.state, "guard", None)  # `provender serve`'s connection guard (_protocol.Guard)
         if guard is not None:
             guard.install(asyncio.get_running_loop())
+        for service in server.services:
+            service.start()
         yield
+        for service in server.services:
+            service.stop()
         await asyncio.to_thread(server.registry.close)  # unload everything, releasing every lease
 
     walls = Middleware(Walls, origins=server.options.origins, allowed_hosts=server.options.allowed_hosts)

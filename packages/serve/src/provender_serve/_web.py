@@ -110,7 +110,7 @@ def web_routes(server: Server) -> list[Route]:
     token = WebToken()
     warm_claims()  # the page's first load then finds every entry's providers known
     history = CacheHistory(load_settings().section("server", ServerSettings).stats_interval)
-    history.start()  # the cache's stats over time (server.stats_interval)
+    server.services.append(history)  # the cache's stats over time (server.stats_interval), while serving
     page, api, e = WebPage(token), WebAPI(server, token), server.endpoint
     search = WebSearch(server, token)
 

@@ -224,3 +224,21 @@ def test_no_history_is_kept_with_stats_interval_0(start_server: StartServer) -> 
     server = start_server(env={"PROVENDER_SERVER__STATS_INTERVAL": "0"})
     time.sleep(0.5)
     assert history(server) == {"interval": 0.0, "capacity": 360, "samples": []}
+
+
+def test_the_samples_count_models_and_saved_prompt_caches_apart(two_entries: list[str]) -> None:
+    from provender_serve._web_history import sample
+
+    cm = CacheManager()
+    saved = cm.prompts.save(
+        model="test/a",
+        model_id="test/a",
+        runtime="test",
+        version="1",
+        tokens=[1, 2, 3],
+        write=lambda folder: (folder / "kv.bin").write_bytes(b"x" * 1000),
+    )
+    point = sample(cm, None)
+    models = cm.entries()  # what the page's cache view lists and sums: the models
+    assert (point["entries"], point["size"]) == (len(models), sum(e.size for e in models)) == (2, 8002)
+    assert point["prompt_size"] == saved.size > 1000

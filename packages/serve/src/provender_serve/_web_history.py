@@ -33,15 +33,19 @@ def sample(cm: CacheManager, previous: dict[str, Any] | None, now: float | None 
     """One point of the history: the index's counters and totals now, and the hit rate since `previous`."""
     index = cm.index
     counters = index.stats()
+    prompts = index.total_size("prompt")
     point: dict[str, Any] = {
         "time": time.time() if now is None else now,
         "hits": counters["hits"],
         "misses": counters["misses"],
         "evictions": counters["evictions"],
         "bytes_evicted": counters["bytes_evicted"],
-        "entries": len(index.stamps()),
-        "size": index.total_size(),
+        # the models, as the page's cache view counts them; the saved prompt caches (kind ``prompt``,
+        # a budget of their own inside cache.max_size: cache.prompt_cache_max_size) beside them
+        "entries": len(index.stamps()) - len(index.of_kind("prompt")),
+        "size": index.total_size() - prompts,
         "max_size": cm.max_size,
+        "prompt_size": prompts,
     }
     lookups = point["hits"] + point["misses"]
     hits = point["hits"]

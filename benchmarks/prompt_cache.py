@@ -1,7 +1,8 @@
 """Issue 22's workload: time to first token at each turn of a conversation, with and without the prompt cache.
 
     python benchmarks/prompt_cache.py [--repeat 3] [--turns 10] [--no-serve]   (writes results-prompt-cache.json)
-    python benchmarks/prompt_cache.py --disk [--repeat 3]   (only section 3, merged into the same file)
+    python benchmarks/prompt_cache.py --disk [--repeat 3] [--provider mlx|transformers|llamacpp]
+        (only section 3, merged into the same file)
 
 A tiny random MLX llama (hidden 256, 4 layers) built on the spot; a system prompt and ten user
 turns of about 60 words, ``max_tokens=8``, each reply appended to the conversation. Measured
@@ -10,8 +11,10 @@ turns of about 60 words, ``max_tokens=8``, each reply appended to the conversati
 2. through ``provender serve`` with the real ``openai`` client, streaming (the server decodes on
    MLX's `BatchSession`), with the cache on and off (one server at a time).
 
-3. ``--disk``, a saved prompt cache (issue 22 item 3): on the benchmarks' larger model (hidden 512,
-   8 layers, as serve_bench and dialects), a system prompt of at least 2,000 tokens saved once with
+3. ``--disk``, a saved prompt cache (issue 22 item 3): on the benchmarks' larger model of the
+   provider (MLX: hidden 512, 8 layers, as serve_bench and dialects; transformers: hidden 576, 12
+   layers, as transformers_bench; llama.cpp: n_embd 512, 6 layers, F32, as llamacpp_bench), a system
+   prompt of at least 2,000 tokens saved once with
    `PooledProvider.save_prompt` (what ``provender cache prompt`` does); then, each time in a fresh
    load of the model (loaded, but it never saw the prefix), time to first token of that system
    prompt plus a question, reading the saved state from the disk cache against computing it
@@ -124,23 +127,46 @@ def long_system(p: Any, tokens: int) -> str:
     while True:
         parts.append(f"Rule {len(parts) + 1}: " + user_turn(len(parts)) + ".")
         text = " ".join(parts) + "\n"
-        if len(parts) % 5 == 0 and p.count_tokens(text) >= tokens:
+        if p.count_tokens(text) >= tokens:
             return text
 
 
-def disk_section(root: Path, repeat: int, tokens: int = 2000) -> dict[str, Any]:
-    """Section 3: first token with a saved system prompt read from the disk cache, against computing it."""
-    from provender import CacheManager
+def _larger_model(root: Path, provider: str) -> tuple[str, str, Callable[..., Any]]:
+    """The benchmarks' larger model for `provider`: its path, a description, and the provider class."""
+    if provider == "transformers":
+        from provender_transformers import TransformersProvider
+        from provender_transformers.testing import build_tiny_llama as build_tf
+
+        path = build_tf(root / "bench-llama-576", seed=0, hidden_size=576, layers=12)  # as transformers_bench
+        return str(path), "transformers llama hidden 576, 12 layers (random weights)", TransformersProvider
+    if provider == "llamacpp":
+        from provender_llamacpp import LlamaCppProvider
+        from provender_llamacpp.testing import build_tiny_llama as build_gguf
+
+        path = build_gguf(root / "bench-llama-F32.gguf", n_embd=512, n_layer=6, vocab_size=2000)  # as llamacpp_bench
+        return str(path), "llama.cpp llama n_embd 512, 6 layers, F32 (random weights)", LlamaCppProvider
     from provender_mlx import MLXProvider
     from provender_mlx.testing import build_tiny_llama
 
-    model = str(build_tiny_llama(root / "bench-llama-512", hidden_size=512, layers=8, vocab_size=300))
+    path = build_tiny_llama(root / "bench-llama-512", hidden_size=512, layers=8, vocab_size=300)
+    return str(path), "mlx llama hidden 512, 8 layers (random weights)", MLXProvider
+
+
+def disk_section(root: Path, repeat: int, provider: str = "mlx", tokens: int = 2000) -> dict[str, Any]:
+    """Section 3: first token with a saved system prompt read from the disk cache, against computing it.
+    llama.cpp caps its context at the GGUF's training context (2,048 here): 1,900 tokens there."""
+    if provider == "llamacpp":
+        tokens = min(tokens, 1900)
+    from provender import CacheManager, model_pool
+
+    os.environ.setdefault("PROVENDER_LLAMACPP__N_CTX", "4096")  # room for the system prompt
+    model, described, cls = _larger_model(root, provider)
     on = CacheManager(root / "cache", max_size="20GB")
     off = CacheManager(root / "cache", max_size="20GB", prompt_max_size=0)  # the same cache, nothing read
 
     def fresh(cache: CacheManager) -> Any:
-        MLXProvider.clear_model_cache()
-        p = MLXProvider(model, cache=cache)
+        model_pool().clear()
+        p = cls(model, cache=cache)
         p.load_model()
         return p
 
@@ -162,10 +188,10 @@ def disk_section(root: Path, repeat: int, tokens: int = 2000) -> dict[str, Any]:
             print(f"  {name}: {seconds:.3f} s (prefilled {stats.last_prefilled})", file=sys.stderr, flush=True)
             if i:
                 times[name].append(seconds)
-    MLXProvider.clear_model_cache()
+    model_pool().clear()
     disk, computed = statistics.median(times["disk"]), statistics.median(times["computed"])
     return {
-        "model": "mlx llama hidden 512, 8 layers (random weights)",
+        "model": described,
         "system_tokens": n,
         "saved_bytes": entry.size,
         "save_s": round(save_s, 3),
@@ -191,21 +217,22 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--no-serve", action="store_true", help="only the in-process figures")
     parser.add_argument("--disk", action="store_true", help="only section 3 (a saved prompt cache on disk)")
+    parser.add_argument("--provider", choices=["mlx", "transformers", "llamacpp"], default="mlx", help="for --disk")
     args = parser.parse_args()
-    from provender_mlx.testing import build_tiny_llama
-
     if args.disk:
         with tempfile.TemporaryDirectory() as tmp:
-            section = disk_section(Path(tmp), args.repeat)
+            section = disk_section(Path(tmp), args.repeat, args.provider)
         section["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        RESULTS.write_text(json.dumps({**old, "disk": section}, indent=1))
+        key = "disk" if args.provider == "mlx" else f"disk_{args.provider}"
+        RESULTS.write_text(json.dumps({**old, key: section}, indent=1))
         print(
             f"first token, {section['system_tokens']}-token system prompt: saved on disk "
             f"{section['median_ttft_disk_s']} s, computed {section['median_ttft_computed_s']} s "
             f"({section['speedup']}x)"
         )
         return
+    from provender_mlx.testing import build_tiny_llama
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_llama(Path(tmp) / "tiny-llama-256", hidden_size=256, layers=4, vocab_size=400)

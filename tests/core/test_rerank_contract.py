@@ -125,3 +125,17 @@ def test_bad_input_is_one_clear_error(
 def test_a_provider_that_does_not_rerank_says_so() -> None:
     with pytest.raises(UnsupportedError, match="does not support rerank"):
         Provider("m").rerank("q", ["d"])
+
+
+def test_mlx_does_not_claim_a_cross_encoder_as_an_embedding_model(make_files: Any) -> None:
+    """A BERT cross-encoder has what MLX's encoder looks for (bert, tokenizer.json, safetensors,
+    even modules.json when sentence-transformers saved it): its classifier head says reranker."""
+    import json
+
+    detect = pytest.importorskip("provender_mlx._detect", reason="install packages/provider-mlx")
+    files: dict[str, int | bytes] = {"tokenizer.json": b"{}", "model.safetensors": 64, "modules.json": b"[]"}
+    encoder = make_files("encoder", {**files, "config.json": json.dumps({"model_type": "bert"}).encode()})
+    config = {"model_type": "bert", "architectures": ["BertForSequenceClassification"]}
+    cross = make_files("cross", {**files, "config.json": json.dumps(config).encode()})
+    assert detect.encoder_evidence(encoder) is not None
+    assert detect.encoder_evidence(cross) is None

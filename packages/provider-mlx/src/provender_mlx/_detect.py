@@ -30,6 +30,9 @@ def encoder_evidence(model_dir: Path) -> str | None:
     config = read_config(model_dir) if model_dir.is_dir() else None
     if config is None or config.get("model_type") not in ENCODER_TYPES:
         return None
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if any(a.endswith("ForSequenceClassification") for a in archs):  # a cross-encoder (reranker), not an embedder
+        return None
     if not (model_dir / "tokenizer.json").is_file() or not any(model_dir.glob("*.safetensors")):
         return None
     has_st = (model_dir / "modules.json").is_file() or (model_dir / "1_Pooling" / "config.json").is_file()

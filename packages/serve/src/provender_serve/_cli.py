@@ -131,6 +131,7 @@ def serve(
 
     \b
     Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
+    /v1/rerank, /v2/rerank and /rerank (Jina's, Cohere's and TEI's reranking),
     /health, and /api/ps, /api/unload (`provender ps`, `provender stop`); a web page at /.
     While it runs, `provender generate`, `chat` and `embed` send their work to it.
     """

@@ -99,6 +99,7 @@ def test_bad_searches_are_4xx_and_the_server_keeps_serving(start_server: Any, do
         ({"collection": docs, "text": "   "}, 400, "invalid_value", "text"),
         ({"collection": docs}, 400, "invalid_value", "text"),
         ({"text": "x"}, 400, "invalid_value", "collection"),
+        ({"collection": "c" * 201, "text": "x"}, 400, "invalid_value", "collection"),
         ({**good, "n": 0}, 400, "invalid_value", "n"),
         ({**good, "n": 101}, 400, "invalid_value", "n"),
         ({**good, "n": "3"}, 400, "invalid_value", "n"),
@@ -141,4 +142,6 @@ def test_no_collections_database_lists_none_and_creates_no_file(start_server: An
     server = start_server()
     status, answer = server.raw("GET", "/api/web/collections")
     assert (status, answer) == (200, {"collections": []})
+    status, answer = search(server, {"collection": "docs", "text": "x"}, page_token(server))
+    assert (status, answer["error"]["code"]) == (404, "collection_not_found"), answer
     assert not (tmp_path / "data" / "embeddings.db").exists()

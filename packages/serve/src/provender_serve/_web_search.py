@@ -106,16 +106,21 @@ class WebSearch:
     @staticmethod
     def _model_of(name: str) -> str:
         """The model that embedded collection `name` (404 if there is none of that name, 400 if it
-        holds precomputed vectors only)."""
-        rows = {c["name"]: c for c in collections()}
-        if name not in rows:
-            raise APIError(
-                404,
-                f"no collection named {name!r} (see GET /api/web/collections)",
-                "collection_not_found",
-                "collection",
-            )
-        model = rows[name]["model"]
+        holds precomputed vectors only). Opens the one collection: no count of every collection's items."""
+        from provender_embedding import Collection, CollectionError, CollectionNotFoundError
+
+        path = database()
+        try:
+            if not path.exists():  # no database yet: no collection, and no file made by a read
+                raise CollectionNotFoundError(name)
+            collection = Collection(name, db_path=path)
+        except CollectionNotFoundError:
+            message = f"no collection named {name!r} (see GET /api/web/collections)"
+            raise APIError(404, message, "collection_not_found", "collection") from None
+        except CollectionError as exc:  # not a collection name (too long, blank)
+            raise APIError(400, str(exc), "invalid_value", "collection") from None
+        model = collection.model
+        collection.close()
         if not model:
             raise APIError(
                 400,
@@ -123,4 +128,4 @@ class WebSearch:
                 "invalid_value",
                 "collection",
             )
-        return str(model)
+        return model

@@ -8,7 +8,7 @@ what is left is each route's own cost: parsing, conversion, the answer's shape, 
 stream), one on an MLX model (mlx-lm's llama class, hidden 512, 8 layers, random weights whose
 greedy output is one token forever, so every request generates exactly ``max_tokens`` on every
 route). Each repeat sends the same conversation through ``/v1/chat/completions``, Anthropic's
-``/v1/messages`` and OpenAI's ``/v1/responses``, whole and streamed (read to its end), in a
+``/v1/messages``, OpenAI's ``/v1/responses`` and Ollama's ``/api/chat``, whole and streamed (read to its end), in a
 rotating order, over one kept-alive HTTP connection (the stdlib's `http.client`, so no SDK's
 own cost is measured). A dialect's overhead is the median over repeats of its time over the
 chat route's in the same repeat, minus one (and the median paired difference in ms).
@@ -59,6 +59,7 @@ def bodies(model: str, text: str, max_tokens: int, stream: bool) -> dict[str, tu
         "openai chat": ("/v1/chat/completions", {"model": model, "messages": turns, "max_tokens": max_tokens}),
         "anthropic messages": ("/v1/messages", {"model": model, "messages": turns, "max_tokens": max_tokens}),
         "openai responses": ("/v1/responses", {"model": model, "input": turns, "max_output_tokens": max_tokens}),
+        "ollama chat": ("/api/chat", {"model": model, "messages": turns, "options": {"num_predict": max_tokens}}),
     }
     return {name: (path, {**body, "stream": stream}) for name, (path, body) in routes.items()}
 
@@ -228,6 +229,7 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=8, help="requests per client in a phase (default 8)")
     parser.add_argument("--echo-per-client", type=int, default=50, help="the same on the echo model (default 50)")
     parser.add_argument("--throughput-only", action="store_true", help="only the 4-client part (keeps the rest)")
+    parser.add_argument("--overhead-only", action="store_true", help="only the paired overheads (keeps the rest)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (3 repeats, 4 tokens; writes nothing)")
     args = parser.parse_args()
     if args.quick:
@@ -246,6 +248,8 @@ def main() -> None:
     before = os.getloadavg()
     if args.throughput_only and RESULTS.exists():  # the overhead figures (and their loads) stay as they were
         out = json.loads(RESULTS.read_text())
+    elif args.overhead_only and RESULTS.exists():  # the throughput figures stay as they were
+        out["throughput"] = json.loads(RESULTS.read_text()).get("throughput")
     with tempfile.TemporaryDirectory(prefix="provender-dialects-") as tmp:
         root = Path(tmp)
         # the echo model: generation costs nearly nothing, so what is left is each route's own cost
@@ -261,22 +265,24 @@ def main() -> None:
             mlx = measure(f"mlx:{model_dir}", root, args.repeat, args.max_tokens, PROMPT)
             out["mlx"] = {"repeat": args.repeat, "results": mlx}
         rounds = args.throughput_rounds
-        out["throughput"] = {
-            "date": time.strftime("%Y-%m-%d"),
-            "clients": CLIENTS,
-            "rounds": rounds,
-            "max_tokens": args.max_tokens,
-            "echo": {
-                "per_client": args.echo_per_client,
-                "results": throughput("echo:plain", root, rounds, args.echo_per_client, args.max_tokens, words),
-            },
-            "mlx": {
-                "per_client": args.per_client,
-                "results": throughput(f"mlx:{model_dir}", root, rounds, args.per_client, args.max_tokens, PROMPT),
-            },
-        }
+        if not args.overhead_only:
+            out["throughput"] = {
+                "date": time.strftime("%Y-%m-%d"),
+                "clients": CLIENTS,
+                "rounds": rounds,
+                "max_tokens": args.max_tokens,
+                "echo": {
+                    "per_client": args.echo_per_client,
+                    "results": throughput("echo:plain", root, rounds, args.echo_per_client, args.max_tokens, words),
+                },
+                "mlx": {
+                    "per_client": args.per_client,
+                    "results": throughput(f"mlx:{model_dir}", root, rounds, args.per_client, args.max_tokens, PROMPT),
+                },
+            }
     after = os.getloadavg()
-    out["throughput"]["load_average_before_after"] = [before, after]
+    if not args.overhead_only:
+        out["throughput"]["load_average_before_after"] = [before, after]
     if not args.throughput_only:
         out["load_average_after"] = after
     if not args.quick:

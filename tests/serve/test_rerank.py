@@ -159,3 +159,18 @@ def test_the_allow_list_holds_for_reranking(start_server: Any, models: None) -> 
     for path, field in [("/v2/rerank", "documents"), ("/v1/rerank", "documents"), ("/rerank", "texts")]:
         status, answer = post(server, path, {"model": RERANKER, "query": QUERY, field: ["a"]})
         assert status == 403, (path, answer)
+
+
+def test_provender_rerank_runs_on_a_running_server(start_server: Any, models: None, expected: np.ndarray) -> None:
+    from helpers import run_cli
+
+    server = start_server(env={"PROVENDER_SERVER__API_KEY": "k"})
+    done = run_cli("rerank", "-m", RERANKER, QUERY, *DOCUMENTS, "--json", "--top-n", "3", env=server.env)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["index"] for r in rows] == ranking(expected, 3)
+    np.testing.assert_allclose([r["score"] for r in rows], expected[ranking(expected, 3)], atol=1e-5)
+    assert {row["model"]: row for row in server.ps()}[RERANKER]["requests"] == 1  # the server did the work
+    done = run_cli("rerank", "-m", MINILM, QUERY, "a", env=server.env)
+    assert done.returncode == 2 and "is an embedding model, not a reranker" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -183,27 +183,27 @@ def test_provender_rerank(reranker: str, reranker_dir: Path, minilm: str) -> Non
     docs = DOCUMENTS[:6]
     expected = predict(reranker_dir, QUERY, docs)
     order = sorted(range(len(docs)), key=lambda i: (-float(expected[i]), i))
-    done = run_cli("rerank", "-m", reranker, QUERY, *docs, "--json", "--top-n", "4")
+    done = run_cli("rerank", "--no-server", "-m", reranker, QUERY, *docs, "--json", "--top-n", "4")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [r["index"] for r in rows] == order[:4] and [r["document"] for r in rows] == [docs[i] for i in order[:4]]
     np.testing.assert_allclose([r["score"] for r in rows], expected[order[:4]], atol=1e-5, rtol=0)
     # text, documents from stdin (one per line)
-    done = run_cli("rerank", "-m", reranker, QUERY, input="first line\n\nsecond line\n")
+    done = run_cli("rerank", "--no-server", "-m", reranker, QUERY, input="first line\n\nsecond line\n")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and {line.split()[1] for line in lines} == {"0", "1"}
     assert all(0 < float(line.split()[0]) < 1 for line in lines)
     # usage: exit 2, one line, no traceback
     for args, says in [
-        (("rerank", "-m", reranker, QUERY, "a", "--top-n", "0"), "--top-n"),
-        (("rerank", QUERY, "a"), "--model"),
-        (("rerank", "-m", reranker, QUERY), "no documents"),
+        (("rerank", "--no-server", "-m", reranker, QUERY, "a", "--top-n", "0"), "--top-n"),
+        (("rerank", "--no-server", QUERY, "a"), "--model"),
+        (("rerank", "--no-server", "-m", reranker, QUERY), "no documents"),
     ]:
         done = run_cli(*args, input="")
         assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
     # failure: an embedding model is no reranker (exit 1, naming it)
-    done = run_cli("rerank", "-m", minilm, QUERY, "a")
+    done = run_cli("rerank", "--no-server", "-m", minilm, QUERY, "a")
     assert done.returncode == 1 and f"{minilm!r} is an embedding model, not a reranker" in done.stderr
     assert "Traceback" not in done.stderr
 

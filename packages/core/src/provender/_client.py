@@ -257,6 +257,17 @@ class RemoteProvider(Provider):
         rows = sorted(answer["data"], key=lambda row: row["index"])
         return np.asarray([row["embedding"] for row in rows], dtype=np.float32).reshape(len(texts), -1)
 
+    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
+        """The server's scores (``POST /v1/rerank``), in the documents' order."""
+        from provender._rerank import check_rerank_input
+
+        check_rerank_input(query, documents, options, (), provider=self.name)
+        answer = self.client.request(
+            "POST", "/v1/rerank", {"model": self.remote_model, "query": query, "documents": documents}
+        )
+        scores = {int(row["index"]): float(row["relevance_score"]) for row in answer["results"]}
+        return [scores[i] for i in range(len(documents))]
+
     def dimension(self) -> int:
         return int(self.embed([""]).shape[1])
 

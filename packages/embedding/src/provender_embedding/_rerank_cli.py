@@ -22,12 +22,16 @@ if TYPE_CHECKING:
 @click.argument("documents", nargs=-1)
 @click.option("-n", "--top-n", "top_n", type=click.IntRange(min=1), help="Only the N most relevant documents.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts: index, score, document.")
-def rerank(model: str, query: str, documents: tuple[str, ...], top_n: int | None, as_json: bool) -> None:
+@click.option("--no-server", is_flag=True, help="Run in this process even when `provender serve` is running.")
+def rerank(
+    model: str, query: str, documents: tuple[str, ...], top_n: int | None, as_json: bool, no_server: bool
+) -> None:
     """DOCUMENTS ordered by their relevance to QUERY, as MODEL (a reranker) scores them.
 
     Documents come from DOCUMENT arguments, or stdin (one per line). Each line shows the
     score (a cross-encoder's: 0..1, higher is more relevant), the document's position in
-    the input (from 0) and the document.
+    the input (from 0) and the document. A running `provender serve` does the work (its
+    /v1/rerank) unless --no-server.
     """
     docs = list(documents)
     if not docs:
@@ -36,9 +40,10 @@ def rerank(model: str, query: str, documents: tuple[str, ...], top_n: int | None
         docs = [line for line in sys.stdin.read().splitlines() if line.strip()]
         if not docs:
             raise click.UsageError("no documents on stdin: nothing to rerank")
+    from provender._client import provider_for  # a running `provender serve` keeps the model loaded
     from provender_embedding._reranker import Reranker
 
-    results = Reranker(model).rerank(query, docs, top_n=top_n)
+    results = Reranker(provider_for(model, use_server=not no_server)).rerank(query, docs, top_n=top_n)
     if as_json:
         import json
 

@@ -155,8 +155,9 @@ def _row(entry: CacheEntry, providers: list[str]) -> dict[str, Any]:
 def cache_view(cm: CacheManager, allowed: list[str] | None = None) -> dict[str, Any]:
     """The cache as the page draws it: its stats, its limit, one row per entry (most recent
     first) and the models this server may serve (server.models; empty: any it can claim)."""
-    entries = cm.entries(sort="used")  # syncs the index with the disk, once
-    claims = claims_of(entries, every=True)
+    entries = cm.entries(sort="used", prompts=True)  # syncs the index with the disk, once
+    # saved prompt caches are listed as their own kind ("prompt"), never claimed as models
+    claims = claims_of([e for e in entries if e.kind != "prompt"], every=True)
     counters = cm.index.stats()  # `CacheManager.stats()` without a second sync
     lookups = counters["hits"] + counters["misses"]
     stats = {

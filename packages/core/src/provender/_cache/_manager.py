@@ -73,6 +73,9 @@ class CacheManager:
     ``on_evicted(entry)`` is told about each entry this manager drops, besides the plugins'
     ``provender_cache_evicted`` hook. Any number of processes may use one cache directory at once.
 
+    ``prompt_max_size``: the saved prompt caches' budget inside ``max_size`` (`prompts`; None: the
+    setting ``cache.prompt_cache_max_size`` when the settings are read, else a tenth of ``max_size``).
+
     ``remote``: the shared remote tier (a `RemoteTier`, or its URL); not given, it comes from the
     ``[remote]`` settings when the settings are read at all (``cache_dir`` or ``max_size`` left to
     them); None: no tier. With a tier, a miss looks there before the Hub, and what is downloaded

@@ -172,3 +172,19 @@ def test_index_rows_keep_the_prompt_kind(cache_dir: Path) -> None:
         assert con.execute("SELECT kind FROM entries WHERE key=?", (entry.key,)).fetchone() == ("prompt",)
     finally:
         con.close()
+
+
+def test_prune_and_its_dry_run_hold_the_prompt_budget(cache_dir: Path, make_files: Any) -> None:
+    cm = CacheManager(cache_dir, max_size=10**6, prompt_max_size=10**5)
+    cm.import_model(make_files("m", {"w.bin": 500}), "me/model")
+    saved = []
+    for n in range(3):
+        saved.append(save(cm, [n, n, n]))
+        time.sleep(0.01)
+    cm.prompt_max_size = 2100  # lowered (the setting changed): two of the three fit
+    plan = cm.plan_eviction()
+    assert [e.key for e in plan.evict] == [saved[0].key]  # the least recently used prompt cache, no model
+    done = cm.prune()
+    assert [e.key for e in done.evict] == [saved[0].key]
+    assert {e.key for e in cm.prompts.entries()} == {saved[1].key, saved[2].key}
+    assert [e.name for e in cm.entries()] == ["me/model"]

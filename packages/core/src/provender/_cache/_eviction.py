@@ -92,39 +92,59 @@ def plan_eviction(
     protected: Collection[str] = (),
     pinned: Collection[str] = (),
     in_use: Callable[[str], bool] | Collection[str] = (),
+    prompt_limit: int | None = None,
 ) -> EvictionPlan:
     """Plan LRU eviction of ``entries`` (least recently used first) down to ``limit`` bytes.
 
     Saved prompt caches (kind ``prompt``) go before any model, least recently used first among
-    them: they are recomputed from the model in seconds. Entries whose key is in ``protected``
-    (the one being added) or ``pinned``, the cache's only copy of a model (`only_copy`), and
-    entries for which ``in_use(key)`` is true are kept; ``in_use`` is asked only about entries
-    that would otherwise go. Nothing is touched: the plan only
-    says what would happen.
+    them: they are recomputed from the model in seconds. With ``prompt_limit`` (their own budget,
+    ``cache.prompt_cache_max_size``), they also go down to it first, whatever the total. Entries
+    whose key is in ``protected`` (the one being added) or ``pinned``, the cache's only copy of a
+    model (`only_copy`), and entries for which ``in_use(key)`` is true are kept; ``in_use`` is
+    asked only about entries that would otherwise go. Nothing is touched: the plan only says what
+    would happen.
     """
     if limit < 0:
         raise ValueError(f"a size limit cannot be negative: {limit}")
     held = in_use if callable(in_use) else in_use.__contains__
+
+    def why_kept(entry: CacheEntry) -> str | None:
+        if entry.key in protected:
+            return BEING_ADDED
+        if entry.key in pinned:
+            return PINNED
+        if (why := only_copy(entry)) is not None:
+            return why
+        return IN_USE if held(entry.key) else None
+
     entries = sorted(entries, key=lambda e: e.kind != "prompt")  # stable: LRU order within each group
     total = sum(e.size for e in entries)
     remaining = total
     evict: list[CacheEntry] = []
-    kept: list[tuple[CacheEntry, str]] = []
+    kept: dict[str, tuple[CacheEntry, str]] = {}
+    if prompt_limit is not None:
+        prompts = sum(e.size for e in entries if e.kind == "prompt")
+        for entry in (e for e in entries if e.kind == "prompt"):
+            if prompts <= prompt_limit:
+                break
+            if (why := why_kept(entry)) is not None:
+                kept[entry.key] = (entry, why)
+                continue
+            evict.append(entry)
+            prompts -= entry.size
+            remaining -= entry.size
+    gone = {e.key for e in evict}
     for entry in entries:
         if remaining <= limit:
             break
-        if entry.key in protected:
-            kept.append((entry, BEING_ADDED))
-        elif entry.key in pinned:
-            kept.append((entry, PINNED))
-        elif (why := only_copy(entry)) is not None:
-            kept.append((entry, why))
-        elif held(entry.key):
-            kept.append((entry, IN_USE))
+        if entry.key in gone or entry.key in kept:
+            continue
+        if (why := why_kept(entry)) is not None:
+            kept[entry.key] = (entry, why)
         else:
             evict.append(entry)
             remaining -= entry.size
-    return EvictionPlan(limit=limit, total=total, evict=tuple(evict), kept=tuple(kept))
+    return EvictionPlan(limit=limit, total=total, evict=tuple(evict), kept=tuple(kept.values()))
 
 
 def warn_if_over(plan: EvictionPlan) -> None:
@@ -187,26 +207,36 @@ class Evictor:
     def plan(self, limit: int) -> EvictionPlan:
         """What evicting down to `limit` would do now (call under the lock, after a reconcile)."""
         store = self.store
-        return plan_eviction(store.lru_entries(), limit, pinned=store.pinned_keys(), in_use=store.held)
+        return plan_eviction(
+            store.lru_entries(),
+            limit,
+            pinned=store.pinned_keys(),
+            in_use=store.held,
+            prompt_limit=store.prompt_max_size,
+        )
 
-    def carry_out(self, limit: int, protect: set[str], *, prompts_only: bool = False) -> EvictionPlan:
-        """Plan eviction down to `limit` and carry it out. Call under the cache lock, after a reconcile.
-
-        ``prompts_only``: the saved prompt caches alone, down to `limit` (their own budget,
-        ``cache.prompt_cache_max_size``). An entry that a process took hold of since the plan was
-        made is kept, and the plan made again.
+    def carry_out(self, limit: int, protect: set[str]) -> EvictionPlan:
+        """Plan eviction down to `limit` (and the saved prompt caches down to their budget,
+        ``cache.prompt_cache_max_size``) and carry it out. Call under the cache lock, after a
+        reconcile. An entry that a process took hold of since the plan was made is kept, and the
+        plan made again.
         """
         store = self.store
-        total = store.index.total_size(kind="prompt" if prompts_only else None)
-        if total <= limit:  # the common case after an add: one query, no listing
-            return EvictionPlan(limit=limit, total=total)
+        index = store.index
+        total = index.total_size()
+        if total <= limit and index.total_size(kind="prompt") <= store.prompt_max_size:
+            return EvictionPlan(limit=limit, total=total)  # the common case after an add: two queries, no listing
         busy: set[str] = set()
         evicted: list[CacheEntry] = []
         while True:
-            entries = store.lru_entries()
-            if prompts_only:
-                entries = [e for e in entries if e.kind == "prompt"]
-            plan = plan_eviction(entries, limit, protected=protect, pinned=store.pinned_keys(), in_use=busy)
+            plan = plan_eviction(
+                store.lru_entries(),
+                limit,
+                protected=protect,
+                pinned=store.pinned_keys(),
+                in_use=busy,
+                prompt_limit=store.prompt_max_size,
+            )
             for entry in plan.evict:
                 if not store.try_remove(entry, evicted=True):
                     busy.add(entry.key)
@@ -217,13 +247,11 @@ class Evictor:
                 return EvictionPlan(limit=limit, total=total, evict=tuple(evicted), kept=kept)
 
     def evict(self, protect: set[str]) -> list[CacheEntry]:
-        """Evict the saved prompt caches down to their budget, then everything down to the store's
+        """Evict the saved prompt caches down to their budget and everything down to the store's
         limit (prompt caches first), never what is in `protect`; warns if still over. Under the lock."""
-        store = self.store
-        evicted = list(self.carry_out(store.prompt_max_size, protect, prompts_only=True).evict)
-        plan = self.carry_out(store.max_size, protect)
+        plan = self.carry_out(self.store.max_size, protect)
         warn_if_over(plan)
-        return evicted + list(plan.evict)
+        return list(plan.evict)
 
     def remove(self, plan: RemovalPlan, *, dry_run: bool = False) -> bool:
         """Carry out a removal plan (not a refused one). Call under the lock. False if a process took

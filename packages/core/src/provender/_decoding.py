@@ -6,7 +6,6 @@ A provider runs its runtime's own loop and, per request, a `Decoding`:
   logits processor, sees the model's raw logits for each step before sampling: it records their
   log-softmax when logprobs are asked, feeds the token sampled at the previous step to the
   constraint's matcher, and masks the logits to what the constraint allows;
-- `hf_token_bytes` gives a Hugging Face tokenizer's token bytes (for logprobs' ``bytes``);
 - `Decoding.feed` takes each generated token and its text and returns the `Chunk` to pass on
   (stop strings cut, logprobs attached); `Decoding.finish` the last chunk, with the finish
   reason the runtime gave (``"length"`` when ``max_tokens`` cut it, ``"stop"`` at the end of
@@ -17,14 +16,13 @@ Imported only when a provider generates (it imports pydantic through `provender.
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from provender._provider import DEFAULT_MAX_TOKENS
 from provender._stops import StopCut
-from provender.generation import Chunk, Detokenizer, GenerationOptions, TokenLogprob
+from provender.generation import Chunk, Detokenizer, GenerationOptions, TokenLogprob, hf_token_bytes
 
 if TYPE_CHECKING:
     import numpy
@@ -190,51 +188,3 @@ class Decoding:
             bytes=list(self._token_bytes(token)),
             top_bytes=[list(self._token_bytes(i)) for i in best],
         )
-
-
-# -- a Hugging Face tokenizer's token bytes --------------------------------------------------------
-
-
-@functools.cache
-def _gpt2_byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: the printable character that stands for each byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
-
-
-def hf_token_bytes(tokenizer: Any) -> Callable[[int], bytes]:
-    """The bytes of one token of a Hugging Face tokenizer (or mlx-lm's wrapper around one).
-
-    A byte-level BPE piece (GPT-2, Llama 3, Qwen) maps back through GPT-2's byte alphabet; a
-    SentencePiece byte-fallback piece (``<0xE2>``) is its byte and ``▁`` a space; any other token
-    is its decoded text. Text alone cannot carry a token that is part of a UTF-8 character."""
-    import json
-    import re
-
-    hf = tokenizer  # mlx_lm's TokenizerWrapper passes these attributes on to the HF tokenizer it holds
-    backend = getattr(hf, "backend_tokenizer", None)
-    decoder = getattr(backend, "decoder", None)
-    described = json.dumps(json.loads(decoder.__getstate__())) if decoder is not None else ""
-    byte_level = '"ByteLevel"' in described
-    alphabet = _gpt2_byte_decoder() if byte_level else {}
-    fallback = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-    def token_bytes(token: int) -> bytes:
-        piece = hf.convert_ids_to_tokens(int(token))
-        if isinstance(piece, str):
-            if byte_level and all(c in alphabet for c in piece):
-                return bytes(alphabet[c] for c in piece)
-            if match := fallback.fullmatch(piece):
-                return bytes([int(match[1], 16)])
-            if not byte_level and "▁" in piece:
-                return piece.replace("▁", " ").encode("utf-8")
-        return str(hf.decode([int(token)], skip_special_tokens=False)).encode("utf-8", "surrogatepass")
-
-    return token_bytes

@@ -10,10 +10,13 @@ Imports pydantic, so neither ``import provender`` nor ``provender --help`` loads
   compiles it against a model's tokenizer and each provider masks its own logits with it.
 - `GenerationResult` (``Provider.complete``) and `Chunk` (``Provider.stream_complete``): the text, the
   finish reason the runtime gave, token counts and, when asked, `TokenLogprob` per generated token.
+- `Detokenizer` and `hf_token_bytes`: a token loop's text, and each token's own bytes (logprobs'
+  ``bytes``), for a provider's own loop.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Iterable
 from typing import Annotated, Any, Literal
@@ -30,6 +33,7 @@ __all__ = [
     "GenerationResult",
     "TokenLogprob",
     "collect",
+    "hf_token_bytes",
     "parse_options",
     "tool_call_constraint",
 ]
@@ -400,3 +404,51 @@ class Detokenizer:
             return ""
         piece, self.sent = text[len(self.sent) :], text
         return piece
+
+
+# -- a Hugging Face tokenizer's token bytes --------------------------------------------------------
+
+
+@functools.cache
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the printable character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def hf_token_bytes(tokenizer: Any) -> Callable[[int], bytes]:
+    """The bytes of one token of a Hugging Face tokenizer (or mlx-lm's wrapper around one).
+
+    A byte-level BPE piece (GPT-2, Llama 3, Qwen) maps back through GPT-2's byte alphabet; a
+    SentencePiece byte-fallback piece (``<0xE2>``) is its byte and ``▁`` a space; any other token
+    is its decoded text. Text alone cannot carry a token that is part of a UTF-8 character."""
+    import json
+    import re
+
+    hf = tokenizer  # mlx_lm's TokenizerWrapper passes these attributes on to the HF tokenizer it holds
+    backend = getattr(hf, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    described = json.dumps(json.loads(decoder.__getstate__())) if decoder is not None else ""
+    byte_level = '"ByteLevel"' in described
+    alphabet = _gpt2_byte_decoder() if byte_level else {}
+    fallback = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+    def token_bytes(token: int) -> bytes:
+        piece = hf.convert_ids_to_tokens(int(token))
+        if isinstance(piece, str):
+            if byte_level and all(c in alphabet for c in piece):
+                return bytes(alphabet[c] for c in piece)
+            if match := fallback.fullmatch(piece):
+                return bytes([int(match[1], 16)])
+            if not byte_level and "▁" in piece:
+                return piece.replace("▁", " ").encode("utf-8")
+        return str(hf.decode([int(token)], skip_special_tokens=False)).encode("utf-8", "surrogatepass")
+
+    return token_bytes

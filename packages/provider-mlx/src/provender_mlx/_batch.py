@@ -78,7 +78,7 @@ class MLXBatchSession(BatchSession):
         tokens = encode(self._tokenizer, request.text)
         if not tokens:
             raise ProvenderError("the prompt is empty after tokenization")
-        from provender._decoding import hf_token_bytes
+        from provender.generation import hf_token_bytes
 
         decoding = self._provider.decoding(
             request,

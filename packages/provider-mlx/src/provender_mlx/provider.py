@@ -133,7 +133,7 @@ class MLXProvider(PooledProvider):
         from mlx_lm import stream_generate
         from mlx_lm.models.cache import make_prompt_cache
 
-        from provender._decoding import hf_token_bytes
+        from provender.generation import hf_token_bytes
 
         ids = encode(item.tokenizer, request.text)
         decoding = self.decoding(

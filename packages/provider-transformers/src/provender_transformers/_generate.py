@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from provender._decoding import Detokenizer, hf_token_bytes
+from provender.generation import Detokenizer, hf_token_bytes
 
 if TYPE_CHECKING:
     from provender import LoadedModel

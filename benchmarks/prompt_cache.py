@@ -3,6 +3,10 @@
     python benchmarks/prompt_cache.py [--repeat 3] [--turns 10] [--no-serve]   (writes results-prompt-cache.json)
     python benchmarks/prompt_cache.py --disk [--repeat 3] [--provider mlx|transformers|llamacpp]
         (only section 3, merged into the same file)
+    python benchmarks/prompt_cache.py --vs-mlx-lm [--repeat 3]      (section 4, merged)
+    python benchmarks/prompt_cache.py --interleaved [--repeat 3] --provider transformers|llamacpp|mlx [--serve]
+        (section 5, merged)
+    python benchmarks/prompt_cache.py --agent [--repeat 3] [--provider mlx|transformers]   (section 6, merged)
 
 A tiny random MLX llama (hidden 256, 4 layers) built on the spot; a system prompt and ten user
 turns of about 60 words, ``max_tokens=8``, each reply appended to the conversation. Measured
@@ -19,6 +23,25 @@ turns of about 60 words, ``max_tokens=8``, each reply appended to the conversati
    load of the model (loaded, but it never saw the prefix), time to first token of that system
    prompt plus a question, reading the saved state from the disk cache against computing it
    (``cache.prompt_cache_max_size = 0``: nothing read). The two alternate, after one warm-up of each.
+
+4. ``--vs-mlx-lm``: issue 22's comparison in one run, ``provender serve`` against ``mlx_lm.server``
+   (mlx-lm's own server, its default prompt cache) on the same model directory and messages, one
+   server at a time through the ``openai`` client, streaming. Each repeat starts a fresh server of
+   each kind (the two alternate, the order swapped every repeat), warms it up with a two-turn
+   conversation of its own system prompt, then measures a conversation whose system prompt is the
+   repeat's own: a genuine first visit on both servers.
+
+5. ``--interleaved``: two conversations on one loaded model, turn k of A then turn k of B, with
+   the cache at its default and at 0; a fresh load each repeat (and a two-turn warm-up of another
+   system prompt), distinct system prompts for every conversation. In process through the
+   provider's ``stream_chat``, or with ``--serve`` through ``provender serve`` and the ``openai``
+   client (a fresh server each repeat). The tiny model of the provider: hidden 256, 4 layers, as in 1.
+
+6. ``--agent``: a 10-step provender-agent loop (`provender_agent.Agent`, constrained tool calls,
+   ``tool_choice="required"``, ``max_steps=10``) on a tiny random MLX llama that favours
+   ``<tool_call>`` (so every step calls the tool), a long system prompt, with
+   ``memory.prompt_cache_bytes`` at its default and at 0, alternating, a fresh load each: total time and
+   each step's time (`Step.seconds`).
 
 Time to first token is from the call to the first non-empty piece of text, or the end of the
 reply when it has none. Medians over ``--repeat`` conversations (a fresh load each).
@@ -63,7 +86,9 @@ def first_token(pieces: Iterator[str]) -> tuple[float, str]:
     return (first if first is not None else time.perf_counter() - started), text
 
 
-def conversation(ask: Callable[[list[dict[str, str]]], Iterator[str]], turns: int, system: int = 0) -> list[float]:
+def conversation(
+    ask: Callable[[list[dict[str, str]]], Iterator[str]], turns: int, system: int = 0, said: list[str] | None = None
+) -> list[float]:
     """TTFT at each turn; `system` varies the system prompt (the warm-up's shares no prefix with the others)."""
     messages = [{"role": "system", "content": f"{system}: You are a helpful assistant. " + user_turn(99)}]
     times = []
@@ -73,6 +98,8 @@ def conversation(ask: Callable[[list[dict[str, str]]], Iterator[str]], turns: in
         times.append(seconds)
         print(f"  turn {n + 1}: {seconds:.3f} s", file=sys.stderr, flush=True)
         messages.append({"role": "assistant", "content": text})
+        if said is not None:
+            said.append(text)
     return times
 
 
@@ -202,6 +229,240 @@ def disk_section(root: Path, repeat: int, provider: str = "mlx", tokens: int = 2
     }
 
 
+def load() -> list[float]:
+    """The machine's load averages (1, 5, 15 minutes) now."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def openai_ask(
+    base: str, model: str, replies: list[str] | None = None
+) -> Callable[[list[dict[str, str]]], Iterator[str]]:
+    """A streaming chat through the real ``openai`` client at `base` (greedy, ``max_tokens=8``)."""
+    import openai
+
+    client = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
+
+    def ask(messages: list[dict[str, str]]) -> Iterator[str]:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=8,
+            stream=True,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        for event in stream:
+            if event.choices:
+                yield event.choices[0].delta.content or ""
+
+    return ask
+
+
+def server(kind: str, model: str, env: dict[str, str]) -> tuple[Any, str]:
+    """Start ``provender serve`` or ``mlx_lm.server`` on a free port: the process and its /v1 address."""
+    from serve_bench import free_port, start
+
+    port = free_port()
+    if kind == "mlx_lm.server":  # mlx-lm's own server, its prompt cache at its defaults
+        cmd = [sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "provender", "serve", "--port", str(port), "--max-models", "1"]
+    proc = start(cmd, env, f"http://127.0.0.1:{port}/health")
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def vs_mlx_lm(model: Path, turns: int, repeat: int) -> dict[str, Any]:
+    """Section 4: TTFT per turn through ``provender serve`` and ``mlx_lm.server``, a fresh server each repeat."""
+    from serve_bench import stop
+
+    env = {**os.environ}
+    env.pop("PROVENDER_MEMORY__PROMPT_CACHE_BYTES", None)
+    kinds = ["provender serve", "mlx_lm.server"]
+    runs: dict[str, list[list[float]]] = {k: [] for k in kinds}
+    replies: dict[str, list[list[str]]] = {k: [] for k in kinds}
+    loads = [load()]
+    for i in range(repeat):
+        for kind in kinds if i % 2 == 0 else kinds[::-1]:
+            print(f" {kind}, repeat {i + 1}", file=sys.stderr, flush=True)
+            proc, base = server(kind, str(model), env)
+            try:
+                conversation(openai_ask(base, str(model)), 2, 1000 + i)  # loads the model; another prefix
+                said: list[str] = []
+                runs[kind].append(conversation(openai_ask(base, str(model)), turns, i + 1, said))
+                replies[kind].append(said)
+            finally:
+                stop(proc)
+            loads.append(load())
+    out: dict[str, Any] = {k.replace(" ", "_").replace(".", "_"): summary(runs[k]) for k in kinds}
+    ours, theirs = out["provender_serve"]["median_s_by_turn"], out["mlx_lm_server"]["median_s_by_turn"]
+    out["turn_last_over_mlx_lm"] = round(ours[-1] / theirs[-1], 2)
+    out["same_replies"] = replies["provender serve"] == replies["mlx_lm.server"]
+    out["load"] = loads
+    return out
+
+
+def _tiny_model(root: Path, provider: str) -> tuple[str, Callable[..., Any]]:
+    """The tiny model of `provider` (hidden 256, 4 layers, as section 1's MLX llama) and its class."""
+    if provider == "transformers":
+        from provender_transformers import TransformersProvider
+        from provender_transformers.testing import build_tiny_llama as build_tf
+
+        return str(build_tf(root / "tiny-tf-256", hidden_size=256, layers=4)), TransformersProvider
+    if provider == "llamacpp":
+        from provender_llamacpp import LlamaCppProvider
+        from provender_llamacpp.testing import build_tiny_llama as build_gguf
+
+        return str(build_gguf(root / "tiny-256.gguf", n_embd=256, n_layer=4, vocab_size=400)), LlamaCppProvider
+    from provender_mlx import MLXProvider
+    from provender_mlx.testing import build_tiny_llama
+
+    return str(build_tiny_llama(root / "tiny-llama-256", hidden_size=256, layers=4, vocab_size=400)), MLXProvider
+
+
+def _set_cache_bytes(env: dict[str, str], cache_bytes: str | None) -> None:
+    env.pop("PROVENDER_MEMORY__PROMPT_CACHE_BYTES", None)
+    if cache_bytes is not None:
+        env["PROVENDER_MEMORY__PROMPT_CACHE_BYTES"] = cache_bytes
+
+
+def interleaved(root: Path, provider: str, turns: int, repeat: int, serve: bool, baseline: bool) -> dict[str, Any]:
+    """Section 5: two conversations interleaved on one loaded model, TTFT per turn, cache on (and off)."""
+    from serve_bench import stop
+
+    from provender import model_pool
+
+    model, cls = _tiny_model(root, provider)
+    name = f"{provider}:{model}"
+    out: dict[str, Any] = {"model": f"{provider} llama hidden 256, 4 layers (random weights)", "serve": serve}
+    for label, cache_bytes in (("cache", None), ("no_cache", "0"))[: 2 if baseline else 1]:
+        runs: list[list[float]] = []
+        prefilled: list[list[int]] = []
+        loads = [load()]
+        for i in range(repeat):
+            print(f" {provider} {label}, repeat {i + 1}", file=sys.stderr, flush=True)
+            proc = None
+            if serve:
+                env = {**os.environ}
+                _set_cache_bytes(env, cache_bytes)
+                proc, base = server("provender serve", model, env)
+                ask = openai_ask(base, name)
+                stats: Callable[[], int] = lambda: -1  # noqa: E731 (another process)
+            else:
+                _set_cache_bytes(os.environ, cache_bytes)
+                model_pool().clear()
+                p = cls(model)
+                p.load_model()
+
+                def ask(m: list[dict[str, str]], p: Any = p) -> Iterator[str]:
+                    return p.stream_chat(m, max_tokens=8, temperature=0)
+
+                def stats(p: Any = p) -> int:
+                    cache = p.prompt_cache()
+                    return int(cache.stats.last_prefilled) if cache is not None else -1
+
+            try:
+                conversation(ask, 2, 1000 + i)  # warm-up (and, through the server, the load): another prefix
+                a = [{"role": "system", "content": f"{2 * i + 1}: You are a helpful assistant. " + user_turn(99)}]
+                b = [{"role": "system", "content": f"{2 * i + 2}: You are a helpful assistant. " + user_turn(99)}]
+                times: dict[str, list[float]] = {"A": [], "B": []}
+                fed: dict[str, list[int]] = {"A": [], "B": []}
+                for n in range(turns):
+                    for key, messages in (("A", a), ("B", b)):
+                        messages.append({"role": "user", "content": user_turn(n)})
+                        seconds, text = first_token(ask(messages))
+                        times[key].append(seconds)
+                        fed[key].append(stats())
+                        messages.append({"role": "assistant", "content": text})
+                        print(f"  turn {n + 1} {key}: {seconds:.3f} s (prefilled {fed[key][-1]})", file=sys.stderr)
+                runs += [times["A"], times["B"]]
+                prefilled += [fed["A"], fed["B"]]
+            finally:
+                if proc is not None:
+                    stop(proc)
+            loads.append(load())
+        model_pool().clear()
+        section = summary(runs)
+        section["prefilled_tokens"] = prefilled
+        section["load"] = loads
+        out[label] = section
+    _set_cache_bytes(os.environ, None)
+    return out
+
+
+def agent_loop(root: Path, provider: str, repeat: int, steps: int = 10) -> dict[str, Any]:
+    """Section 6: a `steps`-step agent loop with the prompt cache at its default and at 0, alternating."""
+    from provender import model_pool
+    from provender_agent import Agent, tool
+
+    @tool
+    def add(a: int, b: bool) -> str:
+        """Add one, or not.
+
+        Args:
+            a: a number
+            b: whether to add
+        """
+        return str(a + 1 if b else a)
+
+    if provider == "transformers":
+        raise SystemExit("--agent runs on MLX (its tiny model that favours <tool_call>)")
+    from provender_mlx import MLXProvider
+    from provender_mlx.testing import build_tiny_llama
+
+    model = str(build_tiny_llama(root / "caller", constant_token="<tool_call>"))
+    system = "You are an agent that adds numbers with its tool. " + " ".join(user_turn(k) for k in range(8))
+    runs: dict[str, list[dict[str, Any]]] = {"cache": [], "no_cache": []}
+    loads = [load()]
+    for i in range(repeat + 1):  # the first of each warms up: not counted
+        for label, cache_bytes in (("cache", None), ("no_cache", "0"))[:: 1 if i % 2 == 0 else -1]:
+            _set_cache_bytes(os.environ, cache_bytes)
+            model_pool().clear()
+            p = MLXProvider(model)
+            p.load_model()
+            agent = Agent(
+                p,
+                tools=[add],
+                system=f"{i}: {system}",
+                max_steps=steps,
+                tool_choice="required",
+                options={"max_tokens": 40, "temperature": 0},
+            )
+            started = time.perf_counter()
+            result = agent.run("Add one to 41, then keep adding one to each result.")
+            total = time.perf_counter() - started
+            cache = p.prompt_cache()
+            run = {
+                "total_s": total,
+                "steps": len(result.steps),
+                "step_s": [s.seconds for s in result.steps],
+                "tool_runs": len(result.tool_runs),
+                "outcome": result.outcome,
+                "prefilled_tokens": cache.stats.prefilled_tokens if cache is not None else None,
+                "cached_tokens": cache.stats.cached_tokens if cache is not None else None,
+            }
+            print(
+                f"  {label}: {total:.2f} s, {len(result.steps)} steps, {len(result.tool_runs)} tool runs, "
+                f"prefilled {run['prefilled_tokens']}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if i:
+                runs[label].append(run)
+        loads.append(load())
+    model_pool().clear()
+    _set_cache_bytes(os.environ, None)
+    out: dict[str, Any] = {"model": "mlx tiny llama favouring <tool_call> (random weights)", "max_steps": steps}
+    for label, rs in runs.items():
+        per_step = [statistics.median(col) for col in zip(*[r["step_s"] for r in rs], strict=False)]
+        out[label] = {
+            "median_total_s": round(statistics.median(r["total_s"] for r in rs), 3),
+            "median_step_s": [round(x, 3) for x in per_step],
+            "runs": rs,
+        }
+    out["total_speedup"] = round(out["no_cache"]["median_total_s"] / out["cache"]["median_total_s"], 2)
+    out["load"] = loads
+    return out
+
+
 def summary(runs: list[list[float]]) -> dict[str, Any]:
     medians = [statistics.median(turn) for turn in zip(*runs, strict=True)]
     return {
@@ -217,20 +478,56 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--no-serve", action="store_true", help="only the in-process figures")
     parser.add_argument("--disk", action="store_true", help="only section 3 (a saved prompt cache on disk)")
-    parser.add_argument("--provider", choices=["mlx", "transformers", "llamacpp"], default="mlx", help="for --disk")
+    parser.add_argument("--provider", choices=["mlx", "transformers", "llamacpp"], default="mlx")
+    parser.add_argument("--vs-mlx-lm", action="store_true", help="only section 4 (provender serve vs mlx_lm.server)")
+    parser.add_argument("--interleaved", action="store_true", help="only section 5 (two conversations interleaved)")
+    parser.add_argument("--serve", action="store_true", help="section 5 through provender serve")
+    parser.add_argument("--no-baseline", action="store_true", help="section 5 without prompt_cache_bytes = 0")
+    parser.add_argument("--agent", action="store_true", help="only section 6 (an agent loop)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to merge into")
     args = parser.parse_args()
+    results_file = args.results
     if args.disk:
         with tempfile.TemporaryDirectory() as tmp:
             section = disk_section(Path(tmp), args.repeat, args.provider)
         section["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        old = json.loads(results_file.read_text()) if results_file.exists() else {}
         key = "disk" if args.provider == "mlx" else f"disk_{args.provider}"
-        RESULTS.write_text(json.dumps({**old, key: section}, indent=1))
+        results_file.write_text(json.dumps({**old, key: section}, indent=1))
         print(
             f"first token, {section['system_tokens']}-token system prompt: saved on disk "
             f"{section['median_ttft_disk_s']} s, computed {section['median_ttft_computed_s']} s "
             f"({section['speedup']}x)"
         )
+        return
+    if args.vs_mlx_lm or args.interleaved or args.agent:
+        from provender_mlx.testing import build_tiny_llama
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.vs_mlx_lm:
+                key = "vs_mlx_lm"
+                model = build_tiny_llama(Path(tmp) / "tiny-llama-256", hidden_size=256, layers=4, vocab_size=400)
+                section = vs_mlx_lm(model, args.turns, args.repeat)
+            elif args.interleaved:
+                key = f"interleaved_{args.provider}" + ("_serve" if args.serve else "")
+                section = interleaved(
+                    Path(tmp), args.provider, args.turns, args.repeat, args.serve, not args.no_baseline
+                )
+            else:
+                key = f"agent_{args.provider}"
+                section = agent_loop(Path(tmp), args.provider, args.repeat)
+        section.update(turns=args.turns, repeat=args.repeat, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        old = json.loads(results_file.read_text()) if results_file.exists() else {}
+        results_file.write_text(json.dumps({**old, key: section}, indent=1))
+        for name, value in section.items():
+            if isinstance(value, dict) and "median_s_by_turn" in value:
+                picked = [value["median_s_by_turn"][t - 1] for t in REPORTED if t <= args.turns]
+                print(f"{key} {name:16} turns {REPORTED}: {picked}  last/first {value['last_over_first']}")
+            elif isinstance(value, dict) and "median_total_s" in value:
+                print(f"{key} {name:10} total {value['median_total_s']} s, per step {value['median_step_s']}")
+        for extra in ("turn_last_over_mlx_lm", "same_replies", "total_speedup", "load"):
+            if extra in section:
+                print(f"{extra}: {section[extra]}")
         return
     from provender_mlx.testing import build_tiny_llama
 
@@ -243,9 +540,10 @@ def main() -> None:
             for name, bytes_ in (("cache", None), ("no_cache", "0")):
                 results[f"serve_{name}"] = summary(through_serve(model, args.turns, args.repeat, bytes_))
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RESULTS.write_text(json.dumps(results, indent=1))
+    old = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results_file.write_text(json.dumps({**old, **results}, indent=1))
     for key, value in results.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "median_s_by_turn" in value:
             picked = [value["median_s_by_turn"][t - 1] for t in REPORTED if t <= args.turns]
             print(f"{key:22} turns {REPORTED}: {picked}  last/first {value['last_over_first']}")
 

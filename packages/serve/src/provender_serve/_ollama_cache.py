@@ -117,13 +117,12 @@ class CacheRoutes:
         return Response(status_code=200)
 
     async def pull(self, request: Request) -> Response:
-        from provender import parse_model_name
-        from provender_serve._ollama_models import NameRequest, ollama_name
+        from provender_serve._ollama_models import NameRequest
         from provender_serve._threads import run_in_thread
         from provender_serve._walls import may_pull, pull_refused
 
         req: NameRequest = await self.api.body(request, NameRequest)
-        name = parse_model_name(ollama_name(req.which()))[1]
+        name = pull_name(req.which())
         origin = request.headers.get("origin")
         if not may_pull(self.server.options.pull, origin):
             raise pull_refused(self.server.options.pull, origin, name)
@@ -135,6 +134,19 @@ class CacheRoutes:
         if first[0] == "error":
             raise _pull_error(name, first[1])
         return StreamingResponse(events.lines(first), media_type=NDJSON)
+
+
+def pull_name(name: str) -> str:
+    """What `/api/pull` asks the cache for, by the colon rule (`ollama_name`): an installed provider's
+    prefix dropped, then a ``:latest`` tag. What is left may be an alias (its entry: `CacheManager.pull`),
+    a Hub repo, an imported entry's name, or a GGUF ``repo:QUANT``; unlike the other routes, a name
+    with a colon that is not cached is pulled, not a 404."""
+    from provender import get_plugin_manager, parse_model_name
+
+    prefix, rest = parse_model_name(name)
+    if prefix is not None and prefix in get_plugin_manager().providers():
+        name = rest
+    return name.removesuffix(":latest")
 
 
 def _pull(name: str, progress: Any) -> Any:
@@ -195,7 +207,7 @@ class Pulling:
                 return
             else:
                 entry = event[1].entry
-                if not size:  # nothing downloaded (in the cache already, or from the Hub): one line of the whole
+                if not size:  # nothing told (in the cache already, or from the Hub offline): one line of the whole
                     yield line(
                         {
                             "status": f"pulling {self.digest}",

@@ -82,8 +82,11 @@ class Transfers:
         revision, repo_type = options.get("revision"), options.get("repo_type", "model")
         progress = options.get("progress", True)
         index = self.intake.store.index
-        plain = repo_type == "model" and revision is None and ":" not in repo_id
-        plain = plain and options.get("allow_patterns") is None and options.get("ignore_patterns") is None
+        whole = repo_type == "model" and revision is None
+        whole = whole and options.get("allow_patterns") is None and options.get("ignore_patterns") is None
+        if whole and (aliased := self._aliased(repo_id)) is not None:  # an alias (Ollama's copy) is its entry
+            return PullResult(aliased, "cache")
+        plain = whole and ":" not in repo_id
         if plain:  # an imported entry of that name is the model (a sideload overrides the download)
             check_name(repo_id)
             entry = self.intake.catalog.find(imported_key(repo_id))
@@ -137,6 +140,23 @@ class Transfers:
             warnings += [problem] if problem else []
         return PullResult(entry, "hub" if from_hub else "cache", 0, from_hub, pushed, tuple(warnings))
 
+    def _aliased(self, name: str) -> CacheEntry | None:
+        """The entry `name` names when `name` is an alias (`CacheManager.alias`); None when it is none.
+        An alias whose entry was evicted is a ModelNotFoundError: the entry's name is pulled again, not
+        guessed (the alias does not say which files a partial entry, a GGUF quantisation, held)."""
+        from provender._cache._aliases import Aliases
+
+        alias = Aliases(self.intake.store).get(name)
+        if alias is None:
+            return None
+        entry = self.intake.catalog.find(name)  # a name or key of an entry wins over an alias
+        if entry is None:
+            raise ModelNotFoundError(
+                name,
+                f"an alias of {alias.name or alias.key}, which is no longer in the cache: pull that again",
+            )
+        return entry
+
     def _quant_files(self, name: str, options: PullOptions) -> tuple[str, list[str] | str | None]:
         """For ``org/repo-GGUF:QUANT``: the repo and the files of that quantisation, chosen from the Hub's
         file list (offline: the cached snapshot's); failing that, from the remote tier's manifests of the repo,
@@ -189,7 +209,7 @@ class Transfers:
             enable_progress_bars,
         )
 
-        if options.get("progress", True) is True:  # a callable hears the tier's bytes only: no bars here
+        if options.get("progress", True) is True:  # huggingface_hub's own bars; a callable is told the bytes
             return self._download(repo_id, **options)
         was_disabled = are_progress_bars_disabled()
         disable_progress_bars()
@@ -218,7 +238,7 @@ class Transfers:
 
         key = hub_key(repo_id, repo_type)
         name = _hub.display_name(repo_id, repo_type)
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "repo_id": repo_id,
             "repo_type": repo_type,
             "revision": revision,
@@ -233,6 +253,7 @@ class Transfers:
         if store.index.degraded is not None:  # a full disk: refuse before anything is downloaded
             raise store.index.degraded
         # Refuse before downloading what could never fit (needs the Hub; skipped offline).
+        plan: list[Any] | None = None
         if not constants.HF_HUB_OFFLINE:
             try:
                 plan = snapshot_download(**kwargs, dry_run=True)  # type: ignore[call-overload]
@@ -244,6 +265,7 @@ class Transfers:
                 raise ModelNotFoundError(name, f"the Hub has no revision {revision!r}") from None
             except Exception as exc:  # offline, Hub down: the real call below falls back to the cache
                 logger.info("could not plan the download of %s: %s", name, exc)
+                plan = None
             else:
                 total = sum(f.file_size or 0 for f in plan)
                 needed = sum(f.file_size or 0 for f in plan if f.will_download)
@@ -254,6 +276,9 @@ class Transfers:
                         raise EntryTooLargeError(name, total, store.max_size)
                     raise DiskFullError(store.hub_dir, needed)
 
+        progress = options.get("progress", True)
+        if callable(progress):  # told the bytes as they are written (no bar)
+            kwargs["tqdm_class"] = hub_progress(progress, plan)
         store.walls.check("pending", "locks", "hub")
         pending = LeaseLock(store.pending_path(key))  # marks a download in progress (a flock, as filelock's)
         lease = LeaseLock(store.lease_path(key), is_singleton=False)  # eviction must not take what we update
@@ -294,6 +319,42 @@ class Transfers:
             for root, _dirs, _files in sorted(os.walk(repo_dir), key=lambda t: -len(t[0])):
                 with contextlib.suppress(OSError):
                     os.rmdir(root)
+
+
+def hub_progress(report: Callable[[int, int], object], plan: list[Any] | None) -> type:
+    """A progress class for `snapshot_download` (its ``tqdm_class``) that tells `report` (bytes so far,
+    bytes in all) as each chunk of the Hub's files is written; it draws no bar.
+
+    huggingface_hub sums its files' bytes into one bar (each chunk written, and the part of a file an
+    interrupted download left) beside a bar of the bytes sent over the network and one of files
+    done: only the first is counted. `plan` (the dry run; None offline) gives the total and the bytes
+    cached already, told at once; without it the total is the one huggingface_hub grows as files start.
+    """
+    import threading
+
+    from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]
+
+    total = sum(f.file_size or 0 for f in plan) if plan is not None else None
+    done = [sum(f.file_size or 0 for f in plan if not f.will_download) if plan is not None else 0]
+    lock = threading.Lock()
+
+    class Counting(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # the bytes written: in bytes, and not the network's bar (named ``...transfer``)
+            self.written = kwargs.get("unit") == "B" and not str(kwargs.get("name") or "").endswith("transfer")
+            super().__init__(*args, **{**kwargs, "disable": True})  # type: ignore[no-untyped-call]
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self.written and n:
+                with lock:  # the download threads' chunks, told in order
+                    done[0] += int(n)
+                    whole = total if total is not None else int(self.total or 0)
+                    report(done[0], max(whole, done[0]))
+            return super().update(n)  # type: ignore[no-any-return]
+
+    if total is not None:
+        report(min(done[0], total), total)
+    return Counting
 
 
 def tier_error(tier: RemoteTier, name: str, exc: Exception) -> Exception:

@@ -1,10 +1,12 @@
-"""Text generation with ``model.generate``: options, tokens streamed from a worker thread, logits hooked."""
+"""Text generation: options, the request's logits hook, tokens decoded on the caller's thread
+(`provender_transformers._loop`) or, for a model that loop does not reproduce, from
+``model.generate`` on a worker thread."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from provender.generation import Detokenizer, hf_token_bytes
@@ -33,17 +35,20 @@ def generate_kwargs(options: GenerationOptions, tokenizer: Any, max_tokens: int)
 
 
 def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request) -> Iterator[Chunk]:
-    """The completion chunk by chunk: ``model.generate`` on a worker thread hands each token over
-    (a streamer); the request's `Decoding` hooks the logits (a `LogitsProcessor`, ahead of
-    transformers' temperature and top-p warpers). Closing the iterator early stops the generation.
+    """The completion chunk by chunk. The request's `Decoding` hooks the logits (a
+    `LogitsProcessor`, ahead of transformers' temperature and top-p warpers). Tokens come from
+    `provender_transformers._loop.tokens` on the caller's thread, or from ``model.generate`` on a
+    worker thread (`_threaded`) for a model or generation config that loop does not reproduce.
+    Closing the iterator early stops the generation.
 
-    With the model's prompt cache on, the longest stored prefix of the prompt's ids is reused
-    (``past_key_values``: ``model.generate`` runs only the rest through the model) and the state
-    the generation leaves is stored again under the ids it holds."""
+    The decoding runs over a `DynamicCache`: with the model's prompt cache on, the longest stored
+    prefix of the prompt's ids is reused (only the rest runs through the model) and the state the
+    generation leaves is stored again under the ids it holds."""
     import torch
-    from transformers.generation.streamers import BaseStreamer
 
-    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+    from provender_transformers import _loop
+    from provender_transformers._prompt import new_state
+    from transformers import LogitsProcessor
 
     model, tokenizer = item.model, item.tokenizer
     inputs = dict(tokenizer(request.text, return_tensors="pt", add_special_tokens=not request.chat).to(model.device))
@@ -56,17 +61,69 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
     detokenizer = Detokenizer(lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
     eos = model.generation_config.eos_token_id
     eos_ids = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None}
-    tokens: queue.Queue[int | None] = queue.Queue()
     ids = [int(t) for t in inputs["input_ids"][0]]
     fed = list(ids)  # what the state holds once the generation has run: the prompt, then the reply
     prompts = item.prompt_cache
     state: Any = None
     if prompts is not None and prompts.enabled:
-        from provender_transformers._prompt import new_state
-
         state, _reused = prompts.fetch(ids)
-        if state is None:
-            state = new_state(model)
+
+    class Hook(LogitsProcessor):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            return decoding.torch_hook(input_ids, scores)
+
+    hook = Hook() if decoding.hooked else None
+    kwargs = generate_kwargs(request.options, tokenizer, decoding.max_tokens)
+    how = _loop.plan(model, kwargs, hook)
+    if state is None and (how is not None or (prompts is not None and prompts.enabled)):
+        state = new_state(model)
+    if request.options.seed is not None:
+        torch.manual_seed(request.options.seed)  # every device's generator
+    if how is not None:
+        generated = _recorded(_loop.tokens(model, inputs["input_ids"], state, how, decoding.max_tokens), fed)
+    else:
+        generated = _threaded(model, inputs, kwargs, hook, state, fed)
+    failed = False
+    try:
+        yield from decoding.run(generated, detokenizer, eos_ids.__contains__)
+    except GeneratorExit:
+        raise  # closed early: the state is whole, between two tokens
+    except BaseException:
+        failed = True  # a forward pass may have stopped half-way: the state is not kept
+        raise
+    finally:
+        generated.close()
+        if state is not None and prompts is not None and prompts.enabled and not failed:
+            from provender_transformers._prompt import keep, offer
+
+            offer(prompts, ids, state)  # cache.prompt_cache_auto_tokens: the prompt's state to the disk cache
+            keep(prompts, fed, state)
+
+
+def _recorded(tokens: Generator[int, None, None], fed: list[int]) -> Generator[int, None, None]:
+    """`tokens`, each appended to `fed` as it goes (the model is fed it if another token is asked for)."""
+    try:
+        for token in tokens:
+            fed.append(token)
+            yield token
+    finally:
+        tokens.close()
+
+
+def _threaded(
+    model: Any, inputs: dict[str, Any], kwargs: dict[str, Any], hook: Any, state: Any, fed: list[int]
+) -> Generator[int, None, None]:
+    """The new token ids of ``model.generate`` running on a worker thread (a streamer hands each
+    over through a queue, and appends it to `fed` there: complete once the thread is joined);
+    closing this iterator stops the generation and joins the thread. `state`, when given, is the
+    `DynamicCache` it runs over (the ids it holds are skipped)."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from provender_transformers._loop import forward_names
+    from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    tokens: queue.Queue[int | None] = queue.Queue()
     abort = threading.Event()
     errors: list[BaseException] = []
 
@@ -76,7 +133,7 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
         def put(self, value: Any) -> None:
             if not self.prompt:
                 token = int(value.reshape(-1)[0])
-                fed.append(token)  # on the worker: complete once it is joined
+                fed.append(token)
                 tokens.put(token)
             self.prompt = False
 
@@ -87,20 +144,15 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
             return abort.is_set()
 
-    class Hook(LogitsProcessor):  # type: ignore[misc]
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            return decoding.torch_hook(input_ids, scores)
-
-    kwargs = generate_kwargs(request.options, tokenizer, decoding.max_tokens)
-    if decoding.hooked:
-        kwargs["logits_processor"] = LogitsProcessorList([Hook()])
+    kwargs = dict(kwargs)
+    if hook is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([hook])
     if state is not None:
-        kwargs["past_key_values"] = state  # the ids it holds are skipped; the rest is prefilled
+        names = forward_names(model)  # transformers 5 calls it cache, 4 past_key_values
+        kwargs[names[0] if names else "past_key_values"] = state  # the ids it holds are skipped
 
     def work() -> None:
         try:
-            if request.options.seed is not None:
-                torch.manual_seed(request.options.seed)  # every device's generator
             with torch.inference_mode():
                 model.generate(
                     **inputs, **kwargs, streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Abort()])
@@ -111,20 +163,11 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
 
     worker = threading.Thread(target=work, name="provender-transformers-generate", daemon=True)
     worker.start()
-
-    def generated() -> Iterator[int]:
+    try:
         while (token := tokens.get()) is not None:
             yield token
         if errors:
             raise errors[0]
-
-    try:
-        yield from decoding.run(generated(), detokenizer, eos_ids.__contains__)
     finally:
         abort.set()
         worker.join()
-        if state is not None and prompts is not None and not errors:
-            from provender_transformers._prompt import keep, offer
-
-            offer(prompts, ids, state)  # cache.prompt_cache_auto_tokens: the prompt's state to the disk cache
-            keep(prompts, fed, state)

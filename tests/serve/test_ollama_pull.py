@@ -177,3 +177,24 @@ def test_a_client_that_goes_away_midway_leaves_the_pull_running(
     assert api.pull("org/slow-echo", stream=False).status == "success"
     assert sorted(fake_hub.downloads) == sorted(f"org/slow-echo/{name}" for name in repo)  # each file once
     assert server.proc.poll() is None and server.raw("GET", "/api/version")[0] == 200
+
+
+def test_routes_that_build_or_share_models_are_ollama_errors(start_server: Any) -> None:
+    import urllib.request
+
+    server = start_server()
+    api = client(server)
+    for call, words in (
+        (lambda: api.create(model="mine", from_="echo:plain", stream=False), "Modelfile"),
+        (lambda: api.push("echo:plain", stream=False), "registry"),
+    ):
+        with pytest.raises(ollama.ResponseError) as err:
+            call()
+        assert err.value.status_code == 404 and isinstance(err.value.error, str) and words in err.value.error
+    got, answer = server.raw("POST", "/api/blobs/sha256:" + "0" * 64, b"data")
+    assert got == 404 and set(answer) == {"error"} and "Modelfile" in answer["error"]
+    probe = urllib.request.Request(server.url + "/api/blobs/sha256:" + "0" * 64, method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(probe, timeout=30)
+    assert missing.value.code == 404
+    assert api.generate(model="echo:upper", prompt="serving", stream=False).response == "SERVING"

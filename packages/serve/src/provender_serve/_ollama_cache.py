@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from provender_serve._ollama import NDJSON, _Loose, line
 from provender_serve.errors import APIError
@@ -134,6 +135,29 @@ class CacheRoutes:
         if first[0] == "error":
             raise _pull_error(name, first[1])
         return StreamingResponse(events.lines(first), media_type=NDJSON)
+
+    def unserved(self, e: Any) -> list[Route]:
+        """Ollama's routes that build or share models, answered in Ollama's shape (a 404 saying what
+        to use instead), not as an unknown path: ``/api/create``, ``/api/push``, ``/api/blobs/DIGEST``."""
+
+        def refuse(message: str) -> Any:
+            async def handler(request: Request) -> Response:
+                if request.method == "HEAD":  # a blob probe (`ollama create`): not here
+                    return Response(status_code=404)
+                raise APIError(404, f"{request.url.path}: {message}", "not_supported")
+
+            return e(handler)
+
+        create = "this server builds no models from a Modelfile; /api/copy makes an alias, `cache import` adds one"
+        return [
+            Route("/api/create", refuse(create), methods=["POST"]),
+            Route("/api/blobs/{digest}", refuse(create), methods=["HEAD", "POST"]),
+            Route(
+                "/api/push",
+                refuse("this server pushes to no registry; `provender cache push` fills a remote tier"),
+                methods=["POST"],
+            ),
+        ]
 
 
 def pull_name(name: str) -> str:

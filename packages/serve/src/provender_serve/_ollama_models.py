@@ -301,4 +301,5 @@ def routes(server: Server, e: Callable[[Handler], Handler], api: Ollama) -> list
         Route("/api/delete", e(c.delete), methods=["DELETE"]),
         Route("/api/copy", e(c.copy), methods=["POST"]),
         Route("/api/pull", e(c.pull), methods=["POST"]),
+        *c.unserved(e),
     ]

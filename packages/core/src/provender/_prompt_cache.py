@@ -11,6 +11,14 @@ the rest. The contract, the same for every runtime:
   it (``can_trim``) and is then trimmed to the common prefix, on a copy; a state that cannot be
   trimmed (a rotating, sliding-window cache, a recurrent state) is reused only when all of its
   tokens are a prefix of the request's, never cut;
+- a state is **superseded** when a request shares all of the prompt it was generated for and
+  diverges only inside the reply the runtime generated then (the next turn of a chat whose
+  template renders that reply with other tokens, or a random model's special tokens dropped
+  from its text): it is handed over and trimmed in place, not copied, as the next turn stores
+  the longer state. The copy would cost a pass over the whole state per turn and leave a
+  near-duplicate of every turn in the LRU, whose bytes then evict the other conversations'
+  states. (`fetch` remembers the last requests' tokens by hash, so `store` knows which part of a state
+  was its prompt; a state stored without a request before it counts as all prompt.)
 - at least one token is always left to process (the runtime needs the logits of the last one);
 - several conversations keep theirs: an LRU bounded in bytes (``memory.prompt_cache_bytes``,
   per loaded model; 0 turns prompt caching off), which lives with the loaded model and is
@@ -24,7 +32,7 @@ The cache only stores and finds states; it never interprets them.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,20 +56,33 @@ class PromptCacheStats:
     disk_tokens: int = 0  # prompt tokens those states held
 
 
+#: how many recent requests `fetch` remembers, for `store` to tell a state's prompt from its reply
+RECENT_REQUESTS = 16
+
+
 @dataclass
 class _Entry:
     state: Any
     nbytes: int
     trimmable: bool
+    prompt: int  # the leading tokens that were the request's prompt (the rest the runtime generated)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading ids `a` and `b` share."""
+    """How many leading ids `a` and `b` share (slices compared in C, a bisection where they differ)."""
+    if type(a) is not type(b) or not isinstance(a, (tuple, list)):
+        a, b = tuple(a), tuple(b)
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class PromptCache:
@@ -86,6 +107,8 @@ class PromptCache:
         self.max_bytes = max_bytes
         self._nbytes, self._can_trim, self._trim, self._copy = nbytes, can_trim, trim, copy
         self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()  # least recently used first
+        # the last requests' (length, hash of their tokens): which part of a stored state was its prompt
+        self._asked: deque[tuple[int, int]] = deque(maxlen=RECENT_REQUESTS)
         self._lock = threading.Lock()
         self.stats = PromptCacheStats()
         self.disk: Any = None  # a provender._prompt_disk.DiskPrompts: saved states in the shared cache
@@ -118,8 +141,11 @@ class PromptCache:
         """``(state, n)``: a state holding the first `n` of `tokens` (process ``tokens[n:]`` on it),
         or ``(None, 0)``. A stored state the request extends is handed over (the request stores
         the longer one after it); a longer one is copied and trimmed. With a `disk` (saved prompt
-        caches), a saved state longer than what memory holds is loaded instead."""
+        caches), a saved state longer than what memory holds is loaded instead. A superseded
+        state (see the module docs) is handed over and trimmed, not copied."""
         tokens = tuple(tokens)
+        with self._lock:
+            self._asked.append((len(tokens), hash(tokens)))
         disk = self.disk
         if disk is not None and len(tokens) > 1:
             with self._lock:
@@ -158,6 +184,9 @@ class PromptCache:
                 usable, key = best
                 if usable == len(key):  # all of it is the request's prefix: take it
                     state = self._entries.pop(key).state
+                elif usable >= self._entries[key].prompt:  # superseded: diverges in its own reply
+                    state = self._entries.pop(key).state
+                    self._trim(state, len(key) - usable)
                 else:
                     entry = self._entries[key]
                     self._entries.move_to_end(key)
@@ -181,11 +210,16 @@ class PromptCache:
             return False
         trimmable = bool(self._can_trim(state))
         with self._lock:
+            # the longest recent request it extends (a hash collision would only make a state copied
+            # or handed over wrongly later: never a wrong one reused); none: all of it counts as prompt
+            prompt = next(
+                (n for n, h in sorted(self._asked, reverse=True) if n <= len(key) and hash(key[:n]) == h), len(key)
+            )
             self._entries.pop(key, None)
             if trimmable:
                 for other in [k for k in self._entries if len(k) < len(key) and key[: len(k)] == k]:
                     del self._entries[other]
-            self._entries[key] = _Entry(state, size, trimmable)
+            self._entries[key] = _Entry(state, size, trimmable, prompt)
             total = sum(e.nbytes for e in self._entries.values())
             while total > self.max_bytes:
                 _, dropped = self._entries.popitem(last=False)
@@ -209,6 +243,7 @@ class PromptCache:
         """Drop every stored state (the model unloads)."""
         with self._lock:
             self._entries.clear()
+            self._asked.clear()
 
 
 def prompt_cache_bytes() -> int:

@@ -8,7 +8,8 @@
 - ``POST /api/pull``: into the cache from the remote tier or the Hub (``server.pull`` applies), its
   progress streamed as Ollama streams it while the bytes arrive: ``{"status": "pulling manifest"}``,
   then ``{"status": "pulling <digest>", "digest", "total", "completed"}`` as each chunk of the
-  remote tier lands, then ``verifying sha256 digest``, ``writing manifest``, ``success``. What fails
+  remote tier lands or each file of the Hub is written, then ``verifying sha256 digest``,
+  ``writing manifest``, ``success``. An alias is its cached model (`pull_name`). What fails
   before the first line is an HTTP error in Ollama's shape; what fails later is an
   ``{"error": ...}`` line, as Ollama does. ``stream: false`` answers ``{"status": "success"}`` at the end.
 

@@ -152,8 +152,9 @@ class PullOptions(TypedDict, total=False):
     ``dataset`` or ``space``. ``allow_patterns`` / ``ignore_patterns``: glob patterns (or one) of
     the files to get, as huggingface_hub takes them (a partial download). ``progress``: show
     progress bars (default True); a callable instead is told ``(bytes so far, bytes in all)`` as
-    the remote tier's bytes arrive (at the start, then after each chunk; no bar, and a Hub download
-    tells it nothing: huggingface_hub reports its own). ``endpoint``: a Hub mirror (default ``HF_ENDPOINT``).
+    the bytes arrive, with no bar: the remote tier's at the start and after each chunk, the Hub's
+    at the start (what is cached already) and as each file's bytes are written (`_fetch.hub_progress`).
+    ``endpoint``: a Hub mirror (default ``HF_ENDPOINT``).
     """
 
     revision: str | None

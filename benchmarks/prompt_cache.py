@@ -336,6 +336,7 @@ def interleaved(root: Path, provider: str, turns: int, repeat: int, serve: bool,
     for label, cache_bytes in (("cache", None), ("no_cache", "0"))[: 2 if baseline else 1]:
         runs: list[list[float]] = []
         prefilled: list[list[int]] = []
+        held: list[list[int]] = []  # in process, after each repeat: states held, their bytes, evictions
         loads = [load()]
         for i in range(repeat):
             print(f" {provider} {label}, repeat {i + 1}", file=sys.stderr, flush=True)
@@ -357,7 +358,7 @@ def interleaved(root: Path, provider: str, turns: int, repeat: int, serve: bool,
 
                 def stats(p: Any = p) -> int:
                     cache = p.prompt_cache()
-                    return int(cache.stats.last_prefilled) if cache is not None else -1
+                    return int(cache.stats.last_prefilled) if cache is not None and cache.enabled else -1
 
             try:
                 conversation(ask, 2, 1000 + i)  # warm-up (and, through the server, the load): another prefix
@@ -375,6 +376,8 @@ def interleaved(root: Path, provider: str, turns: int, repeat: int, serve: bool,
                         print(f"  turn {n + 1} {key}: {seconds:.3f} s (prefilled {fed[key][-1]})", file=sys.stderr)
                 runs += [times["A"], times["B"]]
                 prefilled += [fed["A"], fed["B"]]
+                if not serve and (cache := p.prompt_cache()) is not None:
+                    held.append([len(cache), cache.nbytes, cache.stats.evictions])
             finally:
                 if proc is not None:
                     stop(proc)
@@ -382,6 +385,7 @@ def interleaved(root: Path, provider: str, turns: int, repeat: int, serve: bool,
         model_pool().clear()
         section = summary(runs)
         section["prefilled_tokens"] = prefilled
+        section["states_bytes_evictions"] = held
         section["load"] = loads
         out[label] = section
     _set_cache_bytes(os.environ, None)

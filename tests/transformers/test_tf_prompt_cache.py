@@ -225,3 +225,28 @@ def test_state_functions_on_a_real_dynamic_cache(model_dir: str, monkeypatch: py
     trim(state, 2)
     assert state.get_seq_length() == held - 2 and 0 < nbytes(state) < size
     assert not can_trim(object())
+
+
+def test_a_trimmed_copy_shares_the_tensors_and_never_changes_the_stored_state(tiny_llama: Any) -> None:
+    """`copy_state` copies no tensor: the copy is cut and extended, the stored state keeps its values."""
+    import torch
+
+    from provender_transformers._prompt import copy_state, new_state, trim
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    ids = torch.arange(3, 43)[None]
+    with torch.inference_mode():
+        stored = new_state(model)
+        model(input_ids=ids[:, :30], past_key_values=stored, use_cache=True)
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in stored.layers]
+        branch = trim(copy_state(stored), 10)
+        assert branch.layers[0].keys.data_ptr() == stored.layers[0].keys.data_ptr()  # shared, not copied
+        assert branch.get_seq_length() == 20 and stored.get_seq_length() == 30
+        out = model(input_ids=ids[:, 20:40], past_key_values=branch, use_cache=True).logits
+        fresh = new_state(model)
+        whole = model(input_ids=ids[:, :40], past_key_values=fresh, use_cache=True).logits
+    assert torch.allclose(out, whole[:, 20:], atol=1e-4)  # the trimmed copy holds exactly 20 tokens
+    assert branch.get_seq_length() == 40 and stored.get_seq_length() == 30
+    for (k, v), layer in zip(before, stored.layers, strict=True):
+        assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)

@@ -1,7 +1,8 @@
 """transformers' prompt caches: `provender._prompt_cache.PromptCache` over transformers' `DynamicCache`.
 
 A state is the `DynamicCache` a ``model.generate`` call filled (``past_key_values``). One whose
-layers are all plain dynamic layers is trimmed with ``crop``; a sliding-window layer
+layers are all plain dynamic layers is trimmed with ``crop`` (on a copy that shares its tensors,
+`copy_state`); a sliding-window layer
 (``DynamicSlidingWindowLayer``, built for a config with ``sliding_window``), a static or any
 other cache cannot be cut back, so it is reused only whole. `decode_tokens` keeps the state a
 generation leaves under the ids it holds: the prompt and the reply's tokens that were fed back.
@@ -66,6 +67,23 @@ def trim(state: Any, n: int) -> Any:
     return state
 
 
+def copy_state(state: Any) -> Any:
+    """A copy of `state` to trim and extend. For plain dynamic layers (the only ones trimmed) a new
+    cache whose layers share the stored tensors: a `DynamicLayer` never writes into its tensors
+    (``update`` concatenates, ``crop`` slices), so the copy costs nothing and the stored state never
+    changes (a deep copy of the whole state, per request, only to keep a prefix of it, cost more
+    than the prefill it saved for a short one). Any other cache is deep-copied."""
+    if not can_trim(state):
+        return copy.deepcopy(state)
+    new = copy.copy(state)
+    layers = getattr(state, "layers", None)
+    if layers is None:  # older DynamicCache: two lists of tensors
+        new.key_cache, new.value_cache = list(state.key_cache), list(state.value_cache)
+    else:
+        new.layers = [copy.copy(layer) for layer in layers]
+    return new
+
+
 def new_prompt_cache(max_bytes: int | None = None) -> PromptCache:
     """An empty prompt cache for one loaded model, bounded by ``memory.prompt_cache_bytes`` unless given."""
     return PromptCache(
@@ -73,7 +91,7 @@ def new_prompt_cache(max_bytes: int | None = None) -> PromptCache:
         nbytes=nbytes,
         can_trim=can_trim,
         trim=trim,
-        copy=copy.deepcopy,
+        copy=copy_state,
     )
 
 

@@ -50,6 +50,7 @@ reply when it has none. Medians over ``--repeat`` conversations (a fresh load ea
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -158,8 +159,9 @@ def long_system(p: Any, tokens: int) -> str:
             return text
 
 
-def _larger_model(root: Path, provider: str) -> tuple[str, str, Callable[..., Any]]:
-    """The benchmarks' larger model for `provider`: its path, a description, and the provider class."""
+def _larger_model(root: Path, provider: str, long_context: bool = False) -> tuple[str, str, Callable[..., Any]]:
+    """The benchmarks' larger model for `provider`: its path, a description, and the provider class
+    (`long_context`: a GGUF that records a 4,096-token training context, `_long_gguf`)."""
     if provider == "transformers":
         from provender_transformers import TransformersProvider
         from provender_transformers.testing import build_tiny_llama as build_tf
@@ -170,7 +172,8 @@ def _larger_model(root: Path, provider: str) -> tuple[str, str, Callable[..., An
         from provender_llamacpp import LlamaCppProvider
         from provender_llamacpp.testing import build_tiny_llama as build_gguf
 
-        path = build_gguf(root / "bench-llama-F32.gguf", n_embd=512, n_layer=6, vocab_size=2000)  # as llamacpp_bench
+        build = functools.partial(_long_gguf, build_gguf) if long_context else build_gguf
+        path = build(root / "bench-llama-F32.gguf", n_embd=512, n_layer=6, vocab_size=2000)  # as llamacpp_bench
         return str(path), "llama.cpp llama n_embd 512, 6 layers, F32 (random weights)", LlamaCppProvider
     from provender_mlx import MLXProvider
     from provender_mlx.testing import build_tiny_llama
@@ -300,6 +303,19 @@ def vs_mlx_lm(model: Path, turns: int, repeat: int) -> dict[str, Any]:
     return out
 
 
+def _long_gguf(build: Callable[..., Path], path: Path, **kwargs: Any) -> Path:
+    """A test GGUF that records a 4,096-token training context: the test GGUFs record 2,048, where the
+    provider caps ``n_ctx``, and section 5's conversations reach about 2,200 to 2,700 tokens."""
+    import gguf
+
+    add_context_length = gguf.GGUFWriter.add_context_length
+    gguf.GGUFWriter.add_context_length = lambda self, n: add_context_length(self, max(n, 4096))  # type: ignore[method-assign]
+    try:
+        return build(path, **kwargs)
+    finally:
+        gguf.GGUFWriter.add_context_length = add_context_length  # type: ignore[method-assign]
+
+
 def _tiny_model(root: Path, provider: str) -> tuple[str, Callable[..., Any]]:
     """The tiny model of `provider` (hidden 256, 4 layers, as section 1's MLX llama) and its class."""
     if provider == "transformers":
@@ -311,7 +327,9 @@ def _tiny_model(root: Path, provider: str) -> tuple[str, Callable[..., Any]]:
         from provender_llamacpp import LlamaCppProvider
         from provender_llamacpp.testing import build_tiny_llama as build_gguf
 
-        return str(build_gguf(root / "tiny-256.gguf", n_embd=256, n_layer=4, vocab_size=400)), LlamaCppProvider
+        path = _long_gguf(build_gguf, root / "tiny-256.gguf", n_embd=256, n_layer=4, vocab_size=400)
+        os.environ.setdefault("PROVENDER_LLAMACPP__N_CTX", "4096")
+        return str(path), LlamaCppProvider
     from provender_mlx import MLXProvider
     from provender_mlx.testing import build_tiny_llama
 
@@ -324,15 +342,22 @@ def _set_cache_bytes(env: dict[str, str], cache_bytes: str | None) -> None:
         env["PROVENDER_MEMORY__PROMPT_CACHE_BYTES"] = cache_bytes
 
 
-def interleaved(root: Path, provider: str, turns: int, repeat: int, serve: bool, baseline: bool) -> dict[str, Any]:
+def interleaved(
+    root: Path, provider: str, turns: int, repeat: int, serve: bool, baseline: bool, larger: bool = False
+) -> dict[str, Any]:
     """Section 5: two conversations interleaved on one loaded model, TTFT per turn, cache on (and off)."""
     from serve_bench import stop
 
     from provender import model_pool
 
-    model, cls = _tiny_model(root, provider)
+    if larger:
+        model, described, cls = _larger_model(root, provider, long_context=True)
+        os.environ.setdefault("PROVENDER_LLAMACPP__N_CTX", "4096")
+    else:
+        model, cls = _tiny_model(root, provider)
+        described = f"{provider} llama hidden 256, 4 layers (random weights)"
     name = f"{provider}:{model}"
-    out: dict[str, Any] = {"model": f"{provider} llama hidden 256, 4 layers (random weights)", "serve": serve}
+    out: dict[str, Any] = {"model": described, "serve": serve}
     for label, cache_bytes in (("cache", None), ("no_cache", "0"))[: 2 if baseline else 1]:
         runs: list[list[float]] = []
         prefilled: list[list[int]] = []
@@ -487,6 +512,7 @@ def main() -> None:
     parser.add_argument("--interleaved", action="store_true", help="only section 5 (two conversations interleaved)")
     parser.add_argument("--serve", action="store_true", help="section 5 through provender serve")
     parser.add_argument("--no-baseline", action="store_true", help="section 5 without prompt_cache_bytes = 0")
+    parser.add_argument("--larger", action="store_true", help="section 5 on the benchmarks' larger model (as --disk)")
     parser.add_argument("--agent", action="store_true", help="only section 6 (an agent loop)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to merge into")
     args = parser.parse_args()
@@ -505,17 +531,17 @@ def main() -> None:
         )
         return
     if args.vs_mlx_lm or args.interleaved or args.agent:
-        from provender_mlx.testing import build_tiny_llama
-
         with tempfile.TemporaryDirectory() as tmp:
             if args.vs_mlx_lm:
+                from provender_mlx.testing import build_tiny_llama
+
                 key = "vs_mlx_lm"
                 model = build_tiny_llama(Path(tmp) / "tiny-llama-256", hidden_size=256, layers=4, vocab_size=400)
                 section = vs_mlx_lm(model, args.turns, args.repeat)
             elif args.interleaved:
-                key = f"interleaved_{args.provider}" + ("_serve" if args.serve else "")
+                key = "_".join(["interleaved", args.provider] + ["larger"] * args.larger + ["serve"] * args.serve)
                 section = interleaved(
-                    Path(tmp), args.provider, args.turns, args.repeat, args.serve, not args.no_baseline
+                    Path(tmp), args.provider, args.turns, args.repeat, args.serve, not args.no_baseline, args.larger
                 )
             else:
                 key = f"agent_{args.provider}"

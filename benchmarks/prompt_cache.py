@@ -37,11 +37,13 @@ turns of about 60 words, ``max_tokens=8``, each reply appended to the conversati
    provider's ``stream_chat``, or with ``--serve`` through ``provender serve`` and the ``openai``
    client (a fresh server each repeat). The tiny model of the provider: hidden 256, 4 layers, as in 1.
 
-6. ``--agent``: a 10-step provender-agent loop (`provender_agent.Agent`, constrained tool calls,
-   ``tool_choice="required"``, ``max_steps=10``) on a tiny random MLX llama that favours
-   ``<tool_call>`` (so every step calls the tool), a long system prompt, with
-   ``memory.prompt_cache_bytes`` at its default and at 0, alternating, a fresh load each: total time and
-   each step's time (`Step.seconds`).
+6. ``--agent``: a 10-step provender-agent loop (`provender_agent.Agent`, ``max_steps=10``) on the
+   tiny MLX llama of tests/agent that emits only ``<tool_call>`` (``constant_token``), unconstrained,
+   ``max_tokens=16``: every step's reply is a malformed call that the agent feeds back to the model as a
+   tool error, so the loop always runs its 10 steps over a growing conversation (the chat template
+   with the tool's schema, a system prompt of about 500 words); with ``memory.prompt_cache_bytes``
+   at its default and at 0, alternating, a fresh load each: total time and each step's time
+   (`Step.seconds`).
 
 Time to first token is from the call to the first non-empty piece of text, or the end of the
 reply when it has none. Medians over ``--repeat`` conversations (a fresh load each).
@@ -447,16 +449,18 @@ def agent_loop(root: Path, provider: str, repeat: int, steps: int = 10) -> dict[
             model_pool().clear()
             p = MLXProvider(model)
             p.load_model()
+            # unconstrained: each reply is "<tool_call>" 16 times, a malformed call the agent feeds back as
+            # an error (constrained, this model answers at step 2: its tied logits pick the lowest allowed id)
             agent = Agent(
                 p,
                 tools=[add],
                 system=f"{i}: {system}",
                 max_steps=steps,
-                tool_choice="required",
-                options={"max_tokens": 40, "temperature": 0},
+                constrain=False,
+                options={"max_tokens": 16, "temperature": 0},
             )
             started = time.perf_counter()
-            result = agent.run("Add one to 41, then keep adding one to each result.")
+            result = agent.run(f"{i}: Add one to 41, then keep adding one to each result.")
             total = time.perf_counter() - started
             cache = p.prompt_cache()
             run = {
@@ -479,7 +483,10 @@ def agent_loop(root: Path, provider: str, repeat: int, steps: int = 10) -> dict[
         loads.append(load())
     model_pool().clear()
     _set_cache_bytes(os.environ, None)
-    out: dict[str, Any] = {"model": "mlx tiny llama favouring <tool_call> (random weights)", "max_steps": steps}
+    out: dict[str, Any] = {
+        "model": "mlx tiny llama that emits only <tool_call> (tests/agent's), unconstrained, max_tokens 16",
+        "max_steps": steps,
+    }
     for label, rs in runs.items():
         per_step = [statistics.median(col) for col in zip(*[r["step_s"] for r in rs], strict=False)]
         out[label] = {

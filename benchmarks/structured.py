@@ -229,14 +229,32 @@ def bench_transformers(work: Path, tokens: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-def bench_llamacpp(work: Path, tokens: int, rounds: int) -> dict[str, Any]:
+def source_corpus(megabytes: float = 8.0) -> str:
+    """Python's own standard library sources as text, for a BPE of a real model's vocabulary size
+    (the test corpus holds about 400 tokens' worth)."""
+    parts, size = [], 0
+    for file in sorted(Path(os.__file__).parent.glob("*.py")):
+        text = file.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        size += len(text)
+        if size > megabytes * 1e6:
+            break
+    return "\n".join(parts)
+
+
+def bench_llamacpp(work: Path, tokens: int, rounds: int, vocab: int = 0) -> dict[str, Any]:
     import numpy as np
     from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
 
     from provender_llamacpp import LlamaCppProvider
     from provender_llamacpp.testing import build_tiny_llama
 
-    path = build_tiny_llama(work / "bench-llama-F32.gguf", n_embd=512, n_layer=6, vocab_size=2000)
+    if vocab:  # a real model's vocabulary size (GBNF's cost grows with it: it checks every candidate)
+        path = build_tiny_llama(
+            work / "bench-llama-F32.gguf", n_embd=512, n_layer=6, vocab_size=vocab, corpus=source_corpus()
+        )
+    else:
+        path = build_tiny_llama(work / "bench-llama-F32.gguf", n_embd=512, n_layer=6, vocab_size=2000)
     llm = Llama(str(path), n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
     n_prompt = len(llm.tokenize(PROMPT.encode()))
 
@@ -268,7 +286,9 @@ def bench_llamacpp(work: Path, tokens: int, rounds: int) -> dict[str, Any]:
         return int(llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0)["usage"]["completion_tokens"])
 
     out: dict[str, Any] = {
-        "model": "llamacpp_bench's random llama (n_embd 512, 6 layers, F32, 2,000-token BPE)",
+        "model": "llamacpp_bench's random llama (n_embd 512, 6 layers, F32, "
+        + (f"a {llm.n_vocab():,}-token BPE trained on Python's sources)" if vocab else "the test BPE's vocabulary)"),
+        "n_vocab": llm.n_vocab(),
         "compile": {**compile_times(llm), "gbnf_from_json_schema_ms": gbnf_build_ms},
     }
     rows = alternate({"unconstrained": plain, "constrained": engine, "gbnf": gbnf}, rounds)
@@ -290,12 +310,18 @@ def main() -> None:
     parser.add_argument("runtime", choices=sorted(RUNTIMES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument(
+        "--vocab", type=int, default=0, help="llamacpp: a BPE of this many tokens trained on Python's sources"
+    )
     args = parser.parse_args()
+    if args.vocab and args.runtime != "llamacpp":
+        parser.error("--vocab is for the llamacpp runtime")
     results_path = HERE / "results-structured.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("PROVENDER_CACHE__DIR", str(Path(tmp) / "cache"))
-        section = RUNTIMES[args.runtime](Path(tmp), args.tokens, args.rounds)
+        extra = {"vocab": args.vocab} if args.vocab else {}
+        section = RUNTIMES[args.runtime](Path(tmp), args.tokens, args.rounds, **extra)
     section["run"] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} cores, {platform.machine()} {platform.system()}, "

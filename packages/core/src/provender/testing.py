@@ -66,8 +66,11 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def train_bpe(vocab_size: int = 300, special_tokens: list[str] | None = None) -> Any:
-    """A byte-level BPE `tokenizers.Tokenizer` trained on `CORPUS` (deterministic)."""
+def train_bpe(vocab_size: int = 300, special_tokens: list[str] | None = None, corpus: str | None = None) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `CORPUS` (deterministic).
+
+    `CORPUS` holds about 400 distinct tokens' worth of text, so a larger `vocab_size` needs a
+    larger `corpus` of your own (the benchmarks train a 32,000-token one on Python's own sources)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -79,7 +82,7 @@ def train_bpe(vocab_size: int = 300, special_tokens: list[str] | None = None) ->
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS.splitlines() * 4, trainer=trainer)
+    tokenizer.train_from_iterator((corpus or CORPUS).splitlines() * 4, trainer=trainer)
     return tokenizer
 
 

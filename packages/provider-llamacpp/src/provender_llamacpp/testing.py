@@ -61,6 +61,7 @@ def build_tiny_llama(
     vocab_size: int = 320,
     split_max_tensors: int = 0,
     chat_template: str | None = CHAT_TEMPLATE,
+    corpus: str | None = None,
 ) -> Path:
     """Write a tiny random llama as GGUF at `path` (``.gguf``); returns the path of its (first) file.
 
@@ -69,6 +70,8 @@ def build_tiny_llama(
     (``NAME-00001-of-0000N.gguf``, the parts llama.cpp loads from the first one).
     Greedy output is printable ASCII: one residual dimension is held constant and the output
     layer reads it to favour printable tokens, so streams and stop strings are easy to check.
+    ``corpus``: the text the BPE is trained on (`provender.testing.train_bpe`; its own corpus
+    gives about 400 tokens whatever `vocab_size` asks).
     """
     gguf = _require()
     import numpy as np
@@ -77,7 +80,7 @@ def build_tiny_llama(
         raise ValueError(f"quant must be one of {', '.join(QUANT_TYPES)}, not {quant!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokens, merges = bpe_vocabulary(train_bpe(vocab_size))
+    tokens, merges = bpe_vocabulary(train_bpe(vocab_size, corpus=corpus))
     n_vocab, n_head, n_head_kv, n_ff = len(tokens), 4, 2, n_embd * 2
     head_dim = n_embd // n_head
     rng = np.random.default_rng(seed)

@@ -127,6 +127,16 @@ def test_the_cli(cache_dir: Path, make_files) -> None:  # type: ignore[no-untype
     assert [row["alias"] for row in json.loads(listed.stdout)] == ["shout"]
     said = provender(cache_dir, "generate", "-m", "shout", "hello there")
     assert said.returncode == 0 and said.stdout.strip() == "HELLO THERE", said.stderr
+    # the colon rule: "shout" and "test/echo" name no provider, so the whole name is the model's
+    assert provender(cache_dir, "cache", "alias", "test/echo", "shout:v2").returncode == 0
+    for name in ("shout:v2", "shout:latest", "test/echo:latest", "echo:shout:v2"):
+        said = provender(cache_dir, "generate", "--no-server", "-m", name, "tagged")
+        assert said.returncode == 0 and said.stdout.strip() == "TAGGED", (name, said.stderr)
+    said = provender(cache_dir, "generate", "--no-server", "-m", "nosuch:v2", "x")  # neither a provider nor cached
+    assert said.returncode == 2 and "no provider named 'nosuch'" in said.stderr and "Traceback" not in said.stderr
+    said = provender(cache_dir, "generate", "--no-server", "-m", "shout:v3", "x")  # a tag (repo:QUANT) shout lacks
+    assert said.returncode == 1 and "'shout:v3' not found" in said.stderr and said.stderr.count("Error") == 1
+    assert provender(cache_dir, "cache", "rm", "-y", "shout:v2").returncode == 0
     bad = provender(cache_dir, "cache", "alias", "test/echo", "../x")
     assert bad.returncode == 2 and "invalid name" in bad.stderr and "Traceback" not in bad.stderr
     missing = provender(cache_dir, "cache", "alias", "no/such", "x")

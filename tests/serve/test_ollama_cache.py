@@ -42,10 +42,10 @@ def test_copy_makes_an_alias_that_outlives_a_rebuilt_index(start_server: Any, tm
     assert "".join(p.response for p in api.generate(model="shout:v2", prompt="a b", stream=True)) == "A B"
     listed = {m.model: m for m in api.list().models}
     assert {"test/echo", "shout:v2"} <= set(listed) and listed["shout:v2"].digest == listed["test/echo"].digest
-    # the OpenAI routes take provider:model: an untagged alias as it is, a tagged one after its provider
+    # the OpenAI routes read names by the same colon rule: "shout" and "test/echo" name no provider
     api.copy("shout:v2", "shout")
     openai_client = server.client()
-    for model in ("shout", "echo:shout:v2"):
+    for model in ("shout", "shout:v2", "shout:latest", "echo:shout:v2", "test/echo:latest"):
         said = openai_client.chat.completions.create(model=model, messages=[{"role": "user", "content": "openai too"}])
         assert said.choices[0].message.content == "OPENAI TOO", model
     api.delete("shout")

@@ -357,14 +357,28 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
     ``provider:model`` names the provider; a bare name is claimed through the
     ``provender_claim_model`` hook from the cache entry (or local directory) it names,
     and when several providers claim it, ``providers.prefer`` picks (`prefer_order`).
+    The colon rule: the part before the first colon names a provider only when such a
+    provider is installed; otherwise the whole name is the model's (Ollama's ``name:tag``, its
+    ``:latest`` dropped, or GGUF's ``repo:QUANT``) when the cache has it, and an unknown
+    provider's error when it does not.
     """
     from provender._plugins import get_plugin_manager
 
     manager = get_plugin_manager()
     providers = manager.providers()
     provider_name, model_name = parse_model_name(model)
+    entry = None
+    if provider_name is not None and provider_name not in providers:
+        # the colon rule: a prefix that names no installed provider is part of the model's name,
+        # an Ollama name:tag (``:latest`` dropped) or a GGUF repo:QUANT, when the cache has it
+        found = _tagged_entry(model, cache)
+        if found is None:
+            raise manager.unknown_provider(provider_name)
+        provider_name, (model_name, entry) = None, found
     if provider_name is None:
-        entry = _entry_for(model_name, cache)
+        if entry is None and model_name.endswith(":latest"):  # org/m:latest is org/m, as on Ollama
+            model_name, entry = _tagged_entry(model_name, cache) or (model_name, None)
+        entry = entry or _entry_for(model_name, cache)
         if entry is None:
             raise ModelNotFoundError(
                 model_name,
@@ -404,6 +418,21 @@ def prefer_order(claims: list[str], prefer: list[str] | None = None) -> list[str
     priority = provider_priorities()  # what each provider declared when it registered
     # stable: ties keep their order
     return sorted(claims, key=lambda name: (rank.get(name, len(rank)), -priority.get(name, 0)))
+
+
+def _tagged_entry(name: str, cache: CacheManager | None) -> tuple[str, CacheEntry] | None:
+    """The name and cache entry of a ``name:tag`` whose prefix is no provider: the name without
+    Ollama's ``:latest`` tag, else the name itself; None when the cache has neither."""
+    from provender.errors import InvalidNameError
+
+    for candidate in dict.fromkeys((name.removesuffix(":latest"), name)):
+        try:
+            entry = _entry_for(candidate, cache)
+        except (InvalidNameError, ModelPathNotFoundError):  # not a name the cache can hold
+            entry = None
+        if entry is not None:
+            return candidate, entry
+    return None
 
 
 def _entry_for(name: str, cache: CacheManager | None) -> CacheEntry | None:

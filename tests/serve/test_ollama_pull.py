@@ -197,4 +197,12 @@ def test_routes_that_build_or_share_models_are_ollama_errors(start_server: Any) 
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(probe, timeout=30)
     assert missing.value.code == 404
+    # a wrong method or an unknown path under Ollama's /api/ is Ollama's shape too; Anthropic's under its own
+    for method, path in (("GET", "/api/chat"), ("GET", "/api/nothing")):
+        got, answer = server.raw(method, path)
+        assert got in (404, 405) and set(answer) == {"error"} and path in answer["error"], (method, path, answer)
+    got, answer = server.raw("GET", "/v1/messages")
+    assert got == 405 and answer["type"] == "error" and answer["error"]["message"]
+    got, answer = server.raw("GET", "/api/provender/unload")  # provender's own /api/ routes: OpenAI's shape
+    assert got == 405 and answer["error"]["message"]
     assert api.generate(model="echo:upper", prompt="serving", stream=False).response == "SERVING"

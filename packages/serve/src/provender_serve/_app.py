@@ -49,6 +49,9 @@ from provender_serve._walls import Pull, Walls, may_pull, needs_download, pull_r
 from provender_serve._web import web_routes
 from provender_serve.errors import APIError
 
+#: /api/ paths of provender's own (the rest of /api/ is Ollama's and answers in Ollama's error shape)
+PROVENDER_API = ("/api/provender/", "/api/web/", "/api/unload")
+
 logger = logging.getLogger(__name__)
 
 
@@ -372,9 +375,16 @@ def create_app(options: ServerOptions | None = None) -> Starlette:
     routes += _rerank.routes(server)  # /v2/rerank (Cohere), /v1/rerank (Jina, llama.cpp), /rerank (TEI)
 
     async def http_error(request: Request, exc: Exception) -> Response:
+        """An unknown path or a wrong method, in the error shape of the dialect the path belongs to."""
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        message = f"{request.method} {request.url.path}: {exc.detail if isinstance(exc, HTTPException) else exc}"
-        return error_response(APIError(status, message, "not_found" if status == 404 else "bad_request"))
+        path = request.url.path
+        message = f"{request.method} {path}: {exc.detail if isinstance(exc, HTTPException) else exc}"
+        error = APIError(status, message, "not_found" if status == 404 else "bad_request")
+        if path.startswith("/v1/messages"):
+            return _anthropic.error_response(error)
+        if path.startswith("/api/") and not path.startswith(PROVENDER_API):
+            return _ollama.error_response(error)
+        return error_response(error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

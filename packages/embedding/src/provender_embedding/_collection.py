@@ -305,6 +305,7 @@ class Collection:
         if matrix.shape[0] == 0:
             return []
         query = unit_vector(vector, "the query")
+        spare = 16 if state.dead else 0  # dead rows (zeroed) can rank among the best: ask for a few more
         if query.shape[0] != matrix.shape[1]:
             raise CollectionError(
                 f"the query has dimension {query.shape[0]}, the collection {self.name!r} {matrix.shape[1]}"
@@ -323,31 +324,38 @@ class Collection:
             if not len(slots):
                 return []
             scores = matrix[slots] @ query
-            return self._best(n, len(slots), lambda k: top_k(scores, k, slots))
+            return self._best(n, len(slots), lambda k: top_k(scores, k, slots), spare=0)  # live rows only
         if approximate:
             if self._ann is None:
                 from provender_embedding._ann import ApproximateIndex
 
                 self._ann = ApproximateIndex()
             path = matrix_path(self.db_path, state.store, state.generation)
-            return self._best(n, matrix.shape[0], lambda k: self._ann.search(path, matrix, query, k))
+            return self._best(n, matrix.shape[0], lambda k: self._ann.search(path, matrix, query, k), spare)
         scores = matrix @ query
-        return self._best(n, matrix.shape[0], lambda k: top_k(scores, k, None))
+        return self._best(n, matrix.shape[0], lambda k: top_k(scores, k, None), spare)
 
-    def _best(self, n: int, total: int, candidates: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> list[Hit]:
-        """The `n` best live items among `candidates(k)`, asking for more while dead rows fill the top."""
-        k = min(total, n + 16)
+    def _best(
+        self, n: int, total: int, candidates: Callable[[int], tuple[np.ndarray, np.ndarray]], spare: int = 16
+    ) -> list[Hit]:
+        """The `n` best live items among `candidates(k)`, asking for more while dead rows fill the top
+        (`spare` more from the start: 0 where the matrix has no dead rows). Only the hits returned
+        have their metadata parsed."""
+        k = min(total, n + spare)
         while True:
             slots, scores = candidates(k)
-            rows = self._rows(slots.tolist())
-            hits = [
-                Hit(item_id, float(score), content, json.loads(meta) if meta else None)
-                for s, score in zip(slots.tolist(), scores.tolist(), strict=True)
-                if s in rows
-                for item_id, content, meta in [rows[s]]
-            ]
-            if len(hits) >= n or k >= total:
-                return hits[:n]
+            found = slots.tolist()
+            rows = self._rows(found)
+            hits: list[Hit] = []
+            for slot, score in zip(found, scores.tolist(), strict=True):
+                row = rows.get(slot)
+                if row is not None:
+                    item_id, content, meta = row
+                    hits.append(Hit(item_id, float(score), content, json.loads(meta) if meta else None))
+                    if len(hits) == n:
+                        return hits
+            if k >= total:
+                return hits
             k = min(total, k * 4)
 
     # -- internals -----------------------------------------------------------------------

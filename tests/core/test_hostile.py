@@ -154,7 +154,7 @@ def test_fuzz_path_like_names(parts: list[str]) -> None:
 )
 def test_a_model_name_too_long_for_a_path_is_one_line_naming_it(cache_dir: Path, name: str, error: str) -> None:
     from provender import ProvenderError
-    from provender._provider import resolve_provider
+    from provender._resolve import resolve_provider
 
     with pytest.raises(ProvenderError) as info:
         resolve_provider(name, cache=CacheManager(cache_dir, max_size=10_000, remote=None))

@@ -11,7 +11,7 @@ import pytest
 from helpers import run_cli
 from provender import CacheManager, Provider, UnknownProviderError, get_provider, hookimpl
 from provender._plugins import get_plugin_manager
-from provender._provider import parse_model_name
+from provender._resolve import parse_model_name
 
 INSTALLED = {ep.name for ep in metadata.entry_points(group="provender")}
 pytestmark = pytest.mark.skipif(

@@ -402,7 +402,7 @@ def test_the_server_section_keeps_its_names_and_the_one_default_port() -> None:
 def test_providers_declare_a_priority_and_prefer_lists_come_first() -> None:
     from provender import Provider, hookimpl
     from provender._plugins import get_plugin_manager
-    from provender._provider import prefer_order
+    from provender._resolve import prefer_order
 
     class Plugin:
         @hookimpl

@@ -83,7 +83,7 @@ def test_bad_setting_is_not_reported_as_a_missing_model(tmp_path: Path) -> None:
 
 
 def test_model_lookup_lets_a_config_error_through(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from provender._provider import resolve_provider
+    from provender._resolve import resolve_provider
 
     monkeypatch.setenv("PROVENDER_CACHE__DIR", str(tmp_path / "c"))
     monkeypatch.setenv("PROVENDER_CACHE__MAX_SIZE", "lots")

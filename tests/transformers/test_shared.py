@@ -95,7 +95,7 @@ def test_default_preference_is_the_fastest_here(monkeypatch: pytest.MonkeyPatch)
     import platform
 
     from provender import load_settings
-    from provender._provider import prefer_order
+    from provender._resolve import prefer_order
 
     apple = platform.system() == "Darwin" and platform.machine() == "arm64"
     # the core names no plugin: the providers declare their priority when they register (issue 20)

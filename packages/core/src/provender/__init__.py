@@ -102,10 +102,10 @@ _LAZY = {
     "BatchSession": "provender._provider",
     "check_generation_options": "provender._provider",
     "cut_at_stops": "provender._provider",
-    "prefer_order": "provender._provider",
-    "resolve_model_files": "provender._provider",
+    "prefer_order": "provender._resolve",
+    "resolve_model_files": "provender._resolve",
     "iterate_in_thread": "provender._provider",
-    "parse_model_name": "provender._provider",
+    "parse_model_name": "provender._resolve",
     "Section": "provender._settings",
     "Settings": "provender._settings",
     "load_settings": "provender._settings",
@@ -117,7 +117,7 @@ _ERRORS = frozenset(name for name in __all__ if name.endswith("Error"))  # all l
 
 def get_provider(model: str) -> Provider:
     """The provider serving `model` (``provider:model``, or a bare name claimed from the cache)."""
-    from provender._provider import resolve_provider
+    from provender._resolve import resolve_provider
 
     return resolve_provider(model)
 
@@ -191,11 +191,9 @@ if TYPE_CHECKING:
         check_options,
         cut_at_stops,
         iterate_in_thread,
-        parse_model_name,
-        prefer_order,
-        resolve_model_files,
     )
     from provender._rerank import check_rerank_input
+    from provender._resolve import parse_model_name, prefer_order, resolve_model_files
     from provender._settings import Section, Settings, load_settings
     from provender.errors import (
         AmbiguousNameError,

@@ -297,6 +297,6 @@ def provider_for(model: str, *, use_server: bool = True) -> Provider:
         client = find_server()
         if client is not None:
             return RemoteProvider(model, client)
-    from provender._provider import resolve_provider
+    from provender._resolve import resolve_provider
 
     return resolve_provider(model)

@@ -40,7 +40,7 @@ class ProviderContract:
     prompt: ClassVar[str] = "Hello, world"
 
     def make_provider(self) -> Provider:
-        from provender._provider import resolve_provider
+        from provender._resolve import resolve_provider
 
         return resolve_provider(f"{self.provider_name}:{self.model}")
 

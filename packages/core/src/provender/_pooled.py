@@ -29,13 +29,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from provender._loaded import LoadedModel
 from provender._pool import ModelPool, model_pool
-from provender._provider import (
-    Provider,
-    check_embed_input,
-    check_messages,
-    resolve_model_files,
-)
+from provender._provider import Provider, check_embed_input, check_messages
 from provender._rerank import check_rerank_input
+from provender._resolve import resolve_model_files
 from provender.errors import InvalidOptionError, ModelNotFoundError, UnsupportedError
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from provender_embedding._items import (
     AddResult,
     Hit,
     Item,
+    best_hits,
     check_embeddings,
     check_n,
     check_vector_dimensions,
@@ -324,39 +325,16 @@ class Collection:
             if not len(slots):
                 return []
             scores = matrix[slots] @ query
-            return self._best(n, len(slots), lambda k: top_k(scores, k, slots), spare=0)  # live rows only
+            return best_hits(n, len(slots), lambda k: top_k(scores, k, slots), self._rows, spare=0)  # live rows only
         if approximate:
             if self._ann is None:
                 from provender_embedding._ann import ApproximateIndex
 
                 self._ann = ApproximateIndex()
             path = matrix_path(self.db_path, state.store, state.generation)
-            return self._best(n, matrix.shape[0], lambda k: self._ann.search(path, matrix, query, k), spare)
+            return best_hits(n, matrix.shape[0], lambda k: self._ann.search(path, matrix, query, k), self._rows, spare)
         scores = matrix @ query
-        return self._best(n, matrix.shape[0], lambda k: top_k(scores, k, None), spare)
-
-    def _best(
-        self, n: int, total: int, candidates: Callable[[int], tuple[np.ndarray, np.ndarray]], spare: int = 16
-    ) -> list[Hit]:
-        """The `n` best live items among `candidates(k)`, asking for more while dead rows fill the top
-        (`spare` more from the start: 0 where the matrix has no dead rows). Only the hits returned
-        have their metadata parsed."""
-        k = min(total, n + spare)
-        while True:
-            slots, scores = candidates(k)
-            found = slots.tolist()
-            rows = self._rows(found)
-            hits: list[Hit] = []
-            for slot, score in zip(found, scores.tolist(), strict=True):
-                row = rows.get(slot)
-                if row is not None:
-                    item_id, content, meta = row
-                    hits.append(Hit(item_id, float(score), content, json.loads(meta) if meta else None))
-                    if len(hits) == n:
-                        return hits
-            if k >= total:
-                return hits
-            k = min(total, k * 4)
+        return best_hits(n, matrix.shape[0], lambda k: top_k(scores, k, None), self._rows, spare)
 
     # -- internals -----------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +171,35 @@ def top_k(scores: np.ndarray, k: int, slots: np.ndarray | None) -> tuple[np.ndar
     else:
         best = np.argsort(-scores, kind="stable")
     return (best if slots is None else slots[best]), scores[best]
+
+
+def best_hits(
+    n: int,
+    total: int,
+    candidates: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    rows: Callable[[list[int]], dict[int, tuple[str, str | None, str | None]]],
+    spare: int = 16,
+) -> list[Hit]:
+    """The `n` best live items among `candidates(k)` (slots and scores, best first), asking for
+    more while dead rows fill the top (`spare` more from the start: 0 where the matrix has no dead
+    rows). `rows` reads the live slots' ``(id, content, metadata JSON)``; only the hits returned
+    have their metadata parsed."""
+    k = min(total, n + spare)
+    while True:
+        slots, scores = candidates(k)
+        found = slots.tolist()
+        live = rows(found)
+        hits: list[Hit] = []
+        for slot, score in zip(found, scores.tolist(), strict=True):
+            row = live.get(slot)
+            if row is not None:
+                item_id, content, meta = row
+                hits.append(Hit(item_id, float(score), content, json.loads(meta) if meta else None))
+                if len(hits) == n:
+                    return hits
+        if k >= total:
+            return hits
+        k = min(total, k * 4)
 
 
 def check_n(n: object) -> None:

@@ -25,7 +25,7 @@ from provender._cache._gguf import (
     split_tag,
 )
 from provender._detect import sentence_transformers_config
-from provender._provider import may_read_path
+from provender._resolve import may_read_path
 
 if TYPE_CHECKING:
     from provender import CacheManager, Lease

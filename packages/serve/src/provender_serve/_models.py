@@ -131,9 +131,9 @@ def check_name(name: str, allowed: list[str], *, local_paths: bool = True) -> No
 def _is_local_path(bare: str) -> bool:
     """A name only a path can mean (``/m``, ``./m``, ``~/m``). A relative name (``org/m``) is
     not looked at on the disk: without local paths the process reads no name as a path but
-    those listed (`provender._provider.confine_local_paths`), so it is a cache entry or Hub repo id
+    those listed (`provender._resolve.confine_local_paths`), so it is a cache entry or Hub repo id
     whatever the server's working directory holds."""
-    from provender._provider import looks_like_path
+    from provender._resolve import looks_like_path
 
     return looks_like_path(bare)
 
@@ -171,7 +171,7 @@ class ModelRegistry:
         self.allowed = list(allowed or [])
         self.local_paths = local_paths
         if not local_paths:  # the names listed in server.models stay readable as paths
-            from provender._provider import confine_local_paths, parse_model_name
+            from provender._resolve import confine_local_paths, parse_model_name
 
             confine_local_paths({n for name in self.allowed for n in (name, parse_model_name(name)[1])})
         self.max_models = max_models

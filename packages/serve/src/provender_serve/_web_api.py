@@ -85,7 +85,7 @@ class Claims:
         """provider names per entry key, the serving one first (as `provender cache ls` orders them);
         `every`: `entries` is the whole cache, and entries not in it are forgotten."""
         from provender import get_plugin_manager
-        from provender._provider import prefer_order
+        from provender._resolve import prefer_order
         from provender._settings import load_settings
 
         manager = get_plugin_manager()

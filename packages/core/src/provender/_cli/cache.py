@@ -32,7 +32,7 @@ def _claims(entries: list[CacheEntry]) -> dict[str, list[str]]:
     manager = get_plugin_manager()
     if not manager.has_implementations("provender_claim_model"):
         return {}
-    from provender._provider import prefer_order
+    from provender._resolve import prefer_order
     from provender._settings import load_settings
 
     prefer = load_settings().providers.prefer  # once: building the settings costs ~1 ms

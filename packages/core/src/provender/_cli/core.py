@@ -59,7 +59,7 @@ def config(as_json: bool) -> None:
 def models(as_json: bool, show_all: bool) -> None:
     """List the cached models and the providers that can serve them."""
     from provender._plugins import get_plugin_manager
-    from provender._provider import prefer_order
+    from provender._resolve import prefer_order
     from provender._settings import load_settings
     from provender._sizes import format_ago, format_size
 
@@ -116,7 +116,7 @@ def pull(
     Files already cached are not downloaded again; an interrupted pull resumes.
     HF_HUB_OFFLINE=1 only checks the cache; HF_ENDPOINT and HF_TOKEN are honoured.
     """
-    from provender._provider import parse_model_name
+    from provender._resolve import parse_model_name
 
     _, repo_id = parse_model_name(model)
     cm = get_cache()

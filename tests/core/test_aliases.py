@@ -102,6 +102,8 @@ def test_a_damaged_or_planted_aliases_file(cache_dir: Path, make_files, tmp_path
     assert cm.aliases() == {} and cm.find("anything") is None  # unreadable: no aliases, a warning
     cm.alias("org/model", "fresh")  # the next change writes a good file
     assert sorted(cm.aliases()) == ["fresh"]
+    kept = list(cache_dir.glob("aliases.json.corrupt-*"))  # the damaged one set aside, not overwritten
+    assert len(kept) == 1 and kept[0].read_text() == "{broken"
     (cache_dir / "aliases.json").unlink()
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps({"version": 1, "aliases": {"x": {"key": "k", "name": "n"}}}))

@@ -79,6 +79,7 @@ class Aliases:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.damaged = False  # the last read found a file it could not read: set it aside before writing
 
     def read(self) -> dict[str, Alias]:
         """Every alias, by its name (none when the file is absent or unreadable)."""
@@ -95,6 +96,7 @@ class Aliases:
                 raise
         with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_FILE + 1)
+        self.damaged = False
         try:
             if len(data) > MAX_FILE:
                 raise ValueError(f"larger than {MAX_FILE} bytes")
@@ -108,6 +110,7 @@ class Aliases:
             return out
         except (ValueError, TypeError) as exc:
             logger.warning("ignoring %s: it cannot be read as provender's aliases (%s)", store.cache_dir / FILE, exc)
+            self.damaged = True
             return {}
 
     def get(self, name: str) -> Alias | None:
@@ -140,6 +143,11 @@ class Aliases:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
+            if self.damaged:  # kept for its owner, as a corrupt index is: never overwritten
+                aside = store.cache_dir / f"{FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+                store.walls.rename(store.cache_dir / FILE, aside)
+                logger.warning("set the unreadable %s aside as %s", FILE, aside.name)
+                self.damaged = False
             store.walls.rename(staged, store.cache_dir / FILE)  # a link there is replaced, never followed
             fsync_dir(store.walls.here())
 

@@ -27,6 +27,7 @@ class Overlap(PooledProvider):
     """Scores a document by the share of the query's words it holds; kind from words.txt."""
 
     name = "overlap"
+    kinds = frozenset({"generation", "embedding", "rerank"})
 
     def fetch(self, cache: CacheManager) -> None:
         raise ModelNotFoundError(self.model, "not cached")
@@ -35,18 +36,17 @@ class Overlap(PooledProvider):
         kind = (path / "words.txt").read_text().strip()
         return LoadedModel(self.model, kind, kind=kind)
 
-    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
-        self.check_rerank(query, documents, options)
-        with self.using("rerank"):
-            words = set(query.lower().split())
-            return [len(words & set(d.lower().split())) / max(1, len(words)) for d in documents]
+    def score(self, item: LoadedModel, query: str, documents: list[str], options: dict[str, Any]) -> list[float]:
+        words = set(query.lower().split())
+        return [len(words & set(d.lower().split())) / max(1, len(words)) for d in documents]
 
-    def embed(self, texts: list[str], **options: Any) -> Any:
+    def encode(self, item: LoadedModel, texts: list[str], options: dict[str, Any]) -> Any:
         import numpy as np
 
-        self.check_embed(texts, options)
-        with self.using("embedding"):
-            return np.ones((len(texts), 2), dtype=np.float32)
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    def embedding_size(self, item: LoadedModel) -> int:
+        return 2
 
     def generate(self, prompt: str, **options: Any) -> str:
         self.check_options(options)
@@ -139,3 +139,33 @@ def test_mlx_does_not_claim_a_cross_encoder_as_an_embedding_model(make_files: An
     cross = make_files("cross", {**files, "config.json": json.dumps(config).encode()})
     assert detect.encoder_evidence(encoder) is not None
     assert detect.encoder_evidence(cross) is None
+
+
+def test_the_base_calls_the_subclass_steps_on_the_loaded_model() -> None:
+    """`embed`, `dimension` and `rerank` come from `PooledProvider`, which checks the input and
+    hands the loaded model of the right kind to `encode`, `embedding_size` and `score`."""
+    assert Overlap("me/embedding").embed(["a", "b"]).shape == (2, 2)
+    assert Overlap("me/embedding").dimension() == 2
+    with pytest.raises(UnsupportedError, match="'me/rerank' is a reranker"):
+        Overlap("me/rerank").dimension()
+    with pytest.raises(UnsupportedError, match=r"count_tokens.*no tokenizer"):  # its LoadedModel has none
+        Overlap("me/rerank").count_tokens("x")
+
+
+class GenerationOnly(Overlap):
+    name = "generation-only"
+    kinds = frozenset({"generation"})
+
+
+@pytest.mark.parametrize(
+    ("call", "capability"),
+    [
+        (lambda p: p.embed(["x"]), "embed"),
+        (lambda p: p.rerank("q", ["d"]), "rerank"),
+        (lambda p: p.dimension(), "dimension"),
+    ],
+)
+def test_a_kind_the_provider_does_not_load_is_refused_before_loading(call: Any, capability: str) -> None:
+    # "me/nothing-cached" is not in the cache: loading it would raise ModelNotFoundError instead
+    with pytest.raises(UnsupportedError, match=f"provider 'generation-only' does not support {capability}$"):
+        call(GenerationOnly("me/nothing-cached"))

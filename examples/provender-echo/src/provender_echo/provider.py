@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from provender import LoadedModel, ModelNotFoundError, PooledProvider, Provider
-from provender._detect import read_json
+from provender import CacheManager, Lease, LoadedModel, ModelNotFoundError, PooledProvider, Provider
+from provender.generation import Chunk, Detokenizer
 
-if TYPE_CHECKING:
-    from provender import CacheManager, Lease
-    from provender._pooled import Request
-    from provender.generation import Chunk
-
-MODES: dict[str, Callable[[str], str]] = {
-    "plain": lambda w: w,
-    "upper": str.upper,
-    "lower": str.lower,
-    "reverse": lambda w: w,  # word order is reversed below, not the words
+MODES: dict[str, Callable[[list[str]], list[str]]] = {
+    "plain": lambda words: words,
+    "upper": lambda words: [w.upper() for w in words],
+    "lower": lambda words: [w.lower() for w in words],
+    "reverse": lambda words: words[::-1],
 }
 
 
@@ -42,8 +38,10 @@ class EchoProvider(PooledProvider):
         raise ModelNotFoundError(self.model, f"echo models are {', '.join(sorted(MODES))}, or hold an echo.json")
 
     def load_files(self, path: Path) -> LoadedModel:
-        config = read_json(path / "echo.json", {}) if path.is_dir() else {}
-        mode = config.get("mode", "plain") if isinstance(config, dict) and config else self.model
+        try:  # a mode name's "path" holds no echo.json
+            mode = json.loads((path / "echo.json").read_text()).get("mode", "plain")
+        except (OSError, ValueError, AttributeError):
+            mode = self.model
         if mode not in MODES:
             raise ModelNotFoundError(self.model, f"echo models are {', '.join(sorted(MODES))}")
         return LoadedModel(self.model, mode)
@@ -52,18 +50,12 @@ class EchoProvider(PooledProvider):
         """Echo's "chat template": the last user message."""
         return str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
 
-    def decode(self, item: LoadedModel, request: Request) -> Iterator[Chunk]:
-        """One word per token; the base has checked the options and cuts at stop strings."""
-        options = request.options
-        words = [MODES[item.model](w) for w in request.text.split()]
-        if item.model == "reverse":
-            words.reverse()
-        if options.temperature:
-            random.Random(options.seed).shuffle(words)
+    def decode(self, item: LoadedModel, request: Any) -> Iterator[Chunk]:
+        """One word per token through the core's token loop (`max_tokens`, stop strings, finish reason)."""
+        words = MODES[item.model](request.text.split())
+        if request.options.temperature:
+            random.Random(request.options.seed).shuffle(words)
         decoding = self.decoding(request, prompt_tokens=len(words), token_text=lambda i: words[i])
-        for i, word in enumerate(words[: decoding.max_tokens]):
-            if (chunk := decoding.feed(i, word if i == 0 else " " + word)) is not None:
-                yield chunk
-            if decoding.stopped:
-                return
-        yield decoding.finish("length" if len(words) > decoding.max_tokens else "stop")
+        detokenizer = Detokenizer(lambda ids: " ".join(words[i] for i in ids))
+        # token i is the i-th word; one past the last is the end-of-sequence token
+        return decoding.run(range(len(words) + 1), detokenizer, lambda i: i == len(words))

@@ -5,18 +5,20 @@ does the rest: it finds the files (a directory, or a cache entry held by a `Leas
 the model is loaded, downloaded first on a miss), loads them once per process under the
 provider's `key` in `provender.model_pool()` (LRU, ``memory.max_models``,
 ``memory.keep_alive``), hands the loaded model out with its lock held (`using`), checks
-that it is the right kind of model for the call, validates options, and unloads::
+that it is the right kind of model for the call, validates options, and unloads. A subclass
+writes its runtime's steps on the loaded model: `decode` (one generation's token loop),
+`encode` (embeddings), `score` (reranking), `tokenize`; the public calls (`generate`,
+`stream_chat`, `embed`, `rerank`, `count_tokens`...) check their input and call them::
 
     class MyProvider(PooledProvider):
         name = "mine"
+        kinds = frozenset({"embedding"})
 
         def load_files(self, path):
-            return LoadedModel(self.model, load_weights(path), kind="generation")
+            return LoadedModel(self.model, load_weights(path), kind="embedding")
 
-        def generate(self, prompt, **options):
-            self.check_options(options)
-            with self.using("generation") as item:
-                return item.model.complete(prompt, **options)
+        def encode(self, item, texts, options):
+            return item.model.vectors(texts)
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from provender.errors import InvalidOptionError, ModelNotFoundError, Unsupported
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import numpy
 
     from provender._cache import CacheEntry, CacheManager, Lease
     from provender._decoding import Decoding
@@ -78,6 +82,9 @@ class PooledProvider(Provider):
     rerank_options: ClassVar[tuple[str, ...]] = ("batch_size",)
     #: said when another kind of model is asked to rerank: which models do
     rerank_hint: ClassVar[str] = "reranking needs a reranker (a cross-encoder)"
+    #: the kinds of model this provider loads (``"generation"``, ``"embedding"``, ``"rerank"``):
+    #: `embed` and `rerank` refuse at once, before loading anything, where the kind is not here
+    kinds: ClassVar[frozenset[str]] = frozenset({"generation"})
 
     def __init__(self, model: str, *, cache: CacheManager | None = None, progress: bool = True, **given: Any) -> None:
         super().__init__(model)
@@ -327,6 +334,68 @@ class PooledProvider(Provider):
                 if request.tool_call and chunk.finish_reason == "tool_calls":
                     chunk = chunk.model_copy(update={"text": chunk.text + "</tool_call>"})
                 yield chunk
+
+    # -- embeddings, reranking, tokens ----------------------------------------------------
+
+    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
+        """Embeddings of `texts`, float32 (len(texts), dimension): the texts and `embed_options`
+        checked, then `encode` on the loaded embedding model."""
+        self._require_kind("embedding", "embed")
+        self.check_embed(texts, options)
+        with self.using("embedding") as item:
+            return self.encode(item, texts, options)
+
+    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
+        """The relevance of each document to `query`, in their order: the input and
+        `rerank_options` checked, then `score` on the loaded reranker."""
+        self._require_kind("rerank", "rerank")
+        self.check_rerank(query, documents, options)
+        with self.using("rerank") as item:
+            return self.score(item, query, documents, options)
+
+    def dimension(self) -> int:
+        """Length of this model's embeddings (loads the model): `embedding_size`."""
+        self._require_kind("embedding", "dimension")
+        with self.using("embedding") as item:
+            return self.embedding_size(item)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as the loaded model sees it: the length of `tokenize`."""
+        self.check_text(text)
+        with self.using() as item:
+            return len(self.tokenize(item, text))
+
+    def _require_kind(self, kind: str, capability: str) -> None:
+        if kind not in self.kinds:
+            raise UnsupportedError(self.name, capability)
+
+    # -- embeddings, reranking, tokens: what a subclass provides ---------------------------
+    # The defaults fit a loaded model shaped as provender's sentence-transformers wrappers are
+    # (``encode(texts, normalize=, batch_size=)``, ``dimension``, ``score(query, documents,
+    # batch_size=)``) and a Hugging Face tokenizer; override them for another runtime.
+
+    def encode(self, item: LoadedModel, texts: list[str], options: dict[str, Any]) -> numpy.ndarray:
+        """`texts` embedded by the loaded model (its lock held), float32 (len(texts), dimension)."""
+        vectors: numpy.ndarray = item.model.encode(
+            texts, normalize=options.get("normalize"), batch_size=options.get("batch_size") or 32
+        )
+        return vectors
+
+    def score(self, item: LoadedModel, query: str, documents: list[str], options: dict[str, Any]) -> list[float]:
+        """Each document's relevance to `query` by the loaded reranker (its lock held)."""
+        scores: list[float] = item.model.score(query, documents, batch_size=options.get("batch_size") or 32)
+        return scores
+
+    def embedding_size(self, item: LoadedModel) -> int:
+        """The loaded embedding model's dimension."""
+        return int(item.model.dimension)
+
+    def tokenize(self, item: LoadedModel, text: str) -> list[int]:
+        """`text`'s token ids by the loaded model's tokenizer (a Hugging Face one, or a `tokenizers.Tokenizer`)."""
+        if item.tokenizer is None:
+            raise UnsupportedError(self.name, "count_tokens", "the model has no tokenizer")
+        ids = item.tokenizer.encode(text)
+        return list(getattr(ids, "ids", ids))
 
     # -- checks ---------------------------------------------------------------------------
 

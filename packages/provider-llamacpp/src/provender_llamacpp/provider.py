@@ -72,6 +72,7 @@ class LlamaCppProvider(PooledProvider):
     embed_hint = "embeddings need an embedding GGUF"
     rerank_hint = "reranking needs a GGUF reranker (rank pooling: a converted *ForSequenceClassification)"
     rerank_options = ()
+    kinds = frozenset({"generation", "embedding", "rerank"})
 
     def __init__(
         self,
@@ -195,49 +196,35 @@ class LlamaCppProvider(PooledProvider):
 
     # -- embeddings, tokens ------------------------------------------------------------
 
-    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
-        """Embeddings of `texts`, float32 (len(texts), dimension), pooled as the GGUF says (mean, CLS, last).
-
-        Options: ``normalize`` (default False: the pooled vectors as they are; provender-embedding's
-        `Embedder` normalises), ``max_length`` (tokens per text, special tokens included). By default
-        a text is truncated where sentence-transformers truncates it, where that is known (the
-        ``max_seq_length`` of its sentence-transformers config: 256 for all-MiniLM-L6-v2), else at
-        the model's context; a longer text keeps its closing separator, as sentence-transformers does.
-        """
-        import numpy as np
-
+    def encode(self, item: LoadedModel, texts: list[str], options: dict[str, Any]) -> numpy.ndarray:
+        """Embeddings pooled as the GGUF says (mean, CLS, last). Options: ``normalize`` (default False:
+        the pooled vectors as they are; provender-embedding's `Embedder` normalises), ``max_length``
+        (tokens per text, special tokens included). By default a text is truncated where
+        sentence-transformers truncates it, where that is known (the ``max_seq_length`` of its
+        sentence-transformers config: 256 for all-MiniLM-L6-v2), else at the model's context; a longer
+        text keeps its closing separator, as sentence-transformers does."""
         from provender_llamacpp._embed import embed_texts
 
-        self.check_embed(texts, options)
-        with self.using("embedding") as item:
-            if not texts:
-                return np.zeros((0, int(item.model.n_embd())), dtype=np.float32)
-            limit = options.get("max_length") or item.tokenizer.max_seq_length or int(item.model.n_ctx())
-            vectors: numpy.ndarray = embed_texts(
-                item.model, texts, max_length=limit, normalize=bool(options.get("normalize", False))
-            )
+        limit = options.get("max_length") or item.tokenizer.max_seq_length or int(item.model.n_ctx())
+        vectors: numpy.ndarray = embed_texts(
+            item.model, texts, max_length=limit, normalize=bool(options.get("normalize", False))
+        )
         return vectors
 
-    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
-        """The relevance of each document to `query`, in their order: the sigmoid of llama.cpp's
-        rank-pooled logit for ``[CLS] query [SEP] document [SEP]`` (`provender_llamacpp._rerank`;
-        llama.cpp gives every token type 0). A pair longer than the context is cut, longest first."""
+    def score(self, item: LoadedModel, query: str, documents: list[str], options: dict[str, Any]) -> list[float]:
+        """The sigmoid of llama.cpp's rank-pooled logit for ``[CLS] query [SEP] document [SEP]``
+        (`provender_llamacpp._rerank`; llama.cpp gives every token type 0). A pair longer than the
+        context is cut, longest first."""
         from provender_llamacpp._rerank import rerank_scores
 
-        self.check_rerank(query, documents, options)
-        with self.using("rerank") as item:
-            return rerank_scores(item.model, query, documents)
+        return rerank_scores(item.model, query, documents)
 
-    def dimension(self) -> int:
-        """Length of this model's embeddings (loads the model)."""
-        with self.using("embedding") as item:
-            return int(item.model.n_embd())
+    def embedding_size(self, item: LoadedModel) -> int:
+        return int(item.model.n_embd())
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens in `text` as this model's tokenizer splits it (special tokens parsed, no BOS added)."""
-        self.check_text(text)
-        with self.using() as item:
-            return len(item.model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+    def tokenize(self, item: LoadedModel, text: str) -> list[int]:
+        """As this model's tokenizer splits `text`: special tokens parsed, no BOS added."""
+        return list(item.model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
 
 def _text(llm: Any, tokens: list[int], prev: list[int] | None = None) -> str:

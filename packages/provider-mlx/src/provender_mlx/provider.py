@@ -12,8 +12,6 @@ from provender._pooled import POOLED_OPTIONS, LoadedModels
 from provender_mlx._detect import encoder_evidence, looks_loadable, mlx_evidence
 
 if TYPE_CHECKING:
-    import numpy
-
     from provender import CacheManager
     from provender._pooled import Request
     from provender.generation import Chunk, GenerationOptions
@@ -79,12 +77,15 @@ class MLXProvider(PooledProvider):
     same tokens as ``mlx_lm.generate``), ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``,
     ``system_prompt`` (applies the model's chat template with that system message), and the
     typed contract's ``constraint`` (or ``schema=``...), ``tool_choice``, ``logprobs``,
-    ``top_logprobs``: the constraint masks the logits in an mlx-lm logits processor.
+    ``top_logprobs``: the constraint masks the logits in an mlx-lm logits processor. Embedding
+    options: ``normalize`` (default: as the model's modules.json says), ``batch_size`` (32); a text
+    longer than the model's max_seq_length is truncated, as sentence-transformers does.
     """
 
     name = "mlx"
     supported_options = POOLED_OPTIONS | {"top_k", "min_p"}
     supports_batching = True
+    kinds = frozenset({"generation", "embedding"})
     embed_hint = "embeddings need a BERT-family sentence-transformers model"
     _model_cache: ClassVar[LoadedModels] = LoadedModels("mlx")
 
@@ -191,34 +192,6 @@ class MLXProvider(PooledProvider):
         require_mlx(lm=True)
         with self.using("generation") as item:
             return MLXBatchSession(self, item)
-
-    # -- embeddings, tokens -------------------------------------------------------------
-
-    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
-        """Sentence embeddings, float32 (len(texts), dimension), for BERT-family sentence-transformers models.
-
-        Options: ``normalize`` (default: as the model's modules.json says), ``batch_size`` (32).
-        Texts longer than the model's max_seq_length are truncated, as sentence-transformers does.
-        """
-        self.check_embed(texts, options)
-        with self.using("embedding") as item:
-            vectors: numpy.ndarray = item.model.encode(
-                texts, normalize=options.get("normalize"), batch_size=options.get("batch_size") or 32
-            )
-        return vectors
-
-    def dimension(self) -> int:
-        """Length of this model's embeddings (loads the model)."""
-        with self.using("embedding") as item:
-            return int(item.model.dimension)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens in `text` as this model sees it (a generation prompt: with the BOS token
-        its tokenizer adds; an embedding model: with its special tokens, before truncation)."""
-        self.check_text(text)
-        with self.using() as item:
-            ids = item.tokenizer.encode(text)
-            return len(ids.ids if item.kind == "embedding" else ids)
 
     # -- the seed's static API -----------------------------------------------------------
 

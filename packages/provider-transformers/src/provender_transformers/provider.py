@@ -12,8 +12,6 @@ from provender._pooled import POOLED_OPTIONS
 from provender_transformers._detect import load_problem, model_kind
 
 if TYPE_CHECKING:
-    import numpy
-
     from provender import CacheManager
     from provender._pooled import Request
     from provender.generation import Chunk
@@ -65,6 +63,7 @@ class TransformersProvider(PooledProvider):
     name: ClassVar[str] = PROVIDER
     rerank_hint = "reranking needs a cross-encoder (*ForSequenceClassification with one label)"
     supported_options = POOLED_OPTIONS | {"top_k", "min_p"}
+    kinds = frozenset({"generation", "embedding", "rerank"})
 
     def __init__(
         self,
@@ -141,44 +140,6 @@ class TransformersProvider(PooledProvider):
         from provender_transformers._prompt import codec
 
         return codec(item)
-
-    # -- embeddings ----------------------------------------------------------------------
-
-    def embed(self, texts: list[str], **options: Any) -> numpy.ndarray:
-        """Sentence embeddings, float32 (len(texts), dimension).
-
-        A sentence-transformers model embeds as ``SentenceTransformer.encode`` does (its pooling,
-        normalisation and truncation); another encoder by mean pooling. Options: ``normalize``
-        (default: as the model says; mean pooling: no), ``batch_size`` (32).
-        """
-        self.check_embed(texts, options)
-        with self.using("embedding") as item:
-            vectors: numpy.ndarray = item.model.encode(
-                texts, normalize=options.get("normalize"), batch_size=options.get("batch_size") or 32
-            )
-        return vectors
-
-    # -- reranking ------------------------------------------------------------------------
-
-    def rerank(self, query: str, documents: list[str], **options: Any) -> list[float]:
-        """The relevance of each document to `query`, in their order: ``CrossEncoder.predict`` on
-        (query, document) pairs with the model's default activation (a sigmoid for one label),
-        so 0..1. Options: ``batch_size`` (32)."""
-        self.check_rerank(query, documents, options)
-        with self.using("rerank") as item:
-            scores: list[float] = item.model.score(query, documents, batch_size=options.get("batch_size") or 32)
-        return scores
-
-    def dimension(self) -> int:
-        """Length of this model's embeddings (loads the model)."""
-        with self.using("embedding") as item:
-            return int(item.model.dimension)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens in `text` as the model sees it (with the special tokens its tokenizer adds)."""
-        self.check_text(text)
-        with self.using() as item:
-            return len(item.tokenizer(text)["input_ids"])
 
 
 def _free(device: str) -> None:

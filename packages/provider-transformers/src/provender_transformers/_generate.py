@@ -61,7 +61,7 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
     detokenizer = Detokenizer(lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
     eos = model.generation_config.eos_token_id
     eos_ids = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None}
-    ids = [int(t) for t in inputs["input_ids"][0]]
+    ids: list[int] = inputs["input_ids"][0].tolist()
     fed = list(ids)  # what the state holds once the generation has run: the prompt, then the reply
     prompts = item.prompt_cache
     state: Any = None

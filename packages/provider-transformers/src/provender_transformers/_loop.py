@@ -8,8 +8,9 @@ the model's forward over a `DynamicCache` (the prompt, or the part of it the cac
 then one token at a time), the last position's logits in float32, transformers' own logits
 processors in ``model.generate``'s order (repetition penalty, the request's hook, then
 temperature, top-k, top-p and min-p when sampling), and ``argmax`` or ``multinomial`` of the
-softmax. Greedy output is therefore ``model.generate``'s token for token, and a seeded sample
-is too (the same random draws).
+softmax (greedy with no processor: the ``argmax`` of the logits as the model gives them, which
+picks the same token without the copy). Greedy output is therefore ``model.generate``'s token
+for token, and a seeded sample is too (the same random draws).
 
 `plan` says whether a model and its generation config are ones this loop reproduces exactly
 (a model with its own ``prepare_inputs_for_generation``, or a generation config asking for
@@ -138,13 +139,17 @@ def tokens(model: Any, prompt: Any, state: Any, how: Plan, max_tokens: int) -> G
     for length in range(n, n + max_tokens):
         with torch.inference_mode():
             out = model(input_ids=step, attention_mask=mask[:, :length], **extra)
-            scores = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            if how.sample or how.processors:
+                scores = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+                if how.processors:
+                    scores = how.processors(history[:, :length], scores)
+                if how.sample:
+                    chosen = torch.multinomial(torch.nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                else:
+                    chosen = torch.argmax(scores, dim=-1)
+            else:  # greedy, nothing to process: float32 holds every half-precision logit exactly, same argmax
+                chosen = torch.argmax(out.logits[:, -1], dim=-1)
             del out
-            scores = how.processors(history[:, :length], scores)
-            if how.sample:
-                chosen = torch.multinomial(torch.nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-            else:
-                chosen = torch.argmax(scores, dim=-1)
             history[:, length] = chosen
             step = history[:, length : length + 1]
-        yield int(chosen[0])
+        yield int(chosen.item())

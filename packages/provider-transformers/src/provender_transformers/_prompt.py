@@ -1,11 +1,12 @@
 """transformers' prompt caches: `provender._prompt_cache.PromptCache` over transformers' `DynamicCache`.
 
-A state is the `DynamicCache` a ``model.generate`` call filled (``past_key_values``). One whose
-layers are all plain dynamic layers is trimmed with ``crop`` (on a copy that shares its tensors,
-`copy_state`); a sliding-window layer
-(``DynamicSlidingWindowLayer``, built for a config with ``sliding_window``), a static or any
-other cache cannot be cut back, so it is reused only whole. `decode_tokens` keeps the state a
-generation leaves under the ids it holds: the prompt and the reply's tokens that were fed back.
+A state is the `DynamicCache` a generation ran over: the caller's-thread loop's
+(`provender_transformers._loop`), or ``model.generate``'s on a worker thread (passed as its cache).
+One whose layers are all plain dynamic layers is trimmed with ``crop`` (on a copy that shares its
+tensors, `copy_state`); a sliding-window layer (``DynamicSlidingWindowLayer``, built for a config
+with ``sliding_window``), a static or any other cache cannot be cut back, so it is reused only
+whole. `decode_tokens` keeps the state a generation leaves under the ids it holds: the prompt and
+the reply's tokens that were fed back.
 
 On disk (`provender._prompt_disk`), a state is its per-layer key and value tensors in one
 safetensors file (``kv.safetensors``: ``<layer>.keys``, ``<layer>.values``), read back into a

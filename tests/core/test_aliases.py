@@ -136,6 +136,7 @@ def test_the_cli(cache_dir: Path, make_files) -> None:  # type: ignore[no-untype
         assert said.returncode == 0 and said.stdout.strip() == "TAGGED", (name, said.stderr)
     said = provender(cache_dir, "generate", "--no-server", "-m", "nosuch:v2", "x")  # neither a provider nor cached
     assert said.returncode == 2 and "no provider named 'nosuch'" in said.stderr and "Traceback" not in said.stderr
+    assert "nor is 'nosuch:v2' a cached model's name" in said.stderr  # both readings of the colon are told
     said = provender(cache_dir, "generate", "--no-server", "-m", "shout:v3", "x")  # a tag (repo:QUANT) shout lacks
     assert said.returncode == 1 and "'shout:v3' not found" in said.stderr and said.stderr.count("Error") == 1
     assert provender(cache_dir, "cache", "rm", "-y", "shout:v2").returncode == 0

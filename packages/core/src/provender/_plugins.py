@@ -260,9 +260,10 @@ class PluginHost:
         result: Any = self.pm._hookexec(hook, [impl, *wrappers], kwargs, firstresult)
         return result if firstresult else (result[0] if result else None)
 
-    def unknown_provider(self, name: str) -> UnknownProviderError:
+    def unknown_provider(self, name: str, model: str | None = None) -> UnknownProviderError:
         """The error for a provider name nobody registered, saying why when a plugin that
-        could bring it is disabled (by which setting, from where) or failed to load."""
+        could bring it is disabled (by which setting, from where) or failed to load; with
+        `model`, the whole name it came from, that no cached model has that name either."""
         available = list(self.providers())
         off = [p for p in self.plugins.values() if p.status == "disabled"]
         failed = [p for p in self.plugins.values() if p.status == "failed"]
@@ -283,6 +284,8 @@ class PluginHost:
                 detail = f"disabled plugins: {names} (setting plugins.disabled, from {source})"
         elif failed:
             detail = f"plugin(s) {', '.join(repr(p.name) for p in failed)} failed to load (see `provender plugins`)"
+        if model is not None:
+            detail = "; ".join(filter(None, [f"nor is {model!r} a cached model's name", detail]))
         return UnknownProviderError(name, available, detail)
 
     def providers(self) -> dict[str, ProviderSpec]:

@@ -50,7 +50,7 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
         # an Ollama name:tag (``:latest`` dropped) or a GGUF repo:QUANT, when the cache has it
         found = _tagged_entry(model, cache)
         if found is None:
-            raise manager.unknown_provider(provider_name)
+            raise manager.unknown_provider(provider_name, model)
         provider_name, (model_name, entry) = None, found
     if provider_name is None:
         if entry is None and model_name.endswith(":latest"):  # org/m:latest is org/m, as on Ollama

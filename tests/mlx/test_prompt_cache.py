@@ -274,3 +274,44 @@ def test_batched_decoding_reuses_the_prompt_cache_with_the_same_output(
         assert [[lp for _, lp, _ in turn] for turn in a] == [pytest.approx([lp for _, lp, _ in t], abs=1e-3) for t in b]
     assert none == [0, 0, 0]
     assert cached[1] > 100 and cached[2] > cached[1]  # both conversations' earlier turns, each turn
+
+
+def test_a_first_visit_prefills_its_system_prompt_as_a_step_of_its_own(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provender_mlx._prompt import segments
+    from provender_mlx.provider import encode
+
+    system = {"role": "system", "content": "You are a terse assistant. " + user_turn(3)}
+    a = [system, {"role": "user", "content": user_turn(1)}]
+    b = [system, {"role": "user", "content": user_turn(2)}]
+    p = provider(model_dir, monkeypatch)
+    with p.using("generation") as item:
+        tokenizer = item.tokenizer
+        ids_a, ids_b = (encode(tokenizer, p.template(item, m)) for m in (a, b))
+    steps = segments(tokenizer, a, None, ids_a, 0)
+    assert len(steps) == 2 and steps[0] + steps[1] == ids_a
+    end = len(steps[0])
+    assert ids_b[:end] == ids_a[:end] and ids_b[end] != ids_a[end]  # the system turn, up to the user's words
+    assert tokenizer.decode(ids_a[:end]).endswith("<|im_start|>user\n")
+    assert segments(tokenizer, a, None, ids_a, 5) == [ids_a[5:end], ids_a[end:]]  # a shared head reused
+    assert segments(tokenizer, a, None, ids_a, end) == [ids_a[end:]]  # the system prompt reused: one step
+    assert segments(tokenizer, a[1:], None, ids_a, 0) == [ids_a]  # no system prompt
+    assert segments(tokenizer, [*a, {"role": "assistant", "content": "so"}], None, ids_a, 0) == [ids_a]
+
+
+def test_a_batched_first_visit_in_two_steps_says_what_decode_says(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = provider(model_dir, monkeypatch, 0)  # no cache: every turn is a first visit, in two steps
+    messages = [{"role": "system", "content": "Be brief. " + user_turn(4)}, {"role": "user", "content": user_turn(6)}]
+    alone = [t.token_id for t in p.complete(messages=messages, max_tokens=12, logprobs=True).logprobs]
+    session = p.batch_session()
+    try:
+        uid = session.insert(messages=messages, max_tokens=12, logprobs=True)
+        batched: list[int] = []
+        while len(session):
+            batched += [x.token_id for u, chunk in session.step_chunks() if u == uid for x in chunk.logprobs or []]
+    finally:
+        session.close()
+    assert alone and batched == alone

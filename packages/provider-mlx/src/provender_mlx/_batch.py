@@ -88,9 +88,16 @@ class MLXBatchSession(BatchSession):
         )
         prompts = self._prompts if self._prompts is not None and self._prompts.enabled else None
         state, reused = prompts.fetch(tokens) if prompts is not None else (None, 0)
+        steps = [tokens[reused:]]
+        if messages is not None:  # a first visit's system prompt is a prefill step of its own, as in mlx_lm.server
+            from provender_mlx._prompt import segments
+
+            conversation = self._provider.conversation(messages, tools, request.options.system_prompt)
+            shown = tools if request.options.tool_choice != "none" else None
+            steps = segments(self._tokenizer, conversation, shown, tokens, reused)
         with self._item.lock:
-            (uid,) = self._generator.insert(
-                [tokens[reused:]],
+            (uid,) = self._generator.insert_segments(
+                [steps],
                 caches=[state] if state is not None else None,
                 all_tokens=[tokens[:reused]],
                 max_tokens=[decoding.max_tokens],

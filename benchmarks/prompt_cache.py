@@ -300,6 +300,11 @@ def vs_mlx_lm(model: Path, turns: int, repeat: int) -> dict[str, Any]:
     out: dict[str, Any] = {k.replace(" ", "_").replace(".", "_"): summary(runs[k]) for k in kinds}
     ours, theirs = out["provender_serve"]["median_s_by_turn"], out["mlx_lm_server"]["median_s_by_turn"]
     out["turn_last_over_mlx_lm"] = round(ours[-1] / theirs[-1], 2)
+    out["over_mlx_lm_by_turn"] = [round(a / b, 3) for a, b in zip(ours, theirs, strict=True)]
+    # each repeat's two servers ran back to back: their ratio at the last turn, less exposed to the machine's drift
+    paired = [a[-1] / b[-1] for a, b in zip(runs["provender serve"], runs["mlx_lm.server"], strict=True)]
+    out["turn_last_paired"] = [round(x, 3) for x in paired]
+    out["turn_last_paired_median"] = round(statistics.median(paired), 3)
     out["same_replies"] = replies["provender serve"] == replies["mlx_lm.server"]
     out["load"] = loads
     return out
@@ -562,7 +567,8 @@ def main() -> None:
                 print(f"{key} {name:16} turns {REPORTED}: {picked}  last/first {value['last_over_first']}")
             elif isinstance(value, dict) and "median_total_s" in value:
                 print(f"{key} {name:10} total {value['median_total_s']} s, per step {value['median_step_s']}")
-        for extra in ("turn_last_over_mlx_lm", "same_replies", "total_speedup", "load"):
+        extras = ("turn_last_over_mlx_lm", "over_mlx_lm_by_turn", "turn_last_paired_median", "same_replies")
+        for extra in (*extras, "total_speedup", "load"):
             if extra in section:
                 print(f"{extra}: {section[extra]}")
         return

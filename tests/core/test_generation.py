@@ -146,6 +146,69 @@ def test_detokenizer_holds_back_an_incomplete_character() -> None:
     assert [detok.add(b) for b in data] == ["", "é", "!"]
 
 
+def _tokenizers() -> dict[str, Any]:
+    """Real `tokenizers` of three families, trained on the spot: byte-level BPE (GPT-2's),
+    SentencePiece-style Metaspace (a leading space dropped at the start of a decode), WordPiece
+    (``##`` continuations, spaces cleaned up around punctuation)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    from provender.testing import CORPUS, train_bpe
+
+    metaspace = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    metaspace.pre_tokenizer, metaspace.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    metaspace.train_from_iterator(
+        CORPUS.splitlines(), trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>"], show_progress=False)
+    )
+    wordpiece = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer()
+    wordpiece.pre_tokenizer, wordpiece.decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
+    wordpiece.train_from_iterator(
+        CORPUS.splitlines(),
+        trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]", "[SEP]"], show_progress=False),
+    )
+    return {"byte-level": train_bpe(), "metaspace": metaspace, "wordpiece": wordpiece}
+
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog, doesn't it ? Yes .",
+    "naïve café: 東京 🎉 — done!",
+    "  two  spaces and\nnew lines\n\n",
+]
+
+
+@pytest.mark.parametrize("family", ["byte-level", "metaspace", "wordpiece"])
+def test_detokenizer_pieces_join_to_one_decode_of_all_ids(family: str) -> None:
+    tokenizer = _tokenizers()[family]
+    special = tokenizer.token_to_id("<|im_end|>") or tokenizer.token_to_id("<s>") or tokenizer.token_to_id("[SEP]")
+    for text in TEXTS:
+        ids = tokenizer.encode(text).ids
+        ids = [*ids[:5], special, *ids[5:]]  # a special token mid-reply, skipped in the text
+        whole = tokenizer.decode(ids, skip_special_tokens=True)
+        detok = Detokenizer(lambda window: str(tokenizer.decode(window, skip_special_tokens=True)))
+        pieces = [detok.add(i) for i in ids]
+        assert "".join(pieces) + detok.flush() == whole, (family, text)
+        assert "\ufffd" not in "".join(pieces)
+
+
+def test_detokenizer_decodes_a_window_not_the_whole_reply() -> None:
+    """A 3,000-token reply: every step decodes the last piece's ids and the new ones, so the ids
+    decoded in all grow with the reply's length, not with its square (which was 4.5 million)."""
+    tokenizer = _tokenizers()["byte-level"]
+    ids = tokenizer.encode(" ".join(TEXTS) * 60).ids[:3000]
+    decoded = 0
+
+    def decode(window: list[int]) -> str:
+        nonlocal decoded
+        decoded += len(window)
+        return str(tokenizer.decode(window))
+
+    detok = Detokenizer(decode)
+    text = "".join(detok.add(i) for i in ids) + detok.flush()
+    assert len(ids) == 3000 and text == tokenizer.decode(ids)
+    assert decoded < 10 * len(ids), decoded
+
+
 class Legacy(Provider):
     """A provider written before the typed contract: text methods only."""
 

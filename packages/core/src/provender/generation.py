@@ -380,14 +380,21 @@ def tool_call_constraint(tools: list[dict[str, Any]], tool_choice: Any = "requir
 
 
 class Detokenizer:
-    """Text of a growing list of token ids, piece by piece, from a whole-list `decode` (for a
-    provider's token loop): a piece is held back while the text ends in an incomplete character
-    (U+FFFD)."""
+    """Text of a growing list of token ids, piece by piece, from a `decode` of a list of ids (for a
+    provider's token loop).
+
+    Each step decodes a window, not the whole list: the ids of the last piece sent (whose text
+    anchors the new piece) and those after them, so a reply costs time linear in its length. The
+    anchor keeps the pieces equal to one decode of all the ids where a tokenizer renders a token
+    by its neighbours (a leading space dropped at the start of a decode, WordPiece's ``##``, spaces
+    cleaned up around punctuation). A piece is held back while the text ends in an incomplete
+    character (U+FFFD), or adds nothing yet (a special token skipped, bytes of a character dropped)."""
 
     def __init__(self, decode: Callable[[list[int]], str]) -> None:
         self.decode = decode
         self.ids: list[int] = []
-        self.sent = ""
+        self._start = 0  # the window: ids[_start:]; those before it are sent
+        self._anchor = 0  # ids[_start:_anchor] are sent too: their text is the window's known head
 
     def add(self, token: int) -> str:
         """Add a token; the new text it completes (may be empty)."""
@@ -399,11 +406,12 @@ class Detokenizer:
         return self._piece(final=True)
 
     def _piece(self, *, final: bool) -> str:
-        text = self.decode(self.ids)
-        if not text.startswith(self.sent) or (not final and text.endswith("\ufffd")):
+        head = self.decode(self.ids[self._start : self._anchor]) if self._anchor > self._start else ""
+        text = self.decode(self.ids[self._start :])
+        if len(text) <= len(head) or not text.startswith(head) or (not final and text.endswith("\ufffd")):
             return ""
-        piece, self.sent = text[len(self.sent) :], text
-        return piece
+        self._start, self._anchor = self._anchor, len(self.ids)
+        return text[len(head) :]
 
 
 # -- a Hugging Face tokenizer's token bytes --------------------------------------------------------

@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +39,14 @@ from provender_embedding._items import (
     top_k,
     unit_vector,
 )
+from provender_embedding._search import State as _State
+from provender_embedding._search import search_as_seen
 from provender_embedding._store import MatrixFile, MatrixView, connect, matrix_path, rewrite, select_in, vectors_dir
 from provender_embedding.errors import CollectionError, CollectionNotFoundError
 
 __all__ = ["AddResult", "Collection", "Hit", "content_hash", "content_id", "default_db_path"]
 
 PRECOMPUTED_CHUNK = 8192  # items given with their vectors: written this many per transaction
-
-
-@dataclass(frozen=True)
-class _State:
-    store: str
-    generation: int
-    slots: int
-    dead: int
-    dimension: int | None
 
 
 def default_db_path() -> Path:
@@ -108,6 +100,7 @@ class Collection:
         self._embedder = embedder
         self._view = MatrixView()
         self._ann: Any = None
+        self._seen: tuple[_State, np.ndarray] | None = None  # the last search's state and rows (`_search`)
 
     @property
     def embedder(self) -> Embedder:
@@ -221,6 +214,7 @@ class Collection:
             state = self._state()
             con.execute("DELETE FROM items WHERE collection=?", (self.name,))
             con.execute("DELETE FROM collections WHERE name=?", (self.name,))
+        self._seen = None
         self._view.release()
         self._ann = None
         for path in vectors_dir(self.db_path).glob(f"{state.store}.*"):
@@ -236,6 +230,7 @@ class Collection:
         with self._transaction() as con:
             state = self._state()
             rewrite(con, self.db_path, self.name, state.store, state.generation, self._matrix(state))
+        self._seen = None
         self._view.release()
         for path in vectors_dir(self.db_path).glob(f"{state.store}.{state.generation}.*"):
             path.unlink(missing_ok=True)
@@ -293,16 +288,22 @@ class Collection:
         where: Where | None = None,
         approximate: bool = False,
     ) -> list[Hit]:
+        check_n(n)
+        if self._seen is not None and where is None and not approximate and not self._con.in_transaction:
+            hits = search_as_seen(self._con, self.name, *self._seen, vector, n)  # one statement, no transaction
+            if hits is not None:
+                return hits
         with self._snapshot():  # the state, the mapped rows and the items they hold: one view of the database
             return self._similar_by_vector(vector, n, where, approximate)
 
     def _similar_by_vector(
         self, vector: Sequence[float] | np.ndarray, n: int, where: Where | None, approximate: bool
     ) -> list[Hit]:
-        check_n(n)
         clause, params = where_sql(where)
+        self._seen = None  # no reference to the old mapping while it is replaced
         state = self._state()
         matrix = self._matrix(state)
+        self._seen = (state, matrix)
         if matrix.shape[0] == 0:
             return []
         query = unit_vector(vector, "the query")
@@ -473,6 +474,7 @@ class Collection:
         return any(c["name"] == name for c in Collection.list(db_path))
 
     def close(self) -> None:
+        self._seen = None
         self._view.release()
         self._ann = None
         self._con.close()

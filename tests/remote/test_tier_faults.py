@@ -74,8 +74,11 @@ class SlowProxy:
             conn.close()
 
 
+# Ctrl-C as in a terminal: a runner started in the background (`cmd &` without job control) ignores
+# SIGINT, and a child inherits that, so the child asks for Python's own handler back
 CODE = r"""
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from provender import CacheManager
 cm = CacheManager()
 print("STARTED", flush=True)

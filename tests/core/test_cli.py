@@ -194,7 +194,10 @@ def test_a_shell_pipeline_cut_short_is_quiet(env: dict[str, str], tmp_path: Path
     (tmp_path / "prompt.txt").write_text("word " * 50_000)
     script = (
         f"{prog} config | head -1; echo status=$?; "
-        f"set -o pipefail; {prog} generate -m echo:plain --stream < {tmp_path / 'prompt.txt'} | head -c 20; "
+        # 250 KB, past the pipe's 64 KB buffer (the default 256 tokens would fit in it, and the
+        # writer could finish before `head` exits: status 0, as a loaded CI machine once showed)
+        f"set -o pipefail; {prog} generate -m echo:plain --stream --max-tokens 100000 "
+        f"< {tmp_path / 'prompt.txt'} | head -c 20; "
         "s=$?; echo; echo status=$s"
     )
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={**os.environ, **env}, timeout=60)

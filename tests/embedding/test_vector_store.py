@@ -295,3 +295,25 @@ def test_approximate_index_recall_and_updates(tmp_path: Path) -> None:
     assert sorted(p.name for p in vectors_dir(db).glob("*.usearch"))[0].endswith(".6001.usearch")
     # with a filter, the search is exact over the matching items
     assert coll.similar_by_vector(queries[0], 3, where={"nothing": 1}, approximate=True) == []
+
+
+def test_ids_of_the_wrong_type_are_refused_and_nothing_is_deleted(tmp_path: Path) -> None:
+    coll = Collection("c", "mlx:unused", db_path=tmp_path / "e.db")
+    ids = ["a", "b", "c", "abc"]
+    coll.add_many([{"id": i, "embedding": [1.0, float(n)]} for n, i in enumerate(ids)])
+    # a string where a list belongs would otherwise delete "a", "b" and "c", one per character
+    refused = r"expected a list of ids, got the string 'abc' \(for one id, use delete\)"
+    with pytest.raises(CollectionError, match=refused):
+        coll.delete_many("abc")
+    with pytest.raises(CollectionError, match=r"an id must be a non-empty string, got \['a'\]"):
+        coll.delete(["a"])  # type: ignore[arg-type]
+    with pytest.raises(CollectionError, match="got 3"):
+        coll.delete_many(["a", 3])  # type: ignore[list-item]
+    with pytest.raises(CollectionError, match="expected a list of ids, got int"):
+        coll.delete_many(7)  # type: ignore[arg-type]
+    with pytest.raises(CollectionError, match="got ''"):
+        coll.get("")
+    with pytest.raises(CollectionError, match=r"got \['a'\]"):
+        coll.similar_by_id(["a"])  # type: ignore[arg-type]
+    assert coll.count() == 4 and sorted(h.id for h in coll.similar_by_vector([1.0, 1.0], 4)) == sorted(ids)
+    assert coll.delete_many(("a", "a", "b")) == 2 and coll.delete("abc") and coll.count() == 1

@@ -31,6 +31,8 @@ from provender_embedding._items import (
     Item,
     best_hits,
     check_embeddings,
+    check_id,
+    check_ids,
     check_n,
     check_vector_dimensions,
     content_hash,
@@ -195,11 +197,11 @@ class Collection:
 
     def delete(self, id: str) -> bool:
         """Delete one item; False if there was none with this id."""
-        return self.delete_many([id]) == 1
+        return self.delete_many([check_id(id)]) == 1
 
     def delete_many(self, ids: Iterable[str]) -> int:
         """Delete these items (one transaction); the number that existed."""
-        ids = list(dict.fromkeys(ids))
+        ids = check_ids(ids)
         with self._transaction() as con:
             state = self._state()
             slots = self._slots_of(ids)
@@ -246,6 +248,8 @@ class Collection:
         return self._state().dimension
 
     def get(self, id: str) -> dict[str, Any] | None:
+        """The item's id, content, metadata and embedding; None if there is none with this id."""
+        check_id(id)
         with self._snapshot():
             return self._get(id)
 

@@ -217,6 +217,24 @@ def parse_metadata(texts: list[str | None]) -> list[Any]:
     return [json.loads(t) if t else None for t in texts]
 
 
+def check_id(id: object) -> str:
+    """`id` if it is an item's id (a non-empty string), else a `CollectionError` naming it."""
+    if not isinstance(id, str) or not id:
+        raise CollectionError(f"an id must be a non-empty string, got {id!r:.60}")
+    return id
+
+
+def check_ids(ids: object) -> list[str]:
+    """The ids of `delete_many`, in order, once each; a string alone is refused, not split into characters."""
+    if isinstance(ids, str | bytes):
+        raise CollectionError(f"expected a list of ids, got the string {ids!r:.60} (for one id, use delete)")
+    try:
+        given = list(ids)  # type: ignore[call-overload]
+    except TypeError:
+        raise CollectionError(f"expected a list of ids, got {type(ids).__name__}") from None
+    return list(dict.fromkeys(check_id(i) for i in given))
+
+
 def check_n(n: object) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise CollectionError(f"n must be an integer >= 1, not {n!r}")

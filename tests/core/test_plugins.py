@@ -76,6 +76,22 @@ def test_claim_by_content(cache_dir: Path, make_files, monkeypatch: pytest.Monke
     assert out.returncode == 1 and "no installed provider can serve it" in out.stderr
 
 
+def test_an_import_no_provider_can_serve_says_so(cache_dir: Path, make_files, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PROVENDER_CACHE__DIR", str(cache_dir))
+    package = make_files("pkg", {"__init__.py": b"", "model/config.json": b"{}", "model/w.bin": 64})
+    out = run_cli("cache", "import", str(package), "--name", "me/pkg")
+    assert out.returncode == 0 and out.stdout.startswith("imported me/pkg")  # it is in: a note, not a failure
+    assert "note: no installed provider can serve it" in out.stderr
+    assert "its model files are in 'model': import that folder instead" in out.stderr
+    out = run_cli("generate", "-m", "me/pkg", "x")
+    assert out.returncode == 1 and "though the cache holds it (local entry" in out.stderr
+    shouty = make_files("e", {"echo.json": b'{"provider": "echo", "mode": "upper"}'})
+    out = run_cli("cache", "import", str(shouty), "--name", "me/shouty", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["providers"] == ["echo"] and "note:" not in out.stderr
+    out = run_cli("cache", "import", str(package / "model"), "--name", "me/model")
+    assert out.returncode == 0 and "import that folder" not in out.stderr  # unservable, but nothing nested
+
+
 def test_in_process_plugin_and_model_names() -> None:
     class Shout(Provider):
         name = "shout"

@@ -65,7 +65,9 @@ def resolve_provider(model: str, cache: CacheManager | None = None) -> Provider:
         claims = prefer_order([c for c in manager.claim(entry) if c in providers])
         if not claims:
             raise ModelNotFoundError(
-                model_name, f"no installed provider can serve it (providers: {', '.join(sorted(providers)) or 'none'})"
+                model_name,
+                f"no installed provider can serve it (providers: {', '.join(sorted(providers)) or 'none'}), "
+                f"though the cache holds it ({entry.kind} entry {entry.key[:12]}: `provender cache ls`)",
             )
         provider_name = claims[0]
     spec = providers.get(provider_name)

@@ -39,6 +39,25 @@ def _claims(entries: list[CacheEntry]) -> dict[str, list[str]]:
     return {e.key: prefer_order(manager.claim(e), prefer) for e in entries}  # the first serves
 
 
+#: Files whose presence marks a folder as a model's (a transformers/MLX config, weights, a GGUF).
+_MODEL_FILES = ("config.json", "*.safetensors", "*.gguf", "pytorch_model.bin")
+
+
+def _unservable(entry: CacheEntry) -> str:
+    """Why no installed provider claims `entry`, and where its model files are if they sit one
+    folder down (a package's ``model/``, a repo's ``snapshot/``)."""
+
+    def holds_model(folder: Path) -> bool:
+        return any(next(folder.glob(pattern), None) for pattern in _MODEL_FILES)
+
+    nested: list[str] = []
+    root = entry.model_path
+    if root.is_dir() and not holds_model(root):
+        nested = sorted(d.name for d in root.iterdir() if d.is_dir() and holds_model(d))
+    where = f"; its model files are in {nested[0]!r}: import that folder instead" if nested else ""
+    return f"no installed provider can serve it (`provender plugins` lists them){where}"
+
+
 def _confirm(question: str, yes: bool) -> None:
     if yes:
         return
@@ -409,10 +428,13 @@ def import_(
     from provender._cache._eviction import only_copy
 
     kept = only_copy(entry)
+    providers = _claims([entry]).get(entry.key, [])
     if as_json:
-        echo_json({**entry.to_dict(), "only_copy": kept is not None})
+        echo_json({**entry.to_dict(providers=providers), "only_copy": kept is not None})
     else:
         click.echo(f"imported {entry.name} ({format_size(entry.size)}) as {entry.key[:12]}")
+        if not providers:
+            click.echo(f"note: {_unservable(entry)}", err=True)
         if kept is not None and not entry.pinned:
             click.echo(
                 f"{kept[0].upper()}{kept[1:]}: it is never evicted to make room "

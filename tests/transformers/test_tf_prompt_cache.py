@@ -231,21 +231,23 @@ def test_a_trimmed_copy_shares_the_tensors_and_never_changes_the_stored_state(ti
     """`copy_state` copies no tensor: the copy is cut and extended, the stored state keeps its values."""
     import torch
 
+    from provender_transformers._loop import forward_names
     from provender_transformers._prompt import copy_state, new_state, trim
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    cache = (forward_names(model) or ("past_key_values",))[0]  # transformers 5.2x: cache
     ids = torch.arange(3, 43)[None]
     with torch.inference_mode():
         stored = new_state(model)
-        model(input_ids=ids[:, :30], past_key_values=stored, use_cache=True)
+        model(input_ids=ids[:, :30], **{cache: stored}, use_cache=True)
         before = [(layer.keys.clone(), layer.values.clone()) for layer in stored.layers]
         branch = trim(copy_state(stored), 10)
         assert branch.layers[0].keys.data_ptr() == stored.layers[0].keys.data_ptr()  # shared, not copied
         assert branch.get_seq_length() == 20 and stored.get_seq_length() == 30
-        out = model(input_ids=ids[:, 20:40], past_key_values=branch, use_cache=True).logits
+        out = model(input_ids=ids[:, 20:40], **{cache: branch}, use_cache=True).logits
         fresh = new_state(model)
-        whole = model(input_ids=ids[:, :40], past_key_values=fresh, use_cache=True).logits
+        whole = model(input_ids=ids[:, :40], **{cache: fresh}, use_cache=True).logits
     assert torch.allclose(out, whole[:, 20:], atol=1e-4)  # the trimmed copy holds exactly 20 tokens
     assert branch.get_seq_length() == 40 and stored.get_seq_length() == 30
     for (k, v), layer in zip(before, stored.layers, strict=True):

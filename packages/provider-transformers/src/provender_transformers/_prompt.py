@@ -135,9 +135,15 @@ def codec(item: LoadedModel) -> PromptCodec:
     model, tokenizer = item.model, item.tokenizer
 
     def prefill(ids: list[int]) -> Any:
+        from provender_transformers._loop import forward_names
+
         state = new_state(model)
+        cache_name, keep_name = forward_names(model) or ("past_key_values", None)  # 5.x: cache; before, past_key_values
+        kwargs: dict[str, Any] = {cache_name: state, "use_cache": True}
+        if keep_name is not None:
+            kwargs[keep_name] = 1  # only the state is kept: no logits for every prompt token
         with torch.inference_mode():
-            model(input_ids=torch.tensor([ids], device=model.device), past_key_values=state, use_cache=True)
+            model(input_ids=torch.tensor([ids], device=model.device), **kwargs)
         return state
 
     def write(state: Any, folder: Path) -> None:

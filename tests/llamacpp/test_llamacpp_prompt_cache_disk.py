@@ -79,7 +79,7 @@ def test_a_fresh_load_reads_the_saved_prefix_with_the_same_output(
     result = ask(p, SYSTEM + QUESTION)
     stats = p.prompt_cache().stats
     assert stats.disk_hits == 1 and stats.last_cached == n
-    assert stats.last_prefilled == result.prompt_tokens - n
+    assert stats.last_prefilled == result.prompt_tokens - n and result.cached_tokens == n  # read from the disk
     same(result, baseline)
     assert (cm.stats().hits, cm.stats().misses) == (0, 0)
 

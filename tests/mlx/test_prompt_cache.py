@@ -110,6 +110,9 @@ def test_later_turns_prefill_only_their_new_tokens(model_dir: Path, monkeypatch:
         assert prefilled[n] < full[n] - full[n - 1] + 12, (prefilled, full)
         assert prefilled[n] < full[n] / 2
     assert stats.cached_tokens + stats.prefilled_tokens == sum(full)
+    # each result says how many of its prompt tokens the cache supplied: the rest were prefilled
+    assert [r.cached_tokens for r in results] == [f - n for f, n in zip(full, prefilled, strict=True)]
+    assert results[0].cached_tokens == 0 and all(r.cached_tokens > 0 for r in results[1:])
 
 
 def test_zero_turns_the_cache_off(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

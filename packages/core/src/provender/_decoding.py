@@ -47,6 +47,9 @@ class Decoding:
         self.max_tokens = options.max_tokens or DEFAULT_MAX_TOKENS
         self.matcher = matcher
         self.prompt_tokens = prompt_tokens
+        # of the prompt's, read from a prompt cache: set by a provider that keeps one (after its fetch);
+        # None where none was looked at
+        self.cached_tokens: int | None = None
         self.completion_tokens = 0
         self.stopped = False  # a stop string was reached: the caller ends its loop
         self._token_text = token_text
@@ -169,6 +172,7 @@ class Decoding:
             finish_reason=reason,  # type: ignore[arg-type]
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
         )
 
     def _logprob(self, token: int, row: numpy.ndarray) -> TokenLogprob:

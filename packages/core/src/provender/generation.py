@@ -314,23 +314,28 @@ class TokenLogprob(BaseModel):
 class GenerationResult(BaseModel):
     """A whole generation: the text, why it ended (from the runtime: ``"length"`` when ``max_tokens``
     cut it, ``"stop"`` at the end of sequence, a stop string or a completed constraint,
-    ``"tool_calls"`` when a forced tool call completed), token counts, and logprobs when asked."""
+    ``"tool_calls"`` when a forced tool call completed), token counts, and logprobs when asked.
+    ``cached_tokens`` are the prompt tokens read from a prompt cache instead of processed (part of
+    ``prompt_tokens``)."""
 
     text: str
     finish_reason: FinishReason
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
 
 
 class Chunk(BaseModel):
-    """A piece of a streamed generation; the last one carries ``finish_reason`` and the token counts."""
+    """A piece of a streamed generation; the last one carries ``finish_reason`` and the token counts
+    (``cached_tokens``: how many of the prompt's came from a prompt cache, when the runtime says)."""
 
     text: str
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
 
 
 def collect(chunks: Iterable[Chunk]) -> GenerationResult:
@@ -348,6 +353,7 @@ def collect(chunks: Iterable[Chunk]) -> GenerationResult:
         finish_reason=last.finish_reason or "stop",
         prompt_tokens=last.prompt_tokens or 0,
         completion_tokens=last.completion_tokens or 0,
+        cached_tokens=last.cached_tokens or 0,  # 0 also where the runtime keeps no prompt cache
         logprobs=logprobs,
     )
 

@@ -145,7 +145,7 @@ class LlamaCppProvider(PooledProvider):
         hook = [decoding.numpy_hook] if decoding.hooked else None
         prompts = item.prompt_cache
         if prompts is not None and prompts.enabled:
-            restore(llm, ids, *prompts.fetch(ids))
+            decoding.cached_tokens = restore(llm, ids, *prompts.fetch(ids))
         tokens = llm.generate(ids, **sampling_kwargs(request.options), logits_processor=hook)
         is_eog = lambda t: bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, t))  # noqa: E731
         sound = False  # what the context holds matches its ids (not after a failed evaluation)

@@ -88,6 +88,7 @@ class MLXBatchSession(BatchSession):
         )
         prompts = self._prompts if self._prompts is not None and self._prompts.enabled else None
         state, reused = prompts.fetch(tokens) if prompts is not None else (None, 0)
+        decoding.cached_tokens = reused if prompts is not None else None
         steps = [tokens[reused:]]
         if messages is not None:  # a first visit's system prompt is a prefill step of its own, as in mlx_lm.server
             from provender_mlx._prompt import segments

@@ -148,6 +148,7 @@ class MLXProvider(PooledProvider):
         processors = [decoding.mlx_hook] if decoding.hooked else None
         prompts = item.prompt_cache
         state, reused = prompts.fetch(ids) if prompts is not None and prompts.enabled else (None, 0)
+        decoding.cached_tokens = reused if prompts is not None and prompts.enabled else None
         if state is None:
             state = make_prompt_cache(item.model)
         fed = list(ids)  # what the state holds once the generation has run: the prompt, then the reply

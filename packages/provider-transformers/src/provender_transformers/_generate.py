@@ -66,7 +66,7 @@ def decode_tokens(provider: PooledProvider, item: LoadedModel, request: Request)
     prompts = item.prompt_cache
     state: Any = None
     if prompts is not None and prompts.enabled:
-        state, _reused = prompts.fetch(ids)
+        state, decoding.cached_tokens = prompts.fetch(ids)
 
     class Hook(LogitsProcessor):  # type: ignore[misc]
         def __call__(self, input_ids: Any, scores: Any) -> Any:

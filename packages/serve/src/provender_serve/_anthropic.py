@@ -257,8 +257,18 @@ def message(mid: str, model: str, outcome: d.Outcome) -> dict[str, Any]:
         "content": content_blocks(outcome),
         "stop_reason": STOP_REASONS.get(outcome.finish, "end_turn"),
         "stop_sequence": outcome.stop_sequence,
-        "usage": {"input_tokens": outcome.prompt_tokens, "output_tokens": outcome.completion_tokens},
+        "usage": usage(outcome),
     }
+
+
+def usage(outcome: d.Outcome) -> dict[str, int]:
+    """Anthropic's usage: ``input_tokens`` are those processed, ``cache_read_input_tokens`` those a
+    prompt cache supplied (their sum is the prompt), when the runtime counted them."""
+    counts = {"input_tokens": outcome.prompt_tokens, "output_tokens": outcome.completion_tokens}
+    if outcome.cached_tokens is not None:
+        counts["input_tokens"] = outcome.prompt_tokens - outcome.cached_tokens
+        counts["cache_read_input_tokens"] = outcome.cached_tokens
+    return counts
 
 
 def events(slot: Slot, mid: str, call: d.Call, source: Iterator[d.Event]) -> Iterator[bytes]:
@@ -314,8 +324,7 @@ def events(slot: Slot, mid: str, call: d.Call, source: Iterator[d.Event]) -> Ite
                 "stop_reason": STOP_REASONS.get(outcome.finish, "end_turn"),
                 "stop_sequence": outcome.stop_sequence,
             }
-            usage = {"output_tokens": outcome.completion_tokens}
-            yield sse("message_delta", {"type": "message_delta", "delta": reason, "usage": usage})
+            yield sse("message_delta", {"type": "message_delta", "delta": reason, "usage": usage(outcome)})
             yield sse("message_stop", {"type": "message_stop"})
     except Exception as exc:  # after the stream began: in-band, as Anthropic sends it
         yield sse("error", error_body(api_error(exc)))

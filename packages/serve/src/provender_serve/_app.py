@@ -220,8 +220,7 @@ class Server:
                 with closing(self.metrics.metered(slot, generated, messages)) as stream:
                     for chunk in stream:
                         reply.add(chunk)
-                prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(messages))
-                counts = oai.usage(prompt_tokens, reply.tokens(slot.provider))
+                counts = reply.usage(slot.provider, messages)
             content, calls = oai.parse_tool_calls(reply.text, tools) if tools else (reply.text, [])
             finish = reply.finish_reason(slot.provider, calls)
             return oai.chat_completion(cid, req.model, content, calls, finish, counts, reply.logprobs)
@@ -290,7 +289,7 @@ class Server:
                 with closing(self.metrics.metered(slot, generated, prompt)) as stream:
                     for chunk in stream:
                         reply.add(chunk)
-                counts = oai.usage(oai.count_tokens(slot.provider, prompt), reply.tokens(slot.provider))
+                counts = reply.usage(slot.provider, prompt)
             finish = reply.finish_reason(slot.provider, [])
             logprobs = oai.completion_logprobs(reply.logprobs)
             return oai.completion(cid, req.model, reply.text, finish, counts, logprobs=logprobs)

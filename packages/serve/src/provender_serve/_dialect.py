@@ -56,6 +56,7 @@ class Outcome:
     stop_sequence: str | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = None  # of the prompt's, from a prompt cache (when the runtime says)
 
 
 class StopCut:
@@ -97,8 +98,8 @@ def _outcome(slot: Slot, call: Call, reply: Reply, cut: StopCut, text: str) -> O
     finish = reply.finish_reason(slot.provider, calls)
     if cut.matched is not None and not calls:
         finish = "stop_sequence"
-    prompt_tokens = oai.count_tokens(slot.provider, oai.prompt_text(call.messages))
-    return Outcome(content, calls, finish, cut.matched, prompt_tokens, reply.tokens(slot.provider))
+    prompt_tokens = reply.prompt_tokens(slot.provider, call.messages)
+    return Outcome(content, calls, finish, cut.matched, prompt_tokens, reply.tokens(slot.provider), reply.cached)
 
 
 def generate(server: Server, slot: Slot, call: Call) -> Outcome:

@@ -61,7 +61,7 @@ def chat_events(
             logprobs = None
         if calls:
             yield oai.sse(oai.chat_chunk(cid, model, oai.tool_call_deltas(calls), logprobs=logprobs))
-        counts = oai.usage(oai.count_tokens(provider, oai.prompt_text(messages)), reply.tokens(provider))
+        counts = reply.usage(provider, messages)
         finish = reply.finish_reason(provider, calls)
         yield oai.sse(oai.chat_chunk(cid, model, {}, finish, None if include_usage else counts))
         if include_usage:
@@ -94,7 +94,7 @@ def completion_events(
             offset += len(chunk.text)
         if cancel.is_set():
             return
-        counts = oai.usage(oai.count_tokens(provider, prompt), reply.tokens(provider))
+        counts = reply.usage(provider, prompt)
         finish = reply.finish_reason(provider, [])
         yield oai.sse(oai.completion(cid, model, "", finish, None if include_usage else counts, chunk=True))
         if include_usage:

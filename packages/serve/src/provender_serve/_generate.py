@@ -71,6 +71,8 @@ class Reply:
     logprobs: list[Any] | None = None
     finish: str | None = None  # the runtime's, from the last chunk
     generated: int | None = None  # the runtime's count of completion tokens, from the last chunk
+    prompt: int | None = None  # the runtime's count of the prompt's tokens (its chat template's), from the last chunk
+    cached: int | None = None  # how many of them came from a prompt cache, when the runtime says
 
     def add(self, chunk: Any) -> None:
         if chunk.text:
@@ -80,6 +82,8 @@ class Reply:
         if chunk.finish_reason is not None:
             self.finish = chunk.finish_reason
             self.generated = getattr(chunk, "completion_tokens", None)
+            self.prompt = getattr(chunk, "prompt_tokens", None)
+            self.cached = getattr(chunk, "cached_tokens", None)
 
     @property
     def text(self) -> str:
@@ -92,6 +96,17 @@ class Reply:
         if self.logprobs is not None:
             return len(self.logprobs)
         return oai.completion_tokens(provider, self.text, len(self.texts), self.max_tokens)
+
+    def prompt_tokens(self, provider: Provider, prompt: str | list[dict[str, Any]]) -> int:
+        """The prompt's tokens: the runtime's count (the rendered template's), else `prompt` (a text or
+        the messages' texts) counted by the provider's tokenizer."""
+        if self.prompt:
+            return int(self.prompt)
+        return oai.count_tokens(provider, prompt if isinstance(prompt, str) else oai.prompt_text(prompt))
+
+    def usage(self, provider: Provider, prompt: str | list[dict[str, Any]]) -> dict[str, Any]:
+        """OpenAI's ``usage``, with ``prompt_tokens_details.cached_tokens`` where the runtime counted them."""
+        return oai.usage(self.prompt_tokens(provider, prompt), self.tokens(provider), self.cached)
 
     def finish_reason(self, provider: Provider, tool_calls: list[dict[str, Any]]) -> str:
         """``tool_calls`` when calls were found; else the runtime's reason (a provider from before

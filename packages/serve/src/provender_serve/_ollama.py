@@ -325,7 +325,7 @@ class Run:
         content, calls = oai.parse_tool_calls(text, gen.tools) if gen.tools else (text, [])
         finish = self.reply.finish_reason(provider, calls)
         body = part(gen, "" if streamed and not gen.tools else content, calls)
-        asked = oai.prompt_text(gen.messages) if gen.messages is not None else gen.prompt or ""
+        asked = gen.messages if gen.messages is not None else gen.prompt or ""
         end = time.perf_counter_ns()
         first = self.first or end
         body.update(
@@ -333,7 +333,7 @@ class Run:
             done_reason="length" if finish == "length" else "stop",
             total_duration=end - gen.started,
             load_duration=max(0, self.loaded - gen.started),
-            prompt_eval_count=oai.count_tokens(provider, asked),
+            prompt_eval_count=self.reply.prompt_tokens(provider, asked),
             prompt_eval_duration=max(0, first - self.loaded),
             eval_count=self.reply.tokens(provider),
             eval_duration=max(0, end - first),

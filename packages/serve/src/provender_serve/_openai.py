@@ -35,12 +35,17 @@ def completion_tokens(provider: Provider, text: str, pieces: int, max_tokens: in
     return min(count, max_tokens) if max_tokens is not None else count
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens`` (the prompt's tokens a prompt
+    cache supplied, as OpenAI reports its own) when the runtime counted them."""
+    counts: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens is not None:
+        counts["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return counts
 
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:

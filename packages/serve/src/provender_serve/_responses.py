@@ -268,7 +268,7 @@ def response(
         body["incomplete_details"] = {"reason": "max_output_tokens"} if cut else None
         body["usage"] = {
             "input_tokens": outcome.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": outcome.cached_tokens or 0},
             "output_tokens": outcome.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,

@@ -283,6 +283,19 @@ class StructuredContract:
         chunks = list(provider.stream_complete(self.prompt, schema=SCHEMA, max_tokens=3))
         assert "".join(c.text for c in chunks) == reply.text and chunks[-1].finish_reason == "length"
 
+    def test_a_reply_completed_by_its_max_tokens_th_token_says_stop(self, provider: Provider) -> None:
+        choices = ["red", "green", "blue"]
+        whole = provider.complete(self.prompt, choice=choices, max_tokens=40)
+        assert whole.text in choices and whole.finish_reason == "stop"
+        n = whole.completion_tokens  # the choice's own tokens: the last of them completes it
+        exact = provider.complete(self.prompt, choice=choices, max_tokens=n)
+        assert (exact.text, exact.finish_reason, exact.completion_tokens) == (whole.text, "stop", n)
+        chunks = list(provider.stream_complete(self.prompt, choice=choices, max_tokens=n))
+        assert "".join(c.text for c in chunks) == whole.text and chunks[-1].finish_reason == "stop"
+        if n > 1:  # one token short is a cut
+            short = provider.complete(self.prompt, choice=choices, max_tokens=n - 1)
+            assert short.finish_reason == "length" and short.text != whole.text
+
     def test_streamed_equals_whole(self, provider: Provider) -> None:
         chunks = list(provider.stream_complete(self.prompt, schema=SCHEMA, max_tokens=160, logprobs=True))
         whole = provider.complete(self.prompt, schema=SCHEMA, max_tokens=160, logprobs=True)

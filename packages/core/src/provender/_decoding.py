@@ -59,6 +59,8 @@ class Decoding:
         self._pending: list[TokenLogprob] = []
         self._calls = 0
         self._tool = tool_call  # a forced tool call: a completed one ends with "tool_calls"
+        self._accepted = 0  # tokens the matcher has taken (a runtime may run the hook a step ahead: MLX)
+        self._closed = False  # the last token was given to the matcher at the end: no hook call takes more
 
     @property
     def hooked(self) -> bool:
@@ -69,8 +71,9 @@ class Decoding:
 
     def _advance(self, last: Callable[[], int]) -> None:
         """A new step: the matcher takes the token sampled at the previous one."""
-        if self._calls and self.matcher is not None:
+        if self._calls and self.matcher is not None and not self._closed:
             self.matcher.accept(last())
+            self._accepted += 1
         self._calls += 1
 
     def numpy_hook(self, history: Any, logits: numpy.ndarray) -> numpy.ndarray:
@@ -151,15 +154,36 @@ class Decoding:
         yield self.finish("stop", detokenizer.flush())
 
     def feed_last(self, token: int, piece: str, reason: str) -> Chunk:
-        """`feed` and `finish` in one chunk: the runtime's last token came with its finish reason."""
+        """`feed` and `finish` in one chunk: the runtime's last token came with its finish reason.
+        A ``max_tokens``-th token that completes the constraint ends with ``"stop"``, not ``"length"``:
+        the reply is whole (the matcher takes it here, as no next step will)."""
         chunk = self.feed(token, piece)
         if chunk is not None and chunk.finish_reason is not None:
             return chunk
+        if reason == "length" and self.matcher is not None and self._completes(token):
+            reason = "stop"
         last = self.finish(reason)
         if chunk is None:
             return last
         logprobs = None if last.logprobs is None else (chunk.logprobs or []) + last.logprobs
         return last.model_copy(update={"text": chunk.text + last.text, "logprobs": logprobs})
+
+    def _completes(self, token: int) -> bool:
+        """Whether the constraint is complete once it takes `token`: nothing more allowed, or
+        nothing but the end of sequence (what the next step would be forced to)."""
+        from provender.errors import ConstraintViolationError
+
+        matcher = self.matcher
+        if self._accepted < self.completion_tokens:  # no later hook call took it
+            self._closed = True  # nor will one
+            try:
+                matcher.accept(token)
+            except ConstraintViolationError:
+                return False
+            self._accepted += 1
+        if matcher.is_finished():
+            return True
+        return bool(matcher.is_accepting()) and set(matcher.allowed_ids()) <= set(matcher.info.eos_token_ids)
 
     def _chunk(self, text: str, reason: str | None) -> Chunk:
         logprobs = self._pending if self.options.logprobs else None

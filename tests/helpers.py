@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 TESTS = Path(__file__).parent
 
@@ -62,3 +63,20 @@ class ShoutProvider(Provider):
 def provender_register_providers(register):
     register("shout", ShoutProvider)
 '''
+
+
+def scrape(server: Any, key: str | None = None) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """{sample name: {sorted labels: value}} from a server's /metrics, read with prometheus_client's parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with urllib.request.urlopen(urllib.request.Request(server.url + "/metrics", headers=headers), timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.read().decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples

@@ -11,22 +11,7 @@ import pytest
 
 prometheus_client = pytest.importorskip("prometheus_client")
 anthropic = pytest.importorskip("anthropic")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-
-def scrape(server: Any, key: str | None = None) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """{sample name: {sorted labels: value}} from the server's /metrics."""
-    import urllib.request
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with urllib.request.urlopen(urllib.request.Request(server.url + "/metrics", headers=headers), timeout=30) as r:
-        assert r.headers["content-type"].startswith("text/plain")
-        text = r.read().decode()
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
+from helpers import scrape  # noqa: E402
 
 
 def requests(samples: Any, route: str, model: str, status: int) -> float:

@@ -69,10 +69,27 @@ def test_usage_counts_the_prompt_tokens_a_prompt_cache_supplied(start_server: An
     assert response.usage.input_tokens == second.usage.prompt_tokens
     assert response.usage.input_tokens_details.cached_tokens == second.usage.prompt_tokens - 1
 
+    # /metrics adds them up, through prometheus_client's own parser
+    from helpers import scrape
+
+    samples = scrape(server)
+    model = (("model", cached_tiny),)
+    replies = [first.usage, second.usage, usage, alone.usage]
+    reused = sum(u.prompt_tokens_details.cached_tokens for u in replies if u.prompt_tokens_details is not None)
+    reused += 2 * (second.usage.prompt_tokens - 1) + response.usage.input_tokens_details.cached_tokens
+    assert samples["provender_prompt_cached_tokens_total"][model] == reused
+    assert samples["provender_prompt_tokens_total"][model] == sum(u.prompt_tokens for u in replies) + 3 * (
+        second.usage.prompt_tokens
+    )
+
 
 def test_cached_tokens_are_not_claimed_where_no_prompt_cache_was_looked_at(start_server: Any, cached_tiny: str) -> None:
-    client = start_server(env={"PROVENDER_MEMORY__PROMPT_CACHE_BYTES": "0"}).client()
+    client_server = start_server(env={"PROVENDER_MEMORY__PROMPT_CACHE_BYTES": "0"})
+    client = client_server.client()
     for model in ("echo:upper", cached_tiny):  # a provider that keeps none; one with its cache off
         for _ in range(2):
             reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
             assert reply.usage is not None and reply.usage.prompt_tokens_details is None
+    from helpers import scrape
+
+    assert "provender_prompt_cached_tokens_total" not in scrape(client_server)  # no series: nothing was looked at

@@ -6,7 +6,9 @@ one, so two apps in one process, as in tests, count apart). What it exports:
 - ``provender_requests_total{route, model, status}``: every answered request (``route`` is the
   route's path, or ``other`` for a path the server does not serve; ``model`` as the request named
   it once the server has held that model, else empty: names never loaded add no series);
-- ``provender_prompt_tokens_total{model}``, ``provender_completion_tokens_total{model}``;
+- ``provender_prompt_tokens_total{model}``, ``provender_completion_tokens_total{model}``, and
+  ``provender_prompt_cached_tokens_total{model}``: the prompt tokens a prompt cache supplied (part of
+  the prompt's; the reuse rate is their ratio);
 - ``provender_time_to_first_token_seconds{model}`` and ``provender_tokens_per_second{model}``
   (histograms, one observation per generation);
 - ``provender_models_loaded``, ``provender_queue_depth`` (requests waiting behind a running one,
@@ -79,6 +81,12 @@ class Metrics:
         self.completion_tokens = Counter(
             "provender_completion_tokens", "Tokens generated", ["model"], registry=self.registry
         )
+        self.cached_tokens = Counter(
+            "provender_prompt_cached_tokens",
+            "Prompt tokens a prompt cache supplied instead of the model processing them",
+            ["model"],
+            registry=self.registry,
+        )
         self.ttft = Histogram(
             "provender_time_to_first_token_seconds",
             "Seconds from the start of generation to its first chunk",
@@ -110,10 +118,18 @@ class Metrics:
         self.requests.labels(route, model, str(status)).inc()
 
     def generation(
-        self, model: str, prompt_tokens: int, completion_tokens: int, ttft: float | None, rate: float | None
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        ttft: float | None,
+        rate: float | None,
+        cached_tokens: int | None = None,
     ) -> None:
         self.prompt_tokens.labels(model).inc(prompt_tokens)
         self.completion_tokens.labels(model).inc(completion_tokens)
+        if cached_tokens is not None:  # a model that keeps a prompt cache: its series, zero or not
+            self.cached_tokens.labels(model).inc(cached_tokens)
         if ttft is not None:
             self.ttft.labels(model).observe(ttft)
         if rate is not None:
@@ -149,7 +165,8 @@ class Metrics:
                 out = reply.tokens(provider) if first is not None else 0
                 rate = out / (end - first) if first is not None and out > 1 and end > first else None
                 self.seen.add(slot.name)
-                self.generation(slot.name, prompt_tokens, out, None if first is None else first - start, rate)
+                ttft = None if first is None else first - start
+                self.generation(slot.name, prompt_tokens, out, ttft, rate, reply.cached)
             except Exception:  # metrics never fail a request
                 logger.exception("metrics: recording a generation failed")
 

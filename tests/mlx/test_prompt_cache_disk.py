@@ -106,6 +106,11 @@ def test_a_new_process_reuses_it(model_dir: Path, cache_dir: Path, tmp_path: Pat
     out = run_cli("cache", "prompt", "-m", str(model_dir), "--file", str(text), env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Saved the prompt cache of" in out.stdout
+    (first,) = json.loads(run_cli("cache", "ls", "--json", env=env).stdout)[-1:]
+    again = run_cli("cache", "prompt", "-m", str(model_dir), "--file", str(text), env=env, timeout=120)
+    assert again.returncode == 0 and again.stdout.startswith("Already saved: the prompt cache of"), again
+    (kept,) = json.loads(run_cli("cache", "ls", "--json", env=env).stdout)[-1:]
+    assert kept["created"] == first["created"] and kept["hits"] == 0  # the intact one kept, not recomputed
     args = ("generate", "--no-server", "-m", str(model_dir), "--max-tokens", "8", SYSTEM + QUESTION)
     computed = run_cli(*args, env={**env, "PROVENDER_CACHE__PROMPT_CACHE_MAX_SIZE": "0"}, timeout=120)
     assert computed.returncode == 0, computed.stderr

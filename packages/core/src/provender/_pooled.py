@@ -204,7 +204,7 @@ class PooledProvider(Provider):
             ids = disk.codec.encode(text)
             if len(ids) < 2:
                 raise ProvenderError("the text is shorter than 2 tokens: there is nothing worth saving")
-            entry: CacheEntry = disk.compute_and_save(ids)
+            entry: CacheEntry = disk.saved_as(ids) or disk.compute_and_save(ids)  # the same again: kept, not redone
             return entry
 
     def load_model(self) -> tuple[Any, Any]:

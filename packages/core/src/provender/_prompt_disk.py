@@ -190,6 +190,16 @@ class DiskPrompts:
             return state, usable
         return None
 
+    def saved_as(self, tokens: Sequence[int]) -> CacheEntry | None:
+        """The saved prompt cache of exactly `tokens` for this model and runtime version, if its files are
+        intact (`provender cache prompt` run again: nothing to compute); None otherwise."""
+        from provender._cache._prompts import check_files, prompt_key
+
+        key = prompt_key(self.identity, self.codec.runtime, self.codec.version, [int(t) for t in tokens])
+        entry = next((e for e in self.cache.prompts.entries() if e.key == key), None)
+        # not held or marked used: asking again is not a use (one evicted meanwhile fails the check)
+        return entry if entry is not None and check_files(entry) is None else None
+
     def covered(self, tokens: Sequence[int]) -> bool:
         """True if a saved state (usable now) holds all of `tokens` but the last."""
         return any(usable >= len(tokens) - 1 for usable, _e, _s in self._candidates(tokens))

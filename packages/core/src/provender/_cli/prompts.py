@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ def prompt(model: str, text: str | None, file_: Path | None, as_json: bool) -> N
             fail(f"cannot read {file_}: {exc}", 2)
     assert text is not None
     provider = provider_for(model, use_server=False)  # the state is computed here, with the model's runtime
+    started = time.time()
     try:
         save = getattr(provider, "save_prompt", None)
         if save is None:
@@ -76,7 +78,8 @@ def prompt(model: str, text: str | None, file_: Path | None, as_json: bool) -> N
     if as_json:
         echo_json(prompt_row(entry))
     else:
+        what = "Saved" if entry.created >= started else "Already saved:"  # an intact one is kept, not recomputed
         click.echo(
-            f"Saved the prompt cache of {meta.get('tokens')} tokens for {meta.get('model')} as {entry.name} "
+            f"{what} the prompt cache of {meta.get('tokens')} tokens for {meta.get('model')} as {entry.name} "
             f"({format_size(entry.size)}, {meta.get('runtime_version')})"
         )

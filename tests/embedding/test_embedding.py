@@ -132,6 +132,23 @@ def test_cli_embed_outputs(minilm: str, tmp_path: Path, reference: dict) -> None
     assert len(json.loads(piped.stdout)) == 2
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_anything_is_embedded(tmp_path: Path) -> None:
+    from provender.errors import ProvenderError
+    from provender_embedding._io import write_vectors
+
+    # the model does not exist: the refusal comes before it is looked for, let alone loaded
+    (tmp_path / "out.npy").mkdir()
+    for target, why in (
+        (tmp_path / "no" / "such" / "x.npy", "cannot be written: there is no folder"),
+        (tmp_path / "out.npy", "is a folder, not a file"),
+    ):
+        out = run_cli("embed", "-m", "no-such-model", "-o", str(target), "text")
+        assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert "no-such-model" not in out.stderr
+    with pytest.raises(ProvenderError, match=r"cannot write '/proc/x.npy': "):  # a write that fails: one line
+        write_vectors(Path("/proc/x.npy"), ["a"], np.ones((1, 3), dtype=np.float32))
+
+
 def test_cli_collections_and_similar(minilm: str, tmp_path: Path) -> None:
     src = tmp_path / "docs.jsonl"
     src.write_text(

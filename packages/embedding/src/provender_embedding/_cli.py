@@ -140,6 +140,11 @@ def embed(
 
     if output_file is not None and output_file.suffix.lower() not in OUTPUT_FORMATS:
         raise click.BadParameter(f"use a {', '.join(OUTPUT_FORMATS)} file", param_hint="-o")
+    if output_file is not None and (output_file.is_dir() or not output_file.absolute().parent.is_dir()):
+        # before the model loads and the texts are embedded: nothing computed only to be lost
+        parent = str(output_file.absolute().parent)
+        why = "is a folder, not a file" if output_file.is_dir() else f"cannot be written: there is no folder {parent!r}"
+        raise click.BadParameter(f"{str(output_file)!r} {why}", param_hint="-o")
     items = _texts(texts, input_file)
     from provender._client import provider_for  # a running `provender serve` keeps the model loaded
 

@@ -88,5 +88,9 @@ def write_vectors(path: Path, ids: list[str], vectors: np.ndarray) -> None:
             )
             pq.write_table(table, tmp)
         tmp.replace(path)
+    except OSError as exc:  # a full disk, no permission, the folder gone meanwhile: one line, the file named
+        from provender.errors import ProvenderError
+
+        raise ProvenderError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)

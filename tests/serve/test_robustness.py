@@ -163,6 +163,24 @@ def test_keep_alive_unloading_seen_through_ps(start_server: Any, cached_tiny: st
     assert out.returncode == 1 and "not loaded" in out.stderr
 
 
+def test_ps_and_stop_say_how_to_find_a_server_on_another_port(start_server: Any) -> None:
+    import socket
+
+    from helpers import run_cli
+
+    server = start_server()
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        unused = probe.getsockname()[1]
+    elsewhere = {**server.env, "PROVENDER_SERVER__PORT": str(unused)}
+    for command in (("ps",), ("stop", "--all")):
+        out = run_cli(*command, env=elsewhere)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "no provender server answers at" in out.stderr and "PROVENDER_SERVER__PORT" in out.stderr
+    out = run_cli("ps", env=server.env)  # the server's own port: found
+    assert out.returncode == 0 and f":{server.port}" in out.stdout, out.stderr
+
+
 def test_max_models(start_server: Any) -> None:
     server = start_server("--max-models", "2")
     client = server.client()

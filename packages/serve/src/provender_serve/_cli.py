@@ -206,7 +206,10 @@ def _client() -> ServerClient:
 
     client = ServerClient()
     if client.health() is None:
-        _fail(f"no provender server answers at {client.url} (start one with `provender serve`)")
+        _fail(
+            f"no provender server answers at {client.url} (start one with `provender serve`; one started with "
+            "--host or --port is found with PROVENDER_SERVER__HOST / PROVENDER_SERVER__PORT set to match)"
+        )
     return client
 
 

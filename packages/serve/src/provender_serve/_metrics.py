@@ -29,8 +29,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from provender_serve import _openai as oai
-
 if TYPE_CHECKING:
     from provender_serve._models import ModelRegistry, Slot
     from provender_serve._walls import ASGIApp, Message, Receive, Scope, Send
@@ -141,7 +139,7 @@ class Metrics:
         where the runtime gives no count of its own (``Chunk.prompt_tokens`` on the last chunk)."""
         from provender_serve._generate import Reply
 
-        reply, prompt_tokens = Reply(None), None
+        reply = Reply(None)
         start = time.perf_counter()
         first: float | None = None
         try:
@@ -149,8 +147,6 @@ class Metrics:
                 if first is None:
                     first = time.perf_counter()
                 reply.add(chunk)
-                if getattr(chunk, "prompt_tokens", None) is not None:
-                    prompt_tokens = int(chunk.prompt_tokens)
                 yield chunk
         finally:
             close = getattr(stream, "close", None)
@@ -159,9 +155,7 @@ class Metrics:
             end = time.perf_counter()
             try:
                 provider = slot.provider
-                if prompt_tokens is None:
-                    text = prompt if isinstance(prompt, str) else oai.prompt_text(prompt or [])
-                    prompt_tokens = oai.count_tokens(provider, text)
+                prompt_tokens = reply.prompt_tokens(provider, prompt or [])
                 out = reply.tokens(provider) if first is not None else 0
                 rate = out / (end - first) if first is not None and out > 1 and end > first else None
                 self.seen.add(slot.name)

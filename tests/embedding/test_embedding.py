@@ -145,6 +145,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_anything_is_embedded
         out = run_cli("embed", "-m", "no-such-model", "-o", str(target), "text")
         assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert "no-such-model" not in out.stderr
+    out = run_cli("embed", "-m", "no-such-model", "-c", "notes", "-o", str(tmp_path / "x.npy"), "text")
+    assert out.returncode == 2 and "-o and -c contradict each other" in out.stderr  # -o was silently dropped
+    assert not (tmp_path / "x.npy").exists()
     with pytest.raises(ProvenderError, match=r"cannot write '/proc/x.npy': "):  # a write that fails: one line
         write_vectors(Path("/proc/x.npy"), ["a"], np.ones((1, 3), dtype=np.float32))
 

@@ -131,6 +131,8 @@ def embed(
     given = [name for name, value in ray_options.items() if value is not None]
     if given:
         raise click.UsageError(f"{given[0]} applies to --ray only")
+    if collection is not None and output_name is not None:
+        raise click.UsageError("-o and -c contradict each other: the vectors go to a file or a collection, give one")
     from pathlib import Path
 
     input_file = None if input_name is None else Path(input_name)
